@@ -1,0 +1,3 @@
+from cemsd.cli import main
+
+main()

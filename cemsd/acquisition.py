@@ -1,0 +1,258 @@
+"""Bus owners: one task per physical link polls every device on it, in turn.
+
+- One owner per bus serialises all requests (field notes §3.1); pymodbus' client lock is
+  the only lock.
+- Devices are polled on a fixed grid (multiples of their poll interval), so readings of
+  different channels line up and a late cycle skips slots instead of drifting.
+- A device that fails (no reply, garbage, no link) flags its readings B and backs off
+  exponentially up to `backoff_max`; while it backs off it costs the bus nothing, so a
+  dead device costs the others at most its own timeout x attempts once per back-off step.
+  Other devices never wait for it beyond that (Telegraf #11785 lesson).
+- An exception reply is an answer: its channels get D, the device is not backed off.
+- A lost link is reopened at the next due poll, with the same back-off, without a restart.
+- Each fault episode is logged when it starts and when it ends, not on every poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from cemsd.clock import Clock
+from cemsd.errors import ExceptionReply, NoConnection, TransportError
+from cemsd.flags import Flag
+from cemsd.plan import BusPlan, DevicePlan, ReadBlock
+from cemsd.readings import Reading
+from cemsd.validity import Condition, DeviceValidator
+from drivers.base import Transport
+from drivers.codec import decode
+
+log = logging.getLogger(__name__)
+
+ReadingSink = Callable[[list[Reading]], None]
+RequestObserver = Callable[[str, str, float], None]  # device, result, seconds
+
+
+@dataclass
+class DeviceHealth:
+    """What the daemon knows about a device's link; read by status and metrics."""
+
+    up: bool | None = None  # None before the first poll
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    last_ok: float | None = None  # clock time of the last usable reply
+    down_since: float | None = None
+    link_failure: bool = False  # the last failure was the link's (back off), not a refusal
+    next_due: float = 0.0
+    polls: int = 0
+    results: dict[str, int] = field(default_factory=dict)
+
+
+def next_slot(t: float, interval: float) -> float:
+    """The first grid point strictly after t."""
+    return (math.floor(t / interval + 1e-9) + 1) * interval
+
+
+def first_slot(t: float, interval: float) -> float:
+    """The first grid point at or after t."""
+    return math.ceil(t / interval - 1e-9) * interval
+
+
+class BusOwner:
+    def __init__(
+        self,
+        plan: BusPlan,
+        transport: Transport,
+        clock: Clock,
+        sink: ReadingSink,
+        observer: RequestObserver | None = None,
+        validators: dict[str, DeviceValidator] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.transport = transport
+        self.clock = clock
+        self.sink = sink
+        self.observer = observer
+        self.validators = validators or {d.name: DeviceValidator(d) for d in plan.devices}
+        self.health = {d.name: DeviceHealth() for d in plan.devices}
+        self.watermark = -math.inf  # every reading before this time has been delivered
+        self.watermark_changed = asyncio.Event()
+        self.last_cycle_wall = time.monotonic()  # heartbeat for supervision
+        self._stopping = False
+        self._sleeping = False
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.plan.name
+
+    def request_stop(self) -> None:
+        """Finish the poll in progress, then return. Safe to call from a signal flag check."""
+        self._stopping = True
+        if self._sleeping and self._task is not None:
+            self._task.cancel()
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        try:
+            with self.clock.participant():
+                now = self.clock.now()
+                for device in self.plan.devices:
+                    self.health[device.name].next_due = first_slot(now, device.poll_interval)
+                while not self._stopping and self.plan.devices:
+                    due = min(h.next_due for h in self.health.values())
+                    self._set_watermark(due)
+                    if not await self._sleep_until(due):
+                        break
+                    await self._poll_due()
+                    self.last_cycle_wall = time.monotonic()
+        finally:
+            self._set_watermark(math.inf)
+            await self.transport.close()
+
+    async def _sleep_until(self, t: float) -> bool:
+        self._sleeping = True
+        try:
+            await self.clock.sleep_until(t)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            return False
+        finally:
+            self._sleeping = False
+        return not self._stopping
+
+    async def _poll_due(self) -> None:
+        now = self.clock.now()
+        due = [d for d in self.plan.devices if self.health[d.name].next_due <= now + 1e-9]
+        due.sort(key=lambda d: (self.health[d.name].next_due, d.device_id))
+        for device in due:
+            if self._stopping:
+                return
+            slot = self.health[device.name].next_due
+            await self.poll(device)
+            self._schedule(device, slot)
+
+    def _set_watermark(self, t: float) -> None:
+        if t != self.watermark:
+            self.watermark = t
+            self.watermark_changed.set()
+            self.watermark_changed = asyncio.Event()
+
+    # --- one poll ----------------------------------------------------------------------
+
+    async def poll(self, device: DevicePlan) -> list[Reading]:
+        """Read every block of one device and deliver its flagged readings."""
+        ts = self.clock.now()
+        started = time.perf_counter()
+        values: dict[str, float] = {}
+        failures: dict[str, Condition] = {}
+        link_error: TransportError | None = None
+        refusal: ExceptionReply | None = None
+        try:
+            if not self.transport.connected:
+                await self.transport.open(device.timeout)
+            for i, block in enumerate(device.blocks):
+                try:
+                    registers = await self.transport.read(
+                        device.device_id, block.function_code, block.address, block.count,
+                        device.timeout, device.retries,
+                    )
+                except ExceptionReply as exc:
+                    refusal = exc
+                    _fail(failures, block, Flag.D, f"{block.describe()}: {exc}")
+                    continue
+                _decode_block(block, registers, values)
+                if self.plan.bus.request_delay and i + 1 < len(device.blocks):
+                    await asyncio.sleep(self.plan.bus.request_delay)
+        except TransportError as exc:
+            link_error = exc
+            for block in device.blocks:
+                _fail(failures, block, Flag.B, _reason(exc))
+        readings = self.validators[device.name].readings(ts, values, failures)
+        self.sink(readings)
+        result = _result_name(link_error, refusal, bool(values))
+        self._record(device, ts, result, link_error or refusal, usable=bool(values))
+        if self.observer is not None:
+            self.observer(device.name, result, time.perf_counter() - started)
+        if link_error is not None:
+            cost = device.timeout if isinstance(link_error, NoConnection) else \
+                device.failed_request_cost
+            await self.clock.charge(cost)
+        if self.plan.bus.request_delay:
+            await asyncio.sleep(self.plan.bus.request_delay)
+        return readings
+
+    def _record(
+        self, device: DevicePlan, ts: float, result: str, error: Exception | None, usable: bool
+    ) -> None:
+        health = self.health[device.name]
+        health.polls += 1
+        health.results[result] = health.results.get(result, 0) + 1
+        if usable and not isinstance(error, TransportError):
+            if health.up is False:
+                log.info(
+                    "device up",
+                    extra={"device": device.name, "bus": self.name,
+                           "down_for_s": round(ts - (health.down_since or ts), 1),
+                           "failed_polls": health.consecutive_failures},
+                )
+            health.up, health.consecutive_failures, health.down_since = True, 0, None
+            health.last_ok = ts
+            health.last_error = _reason(error) if error else None
+            return
+        health.consecutive_failures += 1
+        health.link_failure = isinstance(error, TransportError)
+        health.last_error = _reason(error) if error else "no usable value"
+        if health.up is not False:
+            log.warning(
+                "device down",
+                extra={"device": device.name, "bus": self.name, "reason": health.last_error},
+            )
+            health.up, health.down_since = False, ts
+
+    def _schedule(self, device: DevicePlan, slot: float) -> None:
+        health = self.health[device.name]
+        now = self.clock.now()
+        earliest = max(slot, now)
+        failures = health.consecutive_failures
+        if failures >= 2 and health.link_failure:
+            backoff = min(device.backoff_max, device.poll_interval * 2 ** (failures - 1))
+            earliest = now + backoff
+        health.next_due = next_slot(earliest, device.poll_interval)
+
+
+def _fail(failures: dict[str, Condition], block: ReadBlock, flag: Flag, reason: str) -> None:
+    for channel, _ in block.items:
+        failures.setdefault(channel.key, (flag, reason))
+
+
+def _decode_block(block: ReadBlock, registers: list[int], values: dict[str, float]) -> None:
+    for channel, offset in block.items:
+        spec = channel.spec
+        raw = decode(registers[offset : offset + spec.data_type.registers], spec.data_type,
+                     spec.byte_order)
+        values[channel.key] = raw * spec.scale + spec.offset
+
+
+def _reason(error: Exception) -> str:
+    kind = {
+        "DeviceTimeout": "no reply",
+        "BadFrame": "unreadable reply",
+        "NoConnection": "no link",
+        "ExceptionReply": "refused",
+    }.get(type(error).__name__, type(error).__name__)
+    return f"{kind}: {error}"
+
+
+def _result_name(link: TransportError | None, refusal: ExceptionReply | None, usable: bool) -> str:
+    if link is not None:
+        return {"DeviceTimeout": "timeout", "BadFrame": "bad_frame",
+                "NoConnection": "no_link"}.get(type(link).__name__, "error")
+    if refusal is not None:
+        return "partial" if usable else "refused"
+    return "ok"

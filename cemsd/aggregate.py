@@ -1,0 +1,107 @@
+"""Minute and hour values: one vectorised kernel for both.
+
+A bucket (a minute of readings, an hour of minutes) is valid when at least `min_valid`
+of its sub-values are valid (flag N): for minutes max(12, 75 % of the expected
+readings), for hours 45 of 60 minutes (HJ 212-2017 Annex C/D). The value is the mean
+(or, for counters, the last) of the valid sub-values. An invalid bucket carries its
+dominant abnormal flag, counting sub-values that never arrived as B (nothing was
+received), and a reason that gives the counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from cemsd.flags import CODE, CODES, NORMAL_CODE, Flag
+
+N_FLAGS = len(CODES)
+MISSING_CODE = CODE[Flag.B]
+
+
+@dataclass
+class Aggregates:
+    """Per-bucket results, arrays of length n_buckets."""
+
+    value: np.ndarray  # float64, NaN when no valid sub-value
+    minimum: np.ndarray
+    maximum: np.ndarray
+    n_valid: np.ndarray  # int64
+    n_present: np.ndarray  # sub-values received, valid or not
+    flag: np.ndarray  # int8 flag codes
+    counts: np.ndarray  # (n_buckets, N_FLAGS): sub-values per flag, missing counted as B
+    expected: np.ndarray
+    min_valid: int
+    reasons: list[str | None] | None = None  # set by derived series, which explain differently
+
+    def __len__(self) -> int:
+        return len(self.value)
+
+    def reason(self, i: int, what: str = "readings") -> str | None:
+        """Why bucket i is not N: counts of valid and of each abnormal flag."""
+        if self.reasons is not None:
+            return self.reasons[i]
+        if self.flag[i] == NORMAL_CODE:
+            return None
+        parts = [
+            f"{CODES[c].value} {CODES[c].meaning}: {int(n)}"
+            for c, n in enumerate(self.counts[i])
+            if n and c != NORMAL_CODE
+        ]
+        missing = int(self.expected[i] - self.n_present[i])
+        tail = f" ({missing} never received)" if missing > 0 else ""
+        return (
+            f"{int(self.n_valid[i])} of {int(self.expected[i])} {what} valid, "
+            f"{self.min_valid} needed; " + ", ".join(parts) + tail
+        )
+
+
+def aggregate(
+    bucket: np.ndarray,
+    values: np.ndarray,
+    codes: np.ndarray,
+    n_buckets: int,
+    expected: int | np.ndarray,
+    min_valid: int,
+    how: Literal["mean", "last"] = "mean",
+) -> Aggregates:
+    """Aggregate sub-values into buckets.
+
+    bucket: int bucket index of each sub-value, non-decreasing (sub-values in time order);
+    values: float64, NaN where the sub-value has no value; codes: flag codes (flags.CODE).
+    """
+    bucket = np.asarray(bucket, dtype=np.int64)
+    values = np.asarray(values, dtype=np.float64)
+    codes = np.asarray(codes, dtype=np.int64)
+    expected_arr = np.broadcast_to(np.asarray(expected, dtype=np.int64), (n_buckets,)).copy()
+
+    counts = np.bincount(bucket * N_FLAGS + codes, minlength=n_buckets * N_FLAGS)
+    counts = counts.reshape(n_buckets, N_FLAGS)
+    n_present = counts.sum(axis=1)
+    counts[:, MISSING_CODE] += np.maximum(expected_arr - n_present, 0)
+
+    valid = (codes == NORMAL_CODE) & np.isfinite(values)
+    vb, vv = bucket[valid], values[valid]
+    n_valid = np.bincount(vb, minlength=n_buckets)
+    value = np.full(n_buckets, np.nan)
+    minimum = np.full(n_buckets, np.nan)
+    maximum = np.full(n_buckets, np.nan)
+    if len(vv):
+        starts = np.flatnonzero(np.r_[True, vb[1:] != vb[:-1]])
+        present = vb[starts]
+        minimum[present] = np.minimum.reduceat(vv, starts)
+        maximum[present] = np.maximum.reduceat(vv, starts)
+        if how == "last":
+            ends = np.r_[starts[1:], len(vv)] - 1
+            value[present] = vv[ends]
+        else:
+            value[present] = np.add.reduceat(vv, starts) / n_valid[present]
+
+    abnormal = counts.copy()
+    abnormal[:, NORMAL_CODE] = 0
+    dominant = np.where(abnormal.any(axis=1), np.argmax(abnormal, axis=1), MISSING_CODE)
+    flag = np.where(n_valid >= min_valid, NORMAL_CODE, dominant).astype(np.int8)
+    return Aggregates(value, minimum, maximum, n_valid, n_present, flag, counts,
+                      expected_arr, min_valid)

@@ -1,0 +1,216 @@
+"""Command line (click). Only this module installs signal handlers: they set a flag."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import click
+
+from cemsd import __version__
+from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock
+from cemsd.errors import CemsdError, ConfigError
+
+
+def _load_config(path: str):  # noqa: ANN202 - click callback helper
+    from cemsd.config import load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        click.echo(f"{len(exc.problems)} problem(s); nothing was started.", err=True)
+        sys.exit(2)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="cemsd")
+@click.option("--log-level", default="INFO", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+def main(log_level: str) -> None:
+    """cemsd: CEMS data acquisition for N2O abatement units."""
+    from cemsd.logs import setup_logging
+
+    setup_logging(log_level)
+
+
+@main.command("check-config")
+@click.argument("config_file", type=click.Path(dir_okay=False))
+def check_config(config_file: str) -> None:
+    """Validate CONFIG_FILE; print every problem and exit non-zero if there is one."""
+    from cemsd.config import load_config
+    from cemsd.plan import compile_plan
+
+    try:
+        config = load_config(config_file)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem))
+        click.echo(f"{len(exc.problems)} problem(s) in {config_file}", err=True)
+        sys.exit(1)
+    plan = compile_plan(config)
+    click.echo(f"{config_file}: OK: plant {config.plant.id}, {len(config.buses)} bus(es), "
+               f"{len(plan.devices)} device(s), {len(plan.channels)} channel(s)")
+    for device in plan.devices:
+        blocks = ", ".join(b.describe() for b in device.blocks)
+        click.echo(f"  {device.bus}/{device.name} id {device.device_id} every "
+                   f"{device.poll_interval:g} s: {blocks}")
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--accelerate", default=None,
+              help="Run on a simulated clock: a speed factor (e.g. 1000) or 'max'.")
+@click.option("--start", default=None, help="Simulated start time (ISO, with offset).")
+@click.option("--until", default=None,
+              help="Stop at this time: ISO, or +DURATION after the start (e.g. +24h).")
+@click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
+              help="Publish the simulated time here for a simulator process.")
+def run(config_file: str, accelerate: str | None, start: str | None, until: str | None,
+        clock_file: str | None) -> None:
+    """Run the daemon (wall clock unless --accelerate)."""
+    from cemsd.daemon import Daemon
+
+    config = _load_config(config_file)
+    clock, name, t0 = _make_clock(accelerate, start, clock_file)
+    end = _parse_until(until, t0)
+    daemon = Daemon(config, clock, clock_name=name, until=end)
+    sys.exit(_run_daemon(daemon))
+
+
+def _make_clock(accelerate: str | None, start: str | None, clock_file: str | None
+                ) -> tuple[Clock, str, float]:
+    if accelerate is None:
+        if start or clock_file:
+            raise click.UsageError("--start and --clock-file need --accelerate")
+        return WallClock(), "wall", datetime.now().timestamp()
+    speed = None if accelerate == "max" else float(accelerate)
+    if speed is not None and speed <= 0:
+        raise click.UsageError("--accelerate takes a positive factor or 'max'")
+    t0 = datetime.fromisoformat(start).timestamp() if start else datetime.now().timestamp()
+    shared = SharedClockFile(Path(clock_file), create=True) if clock_file else None
+    return VirtualClock(t0, speed=speed, shared_file=shared), f"virtual x{accelerate}", t0
+
+
+def _parse_until(until: str | None, t0: float) -> float | None:
+    if until is None:
+        return None
+    if until.startswith("+"):
+        from simulators.scenario import parse_offset
+
+        return t0 + parse_offset(until[1:])
+    return datetime.fromisoformat(until).timestamp()
+
+
+def _run_daemon(daemon) -> int:  # noqa: ANN001
+    async def main_task() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, daemon.request_stop, f"signal {sig.name}")
+        try:
+            await daemon.run()
+        except CemsdError as exc:
+            click.echo(f"cemsd: {exc}", err=True)
+            return 1
+        return 0
+
+    return asyncio.run(main_task())
+
+
+@main.command()
+@click.option("--scenario", "scenario_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
+              help="Follow the simulated time a daemon publishes (cemsd run --clock-file).")
+@click.option("--start-now", is_flag=True, help="On the wall clock, start the scenario now.")
+def sim(scenario_file: str, clock_file: str | None, start_now: bool) -> None:
+    """Serve the simulated instruments of a scenario until SIGTERM."""
+    from simulators.runner import run_simulator
+    from simulators.scenario import load_scenario
+
+    try:
+        scenario = load_scenario(scenario_file)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    try:
+        asyncio.run(run_simulator(scenario, clock_file, start_now))
+    except RuntimeError as exc:
+        click.echo(f"cemsd sim: {exc}", err=True)
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--from", "start", default=None, help="First hour (plant time unless offset).")
+@click.option("--to", "end", default=None, help="End, exclusive (plant time unless offset).")
+@click.option("--channel", "channels", multiple=True, help="Only these channels (repeat).")
+@click.option("--format", "fmt", default="table", show_default=True,
+              type=click.Choice(["table", "csv", "json"]))
+def hours(config_file: str, start: str | None, end: str | None, channels: tuple[str, ...],
+          fmt: str) -> None:
+    """Print stored hourly values."""
+    from cemsd import hourly
+    from cemsd.store.database import Database
+
+    config = _load_config(config_file)
+    tz = config.plant.tz
+    try:
+        t0 = hourly.parse_time(start, tz) if start else 0.0
+        t1 = hourly.parse_time(end, tz) if end else 4102444800.0  # 2100-01-01
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    db = Database(config.storage.database_url)
+    try:
+        rows = hourly.query_hours(db, t0, t1, tz, list(channels) or None)
+    except CemsdError as exc:
+        click.echo(f"cemsd: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        db.close()
+    if fmt == "csv":
+        click.echo(hourly.to_csv(rows), nl=False)
+    elif fmt == "json":
+        click.echo(hourly.to_json(rows))
+    else:
+        shown = list(channels) or sorted({r["channel"] for r in rows})
+        click.echo(hourly.to_table(rows, shown))
+
+
+@main.command()
+@click.option("--config", "config_file", default="config/demo.toml", show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("--scenario", "scenario_file", default="config/demo-scenario.toml",
+              show_default=True, type=click.Path(dir_okay=False))
+@click.option("--hours", "n_hours", default=24.0, show_default=True,
+              help="Simulated hours to run.")
+@click.option("--speed", default="max", show_default=True,
+              help="Speed factor of the simulated clock, or 'max'.")
+def demo(config_file: str, scenario_file: str, n_hours: float, speed: str) -> None:
+    """Run the bundled simulators and the daemon for a simulated day; print the hours."""
+    from cemsd.demo import run_demo
+
+    sys.exit(run_demo(config_file, scenario_file, n_hours, speed))
+
+
+@main.command("db-upgrade")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+def db_upgrade(config_file: str) -> None:
+    """Create or migrate the database to the current schema."""
+    from cemsd.store.database import Database
+
+    config = _load_config(config_file)
+    db = Database(config.storage.database_url)
+    db.upgrade()
+    click.echo(f"database at {db.location} is up to date")
+
+
+@main.command()
+def profiles() -> None:
+    """List the register maps (profiles) drivers can use."""
+    from drivers.registry import available_profiles, load_profile
+
+    for name in available_profiles():
+        click.echo(f"{name}: {load_profile(name).description}")

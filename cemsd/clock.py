@@ -1,0 +1,210 @@
+"""Clocks: the daemon takes its time from one of these, never from `time` directly.
+
+- `WallClock`: production. UTC epoch seconds from the system clock.
+- `VirtualClock`: simulations. Simulated time stands still while any *participant*
+  (a bus owner, the minute closer) is working and jumps to the earliest wake-up once
+  all of them wait on the clock. A simulated day therefore runs as fast as the real
+  sockets and the database allow, and every run is deterministic. An optional speed
+  paces it to at most `speed` times the wall clock, for a watchable demo.
+- `SharedClockFile` publishes a VirtualClock's time to another process (the simulator)
+  through an 8-byte memory-mapped file; `FileClock` reads it there.
+
+All times are float UTC epoch seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import mmap
+import os
+import struct
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Protocol
+
+_CLOCK_FORMAT = struct.Struct("<d")
+_WALL_SLEEP_SLICE = 1.0  # re-read the wall clock at least this often, so steps are noticed
+
+
+class Clock(Protocol):
+    """What the daemon needs from time."""
+
+    def now(self) -> float:
+        """Current time, UTC epoch seconds."""
+
+    async def sleep_until(self, t: float) -> None:
+        """Return once now() >= t."""
+
+    async def charge(self, seconds: float) -> None:
+        """Account for bus time spent on a failed request (a no-op on real clocks)."""
+
+    def participant(self) -> AbstractContextManager[None]:
+        """Register the calling task as one whose work holds simulated time still."""
+
+
+class WallClock:
+    """The system clock. Sleeps in slices so a stepped clock is noticed within a second."""
+
+    def now(self) -> float:
+        return time.time()
+
+    async def sleep_until(self, t: float) -> None:
+        while (remaining := t - time.time()) > 0:
+            await asyncio.sleep(min(remaining, _WALL_SLEEP_SLICE))
+
+    async def charge(self, seconds: float) -> None:
+        return None  # the time has really passed
+
+    @contextmanager
+    def participant(self) -> Iterator[None]:
+        yield
+
+
+class VirtualClock:
+    """Simulated time that advances only when every participant waits on it."""
+
+    def __init__(
+        self,
+        start: float,
+        speed: float | None = None,
+        shared_file: SharedClockFile | None = None,
+    ) -> None:
+        self._now = float(start)
+        self._speed = speed
+        self._shared = shared_file
+        self._active = 0
+        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+        self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
+        self._pace_origin: tuple[float, float] | None = None  # (sim time, monotonic)
+        self._publish()
+
+    def now(self) -> float:
+        return self._now
+
+    @property
+    def participants_active(self) -> int:
+        return self._active
+
+    @contextmanager
+    def participant(self) -> Iterator[None]:
+        self._active += 1
+        try:
+            yield
+        finally:
+            self._active -= 1
+            self._maybe_advance()
+
+    async def sleep_until(self, t: float) -> None:
+        if t <= self._now:
+            await asyncio.sleep(0)
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (t, next(self._seq), future))
+        self._active -= 1
+        self._maybe_advance()
+        try:
+            await future
+        except asyncio.CancelledError:
+            if not future.done() or future.cancelled():
+                # Woken by cancellation, not by the clock: this task is running again.
+                self._active += 1
+            raise
+
+    async def charge(self, seconds: float) -> None:
+        await self.sleep_until(self._now + seconds)
+
+    def _maybe_advance(self) -> None:
+        if self._active > 0 or not self._waiters or self._scheduled is not None:
+            return
+        self._scheduled = asyncio.get_running_loop().call_soon(self._advance)
+
+    def _advance(self) -> None:
+        self._scheduled = None
+        self._drop_cancelled()
+        if self._active > 0 or not self._waiters:
+            return
+        target = self._waiters[0][0]
+        delay = self._pacing_delay(target)
+        if delay > 0:
+            self._scheduled = asyncio.get_running_loop().call_later(delay, self._advance)
+            return
+        self._now = target
+        self._publish()
+        while self._waiters and self._waiters[0][0] <= target:
+            _, _, future = heapq.heappop(self._waiters)
+            if not future.done():
+                self._active += 1
+                future.set_result(None)
+
+    def _drop_cancelled(self) -> None:
+        while self._waiters and self._waiters[0][2].done():
+            heapq.heappop(self._waiters)
+
+    def _pacing_delay(self, target: float) -> float:
+        if not self._speed:
+            return 0.0
+        mono = time.monotonic()
+        if self._pace_origin is None:
+            self._pace_origin = (self._now, mono)
+        sim0, mono0 = self._pace_origin
+        return mono0 + (target - sim0) / self._speed - mono
+
+    def _publish(self) -> None:
+        if self._shared is not None:
+            self._shared.write(self._now)
+
+
+class SharedClockFile:
+    """An 8-byte file holding a float UTC epoch, memory-mapped by writer and readers."""
+
+    def __init__(self, path: Path, create: bool = False) -> None:
+        self.path = Path(path)
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_bytes(_CLOCK_FORMAT.pack(0.0))
+        fd = os.open(self.path, os.O_RDWR if create else os.O_RDONLY)
+        try:
+            access = mmap.ACCESS_WRITE if create else mmap.ACCESS_READ
+            self._map = mmap.mmap(fd, _CLOCK_FORMAT.size, access=access)
+        finally:
+            os.close(fd)
+
+    def write(self, t: float) -> None:
+        _CLOCK_FORMAT.pack_into(self._map, 0, t)
+
+    def read(self) -> float:
+        return _CLOCK_FORMAT.unpack_from(self._map, 0)[0]
+
+    def close(self) -> None:
+        self._map.close()
+
+
+class FileClock:
+    """Reads the simulated time a VirtualClock in another process publishes."""
+
+    def __init__(self, path: Path, wait_seconds: float = 10.0) -> None:
+        deadline = time.monotonic() + wait_seconds
+        while not Path(path).exists():
+            if time.monotonic() > deadline:
+                raise FileNotFoundError(f"clock file {path} did not appear")
+            time.sleep(0.05)
+        self._file = SharedClockFile(path)
+
+    def now(self) -> float:
+        return self._file.read()
+
+    async def sleep_until(self, t: float) -> None:
+        while self.now() < t:
+            await asyncio.sleep(0.01)
+
+    async def charge(self, seconds: float) -> None:
+        return None
+
+    @contextmanager
+    def participant(self) -> Iterator[None]:
+        yield

@@ -1,0 +1,287 @@
+"""Closing periods: stored readings -> minute values -> hour values.
+
+Minutes and hours are always computed from what is stored, never from memory: the
+closer flushes the writer, reads the minute's readings back and aggregates them. So
+the live path and the recovery path after a crash are the same code, and a period
+closed twice is the same period (unique keys make the second insert a no-op).
+
+Live: the closer wakes at each minute end, waits (boundedly) until every bus owner has
+delivered the readings of that minute (its watermark), and closes it. When a minute
+completes a plant-local hour, the hour is closed from the stored minutes.
+
+Start-up: everything between the last stored minute and now is closed from stored
+readings. Minutes before this start with no readings at all (the daemon was down) are
+not invented; every hour is stored, invalid if it has too few valid minutes, so gaps
+stay visible in capture rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from cemsd.acquisition import BusOwner
+from cemsd.aggregate import Aggregates, aggregate
+from cemsd.clock import Clock
+from cemsd.config import Config
+from cemsd.errors import StorageError
+from cemsd.flags import CODE, CODES, Flag
+from cemsd.periods import HOUR, MINUTE, hour_floor, minute_floor
+from cemsd.plan import Plan, minute_threshold
+from cemsd.points import PointCalculator
+from cemsd.store import schema
+from cemsd.store.writer import Store
+
+log = logging.getLogger(__name__)
+
+Rows = list[dict[str, Any]]
+PeriodListener = Callable[[str, Rows], Awaitable[None]]  # ("minute"|"hour", rows)
+_RETRY_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class SeriesMeta:
+    name: str
+    unit: str
+    per_minute: int  # expected readings per minute (1 for derived series)
+    how: Literal["mean", "last"]
+    derived: bool
+
+
+class Closer:
+    def __init__(
+        self,
+        config: Config,
+        plan: Plan,
+        store: Store,
+        clock: Clock,
+        buses: Sequence[BusOwner] = (),
+        listeners: Sequence[PeriodListener] = (),
+    ) -> None:
+        self.config = config
+        self.rules = config.processing
+        self.tz = config.plant.tz
+        self.store = store
+        self.clock = clock
+        self.buses = list(buses)
+        self.listeners = list(listeners)
+        self.calculator = PointCalculator(config, plan)
+        self.series = self._series(plan)
+        self.next_minute: float | None = None
+        self.next_hour: float | None = None
+        self.run_started: float = 0.0
+        self.last_pruned: float = -math.inf
+        self._stopping = False
+        self._sleeping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def _series(self, plan: Plan) -> dict[str, SeriesMeta]:
+        series = {}
+        for device in plan.devices:
+            for ch in device.channels:
+                series[ch.name] = SeriesMeta(ch.name, ch.unit.value, device.expected_per_minute,
+                                             ch.aggregate, derived=False)
+        for d in self.calculator.derived:
+            series[d.name] = SeriesMeta(d.name, d.unit.value, 1, "mean", derived=True)
+        return series
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """Close whatever was left open when the daemon last stopped (or died)."""
+        now = self.clock.now()
+        self.run_started = minute_floor(now)
+        last_minute = await self.store.call(self.store.db.last_ts, schema.minutes)
+        last_hour = await self.store.call(self.store.db.last_ts, schema.hours)
+        if last_minute is not None:
+            self.next_minute = last_minute + MINUTE
+        else:
+            first = await self.store.call(self.store.db.first_reading_ts)
+            self.next_minute = minute_floor(first if first is not None else now)
+        self.next_hour = (
+            last_hour + HOUR if last_hour is not None else hour_floor(self.next_minute, self.tz)
+        )
+        if self.next_minute < self.run_started:
+            log.info("recovering periods", extra={"from_minute": self.next_minute,
+                                                  "to_minute": self.run_started})
+        await self.close_through(self.run_started)
+
+    def request_stop(self) -> None:
+        self._stopping = True
+        if self._sleeping and self._task is not None:
+            self._task.cancel()
+
+    async def run(self) -> None:
+        """Close each minute as it ends, until request_stop()."""
+        self._task = asyncio.current_task()
+        assert self.next_minute is not None, "recover() first"
+        with self.clock.participant():
+            while not self._stopping:
+                target = self.next_minute + MINUTE
+                self._sleeping = True
+                try:
+                    await self.clock.sleep_until(target)
+                except asyncio.CancelledError:
+                    if not self._stopping:
+                        raise
+                    return
+                finally:
+                    self._sleeping = False
+                await self._await_buses(target)
+                await self._close_with_retry(target)
+
+    async def _close_with_retry(self, t_end: float) -> None:
+        while not self._stopping:
+            try:
+                await self.close_through(t_end)
+                return
+            except StorageError as exc:
+                log.error("cannot close period, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(_RETRY_SECONDS)
+
+    async def _await_buses(self, t: float) -> None:
+        """Wait until every bus has delivered its readings before t, at most the grace."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rules.close_grace_seconds
+        for bus in self.buses:
+            while bus.watermark < t:
+                changed = bus.watermark_changed
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    log.warning("closing minute without a late bus",
+                                extra={"bus": bus.name, "minute_end": t})
+                    break
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    continue
+
+    # --- closing ---------------------------------------------------------------------------
+
+    async def close_through(self, t_end: float) -> None:
+        """Close every minute ending at or before t_end, and every hour they complete."""
+        assert self.next_minute is not None and self.next_hour is not None
+        if self.next_minute + MINUTE <= t_end:
+            await self.store.flush()
+        while self.next_minute + MINUTE <= t_end:
+            window_end = min(t_end, hour_floor(self.next_minute, self.tz) + HOUR)
+            window_end = max(window_end, self.next_minute + MINUTE)
+            await self._close_minutes(self.next_minute, minute_floor(window_end))
+            self.next_minute = minute_floor(window_end)
+            await self._close_hours(self.next_minute)
+        await self._close_hours(self.next_minute)
+
+    async def _close_minutes(self, t0: float, t1: float) -> None:
+        n = int(round((t1 - t0) / MINUTE))
+        rows = await self.store.call(self.store.db.readings_between, t0, t1)
+        grouped = _group(rows, t0, MINUTE)
+        starts = t0 + MINUTE * np.arange(n)
+        aggregates: dict[str, Aggregates] = {}
+        for meta in self.series.values():
+            if meta.derived:
+                continue
+            bucket, values, codes = grouped.get(meta.name, _EMPTY)
+            expected = meta.per_minute
+            aggregates[meta.name] = aggregate(
+                bucket, values, codes, n, expected,
+                minute_threshold(expected, self.rules.minute_min_readings,
+                                 self.rules.minute_min_valid_fraction),
+                how=meta.how,
+            )
+        aggregates.update(self.calculator.compute(aggregates))
+        keep = np.ones(n, dtype=bool)
+        before_run = starts < self.run_started
+        if before_run.any():  # downtime minutes with nothing stored are not invented
+            received = np.zeros(n, dtype=bool)
+            for bucket, _, _ in grouped.values():
+                received[bucket] = True
+            keep = ~before_run | received
+        out = self._rows(aggregates, starts, keep, "readings")
+        await self.store.call(self.store.db.insert_aggregates, schema.minutes, out)
+        await self._notify("minute", out)
+
+    async def _close_hours(self, through: float) -> None:
+        """Close every plant-local hour that ends at or before `through`."""
+        assert self.next_hour is not None
+        while self.next_hour + HOUR <= through:
+            t0 = self.next_hour
+            rows = await self.store.call(self.store.db.aggregates_between, schema.minutes,
+                                         t0, t0 + HOUR)
+            grouped = _group(rows, t0, HOUR)
+            aggregates = {
+                meta.name: aggregate(*grouped.get(meta.name, _EMPTY), 1, 60,
+                                     self.rules.hour_min_valid_minutes, how=meta.how)
+                for meta in self.series.values()
+            }
+            out = self._rows(aggregates, np.array([t0]), np.ones(1, dtype=bool), "minutes")
+            await self.store.call(self.store.db.insert_aggregates, schema.hours, out)
+            self.next_hour = t0 + HOUR
+            await self._notify("hour", out)
+            await self._prune()
+
+    def _rows(self, aggregates: dict[str, Aggregates], starts: np.ndarray, keep: np.ndarray,
+              what: str) -> Rows:
+        now = self.clock.now()
+        out: Rows = []
+        for name, agg in aggregates.items():
+            unit = self.series[name].unit
+            for i in np.flatnonzero(keep):
+                out.append({
+                    "channel": name,
+                    "ts": float(starts[i]),
+                    "value": _num(agg.value[i]),
+                    "minimum": _num(agg.minimum[i]),
+                    "maximum": _num(agg.maximum[i]),
+                    "n_valid": int(agg.n_valid[i]),
+                    "n_expected": int(agg.expected[i]),
+                    "flag": CODES[agg.flag[i]].value,
+                    "reason": agg.reason(int(i), what),
+                    "unit": unit,
+                    "created_at": now,
+                })
+        return out
+
+    async def _notify(self, kind: str, rows: Rows) -> None:
+        for listener in self.listeners:
+            try:
+                await listener(kind, rows)
+            except Exception:  # an output failing must not stop closing periods
+                log.exception("period listener failed", extra={"kind": kind})
+
+    async def _prune(self) -> None:
+        now = self.clock.now()
+        if now - self.last_pruned < HOUR or self.next_minute is None:
+            return
+        before = min(now - self.config.storage.reading_retention_days * 86400, self.next_minute)
+        removed = await self.store.call(self.store.db.prune_readings, before)
+        self.last_pruned = now
+        if removed:
+            log.info("pruned readings", extra={"rows": removed, "before": before})
+
+
+_EMPTY = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
+
+
+def _group(rows: Sequence[Any], t0: float, width: float) -> dict[str, tuple[np.ndarray, ...]]:
+    """Rows (channel, ts, value, flag, ...) in time order -> per channel bucket/value/code."""
+    by_channel: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+    for row in rows:
+        value = math.nan if row.value is None else row.value
+        by_channel[row.channel].append((row.ts.timestamp(), value, CODE[Flag(row.flag)]))
+    out = {}
+    for name, items in by_channel.items():
+        arr = np.array(items, dtype=np.float64)
+        bucket = np.floor((arr[:, 0] - t0) / width + 1e-9).astype(np.int64)
+        out[name] = (bucket, arr[:, 1], arr[:, 2].astype(np.int64))
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if math.isnan(x) else float(x)

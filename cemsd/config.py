@@ -1,0 +1,474 @@
+"""The configuration file: one TOML document, validated completely before anything starts.
+
+Loading happens in three passes, each reporting every problem it finds with the file
+and the key path:
+
+1. TOML syntax;
+2. profiles: each device's register map is its profile's channels with the device's
+   overrides merged over them (`drivers/profiles/*.toml`);
+3. the schema (pydantic, unknown keys refused) and then the cross-checks a schema cannot
+   express: references between sections, duplicates, timing rules from HJ 212.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections import Counter
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cemsd import standards
+from cemsd.errors import ConfigError, ConfigProblem, DriverError
+from cemsd.flags import Flag
+from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
+from drivers.codec import ByteOrder, DataType
+from drivers.registry import load_profile
+
+Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- Plant and storage -------------------------------------------------------------------
+
+
+class Plant(Strict):
+    id: Name
+    name: str = ""
+    timezone: str = standards.DEFAULT_TIMEZONE
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
+        return value
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class Storage(Strict):
+    state_dir: Path = Path("/var/lib/cemsd")
+    url: str | None = None  # SQLAlchemy URL; default: SQLite file in state_dir
+    reading_retention_days: Annotated[float, Field(ge=1)] = 14
+    batch_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
+
+    @property
+    def database_url(self) -> str:
+        return self.url or f"sqlite:///{self.state_dir / 'cemsd.db'}"
+
+
+class Processing(Strict):
+    """Averaging rules. Defaults come from the standards; only stricter values are accepted."""
+
+    minute_min_readings: Annotated[
+        int, Field(ge=int(standards.MINUTE_MIN_READINGS.value), le=3600)
+    ] = int(standards.MINUTE_MIN_READINGS.value)
+    minute_min_valid_fraction: Annotated[
+        float, Field(ge=standards.MINUTE_MIN_VALID_FRACTION.value, le=1.0)
+    ] = standards.MINUTE_MIN_VALID_FRACTION.value
+    hour_min_valid_minutes: Annotated[
+        int, Field(ge=int(standards.HOUR_MIN_VALID_MINUTES.value), le=60)
+    ] = int(standards.HOUR_MIN_VALID_MINUTES.value)
+    standard_state: Literal["SI", "HJ212"] = "SI"
+    close_grace_seconds: Annotated[float, Field(ge=0, le=120)] = 5.0
+
+
+# --- Points: where gas is measured -------------------------------------------------------
+
+
+class Point(Strict):
+    """A measurement location (duct) whose channels combine into mass flow."""
+
+    description: str = ""
+    concentration_basis: Literal["dry", "wet"] = "dry"
+    flow_basis: Literal["actual_wet", "standard_wet", "standard_dry"] = "actual_wet"
+    duct_area_m2: Annotated[float, Field(gt=0)] | None = None
+    velocity_coefficient: Annotated[float, Field(gt=0)] = 1.0
+    pressure_kind: Literal["gauge", "absolute"] = "gauge"
+    barometric_kpa: Annotated[float, Field(gt=50, lt=120)] = standards.STANDARD_PRESSURE.value
+    temperature_default_c: float | None = None
+    pressure_default_kpa: float | None = None
+    moisture_default_pct: Annotated[float, Field(ge=0, lt=100)] | None = None
+
+
+# --- Buses ---------------------------------------------------------------------------------
+
+
+class BusBase(Strict):
+    name: Name
+    timeout: Annotated[float, Field(gt=0, le=30)] = 0.5
+    retries: Annotated[int, Field(ge=0, le=5)] = 1
+    request_delay: Annotated[float, Field(ge=0, le=5)] = 0.0  # pause between requests
+
+
+class TcpBus(BusBase):
+    transport: Literal["tcp"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    framer: Literal["socket", "rtu"] = "socket"  # "rtu": RTU frames through a TCP gateway
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class SerialBus(BusBase):
+    transport: Literal["serial"]
+    port: str
+    # No defaults: pymodbus defaults to 19200 8N1, and a wrong guess is silent garbage.
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200]
+    parity: Literal["N", "E", "O"]
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+    @property
+    def endpoint(self) -> str:
+        return self.port
+
+
+Bus = Annotated[TcpBus | SerialBus, Field(discriminator="transport")]
+
+
+# --- Channels and devices -------------------------------------------------------------------
+
+
+class StatusMeaning(Strict):
+    flag: Flag
+    text: str
+
+
+class Channel(Strict):
+    """One register-mapped value of a device (a profile entry merged with overrides)."""
+
+    function_code: Literal[1, 2, 3, 4] = 3
+    address: Annotated[int, Field(ge=0, le=65535)]
+    data_type: DataType = DataType.FLOAT32
+    byte_order: ByteOrder = ByteOrder.ABCD
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: Unit
+    range: tuple[float, float] | None = None  # measuring range = full scale
+    kind: Literal["analog", "digital", "counter", "status"] = "analog"
+    role: Role | None = None
+    point: Name | None = None
+    description: str = ""
+    # status channels: bits (bitmask word) or codes (whole value) mapped to flags
+    bits: dict[Annotated[int, Field(ge=0, le=63)], StatusMeaning] = {}
+    codes: dict[int, StatusMeaning] = {}
+    applies_to: list[str] | None = None  # channel keys the status governs (default: analog)
+
+    @field_validator("range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError("range must be [low, high] with low < high")
+        return value
+
+    @field_validator("scale")
+    @classmethod
+    def _nonzero(cls, value: float) -> float:
+        if value == 0 or not math.isfinite(value):
+            raise ValueError("scale must be a finite, non-zero number")
+        return value
+
+
+class Device(Strict):
+    name: Name
+    bus: Name
+    device_id: Annotated[int, Field(ge=0, le=255)]
+    profile: str | None = None
+    poll_interval: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    point: Name | None = None  # default point of this device's channels
+    timeout: Annotated[float, Field(gt=0, le=30)] | None = None  # default: the bus's
+    retries: Annotated[int, Field(ge=0, le=5)] | None = None
+    max_registers: Annotated[
+        int, Field(ge=1, le=int(standards.MODBUS_MAX_READ_REGISTERS.value))
+    ] = int(standards.MODBUS_MAX_READ_REGISTERS.value)
+    max_gap: Annotated[int, Field(ge=0, le=100)] = 0  # unused registers a block may span
+    backoff_max: Annotated[float, Field(ge=1, le=3600)] = 60.0
+    enabled: bool = True
+    channels: dict[Name, Channel]
+
+
+class Config(Strict):
+    plant: Plant
+    storage: Storage = Storage()
+    processing: Processing = Processing()
+    points: dict[Name, Point] = {}
+    buses: list[Bus]
+    devices: list[Device]
+    source: Path = Path("<memory>")
+
+    def bus(self, name: str) -> TcpBus | SerialBus:
+        return next(b for b in self.buses if b.name == name)
+
+    def channel_name(self, device: Device, key: str) -> str:
+        return f"{device.name}.{key}"
+
+    def all_channels(self) -> list[tuple[Device, str, Channel]]:
+        return [(d, k, c) for d in self.devices for k, c in d.channels.items()]
+
+    def channel_point(self, device: Device, channel: Channel) -> str | None:
+        if channel.point:
+            return channel.point
+        if channel.role and channel.role.implied_point:
+            return channel.role.implied_point
+        return device.point if channel.role in GAS_ROLES else None
+
+
+# --- Loading ----------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path) -> Config:
+    """Read, merge profiles, validate and cross-check. Raises ConfigError with every problem."""
+    path = Path(path)
+    raw = _read_toml(path)
+    problems: list[ConfigProblem] = []
+    _merge_profiles(raw, str(path), problems)
+    _resolve_paths(raw, path.parent)
+    try:
+        config = Config.model_validate({**raw, "source": str(path)})
+    except ValidationError as exc:
+        problems.extend(_pydantic_problems(exc, str(path)))
+        raise ConfigError(problems) from None
+    problems.extend(cross_check(config))
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"not UTF-8 text: {exc}")]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"TOML syntax: {exc}")]) from None
+
+
+def _merge_profiles(raw: dict[str, Any], file: str, problems: list[ConfigProblem]) -> None:
+    """Replace each device's channel overrides with the profile's channels merged with them."""
+    devices = raw.get("devices")
+    if not isinstance(devices, list):
+        return
+    for i, device in enumerate(devices):
+        if not isinstance(device, dict) or "profile" not in device:
+            continue
+        overrides = device.get("channels", {})
+        if not isinstance(overrides, dict):
+            continue  # the schema pass reports the type
+        try:
+            profile = load_profile(str(device["profile"]))
+        except DriverError as exc:
+            problems.append(ConfigProblem(file, f"devices[{i}].profile", str(exc)))
+            continue
+        merged = {key: dict(spec) for key, spec in profile.channels.items()}
+        for key, spec in overrides.items():
+            if not isinstance(spec, dict):
+                merged[key] = spec
+                continue
+            spec = dict(spec)
+            if spec.pop("enabled", True) is False:
+                merged.pop(key, None)
+                continue
+            merged[key] = {**merged.get(key, {}), **spec}
+        for spec in merged.values():  # a disabled channel leaves the status it was governed by
+            if isinstance(spec, dict) and isinstance(spec.get("applies_to"), list):
+                spec["applies_to"] = [k for k in spec["applies_to"] if k in merged]
+        device["channels"] = merged
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative paths in the file are relative to the file's own folder."""
+    storage = raw.get("storage")
+    if isinstance(storage, dict) and isinstance(storage.get("state_dir"), str):
+        storage["state_dir"] = str((base / storage["state_dir"]).resolve())
+    for bus in raw.get("buses", []) if isinstance(raw.get("buses"), list) else []:
+        if isinstance(bus, dict) and bus.get("transport") == "serial":
+            port = bus.get("port")
+            if isinstance(port, str) and not port.startswith("/") and "/" in port:
+                bus["port"] = str((base / port).resolve())
+
+
+def _pydantic_problems(exc: ValidationError, file: str) -> list[ConfigProblem]:
+    problems = []
+    for error in exc.errors(include_url=False):
+        loc = list(error["loc"])
+        # discriminated unions put the tag into the location: buses[0].tcp.port
+        if len(loc) > 2 and loc[0] == "buses" and loc[2] in ("tcp", "serial"):
+            del loc[2]
+        problems.append(ConfigProblem(file, _format_loc(loc), _message(error)))
+    return problems
+
+
+def _format_loc(loc: list[Any]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _message(error: dict[str, Any]) -> str:
+    if error["type"] == "extra_forbidden":
+        return "unknown key (check the spelling)"
+    if error["type"] == "missing":
+        return "required key is missing"
+    msg = error["msg"]
+    return msg.removeprefix("Value error, ")
+
+
+# --- Cross-checks ------------------------------------------------------------------------------
+
+
+def cross_check(config: Config) -> list[ConfigProblem]:
+    """What a schema cannot say: references, duplicates and timing rules."""
+    file = str(config.source)
+    problems: list[ConfigProblem] = []
+
+    def problem(path: str, message: str) -> None:
+        problems.append(ConfigProblem(file, path, message))
+
+    _check_unique([b.name for b in config.buses], "buses", "name", problem)
+    _check_unique([d.name for d in config.devices], "devices", "name", problem)
+    _check_unique([b.endpoint for b in config.buses], "buses", "endpoint", problem)
+    bus_names = {b.name for b in config.buses}
+    for i, device in enumerate(config.devices):
+        path = f"devices[{i}]"
+        if device.bus not in bus_names:
+            problem(f"{path}.bus", f"no bus named {device.bus!r} (buses: {sorted(bus_names)})")
+        if device.name in config.points:
+            problem(f"{path}.name", "a device may not share its name with a point")
+        _check_device(config, device, path, problem)
+    seen_ids: dict[tuple[str, int], int] = {}
+    for i, device in enumerate(config.devices):
+        key = (device.bus, device.device_id)
+        if key in seen_ids:
+            problem(
+                f"devices[{i}].device_id",
+                f"device id {device.device_id} is already used on bus {device.bus!r} "
+                f"by devices[{seen_ids[key]}]",
+            )
+        seen_ids.setdefault(key, i)
+    _check_roles(config, problem)
+    if not problems:  # the plan needs consistent references
+        from cemsd.plan import compile_plan
+        from cemsd.points import point_problems
+
+        for path, message in point_problems(config, compile_plan(config)):
+            problem(path, message)
+    return problems
+
+
+def _check_unique(values: list[str], section: str, key: str, problem: Any) -> None:
+    for value, count in Counter(values).items():
+        if count > 1:
+            index = values.index(value, values.index(value) + 1)
+            problem(f"{section}[{index}].{key}", f"duplicate {key} {value!r}")
+
+
+def _check_device(config: Config, device: Device, path: str, problem: Any) -> None:
+    if not device.channels:
+        problem(f"{path}.channels", "a device needs at least one channel")
+    bus = next((b for b in config.buses if b.name == device.bus), None)
+    if bus is not None:
+        timeout = device.timeout or bus.timeout
+        retries = bus.retries if device.retries is None else device.retries
+        if timeout * (retries + 1) >= device.poll_interval:
+            problem(
+                f"{path}.timeout",
+                f"timeout x (retries + 1) = {timeout * (retries + 1):g} s must be shorter "
+                f"than poll_interval {device.poll_interval:g} s, or one silent device "
+                "stalls its bus for a whole cycle",
+            )
+    for key, channel in device.channels.items():
+        _check_channel(config, device, key, channel, f"{path}.channels.{key}", problem)
+
+
+def _check_channel(
+    config: Config, device: Device, key: str, ch: Channel, path: str, problem: Any
+) -> None:
+    is_bit_fc = ch.function_code in (1, 2)
+    if is_bit_fc != (ch.data_type is DataType.BOOL):
+        problem(
+            f"{path}.data_type",
+            "function codes 1 and 2 (coils, discrete inputs) take data_type 'bool'; "
+            "3 and 4 (registers) take a numeric type",
+        )
+    if ch.data_type.registers > device.max_registers:
+        problem(f"{path}.data_type", f"{ch.data_type} does not fit max_registers")
+    if ch.kind == "status":
+        if not (ch.bits or ch.codes):
+            problem(f"{path}.bits", "a status channel needs 'bits' or 'codes' mapped to flags")
+        for target in ch.applies_to or []:
+            if target not in device.channels:
+                problem(f"{path}.applies_to", f"no channel {target!r} on this device")
+    elif ch.bits or ch.codes:
+        problem(f"{path}.kind", "'bits' and 'codes' belong to kind = 'status'")
+    if ch.role is not None and ch.unit not in ROLE_UNITS[ch.role]:
+        allowed = ", ".join(sorted(u.value or "''" for u in ROLE_UNITS[ch.role]))
+        problem(f"{path}.unit", f"unit {ch.unit.value!r} does not fit role {ch.role}: {allowed}")
+    point = config.channel_point(device, ch)
+    if ch.role in GAS_ROLES:
+        if point is None:
+            problem(f"{path}.point", f"role {ch.role} needs a point (set it here or on the device)")
+        elif point not in config.points:
+            problem(f"{path}.point", f"no point named {point!r} under [points]")
+        if ch.kind == "analog":
+            _check_sampling(config, device, path, problem)
+    if ch.kind == "analog" and ch.range is None and ch.role in GAS_ROLES:
+        problem(f"{path}.range", "a measured gas value needs its measuring range (full scale)")
+
+
+def _check_sampling(config: Config, device: Device, path: str, problem: Any) -> None:
+    limit = standards.MAX_SAMPLE_INTERVAL
+    if device.poll_interval > limit.value:
+        problem(
+            path.rsplit(".channels", 1)[0] + ".poll_interval",
+            f"{device.poll_interval:g} s is longer than {limit.value:g} s ({limit.source})",
+        )
+    expected = 60.0 / device.poll_interval
+    if expected < config.processing.minute_min_readings:
+        problem(
+            path.rsplit(".channels", 1)[0] + ".poll_interval",
+            f"gives {expected:g} readings a minute; a valid minute needs "
+            f"{config.processing.minute_min_readings} ({standards.MINUTE_MIN_READINGS.source})",
+        )
+
+
+def _check_roles(config: Config, problem: Any) -> None:
+    """At most one channel per (point, role), and unit needs of each point."""
+    where: dict[tuple[str | None, Role], str] = {}
+    for i, device in enumerate(config.devices):
+        for key, ch in device.channels.items():
+            if ch.role is None or ch.role is Role.STATUS:
+                continue
+            point = config.channel_point(device, ch)
+            slot = (point, ch.role)
+            path = f"devices[{i}].channels.{key}.role"
+            if slot in where:
+                at = f" at point {point!r}" if point else ""
+                problem(path, f"role {ch.role}{at} is already taken by {where[slot]}")
+            where.setdefault(slot, config.channel_name(device, key))
+            if ch.role is Role.FLOW and ch.unit is Unit.M_S and point in config.points:
+                if config.points[point].duct_area_m2 is None:
+                    problem(
+                        f"points.{point}.duct_area_m2",
+                        f"flow {config.channel_name(device, key)} is a velocity (m/s); "
+                        "the point needs duct_area_m2",
+                    )

@@ -1,0 +1,183 @@
+"""The daemon: builds the pipeline from a validated configuration and runs it.
+
+Start-up order: storage (migrated) -> read plan -> closer recovery (close what a previous
+run left open) -> writer, bus owners, closer. Shutdown (request_stop, e.g. from SIGTERM)
+runs in the reverse direction with a deadline at each step: bus owners finish their
+current poll and stop; the writer flushes; the closer closes every complete minute and
+hour; the run is marked stopped. Only the CLI touches signals; they just call
+request_stop (uvicorn's pattern).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+from cemsd import __version__
+from cemsd.acquisition import BusOwner
+from cemsd.clock import Clock
+from cemsd.closer import Closer, PeriodListener
+from cemsd.config import Config, SerialBus
+from cemsd.pipeline import Pipeline
+from cemsd.plan import BusPlan, Plan, compile_plan, log_plan
+from cemsd.store.database import Database
+from cemsd.store.writer import Store
+from drivers.base import Transport
+from drivers.modbus import ModbusTransport
+
+log = logging.getLogger(__name__)
+
+TransportFactory = Callable[[BusPlan], Transport]
+STOP_DEADLINE_SECONDS = 10.0
+
+
+def modbus_transport(bus_plan: BusPlan) -> Transport:
+    bus = bus_plan.bus
+    if isinstance(bus, SerialBus):
+        return ModbusTransport.serial(bus.name, bus.port, bus.baudrate, bus.parity,
+                                      bus.stopbits, bus.bytesize)
+    return ModbusTransport.tcp(bus.name, bus.host, bus.port, bus.framer)
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        *,
+        clock_name: str = "wall",
+        until: float | None = None,
+        transport_factory: TransportFactory = modbus_transport,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.clock_name = clock_name
+        self.until = until
+        self.transport_factory = transport_factory
+        self.plan: Plan = compile_plan(config)
+        self.period_listeners: list[PeriodListener] = []
+        self.store: Store | None = None
+        self.pipeline: Pipeline | None = None
+        self.owners: list[BusOwner] = []
+        self.closer: Closer | None = None
+        self.ready = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.exit_reason = "stopped"
+
+    def request_stop(self, reason: str = "stop requested") -> None:
+        if not self._stop.is_set():
+            log.info("stopping", extra={"reason": reason})
+            self.exit_reason = reason
+            self._stop.set()
+
+    async def run(self) -> None:
+        log_plan(self.plan)
+        db = Database(self.config.storage.database_url)
+        await asyncio.to_thread(db.upgrade)
+        self.store = store = Store(db, self.config.storage.batch_seconds)
+        run_id = await store.call(db.start_run, self.clock_name, __version__,
+                                  str(self.config.source), _sha256(self.config.source))
+        self.pipeline = Pipeline(store)
+        self.owners = [
+            BusOwner(bus, self.transport_factory(bus), self.clock, self.pipeline.ingest)
+            for bus in self.plan.buses
+        ]
+        self.closer = Closer(self.config, self.plan, store, self.clock, self.owners,
+                             self.period_listeners)
+        await store.call(db.upsert_channels, _channel_rows(self.plan, self.closer))
+        await self.closer.recover()
+
+        writer_stop = asyncio.Event()
+        writer = asyncio.create_task(store.run(writer_stop), name="writer")
+        owner_tasks = [asyncio.create_task(o.run(), name=f"bus:{o.name}") for o in self.owners]
+        closer_task = asyncio.create_task(self.closer.run(), name="closer")
+        until_task = asyncio.create_task(self._stop_at_until(), name="until")
+        log.info("running", extra={"plant": self.config.plant.id, "clock": self.clock_name,
+                                   "buses": len(self.owners), "devices": len(self.plan.devices),
+                                   "database": db.location})
+        self.ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            until_task.cancel()
+            await self._shutdown(owner_tasks, closer_task, writer, writer_stop)
+            await store.call(db.stop_run, run_id, self.exit_reason)
+            await store.close()
+            log.info("stopped", extra={"reason": self.exit_reason})
+
+    async def _stop_at_until(self) -> None:
+        if self.until is None:
+            return
+        with self.clock.participant():
+            await self.clock.sleep_until(self.until)
+        self.request_stop("reached --until")
+
+    async def _shutdown(
+        self,
+        owner_tasks: list[asyncio.Task[None]],
+        closer_task: asyncio.Task[None],
+        writer: asyncio.Task[None],
+        writer_stop: asyncio.Event,
+    ) -> None:
+        assert self.closer is not None and self.store is not None
+        for owner in self.owners:
+            owner.request_stop()
+        await _finish(owner_tasks, STOP_DEADLINE_SECONDS, "bus owners")
+        self.closer.request_stop()
+        await _finish([closer_task], STOP_DEADLINE_SECONDS, "closer")
+        writer_stop.set()
+        await _finish([writer], STOP_DEADLINE_SECONDS, "writer")
+        try:
+            await asyncio.wait_for(self.store.flush(), STOP_DEADLINE_SECONDS)
+            await asyncio.wait_for(self.closer.close_through(self.clock.now()),
+                                   STOP_DEADLINE_SECONDS)
+        except Exception as exc:  # noqa: BLE001 - what is stored stays; report and go on
+            log.error("final flush incomplete", extra={"error": str(exc),
+                                                       "pending": self.store.pending})
+
+
+async def _finish(tasks: list[asyncio.Task[None]], deadline: float, what: str) -> None:
+    if not tasks:
+        return
+    done, pending = await asyncio.wait(tasks, timeout=deadline)
+    for task in pending:
+        log.warning("cancelling after deadline", extra={"task": task.get_name(), "what": what})
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            exc = task.exception() if task.done() and not task.cancelled() else None
+            if exc is not None:
+                log.error("task failed", extra={"task": task.get_name(), "error": repr(exc)})
+    if pending:
+        await asyncio.wait(pending, timeout=1.0)
+
+
+def _sha256(path: Path) -> str:
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return ""
+
+
+def _channel_rows(plan: Plan, closer: Closer) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for ch in plan.channels:
+        span = ch.spec.range
+        rows.append({
+            "name": ch.name, "device": ch.device, "key": ch.key,
+            "role": ch.role.value if ch.role else None, "point": ch.point,
+            "unit": ch.unit.value, "kind": ch.spec.kind,
+            "range_low": span[0] if span else None, "range_high": span[1] if span else None,
+            "description": ch.spec.description,
+        })
+    for d in closer.calculator.derived:
+        rows.append({
+            "name": d.name, "device": None, "key": d.quantity, "role": None, "point": d.point,
+            "unit": d.unit.value, "kind": "derived", "range_low": None, "range_high": None,
+            "description": f"{d.description}; from {', '.join(d.inputs)}",
+        })
+    return rows

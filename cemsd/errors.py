@@ -1,0 +1,74 @@
+"""The small exception tree of cemsd. Validity reasons are derived from these types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class CemsdError(Exception):
+    """Base of every error cemsd raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem in a configuration file: where, and what is wrong."""
+
+    file: str
+    path: str  # dotted key path, e.g. "devices[2].channels.n2o.range"
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.message}"
+
+
+class ConfigError(CemsdError):
+    """A configuration that must not start. Carries every problem found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+class DriverError(CemsdError):
+    """A driver or register map cannot be used (unknown profile, bad register map)."""
+
+
+class TransportError(CemsdError):
+    """The bus failed to carry a request: no link, no reply or an unreadable reply."""
+
+
+class DeviceTimeout(TransportError):
+    """The device did not answer within its timeout (after its retries)."""
+
+
+class NoConnection(TransportError):
+    """The connection (TCP socket or serial port) could not be opened or was lost."""
+
+
+class BadFrame(TransportError):
+    """A reply arrived but could not be used (wrong length, garbage, wrong device)."""
+
+
+class ExceptionReply(CemsdError):
+    """The device answered with a Modbus exception response."""
+
+    NAMES = {
+        1: "illegal function",
+        2: "illegal data address",
+        3: "illegal data value",
+        4: "server device failure",
+        5: "acknowledge",
+        6: "server device busy",
+        8: "memory parity error",
+        10: "gateway path unavailable",
+        11: "gateway target device failed to respond",
+    }
+
+    def __init__(self, code: int) -> None:
+        self.code = code
+        super().__init__(f"exception {code} ({self.NAMES.get(code, 'unknown')})")
+
+
+class StorageError(CemsdError):
+    """The database refused a write or a read."""

@@ -1,0 +1,68 @@
+"""Every number taken from a standard or protocol, named, with the clause it comes from.
+
+Nothing else in cemsd writes these literals: configuration defaults, validity rules,
+conversions and reports all read them from here. Items marked [U] were not checked
+against the primary text (see ../shared/spec/README.md); each is a documented,
+configurable default, never a silent constant.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StandardValue:
+    """A number from a standard, with its unit and the clause it comes from."""
+
+    value: float
+    unit: str
+    source: str
+
+    def __float__(self) -> float:
+        return float(self.value)
+
+
+# --- Standard state and gas properties -------------------------------------------------
+
+STANDARD_TEMPERATURE = StandardValue(
+    273.15, "K", "SI standard state; HJ 212-2017 Annex D writes 273 (0.055 % apart)"
+)
+STANDARD_TEMPERATURE_HJ212 = StandardValue(
+    273.0, "K", "HJ 212-2017 Annex D formula (alternative, selectable)"
+)
+STANDARD_PRESSURE = StandardValue(101.325, "kPa", "HJ 212-2017 Annex D (101325 Pa)")
+ZERO_CELSIUS = StandardValue(273.15, "K", "SI: 0 degC in kelvin")
+MOLAR_VOLUME = StandardValue(
+    22.414, "L/mol", "ideal gas at 273.15 K, 101.325 kPa; HJ 212 Annex D writes 22.4"
+)
+MOLAR_VOLUME_HJ212 = StandardValue(22.4, "L/mol", "HJ 212-2017 Annex D formula (alternative)")
+N2O_MOLAR_MASS = StandardValue(44.013, "g/mol", "IUPAC atomic weights")
+PPM_PER_PERCENT_VOL = StandardValue(10_000.0, "ppm/%vol", "definition")
+
+# --- Acquisition and averaging (HJ 212-2017 Annex C/D, HJ 75/76-2017) -------------------
+
+MAX_SAMPLE_INTERVAL = StandardValue(
+    5.0, "s", "HJ 212-2017 Annex D; HJ 76-2017 Annex B: at least one reading every 5 s"
+)
+MINUTE_MIN_READINGS = StandardValue(
+    12, "readings", "HJ 212-2017 Annex D: a minute value needs n >= 12 readings"
+)
+MINUTE_MIN_VALID_FRACTION = StandardValue(
+    0.75, "fraction", "HJ 212-2017 Annex C: N when >= 75 % of the sub-values are normal"
+)
+HOUR_MIN_VALID_MINUTES = StandardValue(
+    45, "min", "HJ 212-2017 Annex D; HJ 75-2017: a valid hour has >= 45 valid minutes"
+)
+DAY_MIN_VALID_HOURS = StandardValue(20, "h", "HJ 212-2017 Annex D; HJ 76-2017 [S]")
+MONTH_MIN_VALID_DAYS = StandardValue(25, "d", "HJ 76-2017 [S] (23 in February)")
+FEBRUARY_MIN_VALID_DAYS = StandardValue(23, "d", "HJ 76-2017 [S]")
+
+# --- Modbus (Modbus Application Protocol v1.1b3) ----------------------------------------
+
+MODBUS_MAX_READ_REGISTERS = StandardValue(125, "registers", "Modbus spec: FC03/FC04 quantity")
+MODBUS_MAX_READ_BITS = StandardValue(2000, "bits", "Modbus spec: FC01/FC02 quantity")
+
+# --- Defaults -------------------------------------------------------------------------
+
+DEFAULT_TIMEZONE = "Asia/Shanghai"  # China Standard Time: hours follow the plant's clock

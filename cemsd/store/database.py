@@ -1,0 +1,190 @@
+"""Synchronous database operations. The daemon calls them on one worker thread
+(store.writer.Store), the CLI calls them directly.
+
+SQLite runs in WAL mode with synchronous=NORMAL: a committed transaction survives a
+killed process (kill -9); only a power loss can take the last transactions.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
+
+from cemsd.errors import StorageError
+from cemsd.store import schema
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True)
+
+
+class Database:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.dialect = self.engine.dialect.name
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def location(self) -> str:
+        parsed = make_url(self.url)
+        if parsed.get_backend_name() == "sqlite":
+            return str(Path(parsed.database or "").resolve())
+        return parsed.render_as_string(hide_password=True)
+
+    # --- schema ----------------------------------------------------------------------------
+
+    def upgrade(self) -> None:
+        """Bring the schema to the newest migration (idempotent)."""
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        try:
+            with self.engine.begin() as conn:
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot migrate {self.location}: {exc}") from exc
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def _insert_ignoring_duplicates(self, table: Table) -> Any:
+        if self.dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        if self.dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        raise StorageError(f"unsupported database {self.dialect}")
+
+    def insert_readings(self, rows: Sequence[dict[str, Any]]) -> None:
+        if rows:
+            self._execute_many(insert(schema.readings), rows)
+
+    def insert_aggregates(self, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert minute or hour rows; a row already present for (channel, ts) is kept."""
+        if not rows:
+            return 0
+        return self._execute_many(self._insert_ignoring_duplicates(table), rows)
+
+    def _execute_many(self, statement: Any, rows: Sequence[dict[str, Any]]) -> int:
+        try:
+            with self.engine.begin() as conn:
+                result = conn.execute(statement, list(rows))
+                return max(result.rowcount, 0)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"write to {self.location} failed: {_short(exc)}") from exc
+
+    def upsert_channels(self, rows: Iterable[dict[str, Any]]) -> None:
+        now = datetime.now(UTC)
+        with self.engine.begin() as conn:
+            for row in rows:
+                values = {**row, "updated_at": now}
+                done = conn.execute(
+                    update(schema.channels).where(schema.channels.c.name == row["name"]),
+                    values,
+                )
+                if done.rowcount == 0:
+                    conn.execute(insert(schema.channels), values)
+
+    def prune_readings(self, before: float) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(delete(schema.readings).where(schema.readings.c.ts < before))
+            return max(result.rowcount, 0)
+
+    def start_run(self, clock: str, version: str, config_path: str, config_sha256: str) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                insert(schema.daemon_runs).values(
+                    started_at=datetime.now(UTC), clock=clock, version=version,
+                    config_path=config_path, config_sha256=config_sha256,
+                    host=socket.gethostname(),
+                )
+            )
+            return int(result.inserted_primary_key[0])
+
+    def stop_run(self, run_id: int, reason: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(schema.daemon_runs)
+                .where(schema.daemon_runs.c.id == run_id)
+                .values(stopped_at=datetime.now(UTC), exit_reason=reason)
+            )
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def readings_between(self, t0: float, t1: float) -> list[Any]:
+        r = schema.readings.c
+        query = (
+            select(r.channel, r.ts, r.value, r.flag, r.reason)
+            .where(r.ts >= t0, r.ts < t1)
+            .order_by(r.ts, r.id)
+        )
+        return self._fetch(query)
+
+    def aggregates_between(
+        self, table: Table, t0: float, t1: float, channels: Sequence[str] | None = None
+    ) -> list[Any]:
+        c = table.c
+        query = select(table).where(c.ts >= t0, c.ts < t1)
+        if channels:
+            query = query.where(c.channel.in_(list(channels)))
+        return self._fetch(query.order_by(c.ts, c.channel))
+
+    def last_ts(self, table: Table) -> float | None:
+        return _as_epoch(self._fetch(select(func.max(table.c.ts)))[0][0])
+
+    def first_reading_ts(self) -> float | None:
+        return _as_epoch(self._fetch(select(func.min(schema.readings.c.ts)))[0][0])
+
+    def channel_rows(self) -> list[Any]:
+        return self._fetch(select(schema.channels).order_by(schema.channels.c.name))
+
+    def _fetch(self, query: Any) -> list[Any]:
+        try:
+            with self.engine.connect() as conn:
+                return list(conn.execute(query))
+        except SQLAlchemyError as exc:
+            raise StorageError(f"read from {self.location} failed: {_short(exc)}") from exc
+
+
+def _as_epoch(value: Any) -> float | None:
+    """An aggregate over a timestamp column: SQLite returns its stored text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC).timestamp()
+
+
+def _short(exc: SQLAlchemyError) -> str:
+    return str(getattr(exc, "orig", None) or exc).splitlines()[0]

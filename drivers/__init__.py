@@ -1,0 +1,1 @@
+"""Instrument drivers: the transport contract, Modbus transports, register codec and maps."""

@@ -1,0 +1,1 @@
+"""Simulated instruments: real Modbus servers (TCP, RTU on a pty) driven by scenarios."""

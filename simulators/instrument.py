@@ -1,0 +1,163 @@
+"""A simulated instrument: its register image at time t, computed from the scenario.
+
+The register layout is the instrument's profile (the same file the daemon's driver uses);
+values are encoded with drivers.codec.encode. Tests check that codec against pymodbus'
+own encoding, so a shared mistake cannot hide.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+
+from pymodbus.constants import ExcCodes
+
+from cemsd.config import Channel
+from drivers.codec import encode
+from drivers.registry import load_profile
+from simulators.scenario import Event, Scenario, SimDevice
+
+FAULT_KINDS = ("no_reply", "exception", "garbage", "truncated", "oversized", "bad_crc", "slow")
+CORRUPTIONS = ("garbage", "truncated", "oversized", "bad_crc")
+
+
+class NoReply(Exception):
+    """The instrument stays silent."""
+
+
+@dataclass
+class ReadOutcome:
+    registers: list[int] | None = None
+    exception: ExcCodes | None = None
+    corruption: str | None = None
+    delay: float = 0.0
+
+
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def gaussian(seed: int, stream: int, t: float) -> float:
+    """A standard normal number fixed by (seed, stream, t to the millisecond)."""
+    x = _splitmix64((seed * 0x100000001B3) ^ (stream << 20) ^ int(round(t * 1000)))
+    y = _splitmix64(x)
+    u1 = ((x >> 11) + 1) / float(1 << 53)
+    u2 = (y >> 11) / float(1 << 53)
+    return math.sqrt(-2.0 * math.log(u1)) * math.cos(2 * math.pi * u2)
+
+
+class SimulatedInstrument:
+    def __init__(self, device: SimDevice, scenario: Scenario) -> None:
+        self.device = device
+        self.scenario = scenario
+        profile = load_profile(device.profile)
+        self.profile = profile
+        self.channels = {k: Channel.model_validate(v) for k, v in profile.channels.items()}
+        self.events = [e for e in scenario.events if e.device == device.name]
+        self.coils: dict[int, bool] = {}
+        self._streams = {k: zlib.crc32(f"{device.name}.{k}".encode()) for k in self.channels}
+        self._spans = self._address_spans()
+
+    # --- values ------------------------------------------------------------------------
+
+    def value(self, key: str, t: float) -> float:
+        """Engineering value of a channel at t seconds after scenario start."""
+        signal = self.device.signals.get(key)
+        value = signal.deterministic(t) if signal else 0.0
+        if signal and signal.noise:
+            value += signal.noise * gaussian(self.scenario.seed, self._streams[key], t)
+        for event in self.events:
+            if event.channel != key:
+                continue
+            if event.kind == "drift" and t >= event.start:
+                value += event.per_hour * (min(t, event.end or t) - event.start) / 3600.0
+            elif event.active(t) and event.kind == "set" and event.value is not None:
+                value = event.value
+            elif event.active(t) and event.kind == "offset" and event.value is not None:
+                value += event.value
+        return value
+
+    def status_word(self, key: str, t: float) -> int:
+        word = int(self.value(key, t))
+        for event in self.events:
+            if event.kind == "status" and event.active(t) and event.channel in (None, key):
+                if event.value is not None:
+                    word = int(event.value)
+                for bit in event.bits:
+                    word |= 1 << bit
+        return word
+
+    def fault(self, t: float) -> Event | None:
+        return next((e for e in self.events if e.kind in FAULT_KINDS and e.active(t)), None)
+
+    # --- registers -----------------------------------------------------------------------
+
+    def _address_spans(self) -> dict[int, tuple[int, int]]:
+        spans: dict[int, tuple[int, int]] = {}
+        for ch in self.channels.values():
+            low, high = spans.get(ch.function_code, (ch.address, ch.address))
+            end = ch.address + ch.data_type.registers
+            spans[ch.function_code] = (min(low, ch.address), max(high, end))
+        return spans
+
+    def image(self, function_code: int, t: float) -> dict[int, int]:
+        words: dict[int, int] = {}
+        for key, ch in self.channels.items():
+            if ch.function_code != function_code:
+                continue
+            if ch.kind == "status":
+                engineering = float(self.status_word(key, t))
+            else:
+                engineering = self.value(key, t)
+            raw = (engineering - ch.offset) / ch.scale
+            for i, word in enumerate(encode(raw, ch.data_type, ch.byte_order)):
+                words[ch.address + i] = word
+        if function_code == 1:
+            words.update({a: int(v) for a, v in self.coils.items()})
+        return words
+
+    def read(self, function_code: int, address: int, count: int, t: float) -> ReadOutcome:
+        fault = self.fault(t)
+        if fault is not None and fault.kind == "no_reply":
+            raise NoReply(self.device.name)
+        if fault is not None and fault.kind == "exception":
+            return ReadOutcome(exception=ExcCodes(fault.code))
+        span = self._spans.get(function_code)
+        if function_code == 1 and span is None:
+            span = (0, 16)  # coils for calibration valves, even if no channel maps them
+        if span is None or address < span[0] or address + count > max(span[1], span[0] + 1):
+            return ReadOutcome(exception=ExcCodes.ILLEGAL_ADDRESS)
+        image = self.image(function_code, t)
+        outcome = ReadOutcome(registers=[image.get(a, 0) for a in range(address, address + count)])
+        if fault is not None and fault.kind in CORRUPTIONS:
+            outcome.corruption = fault.kind
+        if fault is not None and fault.kind == "slow":
+            outcome.delay = fault.delay
+        return outcome
+
+    def write_coils(self, address: int, values: list[bool]) -> None:
+        for i, value in enumerate(values):
+            self.coils[address + i] = bool(value)
+
+
+def corrupt(kind: str, data: bytes, seed: int = 0) -> bytes:
+    """What a misbehaving instrument puts on the wire instead of its reply."""
+    if kind == "truncated":
+        return data[: max(1, len(data) // 2)]
+    if kind == "oversized":
+        return data + bytes(300)
+    if kind == "bad_crc":
+        return data[:-1] + bytes([data[-1] ^ 0xFF])
+    junk = bytearray()
+    state = seed or 0xC0FFEE
+    while len(junk) < len(data):
+        state = _splitmix64(state)
+        junk += state.to_bytes(8, "little")
+    return bytes(junk[: len(data)])

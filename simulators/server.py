@@ -1,0 +1,192 @@
+"""Simulated instruments served as real Modbus servers: TCP on 127.0.0.1 and RTU on a pty.
+
+pymodbus 3.16's request handler reads and writes through
+`server.context.async_getValues/async_setValues(device_id, fc, address, ...)` and
+answers NoSuchIdException with silence when `ignore_missing_devices` is set. The
+simulator puts its own context there, so every reply is computed at the moment of the
+request from the clock. Corrupted frames are produced in the outgoing packet trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import serial
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType, SimData
+from pymodbus.simulator import SimDevice as PymodbusSimDevice
+
+from cemsd.clock import Clock
+from simulators.instrument import NoReply, SimulatedInstrument, corrupt
+from simulators.scenario import Scenario, SimBus
+
+log = logging.getLogger(__name__)
+logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+class SimulatedBus:
+    """The instruments behind one bus, as a pymodbus server context."""
+
+    def __init__(self, scenario: Scenario, bus: SimBus, clock: Clock) -> None:
+        self.bus = bus
+        self.clock = clock
+        self.epoch = scenario.epoch
+        self.instruments = {
+            d.device_id: SimulatedInstrument(d, scenario)
+            for d in scenario.devices
+            if d.bus == bus.name
+        }
+        self._pending_corruption: str | None = None
+        self.requests = 0
+
+    def device_ids(self) -> list[int]:
+        return list(self.instruments)
+
+    def elapsed(self) -> float:
+        return self.clock.now() - self.epoch
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
+        self.requests += 1
+        instrument = self.instruments.get(device_id)
+        if instrument is None:
+            raise NoSuchIdException(f"no device {device_id}")
+        try:
+            outcome = instrument.read(func_code, address, count, self.elapsed())
+        except NoReply:
+            raise NoSuchIdException(f"device {device_id} is silent") from None
+        if outcome.delay:
+            await asyncio.sleep(outcome.delay)
+        if outcome.exception is not None:
+            return outcome.exception
+        self._pending_corruption = outcome.corruption
+        assert outcome.registers is not None
+        if func_code in (1, 2):
+            return [bool(v) for v in outcome.registers]
+        return outcome.registers
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        instrument = self.instruments.get(device_id)
+        if instrument is None:
+            raise NoSuchIdException(f"no device {device_id}")
+        if instrument.fault(self.elapsed()) is not None:
+            raise NoSuchIdException(f"device {device_id} is silent")
+        if func_code not in (5, 15):
+            return ExcCodes.ILLEGAL_FUNCTION
+        instrument.write_coils(address, [bool(v) for v in values])
+        return None
+
+    def trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if sending and self._pending_corruption:
+            kind, self._pending_corruption = self._pending_corruption, None
+            return corrupt(kind, data, seed=self.requests)
+        return data
+
+
+def _placeholder_device() -> PymodbusSimDevice:
+    # pymodbus wants a datastore at construction; the SimulatedBus replaces it.
+    return PymodbusSimDevice(1, simdata=[SimData(0, values=[0], datatype=DataType.REGISTERS)])
+
+
+class SimulatorServer:
+    """All buses of a scenario, served until stop()."""
+
+    def __init__(self, scenario: Scenario, clock: Clock) -> None:
+        self.scenario = scenario
+        self.clock = clock
+        self.buses = {b.name: SimulatedBus(scenario, b, clock) for b in scenario.buses}
+        self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
+        self._ptys: list[subprocess.Popen[bytes]] = []
+
+    async def start(self) -> None:
+        for bus in self.scenario.buses:
+            await self._start_bus(bus, self.buses[bus.name])
+
+    async def _start_bus(self, bus: SimBus, context: SimulatedBus) -> None:
+        if bus.transport == "tcp":
+            server: ModbusTcpServer | ModbusSerialServer = ModbusTcpServer(
+                _placeholder_device(),
+                framer=FramerType.RTU if bus.framer == "rtu" else FramerType.SOCKET,
+                address=(bus.host, int(bus.port)),
+                ignore_missing_devices=True,
+                trace_packet=context.trace_packet,
+            )
+        else:
+            port = str(bus.port)
+            if bus.link:
+                self._ptys.append(await open_pty_pair(Path(port), Path(bus.link)))
+            check_serial_port(port, bus.baudrate, bus.parity, bus.stopbits)
+            server = ModbusSerialServer(
+                _placeholder_device(),
+                framer=FramerType.RTU,
+                port=port,
+                baudrate=bus.baudrate,
+                parity=bus.parity,
+                stopbits=bus.stopbits,
+                ignore_missing_devices=True,
+                trace_packet=context.trace_packet,
+            )
+        server.context = context  # type: ignore[assignment]
+        await server.serve_forever(background=True)
+        self._servers.append(server)
+        log.info("simulated bus up", extra={"bus": bus.name, "at": str(bus.port),
+                                            "devices": sorted(context.instruments)})
+
+    async def stop(self) -> None:
+        for server in self._servers:
+            await server.shutdown()
+        self._servers.clear()
+        for proc in self._ptys:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self._ptys.clear()
+
+
+def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int) -> None:
+    """Open and close the port once: pymodbus' serial server retries forever silently."""
+    try:
+        serial.Serial(port, baudrate=baudrate, parity=parity, stopbits=stopbits).close()
+    except (serial.SerialException, OSError) as exc:
+        raise RuntimeError(
+            f"cannot open serial port {port} at {baudrate} {parity}{stopbits}: {exc}"
+        ) from None
+
+
+async def open_pty_pair(
+    one: Path, other: Path, timeout: float = 10.0
+) -> subprocess.Popen[bytes]:
+    """Create a connected pty pair with socat; both ends appear as symlinks."""
+    socat = shutil.which("socat")
+    if socat is None:
+        raise RuntimeError("socat is not installed (apt-get install socat)")
+    for path in (one, other):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink() or path.exists():
+            path.unlink()
+    proc = subprocess.Popen(
+        [socat, f"pty,raw,echo=0,link={one}", f"pty,raw,echo=0,link={other}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (os.path.exists(one) and os.path.exists(other)):
+        if proc.poll() is not None or asyncio.get_running_loop().time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"socat did not create the pty pair {one} <-> {other}")
+        await asyncio.sleep(0.02)
+    return proc
