@@ -15,7 +15,7 @@ from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock
 from cemsd.errors import CemsdError, ConfigError
 
 
-def _load_config(path: str):  # noqa: ANN202 - click callback helper
+def _load_config(path: str):
     from cemsd.config import load_config
 
     try:
@@ -105,7 +105,7 @@ def _parse_until(until: str | None, t0: float) -> float | None:
     return datetime.fromisoformat(until).timestamp()
 
 
-def _run_daemon(daemon) -> int:  # noqa: ANN001
+def _run_daemon(daemon) -> int:
     async def main_task() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -179,7 +179,7 @@ class Closer:
         await self._close_hours(self.next_minute)
 
     async def _close_minutes(self, t0: float, t1: float) -> None:
-        n = int(round((t1 - t0) / MINUTE))
+        n = round((t1 - t0) / MINUTE)
         rows = await self.store.call(self.store.db.readings_between, t0, t1)
         grouped = _group(rows, t0, MINUTE)
         starts = t0 + MINUTE * np.arange(n)

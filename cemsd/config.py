@@ -465,10 +465,10 @@ def _check_roles(config: Config, problem: Any) -> None:
                 at = f" at point {point!r}" if point else ""
                 problem(path, f"role {ch.role}{at} is already taken by {where[slot]}")
             where.setdefault(slot, config.channel_name(device, key))
-            if ch.role is Role.FLOW and ch.unit is Unit.M_S and point in config.points:
-                if config.points[point].duct_area_m2 is None:
-                    problem(
-                        f"points.{point}.duct_area_m2",
-                        f"flow {config.channel_name(device, key)} is a velocity (m/s); "
-                        "the point needs duct_area_m2",
-                    )
+            velocity = ch.role is Role.FLOW and ch.unit is Unit.M_S
+            if velocity and point in config.points and config.points[point].duct_area_m2 is None:
+                problem(
+                    f"points.{point}.duct_area_m2",
+                    f"flow {config.channel_name(device, key)} is a velocity (m/s); "
+                    "the point needs duct_area_m2",
+                )

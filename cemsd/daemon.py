@@ -135,7 +135,7 @@ class Daemon:
             await asyncio.wait_for(self.store.flush(), STOP_DEADLINE_SECONDS)
             await asyncio.wait_for(self.closer.close_through(self.clock.now()),
                                    STOP_DEADLINE_SECONDS)
-        except Exception as exc:  # noqa: BLE001 - what is stored stays; report and go on
+        except Exception as exc:
             log.error("final flush incomplete", extra={"error": str(exc),
                                                        "pending": self.store.pending})
 
@@ -143,7 +143,7 @@ class Daemon:
 async def _finish(tasks: list[asyncio.Task[None]], deadline: float, what: str) -> None:
     if not tasks:
         return
-    done, pending = await asyncio.wait(tasks, timeout=deadline)
+    _, pending = await asyncio.wait(tasks, timeout=deadline)
     for task in pending:
         log.warning("cancelling after deadline", extra={"task": task.get_name(), "what": what})
         task.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class CemsdError(Exception):
@@ -53,7 +54,7 @@ class BadFrame(TransportError):
 class ExceptionReply(CemsdError):
     """The device answered with a Modbus exception response."""
 
-    NAMES = {
+    NAMES: ClassVar[dict[int, str]] = {
         1: "illegal function",
         2: "illegal data address",
         3: "illegal data value",

@@ -14,7 +14,8 @@ class KeyValueFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         ts = datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds")
         fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-        line = f"{ts.replace('+00:00', 'Z')} {record.levelname:<7} {record.name} {record.getMessage()}"
+        stamp = ts.replace("+00:00", "Z")
+        line = f"{stamp} {record.levelname:<7} {record.name} {record.getMessage()}"
         for key, value in fields.items():
             line += f" {key}={_render(value)}"
         if record.exc_info:
@@ -33,6 +34,8 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("pymodbus", "pymodbus.logging", "alembic", "apscheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING if noisy != "pymodbus" else
-                                          logging.CRITICAL)
+    for noisy in ("alembic", "apscheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # pymodbus logs every failed request with a frame dump; bus owners log episodes instead
+    for chatty in ("pymodbus", "pymodbus.logging"):
+        logging.getLogger(chatty).setLevel(logging.CRITICAL)

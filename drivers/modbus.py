@@ -16,6 +16,7 @@ Decisions that depend on pymodbus internals (pinned to 3.16.x):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -99,10 +100,8 @@ class ModbusTransport(Transport):
             raise NoConnection(f"cannot open {self.name}")
 
     async def close(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # closing must never raise
             self._client.close()
-        except Exception:  # noqa: BLE001 - closing must never raise
-            pass
 
     async def read(
         self,

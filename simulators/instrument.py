@@ -46,7 +46,7 @@ def _splitmix64(x: int) -> int:
 
 def gaussian(seed: int, stream: int, t: float) -> float:
     """A standard normal number fixed by (seed, stream, t to the millisecond)."""
-    x = _splitmix64((seed * 0x100000001B3) ^ (stream << 20) ^ int(round(t * 1000)))
+    x = _splitmix64((seed * 0x100000001B3) ^ (stream << 20) ^ round(t * 1000))
     y = _splitmix64(x)
     u1 = ((x >> 11) + 1) / float(1 << 53)
     u2 = (y >> 11) / float(1 << 53)

@@ -14,6 +14,8 @@ import logging
 import os
 import shutil
 import subprocess
+import time
+from collections import Counter
 from pathlib import Path
 
 import serial
@@ -46,6 +48,7 @@ class SimulatedBus:
         }
         self._pending_corruption: str | None = None
         self.requests = 0
+        self.requests_by_device: Counter[int] = Counter()
 
     def device_ids(self) -> list[int]:
         return list(self.instruments)
@@ -57,6 +60,7 @@ class SimulatedBus:
         self, device_id: int, func_code: int, address: int, count: int = 1
     ) -> list[int] | list[bool] | ExcCodes:
         self.requests += 1
+        self.requests_by_device[device_id] += 1
         instrument = self.instruments.get(device_id)
         if instrument is None:
             raise NoSuchIdException(f"no device {device_id}")
@@ -106,14 +110,17 @@ class SimulatorServer:
         self.scenario = scenario
         self.clock = clock
         self.buses = {b.name: SimulatedBus(scenario, b, clock) for b in scenario.buses}
-        self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
-        self._ptys: list[subprocess.Popen[bytes]] = []
+        self._servers: dict[str, ModbusTcpServer | ModbusSerialServer] = {}
+        self._ptys: dict[str, subprocess.Popen[bytes]] = {}
 
     async def start(self) -> None:
         for bus in self.scenario.buses:
-            await self._start_bus(bus, self.buses[bus.name])
+            await self.start_bus(bus.name)
 
-    async def _start_bus(self, bus: SimBus, context: SimulatedBus) -> None:
+    async def start_bus(self, name: str) -> None:
+        """Serve one bus (again): a test can break a link and restore it."""
+        bus = next(b for b in self.scenario.buses if b.name == name)
+        context = self.buses[name]
         if bus.transport == "tcp":
             server: ModbusTcpServer | ModbusSerialServer = ModbusTcpServer(
                 _placeholder_device(),
@@ -125,7 +132,7 @@ class SimulatorServer:
         else:
             port = str(bus.port)
             if bus.link:
-                self._ptys.append(await open_pty_pair(Path(port), Path(bus.link)))
+                self._ptys[name] = open_pty_pair(Path(port), Path(bus.link))
             check_serial_port(port, bus.baudrate, bus.parity, bus.stopbits)
             server = ModbusSerialServer(
                 _placeholder_device(),
@@ -139,21 +146,26 @@ class SimulatorServer:
             )
         server.context = context  # type: ignore[assignment]
         await server.serve_forever(background=True)
-        self._servers.append(server)
+        self._servers[name] = server
         log.info("simulated bus up", extra={"bus": bus.name, "at": str(bus.port),
                                             "devices": sorted(context.instruments)})
 
-    async def stop(self) -> None:
-        for server in self._servers:
+    async def stop_bus(self, name: str) -> None:
+        """Stop serving one bus: TCP connections drop, a pty pair disappears."""
+        server = self._servers.pop(name, None)
+        if server is not None:
             await server.shutdown()
-        self._servers.clear()
-        for proc in self._ptys:
+        proc = self._ptys.pop(name, None)
+        if proc is not None:
             proc.terminate()
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 proc.kill()
-        self._ptys.clear()
+
+    async def stop(self) -> None:
+        for name in list(self._servers):
+            await self.stop_bus(name)
 
 
 def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int) -> None:
@@ -166,9 +178,7 @@ def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int) -> N
         ) from None
 
 
-async def open_pty_pair(
-    one: Path, other: Path, timeout: float = 10.0
-) -> subprocess.Popen[bytes]:
+def open_pty_pair(one: Path, other: Path, timeout: float = 10.0) -> subprocess.Popen[bytes]:
     """Create a connected pty pair with socat; both ends appear as symlinks."""
     socat = shutil.which("socat")
     if socat is None:
@@ -183,10 +193,10 @@ async def open_pty_pair(
         stderr=subprocess.DEVNULL,
         stdin=subprocess.DEVNULL,
     )
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = time.monotonic() + timeout
     while not (os.path.exists(one) and os.path.exists(other)):
-        if proc.poll() is not None or asyncio.get_running_loop().time() > deadline:
+        if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
             raise RuntimeError(f"socat did not create the pty pair {one} <-> {other}")
-        await asyncio.sleep(0.02)
+        time.sleep(0.02)
     return proc

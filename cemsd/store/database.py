@@ -90,17 +90,15 @@ class Database:
         if rows:
             self._execute_many(insert(schema.readings), rows)
 
-    def insert_aggregates(self, table: Table, rows: Sequence[dict[str, Any]]) -> int:
+    def insert_aggregates(self, table: Table, rows: Sequence[dict[str, Any]]) -> None:
         """Insert minute or hour rows; a row already present for (channel, ts) is kept."""
-        if not rows:
-            return 0
-        return self._execute_many(self._insert_ignoring_duplicates(table), rows)
+        if rows:
+            self._execute_many(self._insert_ignoring_duplicates(table), rows)
 
-    def _execute_many(self, statement: Any, rows: Sequence[dict[str, Any]]) -> int:
+    def _execute_many(self, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
         try:
             with self.engine.begin() as conn:
-                result = conn.execute(statement, list(rows))
-                return max(result.rowcount, 0)
+                conn.execute(statement, list(rows))
         except SQLAlchemyError as exc:
             raise StorageError(f"write to {self.location} failed: {_short(exc)}") from exc
 

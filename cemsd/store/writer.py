@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
@@ -84,14 +85,10 @@ class Store:
     async def run(self, stop: asyncio.Event) -> None:
         """Flush about every batch_seconds until stop is set, then once more."""
         while not stop.is_set():
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.batch_seconds)
-            except TimeoutError:
-                pass
-            try:
+            with contextlib.suppress(StorageError):  # logged by flush; the batch stays queued
                 await self.flush()
-            except StorageError:
-                pass  # logged by flush; the batch stays queued
 
     def _fault(self, message: str) -> None:
         self.last_error = message

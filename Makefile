@@ -1,0 +1,39 @@
+# Two commands on a fresh machine:
+#   make demo   install into .venv, run the bundled simulators and the daemon for a simulated day
+#   make test   install what the tests need (Python and Debian packages) and run them
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint bench install clean
+
+$(BIN)/cemsd: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/cemsd
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/cemsd
+
+demo: $(BIN)/cemsd
+	scripts/install-system-deps demo
+	$(BIN)/cemsd --log-level WARNING demo
+
+test: $(VENV)/.test-deps
+	scripts/install-system-deps test
+	$(BIN)/ruff check .
+	$(BIN)/pytest -q -p no:cacheprovider
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check .
+
+bench: $(BIN)/cemsd
+	scripts/install-system-deps demo
+	$(BIN)/python bench/bench_polling.py
+
+clean:
+	rm -rf $(VENV) .demo test-output

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import PostgresServer
+
+OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer | str]:
+    """A real PostgreSQL server for this session (or CEMSD_TEST_PG_URL's)."""
+    if url := os.environ.get("CEMSD_TEST_PG_URL"):
+        yield url
+        return
+    server = PostgresServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer | str) -> str:
+    """A fresh, empty database on the session's PostgreSQL server."""
+    if isinstance(postgres, str):
+        return postgres
+    return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture(scope="session")
+def socat() -> str:
+    path = shutil.which("socat")
+    if path is None:
+        pytest.fail("socat is not installed: `make test` installs it")
+    return path
+
+
+@pytest.fixture
+def output_dir(request: pytest.FixtureRequest) -> Path:
+    """Where a test leaves artefacts for people to look at (screenshots, logs)."""
+    path = OUTPUT / request.node.name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,138 @@
+"""Test helpers: free ports, config and scenario files, a real PostgreSQL server, and the
+in-process harness that runs simulators and the daemon on one virtual clock."""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from cemsd.clock import VirtualClock
+from cemsd.config import Config, load_config
+from cemsd.daemon import Daemon
+from cemsd.store.database import Database
+from simulators.scenario import Scenario, load_scenario
+from simulators.server import SimulatorServer
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with closing(socket.socket()) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_toml(path: Path, data: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(tomli_w.dumps(data).encode())
+    return path
+
+
+def write_config(tmp: Path, data: dict[str, Any], name: str = "cemsd.toml") -> Config:
+    data = {"storage": {"state_dir": str(tmp / "state")}, **data}
+    return load_config(write_toml(tmp / name, data))
+
+
+def write_scenario(tmp: Path, data: dict[str, Any], name: str = "scenario.toml") -> Scenario:
+    return load_scenario(write_toml(tmp / name, data))
+
+
+async def run_virtual(
+    config: Config,
+    scenario: Scenario,
+    until: float,
+    start: float | None = None,
+    clock: VirtualClock | None = None,
+) -> Daemon:
+    """Simulators and daemon in this process, on one virtual clock, until `until`."""
+    clock = clock or VirtualClock(scenario.epoch if start is None else start)
+    sim = SimulatorServer(scenario, clock)
+    await sim.start()
+    try:
+        daemon = Daemon(config, clock, clock_name="virtual", until=until)
+        await daemon.run()
+    finally:
+        await sim.stop()
+    return daemon
+
+
+def database(config: Config) -> Database:
+    return Database(config.storage.database_url)
+
+
+# --- PostgreSQL: a private server for the test session -------------------------------------
+
+
+class PostgresServer:
+    """initdb + pg_ctl into a temporary folder; run as the postgres user when we are root."""
+
+    def __init__(self) -> None:
+        self.bindir = _pg_bindir()
+        self.port = free_port()
+        self.base = Path(tempfile.mkdtemp(prefix="cemsd-pg-"))
+        self.data = self.base / "data"
+        self._as_user: list[str] = []
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.base, user.pw_uid, user.pw_gid)
+            self._as_user = ["runuser", "-u", "postgres", "--"]
+        os.chmod(self.base, 0o755)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run([*self._as_user, *args], check=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def start(self) -> None:
+        self._run(f"{self.bindir}/initdb", "-D", str(self.data), "-U", "cemsd",
+                  "--auth=trust", "-E", "UTF8", "--no-sync")
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(f"{self.bindir}/pg_ctl", "-D", str(self.data), "-o", options,
+                  "-l", str(self.base / "log"), "-w", "-t", "60", "start")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://cemsd@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(self.url(), isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        engine.dispose()
+        return self.url(name)
+
+    def stop(self) -> None:
+        try:
+            self._run(f"{self.bindir}/pg_ctl", "-D", str(self.data), "-m", "immediate", "stop")
+        finally:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def _pg_bindir() -> str:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
+                   key=lambda p: int(p.split("/")[4]))
+    if found:
+        return str(Path(found[-1]).parent)
+    initdb = shutil.which("initdb")
+    if initdb:
+        return str(Path(initdb).parent)
+    raise RuntimeError("PostgreSQL server binaries not found: `make test` installs postgresql")
+
+
+def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(interval)
