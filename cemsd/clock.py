@@ -78,7 +78,8 @@ class VirtualClock:
         self._speed = speed
         self._shared = shared_file
         self._active = 0
-        self._waiters: list[tuple[float, int, asyncio.Future[None]]] = []
+        self._members: dict[asyncio.Task[object] | None, int] = {}
+        self._waiters: list[tuple[float, int, asyncio.Future[None], bool]] = []
         self._seq = itertools.count()
         self._scheduled: asyncio.Handle | asyncio.TimerHandle | None = None
         self._pace_origin: tuple[float, float] | None = None  # (sim time, monotonic)
@@ -93,25 +94,34 @@ class VirtualClock:
 
     @contextmanager
     def participant(self) -> Iterator[None]:
+        task = asyncio.current_task()
+        self._members[task] = self._members.get(task, 0) + 1
         self._active += 1
         try:
             yield
         finally:
             self._active -= 1
+            self._members[task] -= 1
+            if not self._members[task]:
+                del self._members[task]
             self._maybe_advance()
 
     async def sleep_until(self, t: float) -> None:
+        """Wait for simulated time t. A participant's wait lets time move on; anyone else
+        (a test, an observer) just waits without holding time back or pushing it."""
         if t <= self._now:
             await asyncio.sleep(0)
             return
+        member = asyncio.current_task() in self._members
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._waiters, (t, next(self._seq), future))
-        self._active -= 1
-        self._maybe_advance()
+        heapq.heappush(self._waiters, (t, next(self._seq), future, member))
+        if member:
+            self._active -= 1
+            self._maybe_advance()
         try:
             await future
         except asyncio.CancelledError:
-            if not future.done() or future.cancelled():
+            if member and (not future.done() or future.cancelled()):
                 # Woken by cancellation, not by the clock: this task is running again.
                 self._active += 1
             raise
@@ -137,9 +147,9 @@ class VirtualClock:
         self._now = target
         self._publish()
         while self._waiters and self._waiters[0][0] <= target:
-            _, _, future = heapq.heappop(self._waiters)
+            _, _, future, member = heapq.heappop(self._waiters)
             if not future.done():
-                self._active += 1
+                self._active += member
                 future.set_result(None)
 
     def _drop_cancelled(self) -> None:
@@ -166,9 +176,13 @@ class SharedClockFile:
     def __init__(self, path: Path, create: bool = False) -> None:
         self.path = Path(path)
         if create:
+            # Keep the file a reader may already have mapped (no rename, no truncation),
+            # and never let it be shorter than 8 bytes: ftruncate extends with zeros.
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_bytes(_CLOCK_FORMAT.pack(0.0))
-        fd = os.open(self.path, os.O_RDWR if create else os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            os.ftruncate(fd, _CLOCK_FORMAT.size)
+        else:
+            fd = os.open(self.path, os.O_RDONLY)
         try:
             access = mmap.ACCESS_WRITE if create else mmap.ACCESS_READ
             self._map = mmap.mmap(fd, _CLOCK_FORMAT.size, access=access)
@@ -185,12 +199,19 @@ class SharedClockFile:
         self._map.close()
 
 
+def _holds_a_time(path: Path) -> bool:
+    try:
+        return path.stat().st_size >= _CLOCK_FORMAT.size
+    except FileNotFoundError:
+        return False
+
+
 class FileClock:
     """Reads the simulated time a VirtualClock in another process publishes."""
 
     def __init__(self, path: Path, wait_seconds: float = 10.0) -> None:
         deadline = time.monotonic() + wait_seconds
-        while not Path(path).exists():
+        while not _holds_a_time(Path(path)):
             if time.monotonic() > deadline:
                 raise FileNotFoundError(f"clock file {path} did not appear")
             time.sleep(0.05)

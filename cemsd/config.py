@@ -241,8 +241,10 @@ def load_config(path: str | Path) -> Config:
     try:
         config = Config.model_validate({**raw, "source": str(path)})
     except ValidationError as exc:
-        problems.extend(_pydantic_problems(exc, str(path)))
+        problems.extend(pydantic_problems(exc, str(path)))
         raise ConfigError(problems) from None
+    if problems:  # profiles missing: cross-checks would only repeat it
+        raise ConfigError(problems)
     problems.extend(cross_check(config))
     if problems:
         raise ConfigError(problems)
@@ -277,8 +279,10 @@ def _merge_profiles(raw: dict[str, Any], file: str, problems: list[ConfigProblem
             profile = load_profile(str(device["profile"]))
         except DriverError as exc:
             problems.append(ConfigProblem(file, f"devices[{i}].profile", str(exc)))
+            device.setdefault("channels", {})  # the profile error says it all
             continue
         merged = {key: dict(spec) for key, spec in profile.channels.items()}
+        disabled: set[str] = set()
         for key, spec in overrides.items():
             if not isinstance(spec, dict):
                 merged[key] = spec
@@ -286,11 +290,12 @@ def _merge_profiles(raw: dict[str, Any], file: str, problems: list[ConfigProblem
             spec = dict(spec)
             if spec.pop("enabled", True) is False:
                 merged.pop(key, None)
+                disabled.add(key)
                 continue
             merged[key] = {**merged.get(key, {}), **spec}
         for spec in merged.values():  # a disabled channel leaves the status it was governed by
             if isinstance(spec, dict) and isinstance(spec.get("applies_to"), list):
-                spec["applies_to"] = [k for k in spec["applies_to"] if k in merged]
+                spec["applies_to"] = [k for k in spec["applies_to"] if k not in disabled]
         device["channels"] = merged
 
 
@@ -306,18 +311,19 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 bus["port"] = str((base / port).resolve())
 
 
-def _pydantic_problems(exc: ValidationError, file: str) -> list[ConfigProblem]:
+def pydantic_problems(exc: ValidationError, file: str) -> list[ConfigProblem]:
+    """Schema errors as problems with the key path a person finds in the file."""
     problems = []
     for error in exc.errors(include_url=False):
         loc = list(error["loc"])
         # discriminated unions put the tag into the location: buses[0].tcp.port
         if len(loc) > 2 and loc[0] == "buses" and loc[2] in ("tcp", "serial"):
             del loc[2]
-        problems.append(ConfigProblem(file, _format_loc(loc), _message(error)))
+        problems.append(ConfigProblem(file, format_loc(loc), _message(error)))
     return problems
 
 
-def _format_loc(loc: list[Any]) -> str:
+def format_loc(loc: list[Any]) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
@@ -328,6 +334,8 @@ def _message(error: dict[str, Any]) -> str:
     if error["type"] == "extra_forbidden":
         return "unknown key (check the spelling)"
     if error["type"] == "missing":
+        if error["loc"] and isinstance(error["loc"][-1], int):
+            return "too few values in this list"
         return "required key is missing"
     msg = error["msg"]
     return msg.removeprefix("Value error, ")
@@ -346,7 +354,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
 
     _check_unique([b.name for b in config.buses], "buses", "name", problem)
     _check_unique([d.name for d in config.devices], "devices", "name", problem)
-    _check_unique([b.endpoint for b in config.buses], "buses", "endpoint", problem)
+    _check_unique([b.endpoint for b in config.buses], "buses", "port", problem)
     bus_names = {b.name for b in config.buses}
     for i, device in enumerate(config.devices):
         path = f"devices[{i}]"
@@ -354,6 +362,8 @@ def cross_check(config: Config) -> list[ConfigProblem]:
             problem(f"{path}.bus", f"no bus named {device.bus!r} (buses: {sorted(bus_names)})")
         if device.name in config.points:
             problem(f"{path}.name", "a device may not share its name with a point")
+        if device.point is not None and device.point not in config.points:
+            problem(f"{path}.point", f"no point named {device.point!r} under [points]")
         _check_device(config, device, path, problem)
     seen_ids: dict[tuple[str, int], int] = {}
     for i, device in enumerate(config.devices):
@@ -378,8 +388,10 @@ def cross_check(config: Config) -> list[ConfigProblem]:
 def _check_unique(values: list[str], section: str, key: str, problem: Any) -> None:
     for value, count in Counter(values).items():
         if count > 1:
-            index = values.index(value, values.index(value) + 1)
-            problem(f"{section}[{index}].{key}", f"duplicate {key} {value!r}")
+            first = values.index(value)
+            index = values.index(value, first + 1)
+            problem(f"{section}[{index}].{key}",
+                    f"duplicate {key} {value!r}: already used by {section}[{first}]")
 
 
 def _check_device(config: Config, device: Device, path: str, problem: Any) -> None:
@@ -398,6 +410,8 @@ def _check_device(config: Config, device: Device, path: str, problem: Any) -> No
             )
     for key, channel in device.channels.items():
         _check_channel(config, device, key, channel, f"{path}.channels.{key}", problem)
+    if any(c.role in GAS_ROLES and c.kind == "analog" for c in device.channels.values()):
+        _check_sampling(config, device, path, problem)
 
 
 def _check_channel(
@@ -424,28 +438,31 @@ def _check_channel(
         allowed = ", ".join(sorted(u.value or "''" for u in ROLE_UNITS[ch.role]))
         problem(f"{path}.unit", f"unit {ch.unit.value!r} does not fit role {ch.role}: {allowed}")
     point = config.channel_point(device, ch)
+    implied = ch.role.implied_point if ch.role else None
+    stated = ch.point or device.point
+    if implied and stated and stated != implied:
+        problem(f"{path}.point", f"role {ch.role} measures at point {implied!r}, not {stated!r}")
     if ch.role in GAS_ROLES:
         if point is None:
             problem(f"{path}.point", f"role {ch.role} needs a point (set it here or on the device)")
         elif point not in config.points:
             problem(f"{path}.point", f"no point named {point!r} under [points]")
-        if ch.kind == "analog":
-            _check_sampling(config, device, path, problem)
     if ch.kind == "analog" and ch.range is None and ch.role in GAS_ROLES:
         problem(f"{path}.range", "a measured gas value needs its measuring range (full scale)")
 
 
 def _check_sampling(config: Config, device: Device, path: str, problem: Any) -> None:
+    """Gas values must be sampled often enough for valid minutes (HJ 212 Annex D)."""
     limit = standards.MAX_SAMPLE_INTERVAL
     if device.poll_interval > limit.value:
         problem(
-            path.rsplit(".channels", 1)[0] + ".poll_interval",
+            f"{path}.poll_interval",
             f"{device.poll_interval:g} s is longer than {limit.value:g} s ({limit.source})",
         )
     expected = 60.0 / device.poll_interval
     if expected < config.processing.minute_min_readings:
         problem(
-            path.rsplit(".channels", 1)[0] + ".poll_interval",
+            f"{path}.poll_interval",
             f"gives {expected:g} readings a minute; a valid minute needs "
             f"{config.processing.minute_min_readings} ({standards.MINUTE_MIN_READINGS.source})",
         )

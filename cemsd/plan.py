@@ -2,8 +2,9 @@
 
 Per bus and device: channels sorted by function code and address, contiguous (or, with
 `max_gap`, nearly contiguous) ranges merged into block reads of at most 125 registers
-(2000 bits), further limited by the device's `max_registers`. Polling walks this plan and
-never reads the configuration again (Telegraf's `request.go` pattern).
+(2000 bits); register reads are further limited by the device's `max_registers`.
+Polling walks this plan and never reads the configuration again (Telegraf's
+`request.go` pattern).
 """
 
 from __future__ import annotations

@@ -74,6 +74,9 @@ def point_problems(config: Config, plan: Plan) -> list[tuple[str, str]]:
             problems.append((path, "wet flow or a wet-basis analyzer needs a moisture channel "
                                    "or moisture_default_pct"))
         flow = pc.roles.get(Role.FLOW)
+        if flow is not None and flow.unit is Unit.M_S and pc.config.flow_basis != "actual_wet":
+            problems.append((path + ".flow_basis", "a velocity (m/s) is measured at actual "
+                                                   "conditions: flow_basis must be actual_wet"))
         if flow is not None and flow.unit is Unit.NM3_H and pc.config.flow_basis == "actual_wet":
             problems.append((path + ".flow_basis", "flow in Nm3/h is already standard: set "
                                                    "flow_basis to standard_wet or standard_dry"))
@@ -180,7 +183,7 @@ class PointCalculator:
             temp = self._constant_or(pc, Role.TEMPERATURE, cfg.temperature_default_c, minutes,
                                      flow)
             press = self._constant_or(pc, Role.PRESSURE, cfg.pressure_default_kpa, minutes, flow)
-            press_unit = pc.roles[Role.PRESSURE].unit if Role.PRESSURE in pc.roles else Unit.KPA
+            press_unit = pc.roles[Role.PRESSURE].unit if press.name is not None else Unit.KPA
             p_abs = cv.absolute_pressure_kpa(press.values, press_unit, cfg.pressure_kind,
                                              cfg.barometric_kpa)
             value = cv.actual_to_standard(value, temp.values, p_abs, self.state)
@@ -229,8 +232,9 @@ def _combine(value: np.ndarray, parts: list[Aggregates], names: list[str]) -> Ag
             reasons.append(None)
             continue
         j = int(np.argmin(codes[:, i]))
-        reasons.append(f"input {names[j]} is {CODES[codes[j, i]].value} "
-                       f"({CODES[codes[j, i]].meaning})")
+        inner = parts[j].reasons[i] if parts[j].reasons is not None else None
+        reasons.append(inner or f"input {names[j]} is {CODES[codes[j, i]].value} "
+                                f"({CODES[codes[j, i]].meaning})")
     first = parts[0]
     return Aggregates(value, value.copy(), value.copy(), n_valid, first.n_present, flag,
                       first.counts, first.expected, first.min_valid, reasons=reasons)

@@ -99,9 +99,15 @@ class DeviceValidator:
     def _apply_status(self, governed: _Governed, by_key: dict[str, Reading]) -> None:
         status = by_key[governed.status.key]
         if status.value is None:
+            # A value read without its status cannot be trusted; one that failed itself
+            # already says why.
             conditions = [(Flag.B, f"status word {governed.status.name} unreadable")]
         else:
-            conditions = status_conditions(governed.status.spec, int(status.value))
+            spec = governed.status.spec
+            word = int(status.value) & ((1 << (16 * spec.data_type.registers)) - 1)
+            conditions = status_conditions(spec, word)
         for target in governed.targets:
+            if by_key[target].value is None:
+                continue
             for condition in conditions:
                 apply(by_key[target], condition)

@@ -100,7 +100,10 @@ def encode(value: float, data_type: DataType, order: ByteOrder) -> list[int]:
     if data_type is DataType.BOOL:
         return [1 if value else 0]
     if data_type.is_float:
-        raw = struct.pack(_STRUCT[data_type], value)
+        try:
+            raw = struct.pack(_STRUCT[data_type], value)
+        except OverflowError:  # too large for float32: the instrument would show infinity
+            raw = struct.pack(_STRUCT[data_type], math.copysign(math.inf, value))
     else:
         raw = struct.pack(_STRUCT[data_type], _to_int(value, data_type))
     if order.byte_swap:
@@ -124,4 +127,7 @@ def _to_int(value: float, data_type: DataType) -> int:
     low, high = _INT_LIMITS[data_type]
     if math.isnan(value):
         return 0
-    return max(low, min(high, round(value)))
+    if math.isinf(value):
+        return high if value > 0 else low
+    half_up = int(math.copysign(math.floor(abs(value) + 0.5), value))  # not banker's rounding
+    return max(low, min(high, half_up))

@@ -77,7 +77,8 @@ class SimulatedInstrument:
             if event.channel != key:
                 continue
             if event.kind == "drift" and t >= event.start:
-                value += event.per_hour * (min(t, event.end or t) - event.start) / 3600.0
+                until = t if event.end is None else min(t, event.end)
+                value += event.per_hour * (until - event.start) / 3600.0
             elif event.active(t) and event.kind == "set" and event.value is not None:
                 value = event.value
             elif event.active(t) and event.kind == "offset" and event.value is not None:

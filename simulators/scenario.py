@@ -41,6 +41,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cemsd.config import pydantic_problems
 from cemsd.errors import ConfigError, ConfigProblem
 
 _OFFSET = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?"
@@ -52,6 +53,10 @@ def parse_offset(value: float | int | str) -> float:
     if isinstance(value, int | float):
         return float(value)
     text = value.strip().replace(" ", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
     match = _OFFSET.match(text)
     if not text or not match:
         raise ValueError(f"cannot read time offset {value!r} (use seconds or e.g. '5h20m')")
@@ -84,6 +89,8 @@ class Signal(Strict):
     def mean(self, t0: float, t1: float) -> float:
         """Analytic mean of the noiseless signal over [t0, t1)."""
         span = t1 - t0
+        if span <= 0:
+            return self.deterministic(t0)
         ramp = self.ramp_per_hour * (t0 + t1) / 2 / 3600.0
         w = 2 * math.pi / self.period
         cycle = 0.0
@@ -137,8 +144,10 @@ class Event(Strict):
     channel: str | None = None  # set / offset / drift / status
     value: float | None = None  # set: the value; offset: the amount; status: the word
     bits: list[int] = []  # status: bits to raise
-    code: int = 4  # exception: the Modbus exception code
-    delay: float = 0.5  # slow: wall-clock seconds before replying
+    code: Literal[1, 2, 3, 4, 5, 6, 7, 8, 10, 11] = 4  # exception: the Modbus exception code
+    # slow: wall-clock seconds before replying. Keep it below the daemon's timeout: when a
+    # reply comes later, pymodbus 3.16's server labels it with the next request's id.
+    delay: float = 0.5
     per_hour: float = 0.0  # drift: change of the reading per hour
 
     @field_validator("start", "end", mode="before")
@@ -179,17 +188,15 @@ def load_scenario(path: str | Path) -> Scenario:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigProblem(str(path), "", f"not UTF-8 text: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"TOML syntax: {exc}")]) from None
     _resolve_paths(raw, path.parent)
     try:
         scenario = Scenario.model_validate({**raw, "source": str(path)})
     except ValidationError as exc:
-        problems = [
-            ConfigProblem(str(path), ".".join(str(p) for p in e["loc"]), e["msg"])
-            for e in exc.errors(include_url=False)
-        ]
-        raise ConfigError(problems) from None
+        raise ConfigError(pydantic_problems(exc, str(path))) from None
     problems = _cross_check(scenario)
     if problems:
         raise ConfigError(problems)
@@ -197,7 +204,8 @@ def load_scenario(path: str | Path) -> Scenario:
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    for bus in raw.get("buses", []):
+    buses = raw.get("buses")
+    for bus in buses if isinstance(buses, list) else []:
         if isinstance(bus, dict) and bus.get("transport") == "serial":
             for key in ("port", "link"):
                 value = bus.get(key)
@@ -212,7 +220,16 @@ def _cross_check(scenario: Scenario) -> list[ConfigProblem]:
     problems = []
     buses = {b.name for b in scenario.buses}
     names = {d.name for d in scenario.devices}
+    channels: dict[str, set[str]] = {}
+    seen_ids: dict[tuple[str, int], int] = {}
     for i, device in enumerate(scenario.devices):
+        slot = (device.bus, device.device_id)
+        if slot in seen_ids:
+            problems.append(ConfigProblem(
+                file, f"devices[{i}].device_id",
+                f"device id {device.device_id} is already used on bus {device.bus!r} "
+                f"by devices[{seen_ids[slot]}]"))
+        seen_ids.setdefault(slot, i)
         if device.bus not in buses:
             problems.append(ConfigProblem(file, f"devices[{i}].bus", f"no bus {device.bus!r}"))
         try:
@@ -220,6 +237,7 @@ def _cross_check(scenario: Scenario) -> list[ConfigProblem]:
         except Exception as exc:
             problems.append(ConfigProblem(file, f"devices[{i}].profile", str(exc)))
             continue
+        channels[device.name] = set(profile.channels)
         for key in device.signals:
             if key not in profile.channels:
                 problems.append(
@@ -233,6 +251,11 @@ def _cross_check(scenario: Scenario) -> list[ConfigProblem]:
         if event.kind in ("set", "offset", "drift") and not event.channel:
             problems.append(ConfigProblem(file, f"events[{i}].channel",
                                           f"a {event.kind} event needs a channel"))
+        known = channels.get(event.device)
+        if event.channel and known is not None and event.channel not in known:
+            problems.append(ConfigProblem(file, f"events[{i}].channel",
+                                          f"device {event.device!r} has no channel "
+                                          f"{event.channel!r}"))
         if event.end is not None and event.end <= event.start:
             problems.append(ConfigProblem(file, f"events[{i}].end", "end must be after start"))
     return problems

@@ -145,7 +145,7 @@ class SimulatorServer:
                 trace_packet=context.trace_packet,
             )
         server.context = context  # type: ignore[assignment]
-        await server.serve_forever(background=True)
+        await _listen(server)
         self._servers[name] = server
         log.info("simulated bus up", extra={"bus": bus.name, "at": str(bus.port),
                                             "devices": sorted(context.instruments)})
@@ -166,6 +166,18 @@ class SimulatorServer:
     async def stop(self) -> None:
         for name in list(self._servers):
             await self.stop_bus(name)
+
+
+async def _listen(server: ModbusTcpServer | ModbusSerialServer, attempts: int = 40) -> None:
+    """Start serving; a port just released by a stopped server may need a moment."""
+    for attempt in range(attempts):
+        try:
+            await server.serve_forever(background=True)
+            return
+        except RuntimeError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.05)
 
 
 def check_serial_port(port: str, baudrate: int, parity: str, stopbits: int) -> None:

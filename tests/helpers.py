@@ -3,6 +3,7 @@ in-process harness that runs simulators and the daemon on one virtual clock."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import pwd
@@ -54,10 +55,11 @@ async def run_virtual(
     until: float,
     start: float | None = None,
     clock: VirtualClock | None = None,
+    sim: SimulatorServer | None = None,
 ) -> Daemon:
     """Simulators and daemon in this process, on one virtual clock, until `until`."""
     clock = clock or VirtualClock(scenario.epoch if start is None else start)
-    sim = SimulatorServer(scenario, clock)
+    sim = sim or SimulatorServer(scenario, clock)
     await sim.start()
     try:
         daemon = Daemon(config, clock, clock_name="virtual", until=until)
@@ -65,6 +67,37 @@ async def run_virtual(
     finally:
         await sim.stop()
     return daemon
+
+
+class RunningDaemon:
+    """A daemon started on a virtual clock; act on the timeline once `ready` returned."""
+
+    def __init__(self, config: Config, scenario: Scenario, until: float,
+                 clock: VirtualClock | None = None) -> None:
+        self.clock = clock or VirtualClock(scenario.epoch)
+        self.sim = SimulatorServer(scenario, self.clock)
+        self.daemon = Daemon(config, self.clock, clock_name="virtual", until=until)
+        self.task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> RunningDaemon:
+        await self.sim.start()
+        self.task = asyncio.create_task(self.daemon.run())
+        ready = asyncio.create_task(self.daemon.ready.wait())
+        await asyncio.wait({self.task, ready}, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            ready.cancel()
+            await self.task  # raises what start-up raised
+        return self
+
+    async def finished(self) -> None:
+        assert self.task is not None
+        await self.task
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None and not self.task.done():
+            self.daemon.request_stop("test ended")
+            await self.task
+        await self.sim.stop()
 
 
 def database(config: Config) -> Database:

@@ -4,6 +4,7 @@ and the wall clock."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -370,6 +371,49 @@ async def test_shared_file_publishes_virtual_time(tmp_path: Path) -> None:
 def test_file_clock_gives_up_when_the_file_never_appears(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         FileClock(tmp_path / "missing", wait_seconds=0.1)
+
+
+def test_file_clock_waits_until_the_file_is_written(tmp_path: Path) -> None:
+    # SharedClockFile(create=True) writes the file with Path.write_bytes: open (create,
+    # truncate) and then write, so for a moment the file exists with 0 bytes. FileClock
+    # waits only for the file to exist and then maps 8 bytes of it, which fails on a short
+    # file ("mmap length is greater than file size") instead of waiting for the writer.
+    path = tmp_path / "clock"
+    path.touch()  # the writer has created the file and not written it yet
+
+    def writer_finishes() -> None:
+        writer = SharedClockFile(path, create=True)
+        writer.write(T0)
+        writer.close()
+
+    timer = threading.Timer(0.1, writer_finishes)
+    timer.start()
+    try:
+        reader = FileClock(path, wait_seconds=2.0)
+        assert reader.now() == T0
+    finally:
+        timer.join()
+
+
+def test_reader_attached_before_the_writer_recreates_the_file_follows_it(
+    tmp_path: Path,
+) -> None:
+    # `cemsd sim --clock-file` may start first: FileClock waits for the file, or maps one a
+    # previous run left behind. A daemon that then creates the clock file anew must be
+    # heard by that reader, so (re)creating must keep the file the reader has mapped.
+    path = tmp_path / "clock"
+    previous = SharedClockFile(path, create=True)
+    previous.write(T0 - 86_400.0)
+    previous.close()
+    reader = FileClock(path, wait_seconds=1.0)
+    assert reader.now() == T0 - 86_400.0
+    shared = SharedClockFile(path, create=True)
+    try:
+        VirtualClock(T0, shared_file=shared)  # publishes its start at once
+        assert shared.read() == T0
+        assert reader.now() == T0
+    finally:
+        shared.close()
 
 
 def test_shared_file_round_trips_floats_exactly(tmp_path: Path) -> None:

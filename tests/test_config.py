@@ -307,7 +307,7 @@ def test_duplicate_tcp_endpoint(tmp_path: Path) -> None:
     problems = problems_of(tmp_path, data)
     assert len(problems) == 1
     assert problems[0].path.startswith("buses[1]")
-    assert "duplicate endpoint '127.0.0.1:15020'" in problems[0].message
+    assert "duplicate port '127.0.0.1:15020'" in problems[0].message
 
 
 def test_toml_syntax_error(tmp_path: Path) -> None:

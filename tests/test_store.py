@@ -54,7 +54,8 @@ def test_readings_round_trip_utc(db: Database) -> None:
     rows = db.readings_between(T0, T0 + 60)
     assert [r.ts.timestamp() for r in rows] == [T0 + 1.5, T0 + 3.0]
     assert rows[0].ts.tzinfo is UTC
-    assert [(r.value, r.flag, r.reason) for r in rows] == [(2.5, "N", None), (None, "B", "no reply")]
+    assert [(r.value, r.flag, r.reason) for r in rows] == [
+        (2.5, "N", None), (None, "B", "no reply")]
     assert db.first_reading_ts() == T0 + 1.5
 
 
