@@ -31,7 +31,7 @@ test: $(VENV)/.test-deps
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 
-bench: $(BIN)/cemsd
+bench: $(VENV)/.test-deps
 	scripts/install-system-deps demo
 	$(BIN)/python bench/bench_polling.py
 

@@ -5,11 +5,15 @@ of its sub-values are valid (flag N): for minutes max(12, 75 % of the expected
 readings), for hours 45 of 60 minutes (HJ 212-2017 Annex C/D). The value is the mean
 (or, for counters, the last) of the valid sub-values. An invalid bucket carries its
 dominant abnormal flag, counting sub-values that never arrived as B (nothing was
-received), and a reason that gives the counts.
+received), and a reason that gives the counts and the most frequent root cause of the
+invalid sub-values (a status bit's text, "no reply", ...), so an invalid hour still names
+the check or fault behind it.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +23,14 @@ from cemsd.flags import CODE, CODES, NORMAL_CODE, Flag
 
 N_FLAGS = len(CODES)
 MISSING_CODE = CODE[Flag.B]
+CAUSE_MARK = "; cause: "
+
+
+def root_cause(reason: str | None) -> str | None:
+    """The original cause inside a reason: what a reading said, not the counts around it."""
+    if not reason:
+        return None
+    return reason.split(CAUSE_MARK, 1)[1] if CAUSE_MARK in reason else reason
 
 
 @dataclass
@@ -35,6 +47,7 @@ class Aggregates:
     expected: np.ndarray
     min_valid: int
     reasons: list[str | None] | None = None  # set by derived series, which explain differently
+    causes: list[str | None] | None = None  # most frequent cause of the invalid sub-values
 
     def __len__(self) -> int:
         return len(self.value)
@@ -52,9 +65,11 @@ class Aggregates:
         ]
         missing = int(self.expected[i] - self.n_present[i])
         tail = f" ({missing} never received)" if missing > 0 else ""
+        cause = self.causes[i] if self.causes is not None else None
         return (
             f"{int(self.n_valid[i])} of {int(self.expected[i])} {what} valid, "
             f"{self.min_valid} needed; " + ", ".join(parts) + tail
+            + (f"{CAUSE_MARK}{cause}" if cause else "")
         )
 
 
@@ -66,11 +81,13 @@ def aggregate(
     expected: int | np.ndarray,
     min_valid: int,
     how: Literal["mean", "last"] = "mean",
+    causes: Sequence[str | None] | None = None,
 ) -> Aggregates:
     """Aggregate sub-values into buckets.
 
     bucket: int bucket index of each sub-value, non-decreasing (sub-values in time order);
-    values: float64, NaN where the sub-value has no value; codes: flag codes (flags.CODE).
+    values: float64, NaN where the sub-value has no value; codes: flag codes (flags.CODE);
+    causes: optional reason of each sub-value, summarised per bucket for invalid ones.
     """
     bucket = np.asarray(bucket, dtype=np.int64)
     values = np.asarray(values, dtype=np.float64)
@@ -104,4 +121,18 @@ def aggregate(
     dominant = np.where(abnormal.any(axis=1), np.argmax(abnormal, axis=1), MISSING_CODE)
     flag = np.where(n_valid >= min_valid, NORMAL_CODE, dominant).astype(np.int8)
     return Aggregates(value, minimum, maximum, n_valid, n_present, flag, counts,
-                      expected_arr, min_valid)
+                      expected_arr, min_valid,
+                      causes=_causes(bucket, codes, causes, flag, n_buckets))
+
+
+def _causes(bucket: np.ndarray, codes: np.ndarray, causes: Sequence[str | None] | None,
+            flag: np.ndarray, n_buckets: int) -> list[str | None] | None:
+    """Most frequent cause among the invalid sub-values of each invalid bucket."""
+    if causes is None:
+        return None
+    tallies: list[Counter[str]] = [Counter() for _ in range(n_buckets)]
+    for i in np.flatnonzero(codes != NORMAL_CODE):
+        cause = causes[i]
+        if cause and flag[bucket[i]] != NORMAL_CODE:
+            tallies[bucket[i]][cause] += 1
+    return [t.most_common(1)[0][0] if t else None for t in tallies]

@@ -23,12 +23,12 @@ import math
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from cemsd.acquisition import BusOwner
-from cemsd.aggregate import Aggregates, aggregate
+from cemsd.aggregate import Aggregates, aggregate, root_cause
 from cemsd.clock import Clock
 from cemsd.config import Config
 from cemsd.errors import StorageError
@@ -187,21 +187,21 @@ class Closer:
         for meta in self.series.values():
             if meta.derived:
                 continue
-            bucket, values, codes = grouped.get(meta.name, _EMPTY)
+            s = grouped.get(meta.name, _EMPTY)
             expected = meta.per_minute
             aggregates[meta.name] = aggregate(
-                bucket, values, codes, n, expected,
+                s.bucket, s.values, s.codes, n, expected,
                 minute_threshold(expected, self.rules.minute_min_readings,
                                  self.rules.minute_min_valid_fraction),
-                how=meta.how,
+                how=meta.how, causes=s.causes,
             )
         aggregates.update(self.calculator.compute(aggregates))
         keep = np.ones(n, dtype=bool)
         before_run = starts < self.run_started
         if before_run.any():  # downtime minutes with nothing stored are not invented
             received = np.zeros(n, dtype=bool)
-            for bucket, _, _ in grouped.values():
-                received[bucket] = True
+            for s in grouped.values():
+                received[s.bucket] = True
             keep = ~before_run | received
         out = self._rows(aggregates, starts, keep, "readings")
         await self.store.call(self.store.db.insert_aggregates, schema.minutes, out)
@@ -215,11 +215,12 @@ class Closer:
             rows = await self.store.call(self.store.db.aggregates_between, schema.minutes,
                                          t0, t0 + HOUR)
             grouped = _group(rows, t0, HOUR)
-            aggregates = {
-                meta.name: aggregate(*grouped.get(meta.name, _EMPTY), 1, 60,
-                                     self.rules.hour_min_valid_minutes, how=meta.how)
-                for meta in self.series.values()
-            }
+            aggregates = {}
+            for meta in self.series.values():
+                s = grouped.get(meta.name, _EMPTY)
+                aggregates[meta.name] = aggregate(
+                    s.bucket, s.values, s.codes, 1, 60, self.rules.hour_min_valid_minutes,
+                    how=meta.how, causes=s.causes)
             out = self._rows(aggregates, np.array([t0]), np.ones(1, dtype=bool), "minutes")
             await self.store.call(self.store.db.insert_aggregates, schema.hours, out)
             self.next_hour = t0 + HOUR
@@ -266,20 +267,28 @@ class Closer:
             log.info("pruned readings", extra={"rows": removed, "before": before})
 
 
-_EMPTY = (np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64))
+class _Series(NamedTuple):
+    bucket: np.ndarray
+    values: np.ndarray
+    codes: np.ndarray
+    causes: list[str | None]
 
 
-def _group(rows: Sequence[Any], t0: float, width: float) -> dict[str, tuple[np.ndarray, ...]]:
-    """Rows (channel, ts, value, flag, ...) in time order -> per channel bucket/value/code."""
-    by_channel: dict[str, list[tuple[float, float, int]]] = defaultdict(list)
+_EMPTY = _Series(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64), [])
+
+
+def _group(rows: Sequence[Any], t0: float, width: float) -> dict[str, _Series]:
+    """Stored rows (readings or minutes) in time order -> per channel series by bucket."""
+    by_channel: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
-        value = math.nan if row.value is None else row.value
-        by_channel[row.channel].append((row.ts.timestamp(), value, CODE[Flag(row.flag)]))
+        by_channel[row.channel].append(row)
     out = {}
     for name, items in by_channel.items():
-        arr = np.array(items, dtype=np.float64)
-        bucket = np.floor((arr[:, 0] - t0) / width + 1e-9).astype(np.int64)
-        out[name] = (bucket, arr[:, 1], arr[:, 2].astype(np.int64))
+        ts = np.array([r.ts.timestamp() for r in items])
+        values = np.array([math.nan if r.value is None else r.value for r in items])
+        codes = np.array([CODE[Flag(r.flag)] for r in items], dtype=np.int64)
+        bucket = np.floor((ts - t0) / width + 1e-9).astype(np.int64)
+        out[name] = _Series(bucket, values, codes, [root_cause(r.reason) for r in items])
     return out
 
 

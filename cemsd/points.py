@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cemsd import conversion as cv
-from cemsd.aggregate import Aggregates
+from cemsd.aggregate import CAUSE_MARK, Aggregates, root_cause
 from cemsd.config import Config, Point
 from cemsd.flags import CODE, CODES, NORMAL_CODE, Flag
 from cemsd.plan import ChannelPlan, Plan
@@ -232,9 +232,11 @@ def _combine(value: np.ndarray, parts: list[Aggregates], names: list[str]) -> Ag
             reasons.append(None)
             continue
         j = int(np.argmin(codes[:, i]))
-        inner = parts[j].reasons[i] if parts[j].reasons is not None else None
-        reasons.append(inner or f"input {names[j]} is {CODES[codes[j, i]].value} "
-                                f"({CODES[codes[j, i]].meaning})")
+        flag_j = CODES[codes[j, i]]
+        cause = root_cause(parts[j].reason(i)) if parts[j].reasons is not None else (
+            parts[j].causes[i] if parts[j].causes is not None else None)
+        reasons.append(f"input {names[j]} is {flag_j.value} ({flag_j.meaning})"
+                       + (f"{CAUSE_MARK}{cause}" if cause else ""))
     first = parts[0]
     return Aggregates(value, value.copy(), value.copy(), n_valid, first.n_present, flag,
                       first.counts, first.expected, first.min_valid, reasons=reasons)

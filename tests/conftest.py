@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from helpers import PostgresServer
 
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"

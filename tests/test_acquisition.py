@@ -10,6 +10,13 @@ import logging
 from pathlib import Path
 
 import pytest
+
+from cemsd.acquisition import BusOwner
+from cemsd.clock import VirtualClock, WallClock
+from cemsd.daemon import modbus_transport
+from cemsd.plan import compile_plan
+from cemsd.readings import Reading
+from cemsd.store import schema
 from helpers import (
     RunningDaemon,
     database,
@@ -18,13 +25,6 @@ from helpers import (
     write_config,
     write_scenario,
 )
-
-from cemsd.acquisition import BusOwner
-from cemsd.clock import VirtualClock, WallClock
-from cemsd.daemon import modbus_transport
-from cemsd.plan import compile_plan
-from cemsd.readings import Reading
-from cemsd.store import schema
 from simulators.server import SimulatorServer
 
 START = "2026-06-01T00:00:00+08:00"

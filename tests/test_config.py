@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from helpers import REPO, write_config, write_toml
 
 from cemsd.cli import main
 from cemsd.config import Config, load_config
 from cemsd.errors import ConfigError, ConfigProblem
 from drivers.registry import load_profile
+from helpers import REPO, write_config, write_toml
 
 Data = dict[str, Any]
 

@@ -14,9 +14,9 @@ import asyncio
 from pathlib import Path
 
 import pytest
-from helpers import database, free_port, run_virtual, write_config, write_scenario
 
 from cemsd.store import schema
+from helpers import database, free_port, run_virtual, write_config, write_scenario
 
 START = "2026-06-01T00:00:00+08:00"
 HOURS = 24

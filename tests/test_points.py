@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import write_config
 
 from cemsd.aggregate import Aggregates, aggregate
 from cemsd.config import Config, Point
@@ -23,6 +22,7 @@ from cemsd.errors import ConfigError
 from cemsd.flags import CODE, Flag
 from cemsd.plan import compile_plan, minute_threshold
 from cemsd.points import PointCalculator, point_problems
+from helpers import write_config
 
 K_SI = 44.013 / 22.414  # mg/m3 per ppm at 273.15 K, 101.325 kPa
 REL = 1e-9  # hand formula vs code: only float rounding apart

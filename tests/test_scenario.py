@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from helpers import REPO, write_scenario
 from pymodbus.constants import ExcCodes
 
 from cemsd.config import Channel
 from cemsd.errors import ConfigError
 from drivers import registry
 from drivers.codec import ByteOrder, DataType, decode
+from helpers import REPO, write_scenario
 from simulators.instrument import NoReply, SimulatedInstrument, corrupt, gaussian
 from simulators.scenario import Scenario, Signal, load_scenario, parse_offset
 
