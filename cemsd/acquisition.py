@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cemsd.clock import Clock
+from cemsd.clock import Clock, StoppableSleep
 from cemsd.errors import ExceptionReply, NoConnection, TransportError
 from cemsd.flags import Flag
 from cemsd.plan import BusPlan, DevicePlan, ReadBlock
@@ -82,31 +82,27 @@ class BusOwner:
         self.watermark = -math.inf  # every reading before this time has been delivered
         self.watermark_changed = asyncio.Event()
         self.last_cycle_wall = time.monotonic()  # heartbeat for supervision
-        self._stopping = False
-        self._sleeping = False
-        self._task: asyncio.Task[None] | None = None
+        self._sleep = StoppableSleep(clock)
 
     @property
     def name(self) -> str:
         return self.plan.name
 
     def request_stop(self) -> None:
-        """Finish the poll in progress, then return. Safe to call from a signal flag check."""
-        self._stopping = True
-        if self._sleeping and self._task is not None:
-            self._task.cancel()
+        """Finish the poll in progress, then return."""
+        self._sleep.request_stop()
 
     async def run(self) -> None:
-        self._task = asyncio.current_task()
+        self._sleep.bind()
         try:
             with self.clock.participant():
                 now = self.clock.now()
                 for device in self.plan.devices:
                     self.health[device.name].next_due = first_slot(now, device.poll_interval)
-                while not self._stopping and self.plan.devices:
+                while self.plan.devices:
                     due = min(h.next_due for h in self.health.values())
                     self._set_watermark(due)
-                    if not await self._sleep_until(due):
+                    if not await self._sleep.sleep_until(due):
                         break
                     await self._poll_due()
                     self.last_cycle_wall = time.monotonic()
@@ -114,24 +110,12 @@ class BusOwner:
             self._set_watermark(math.inf)
             await self.transport.close()
 
-    async def _sleep_until(self, t: float) -> bool:
-        self._sleeping = True
-        try:
-            await self.clock.sleep_until(t)
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-            return False
-        finally:
-            self._sleeping = False
-        return not self._stopping
-
     async def _poll_due(self) -> None:
         now = self.clock.now()
         due = [d for d in self.plan.devices if self.health[d.name].next_due <= now + 1e-9]
         due.sort(key=lambda d: (self.health[d.name].next_due, d.device_id))
         for device in due:
-            if self._stopping:
+            if self._sleep.stopping:
                 return
             slot = self.health[device.name].next_due
             await self.poll(device)

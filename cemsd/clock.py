@@ -170,6 +170,44 @@ class VirtualClock:
             self._shared.write(self._now)
 
 
+class StoppableSleep:
+    """Stop handling for a loop that sleeps on a clock (bus owners, the closer).
+
+    A stop request ends the loop after the work in progress: it cancels the task only while
+    it sleeps, never in the middle of a poll or a database write.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.stopping = False
+        self._sleeping = False
+        self._task: asyncio.Task[object] | None = None
+
+    def bind(self) -> None:
+        """Record the task that sleeps; call at the start of its loop."""
+        self._task = asyncio.current_task()
+
+    def request_stop(self) -> None:
+        self.stopping = True
+        if self._sleeping and self._task is not None:
+            self._task.cancel()
+
+    async def sleep_until(self, t: float) -> bool:
+        """Sleep until t; False when a stop was requested (before or during the sleep)."""
+        if self.stopping:
+            return False
+        self._sleeping = True
+        try:
+            await self.clock.sleep_until(t)
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+            return False
+        finally:
+            self._sleeping = False
+        return not self.stopping
+
+
 class SharedClockFile:
     """An 8-byte file holding a float UTC epoch, memory-mapped by writer and readers."""
 

@@ -29,7 +29,7 @@ import numpy as np
 
 from cemsd.acquisition import BusOwner
 from cemsd.aggregate import Aggregates, aggregate, root_cause
-from cemsd.clock import Clock
+from cemsd.clock import Clock, StoppableSleep
 from cemsd.config import Config
 from cemsd.errors import StorageError
 from cemsd.flags import CODE, CODES, Flag
@@ -78,9 +78,7 @@ class Closer:
         self.next_hour: float | None = None
         self.run_started: float = 0.0
         self.last_pruned: float = -math.inf
-        self._stopping = False
-        self._sleeping = False
-        self._task: asyncio.Task[None] | None = None
+        self._sleep = StoppableSleep(clock)
 
     def _series(self, plan: Plan) -> dict[str, SeriesMeta]:
         series = {}
@@ -114,31 +112,20 @@ class Closer:
         await self.close_through(self.run_started)
 
     def request_stop(self) -> None:
-        self._stopping = True
-        if self._sleeping and self._task is not None:
-            self._task.cancel()
+        self._sleep.request_stop()
 
     async def run(self) -> None:
         """Close each minute as it ends, until request_stop()."""
-        self._task = asyncio.current_task()
+        self._sleep.bind()
         assert self.next_minute is not None, "recover() first"
         with self.clock.participant():
-            while not self._stopping:
+            while await self._sleep.sleep_until(self.next_minute + MINUTE):
                 target = self.next_minute + MINUTE
-                self._sleeping = True
-                try:
-                    await self.clock.sleep_until(target)
-                except asyncio.CancelledError:
-                    if not self._stopping:
-                        raise
-                    return
-                finally:
-                    self._sleeping = False
                 await self._await_buses(target)
                 await self._close_with_retry(target)
 
     async def _close_with_retry(self, t_end: float) -> None:
-        while not self._stopping:
+        while not self._sleep.stopping:
             try:
                 await self.close_through(t_end)
                 return
