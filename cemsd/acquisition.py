@@ -172,7 +172,12 @@ class BusOwner:
         return readings
 
     def _record(
-        self, device: DevicePlan, ts: float, result: str, error: Exception | None, usable: bool
+        self,
+        device: DevicePlan,
+        ts: float,
+        result: str,
+        error: TransportError | ExceptionReply | None,
+        usable: bool,
     ) -> None:
         health = self.health[device.name]
         health.polls += 1
@@ -223,20 +228,13 @@ def _decode_block(block: ReadBlock, registers: list[int], values: dict[str, floa
         values[channel.key] = raw * spec.scale + spec.offset
 
 
-def _reason(error: Exception) -> str:
-    kind = {
-        "DeviceTimeout": "no reply",
-        "BadFrame": "unreadable reply",
-        "NoConnection": "no link",
-        "ExceptionReply": "refused",
-    }.get(type(error).__name__, type(error).__name__)
-    return f"{kind}: {error}"
+def _reason(error: TransportError | ExceptionReply) -> str:
+    return f"{error.kind}: {error}"
 
 
 def _result_name(link: TransportError | None, refusal: ExceptionReply | None, usable: bool) -> str:
     if link is not None:
-        return {"DeviceTimeout": "timeout", "BadFrame": "bad_frame",
-                "NoConnection": "no_link"}.get(type(link).__name__, "error")
+        return link.result
     if refusal is not None:
         return "partial" if usable else "refused"
     return "ok"

@@ -38,21 +38,35 @@ class DriverError(CemsdError):
 class TransportError(CemsdError):
     """The bus failed to carry a request: no link, no reply or an unreadable reply."""
 
+    kind: ClassVar[str] = "link error"  # how a reading's reason starts
+    result: ClassVar[str] = "error"  # the request result as metrics count it
+
 
 class DeviceTimeout(TransportError):
     """The device did not answer within its timeout (after its retries)."""
+
+    kind = "no reply"
+    result = "timeout"
 
 
 class NoConnection(TransportError):
     """The connection (TCP socket or serial port) could not be opened or was lost."""
 
+    kind = "no link"
+    result = "no_link"
+
 
 class BadFrame(TransportError):
     """A reply arrived but could not be used (wrong length, garbage, wrong device)."""
 
+    kind = "unreadable reply"
+    result = "bad_frame"
+
 
 class ExceptionReply(CemsdError):
     """The device answered with a Modbus exception response."""
+
+    kind: ClassVar[str] = "refused"
 
     NAMES: ClassVar[dict[int, str]] = {
         1: "illegal function",
