@@ -1,11 +1,16 @@
 """The daemon: builds the pipeline from a validated configuration and runs it.
 
-Start-up order: storage (migrated) -> read plan -> closer recovery (close what a previous
-run left open) -> writer, bus owners, closer. Shutdown (request_stop, e.g. from SIGTERM)
-runs in the reverse direction with a deadline at each step: bus owners finish their
-current poll and stop; the writer flushes; the closer closes every complete minute and
-hour; the run is marked stopped. Only the CLI touches signals; they just call
-request_stop (uvicorn's pattern).
+Start-up order: storage (migrated) -> read plan -> components (outputs, QA/QC) ->
+closer recovery (close what a previous run left open) -> writer, bus owners, closer.
+Shutdown (request_stop, e.g. from SIGTERM) runs in the reverse direction with a deadline
+at each step: bus owners finish their current poll and stop; the writer flushes; the
+closer closes every complete minute and hour; components stop (outputs flush); the run is
+marked stopped. Only the CLI touches signals; they just call request_stop (uvicorn's
+pattern).
+
+Components plug in without touching this file's flow: they get the daemon in start()
+and subscribe to what they need (period_listeners, pipeline.live_listeners,
+request_observers, event_listeners), and start their own tasks.
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 from cemsd import __version__
-from cemsd.acquisition import BusOwner
+from cemsd.acquisition import BusOwner, RequestObserver
 from cemsd.clock import Clock
 from cemsd.closer import Closer, PeriodListener
 from cemsd.config import Config, SerialBus
@@ -32,7 +38,20 @@ from drivers.modbus import ModbusTransport
 log = logging.getLogger(__name__)
 
 TransportFactory = Callable[[BusPlan], Transport]
+EventListener = Callable[[str, dict[str, Any]], Awaitable[None]]
 STOP_DEADLINE_SECONDS = 10.0
+
+
+class Component(Protocol):
+    """A part started after the pipeline exists and stopped before storage closes."""
+
+    name: str
+
+    async def start(self, daemon: Daemon) -> None:
+        """Subscribe to the daemon's hooks and start any tasks; must not block."""
+
+    async def stop(self) -> None:
+        """Flush and close; bounded by the daemon's stop deadline."""
 
 
 def modbus_transport(bus_plan: BusPlan) -> Transport:
@@ -52,14 +71,20 @@ class Daemon:
         clock_name: str = "wall",
         until: float | None = None,
         transport_factory: TransportFactory = modbus_transport,
+        components: list[Component] | None = None,
     ) -> None:
+        from cemsd.components import configured_components
+
         self.config = config
         self.clock = clock
         self.clock_name = clock_name
         self.until = until
         self.transport_factory = transport_factory
         self.plan: Plan = compile_plan(config)
+        self.components = configured_components(config) if components is None else components
         self.period_listeners: list[PeriodListener] = []
+        self.event_listeners: list[EventListener] = []
+        self.request_observers: list[RequestObserver] = []
         self.store: Store | None = None
         self.pipeline: Pipeline | None = None
         self.owners: list[BusOwner] = []
@@ -83,13 +108,23 @@ class Daemon:
                                   str(self.config.source), _sha256(self.config.source))
         self.pipeline = Pipeline(store)
         self.owners = [
-            BusOwner(bus, self.transport_factory(bus), self.clock, self.pipeline.ingest)
+            BusOwner(bus, self.transport_factory(bus), self.clock, self.pipeline.ingest,
+                     observer=self._observe_request)
             for bus in self.plan.buses
         ]
         self.closer = Closer(self.config, self.plan, store, self.clock, self.owners,
                              self.period_listeners)
         await store.call(db.upsert_channels, _channel_rows(self.plan, self.closer))
-        await self.closer.recover()
+        started: list[Component] = []
+        try:
+            for component in self.components:
+                await component.start(self)
+                started.append(component)
+            await self.closer.recover()
+        except BaseException:
+            await self._stop_components(started)
+            await store.close()
+            raise
 
         writer_stop = asyncio.Event()
         writer = asyncio.create_task(store.run(writer_stop), name="writer")
@@ -105,9 +140,30 @@ class Daemon:
         finally:
             until_task.cancel()
             await self._shutdown(owner_tasks, closer_task, writer, writer_stop)
+            await self._stop_components(started)
             await store.call(db.stop_run, run_id, self.exit_reason)
             await store.close()
             log.info("stopped", extra={"reason": self.exit_reason})
+
+    def _observe_request(self, device: str, result: str, seconds: float) -> None:
+        for observer in self.request_observers:
+            observer(device, result, seconds)
+
+    async def publish_event(self, kind: str, payload: dict[str, Any]) -> None:
+        """Tell every event listener (outputs) about a calibration, bypass event, status..."""
+        for listener in self.event_listeners:
+            try:
+                await listener(kind, payload)
+            except Exception:  # an output failing must not stop the source of the event
+                log.exception("event listener failed", extra={"kind": kind})
+
+    async def _stop_components(self, started: list[Component]) -> None:
+        for component in reversed(started):
+            try:
+                await asyncio.wait_for(component.stop(), STOP_DEADLINE_SECONDS)
+            except Exception as exc:  # the others still get their stop
+                log.error("component did not stop cleanly",
+                          extra={"component": component.name, "error": repr(exc)})
 
     async def _stop_at_until(self) -> None:
         if self.until is None:

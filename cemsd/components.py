@@ -1,0 +1,19 @@
+"""Which optional parts of the daemon run, from the configuration.
+
+Each feature (outputs, QA/QC schedulers) adds its component here; the daemon starts them
+in this order after the pipeline exists and stops them in reverse order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from cemsd.config import Config
+
+if TYPE_CHECKING:
+    from cemsd.daemon import Component
+
+
+def configured_components(config: Config) -> list[Component]:
+    components: list[Component] = []
+    return components
