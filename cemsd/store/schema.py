@@ -1,8 +1,14 @@
 """Tables. Every timestamp is UTC (naive in the database, aware in Python).
 
 Minute and hour tables share one shape: value with min/max, valid and expected
-sub-value counts, flag, reason and unit, unique per (channel, ts) so that closing a
-period twice (after a restart) can never duplicate it.
+sub-value counts, flag, reason and unit, unique per (channel, ts, revision) so that
+closing a period twice (after a restart) can never duplicate it. Stored periods are never
+changed in place: a correction is a new row with the next revision that names the row it
+supersedes; the current value of a period is its highest revision.
+
+QA/QC records (calibrations, maintenance windows, control periods, substituted hours, the
+audit log) are append-only in the same way: ending a window or superseding a
+substitution adds or closes a record, and the audit log says who did it and why.
 """
 
 from __future__ import annotations
@@ -85,7 +91,9 @@ def _aggregate_table(name: str) -> Table:
         Column("reason", Text),
         Column("unit", String(16), nullable=False),
         Column("created_at", UTCDateTime, nullable=False),
-        UniqueConstraint("channel", "ts"),
+        Column("revision", Integer, nullable=False, server_default="0"),
+        Column("supersedes", Identifier),  # id of the row this correction replaces
+        UniqueConstraint("channel", "ts", "revision"),
         Index(None, "ts"),
     )
 
@@ -121,4 +129,95 @@ daemon_runs = Table(
     Column("config_sha256", String(64)),
     Column("host", String(255)),
     Column("exit_reason", Text),
+)
+
+
+# --- QA/QC (HJ 75-2017 §11-12) ---------------------------------------------------------
+
+calibrations = Table(
+    "calibrations",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("channel", String(100), nullable=False),
+    Column("kind", String(8), nullable=False),  # zero | span
+    Column("mode", String(16), nullable=False),  # automatic | remote | manual
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),
+    Column("reference", Double, nullable=False),  # reference gas value, channel unit
+    Column("measured", Double),  # mean of the stable readings (or read off the display)
+    Column("full_scale", Double, nullable=False),
+    Column("drift_pct_fs", Double),  # (measured - reference) / full scale * 100
+    Column("result", String(16), nullable=False),  # pass | adjust | out_of_control | aborted
+    Column("pass_limit_pct", Double, nullable=False),
+    Column("control_limit_pct", Double, nullable=False),
+    Column("n_readings", Integer),
+    Column("stabilisation_s", Double),
+    Column("technician", String(100), nullable=False),
+    Column("note", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "channel", "started_at"),
+)
+
+maintenance = Table(
+    "maintenance",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("device", String(64)),  # a whole device, or
+    Column("channel", String(100)),  # one channel
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),  # open while NULL
+    Column("reason", Text, nullable=False),
+    Column("technician", String(100), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)
+
+control_periods = Table(
+    "control_periods",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("channel", String(100), nullable=False),
+    Column("kind", String(24), nullable=False),  # out_of_control | calibration_overdue
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),  # open while NULL
+    Column("opened_by", Identifier),  # calibration id that failed (or NULL: overdue)
+    Column("closed_by", Identifier),  # calibration id that passed
+    Column("reason", Text, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "channel", "started_at"),
+)
+
+substitutions = Table(
+    "substitutions",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("channel", String(100), nullable=False),  # the series substituted (e.g. kg/h)
+    Column("ts", UTCDateTime, nullable=False),  # the hour replaced
+    Column("value", Double, nullable=False),
+    Column("unit", String(16), nullable=False),
+    Column("flag", String(1), nullable=False, server_default="S"),
+    Column("method", String(64), nullable=False),  # e.g. hj75.missing.before_after_mean
+    Column("period_kind", String(24), nullable=False),  # missing | out_of_control
+    Column("period_start", UTCDateTime, nullable=False),
+    Column("period_hours", Integer, nullable=False),
+    Column("capture_rate", Double),  # the quarter's valid-hour rate the tier came from
+    Column("source_hours", Text, nullable=False),  # JSON list of the hours used
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revision", Integer, nullable=False, server_default="0"),
+    Column("supersedes", Identifier),
+    UniqueConstraint("channel", "ts", "revision"),
+    Index(None, "ts"),
+)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("at", UTCDateTime, nullable=False),
+    Column("actor", String(100), nullable=False),  # a person, or "cemsd" for the daemon
+    Column("action", String(64), nullable=False),  # e.g. calibration.record, config.change
+    Column("target", String(200)),
+    Column("reason", Text),
+    Column("before", Text),  # JSON
+    Column("after", Text),  # JSON
+    Column("host", String(255)),
 )
