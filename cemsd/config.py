@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cemsd import standards
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
+from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
 from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
 from drivers.codec import ByteOrder, DataType
 from drivers.registry import load_profile
@@ -168,6 +169,8 @@ class Channel(Strict):
     bits: dict[Annotated[int, Field(ge=0, le=63)], StatusMeaning] = {}
     codes: dict[int, StatusMeaning] = {}
     applies_to: list[str] | None = None  # channel keys the status governs (default: analog)
+    calibration: CalibrationSettings | None = None  # zero/span checks (QA/QC)
+    checks: ValueChecks | None = None  # plausibility checks (QA/QC)
 
     @field_validator("range")
     @classmethod
@@ -199,6 +202,7 @@ class Device(Strict):
     max_gap: Annotated[int, Field(ge=0, le=100)] = 0  # unused registers a block may span
     backoff_max: Annotated[float, Field(ge=1, le=3600)] = 60.0
     enabled: bool = True
+    remote_calibration: RemoteCalibration | None = None  # from the profile: valve coils
     channels: dict[Name, Channel]
 
 
@@ -207,6 +211,7 @@ class Config(Strict):
     storage: Storage = Storage()
     processing: Processing = Processing()
     points: dict[Name, Point] = {}
+    qaqc: QaqcSettings = QaqcSettings()
     buses: list[Bus]
     devices: list[Device]
     source: Path = Path("<memory>")
@@ -297,6 +302,8 @@ def _merge_profiles(raw: dict[str, Any], file: str, problems: list[ConfigProblem
             if isinstance(spec, dict) and isinstance(spec.get("applies_to"), list):
                 spec["applies_to"] = [k for k in spec["applies_to"] if k not in disabled]
         device["channels"] = merged
+        if profile.remote_calibration:
+            device.setdefault("remote_calibration", dict(profile.remote_calibration))
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -449,6 +456,38 @@ def _check_channel(
             problem(f"{path}.point", f"no point named {point!r} under [points]")
     if ch.kind == "analog" and ch.range is None and ch.role in GAS_ROLES:
         problem(f"{path}.range", "a measured gas value needs its measuring range (full scale)")
+    if ch.calibration is not None:
+        _check_calibration(device, ch, f"{path}.calibration", problem)
+
+
+def _check_calibration(device: Device, ch: Channel, path: str, problem: Any) -> None:
+    cal = ch.calibration
+    assert cal is not None
+    if ch.range is None:
+        problem(f"{path}", "calibration drift is in % of full scale: the channel needs a range")
+        return
+    low, high = ch.range
+    for name in ("zero_reference", "span_reference"):
+        value = getattr(cal, name)
+        if value is not None and not low <= value <= high:
+            problem(f"{path}.{name}", f"{value:g} is outside the measuring range "
+                            f"[{low:g}, {high:g}]")
+    remote = device.remote_calibration
+    if cal.mode == "automatic":
+        if remote is None:
+            problem(f"{path}.mode", "automatic calibration needs an analyzer with remote "
+                                    "calibration valves (remote_calibration in its profile)")
+        if cal.zero_at is None and cal.span_at is None:
+            problem(f"{path}.zero_at", "automatic calibration needs zero_at and/or span_at")
+    elif cal.zero_at is not None or cal.span_at is not None:
+        problem(f"{path}.mode", "zero_at/span_at schedule automatic checks: set mode = 'automatic'")
+    if cal.span_at is not None:
+        if cal.span_reference is None:
+            problem(f"{path}.span_reference", "a scheduled span check needs the span gas value")
+        if remote is not None and remote.span_valve_coil is None:
+            problem(f"{path}.span_at", "this analyzer has no span gas valve")
+    if cal.method == "flow_zero" and ch.role is not Role.FLOW:
+        problem(f"{path}.method", "flow_zero is the zero check of a flow channel")
 
 
 def _check_sampling(config: Config, device: Device, path: str, problem: Any) -> None:

@@ -30,8 +30,12 @@ from cemsd.closer import Closer, PeriodListener
 from cemsd.config import Config, SerialBus
 from cemsd.pipeline import Pipeline
 from cemsd.plan import BusPlan, Plan, compile_plan, log_plan
+from cemsd.qaqc.checks import ChannelChecks
+from cemsd.qaqc.records import load_plant_state
+from cemsd.qaqc.state import PlantState
 from cemsd.store.database import Database
 from cemsd.store.writer import Store
+from cemsd.validity import DeviceValidator, over_range
 from drivers.base import Transport
 from drivers.modbus import ModbusTransport
 
@@ -89,6 +93,7 @@ class Daemon:
         self.pipeline: Pipeline | None = None
         self.owners: list[BusOwner] = []
         self.closer: Closer | None = None
+        self.plant_state: PlantState | None = None
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self.exit_reason = "stopped"
@@ -104,12 +109,19 @@ class Daemon:
         db = Database(self.config.storage.database_url)
         await asyncio.to_thread(db.upgrade)
         self.store = store = Store(db, self.config.storage.batch_seconds)
-        run_id = await store.call(db.start_run, self.clock_name, __version__,
+        run_id = await store.call(db.start_run, self.clock.now(), self.clock_name, __version__,
                                   str(self.config.source), _sha256(self.config.source))
         self.pipeline = Pipeline(store)
+        self.plant_state = await load_plant_state(self.config, self.plan, store, self.clock.now())
+        self.pipeline.live_listeners.append(self.plant_state.observe)
+        checks = (over_range, ChannelChecks(self.plan))
+        validators = {
+            d.name: DeviceValidator(d, checks, context=self.plant_state.conditions)
+            for d in self.plan.devices
+        }
         self.owners = [
             BusOwner(bus, self.transport_factory(bus), self.clock, self.pipeline.ingest,
-                     observer=self._observe_request)
+                     observer=self._observe_request, validators=validators)
             for bus in self.plan.buses
         ]
         self.closer = Closer(self.config, self.plan, store, self.clock, self.owners,
@@ -141,7 +153,7 @@ class Daemon:
             until_task.cancel()
             await self._shutdown(owner_tasks, closer_task, writer, writer_stop)
             await self._stop_components(started)
-            await store.call(db.stop_run, run_id, self.exit_reason)
+            await store.call(db.stop_run, run_id, self.clock.now(), self.exit_reason)
             await store.close()
             log.info("stopped", extra={"reason": self.exit_reason})
 

@@ -40,15 +40,18 @@ MEANINGS: Mapping[Flag, str] = {
     Flag.B: "communication fault",
 }
 
-# When several conditions hold for one reading, the first in this order wins: the
-# reason nearest to the data's origin (no data at all, then a faulty instrument, then
-# a deliberate state of the analyzer, then the plant, then the value itself).
+# When several conditions hold for one reading, the first in this order wins:
+# - F first: a stopped source makes the hour a stop hour whatever the instruments do, and
+#   stop hours leave the capture rate (HJ 75-2017 §12);
+# - then the declared states, which explain the faults they cause: maintenance (M),
+#   calibration (C);
+# - then the instrument (D: fault, out of control) before the link (B), then the value (T).
 PRECEDENCE: tuple[Flag, ...] = (
-    Flag.B,
-    Flag.D,
-    Flag.C,
-    Flag.M,
     Flag.F,
+    Flag.M,
+    Flag.C,
+    Flag.D,
+    Flag.B,
     Flag.T,
     Flag.S,
     Flag.N,

@@ -66,3 +66,48 @@ MODBUS_MAX_READ_BITS = StandardValue(2000, "bits", "Modbus spec: FC01/FC02 quant
 # --- Defaults -------------------------------------------------------------------------
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"  # China Standard Time: hours follow the plant's clock
+
+# --- Calibration and QA (HJ 75-2017 §11 [U]; spec hj75-hj212.md §2) ---------------------
+
+CAL_PASS_LIMIT = StandardValue(2.5, "% F.S.", "HJ 75-2017 §11 [U]: zero and span drift pass")
+CAL_ZERO_CONTROL_LIMIT = StandardValue(
+    5.0, "% F.S.", "HJ 75-2017 §11 [U]: zero drift beyond is out of control"
+)
+CAL_SPAN_CONTROL_LIMIT = StandardValue(
+    10.0, "% F.S.", "HJ 75-2017 §11 [U]: span drift beyond is out of control"
+)
+FLOW_ZERO_PASS_LIMIT = StandardValue(3.0, "% F.S.", "HJ 75-2017 §11 [U]: flow zero check pass")
+FLOW_ZERO_PASS_ABSOLUTE = StandardValue(0.9, "m/s", "HJ 75-2017 §11 [U]: flow zero check pass")
+FLOW_ZERO_CONTROL_LIMIT = StandardValue(
+    8.0, "% F.S.", "HJ 75-2017 §11 [U]: flow zero out of control (and beyond 1.8 m/s)"
+)
+FLOW_ZERO_CONTROL_ABSOLUTE = StandardValue(
+    1.8, "m/s", "HJ 75-2017 §11 [U]: flow zero out of control (and beyond 8 % F.S.)"
+)
+CAL_INTERVAL_AUTOMATIC = StandardValue(24.0, "h", "HJ 75-2017 §11 [U]: automatic calibration")
+CAL_INTERVAL_MANUAL_EXTRACTIVE = StandardValue(
+    168.0, "h", "HJ 75-2017 §11 [U]: manual calibration, extractive gas CEMS (7 days)"
+)
+CAL_INTERVAL_MANUAL_INSITU = StandardValue(
+    360.0, "h", "HJ 75-2017 §11 [U]: manual calibration, in-situ gas CEMS (15 days)"
+)
+FLOW_ZERO_INTERVAL_MANUAL = StandardValue(
+    720.0, "h", "HJ 75-2017 §11 [U]: manual flow zero check (30 days)"
+)
+
+# --- Substitution of invalid hours (HJ 75-2017 §12 [U]; spec hj75-hj212.md §4) ------------
+
+CAPTURE_RATE_HIGH = StandardValue(
+    0.90, "fraction", "HJ 75-2017 §12 [U]: quarter valid-hour rate of the first tier"
+)
+CAPTURE_RATE_LOW = StandardValue(
+    0.75, "fraction", "HJ 75-2017 §12 [U]: below this rate no substitution rule is given"
+)
+SHORT_PERIOD_HOURS = StandardValue(24, "h", "HJ 75-2017 §12 [U]: short vs long periods")
+LOOKBACK_OUT_OF_CONTROL_SHORT = StandardValue(
+    180, "valid h", "HJ 75-2017 §12 [U]: max over the 180 valid hours before the last calibration"
+)
+LOOKBACK_LONG = StandardValue(720, "valid h", "HJ 75-2017 §12 [U]: max over the 720 valid hours")
+LOOKBACK_LOW_TIER = StandardValue(
+    2160, "valid h", "HJ 75-2017 §12 [U]: max over the 2160 valid hours (75-90 % tier)"
+)

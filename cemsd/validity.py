@@ -5,7 +5,10 @@ Sources of flags, in the order they are applied:
    D for an exception reply);
 2. the value itself (a float that is NaN or infinite is an instrument fault, D);
 3. the analyzer's status word (bits or codes mapped to flags in the register map);
-4. value checks, each a small function (over range -> T; more come with QA/QC).
+4. value checks, each a small callable (over range -> T; QA/QC adds stuck, spike, ...);
+5. the plant and technician state at that moment (`context`: maintenance M,
+   calibration C, out of control D, source stopped F), which applies to failed readings
+   too: a declared maintenance explains a silent analyzer.
 
 When several conditions hold, flags.PRECEDENCE decides which one the reading carries.
 """
@@ -23,6 +26,7 @@ from cemsd.readings import Reading
 
 Condition = tuple[Flag, str]
 ValueCheck = Callable[[Reading, ChannelPlan], Condition | None]
+Context = Callable[[ChannelPlan, float], list[Condition]]
 
 
 def over_range(reading: Reading, channel: ChannelPlan) -> Condition | None:
@@ -61,9 +65,15 @@ class _Governed:
 class DeviceValidator:
     """Turns one poll of one device into flagged readings."""
 
-    def __init__(self, device: DevicePlan, checks: Iterable[ValueCheck] = DEFAULT_CHECKS) -> None:
+    def __init__(
+        self,
+        device: DevicePlan,
+        checks: Iterable[ValueCheck] = DEFAULT_CHECKS,
+        context: Context | None = None,
+    ) -> None:
         self.device = device
         self.checks = tuple(checks)
+        self.context = context
         analog = tuple(c.key for c in device.channels if c.spec.kind == "analog")
         self._status = tuple(
             _Governed(c, tuple(c.spec.applies_to) if c.spec.applies_to is not None else analog)
@@ -89,10 +99,14 @@ class DeviceValidator:
             self._apply_status(governed, by_key)
         for ch in self.device.channels:
             reading = by_key[ch.key]
-            if reading.value is None or ch.spec.kind == "status":
+            if ch.spec.kind == "status":
                 continue
-            for check in self.checks:
-                if (condition := check(reading, ch)) is not None:
+            if reading.value is not None:
+                for check in self.checks:
+                    if (condition := check(reading, ch)) is not None:
+                        apply(reading, condition)
+            if self.context is not None:
+                for condition in self.context(ch, ts):
                     apply(reading, condition)
         return list(by_key.values())
 

@@ -26,7 +26,7 @@ class Profile:
     name: str
     description: str
     channels: dict[str, dict[str, Any]]
-    calibration: dict[str, Any] = field(default_factory=dict)
+    remote_calibration: dict[str, Any] = field(default_factory=dict)  # valve coils, if any
     path: Path | None = None
 
 
@@ -54,19 +54,19 @@ def _load(name: str, chain: tuple[str, ...]) -> Profile:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise DriverError(f"profile {name!r} ({path}) cannot be read: {exc}") from None
     channels: dict[str, dict[str, Any]] = {}
-    calibration: dict[str, Any] = {}
+    remote: dict[str, Any] = {}
     if base_name := raw.get("extends"):
         base = _load(str(base_name), (*chain, name))
         channels = {k: dict(v) for k, v in base.channels.items()}
-        calibration = dict(base.calibration)
+        remote = dict(base.remote_calibration)
     for key, spec in raw.get("channels", {}).items():
         channels[key] = {**channels.get(key, {}), **spec}
-    calibration.update(raw.get("calibration", {}))
+    remote.update(raw.get("remote_calibration", {}))
     return Profile(
         name=name,
         description=str(raw.get("description", "")),
         channels=channels,
-        calibration=calibration,
+        remote_calibration=remote,
         path=path,
     )
 

@@ -234,17 +234,17 @@ def test_missing_and_received_b_add_up() -> None:
 
 
 @pytest.mark.parametrize(("first", "second", "winner"), [
-    (C, M, C),   # calibration before maintenance
-    (M, C, C),   # whatever the order of the readings
-    (T, B, B),   # communication fault first
-    (D, C, D),
-    (F, M, M),
+    (C, M, M),   # maintenance before calibration
+    (M, C, M),   # whatever the order of the readings
+    (T, B, B),   # communication fault before over range
+    (D, C, C),   # a declared calibration explains the fault
+    (F, M, F),   # a stopped source first
     (S, T, T),
     (T, F, F),
-    (D, B, B),
+    (D, B, D),   # the instrument before the link
 ])
 def test_ties_go_to_the_flag_with_precedence(first: Flag, second: Flag, winner: Flag) -> None:
-    # PRECEDENCE: B, D, C, M, F, T, S -- 30 valid, 15 + 15 abnormal, none missing
+    # PRECEDENCE: F, M, C, D, B, T, S -- 30 valid, 15 + 15 abnormal, none missing
     agg = run(valid([1.0] * 30) + many(first, 15) + many(second, 15), expected=60,
               min_valid=45)
     assert flag(agg) is winner
@@ -253,7 +253,7 @@ def test_ties_go_to_the_flag_with_precedence(first: Flag, second: Flag, winner: 
 def test_three_way_tie() -> None:
     agg = run(valid([1.0] * 30) + many(F, 10) + many(C, 10) + many(D, 10), expected=60,
               min_valid=45)
-    assert flag(agg) is D
+    assert flag(agg) is F
 
 
 def test_tie_between_missing_and_received() -> None:

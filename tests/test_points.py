@@ -207,14 +207,14 @@ def test_faulty_temperature_minute_invalidates_flow_and_mass(tmp_path: Path) -> 
 
 
 def test_the_input_flag_with_precedence_wins(tmp_path: Path) -> None:
-    # B (communication) takes precedence over D (instrument fault): flags.PRECEDENCE
+    # D (instrument) takes precedence over B (communication): flags.PRECEDENCE
     _, calc = load(tmp_path, base_config())
     out = calc.compute(inlet_minutes(1, temperature=series([60.0], flags="D"),
                                      pressure=series([2.0], flags="B")))
     flow = out["inlet.flow_nm3_h"]
-    assert flow.flag[0] == CODE[Flag.B]
+    assert flow.flag[0] == CODE[Flag.D]
     reason = flow.reason(0)
-    assert reason is not None and "inlet-flow.pressure" in reason
+    assert reason is not None and "inlet-flow.temperature" in reason
 
 
 def test_calibrating_analyzer_invalidates_concentration_and_mass_not_flow(tmp_path: Path

@@ -1,6 +1,6 @@
 """Reading-level validity (cemsd/validity.py): range, bad numbers, status words, failures.
 
-Flag precedence (cemsd/flags.py, written out here by hand): B, D, C, M, F, T, S, N.
+Flag precedence (cemsd/flags.py, written out here by hand): F, M, C, D, B, T, S, N.
 """
 
 from __future__ import annotations
@@ -190,11 +190,12 @@ def test_unmapped_status_bits_are_ignored() -> None:
 
 
 @pytest.mark.parametrize(("word", "expected"), [
-    (0b111, Flag.D),   # D beats C and M
-    (0b110, Flag.C),   # C beats M
-    (0b011, Flag.D),
-    (0x8002, Flag.M),  # M beats F
-    (0x8000 | 0b101, Flag.D),
+    (0b111, Flag.M),   # M beats C and D
+    (0b110, Flag.M),   # M beats C
+    (0b101, Flag.C),   # C beats D
+    (0b011, Flag.M),
+    (0x8002, Flag.F),  # F beats M
+    (0x8000 | 0b101, Flag.F),
 ])
 def test_several_status_bits_take_precedence(word: int, expected: Flag) -> None:
     r = poll(normal(status=float(word)))
@@ -208,10 +209,10 @@ def test_calibration_beats_over_range() -> None:
     assert r["conc"].value == 150.0
 
 
-def test_status_fault_beats_over_range_and_calibration() -> None:
+def test_calibration_explains_a_status_fault_and_over_range() -> None:
     r = poll(normal(conc=150.0, status=float(0b101)))
-    assert r["conc"].flag is Flag.D
-    assert r["conc"].reason == "analyzer fault"
+    assert r["conc"].flag is Flag.C
+    assert r["conc"].reason == "calibrating"
 
 
 def test_maintenance_beats_over_range() -> None:

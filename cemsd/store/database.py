@@ -119,24 +119,28 @@ class Database:
             result = conn.execute(delete(schema.readings).where(schema.readings.c.ts < before))
             return max(result.rowcount, 0)
 
-    def start_run(self, clock: str, version: str, config_path: str, config_sha256: str) -> int:
+    def start_run(self, started: float, clock: str, version: str, config_path: str,
+                  config_sha256: str) -> int:
         with self.engine.begin() as conn:
             result = conn.execute(
                 insert(schema.daemon_runs).values(
-                    started_at=datetime.now(UTC), clock=clock, version=version,
+                    started_at=started, clock=clock, version=version,
                     config_path=config_path, config_sha256=config_sha256,
                     host=socket.gethostname(),
                 )
             )
             return int(result.inserted_primary_key[0])
 
-    def stop_run(self, run_id: int, reason: str) -> None:
+    def stop_run(self, run_id: int, stopped: float, reason: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(
                 update(schema.daemon_runs)
                 .where(schema.daemon_runs.c.id == run_id)
-                .values(stopped_at=datetime.now(UTC), exit_reason=reason)
+                .values(stopped_at=stopped, exit_reason=reason)
             )
+
+    def first_run_started(self) -> float | None:
+        return _as_epoch(self._fetch(select(func.min(schema.daemon_runs.c.started_at)))[0][0])
 
     # --- reads -----------------------------------------------------------------------------------
 
