@@ -11,6 +11,9 @@
 - An exception reply is an answer: its channels get D, the device is not backed off.
 - A lost link is reopened at the next due poll, with the same back-off, without a restart.
 - Each fault episode is logged when it starts and when it ends, not on every poll.
+- Other requests for a device on the link (switching calibration valves) are queued to
+  the owner and carried out before its next due poll: the owner stays the link's only
+  user.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from cemsd.clock import Clock, StoppableSleep
 from cemsd.errors import ExceptionReply, NoConnection, TransportError
@@ -35,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ReadingSink = Callable[[list[Reading]], None]
 RequestObserver = Callable[[str, str, float], None]  # device, result, seconds
+LinkOperation = Callable[[Transport, DevicePlan], Awaitable[Any]]
 
 
 @dataclass
@@ -83,10 +89,42 @@ class BusOwner:
         self.watermark_changed = asyncio.Event()
         self.last_cycle_wall = time.monotonic()  # heartbeat for supervision
         self._sleep = StoppableSleep(clock)
+        self._queued: deque[tuple[DevicePlan, LinkOperation, asyncio.Future[Any]]] = deque()
 
     @property
     def name(self) -> str:
         return self.plan.name
+
+    def device(self, name: str) -> DevicePlan | None:
+        return next((d for d in self.plan.devices if d.name == name), None)
+
+    async def execute(self, device: str, operation: LinkOperation) -> Any:
+        """Run `operation(transport, device)` on this link before the next due poll."""
+        plan = self.device(device)
+        if plan is None:
+            raise KeyError(f"no device {device!r} on bus {self.name!r}")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queued.append((plan, operation, future))
+        return await future
+
+    async def write_coil(self, device: str, address: int, value: bool) -> None:
+        async def switch(transport: Transport, plan: DevicePlan) -> None:
+            if not transport.connected:
+                await transport.open(plan.timeout)
+            await transport.write_coil(plan.device_id, address, value, plan.timeout,
+                                       plan.retries)
+
+        await self.execute(device, switch)
+
+    async def _run_queued(self) -> None:
+        while self._queued:
+            plan, operation, future = self._queued.popleft()
+            if future.done():
+                continue
+            try:
+                future.set_result(await operation(self.transport, plan))
+            except Exception as exc:  # handed to the caller, who says what failed
+                future.set_exception(exc)
 
     def request_stop(self) -> None:
         """Finish the poll in progress, then return."""
@@ -104,10 +142,14 @@ class BusOwner:
                     self._set_watermark(due)
                     if not await self._sleep.sleep_until(due):
                         break
+                    await self._run_queued()
                     await self._poll_due()
                     self.last_cycle_wall = time.monotonic()
         finally:
             self._set_watermark(math.inf)
+            for _, _, future in self._queued:
+                if not future.done():
+                    future.set_exception(RuntimeError(f"bus {self.name} stopped"))
             await self.transport.close()
 
     async def _poll_due(self) -> None:

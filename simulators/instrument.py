@@ -62,28 +62,62 @@ class SimulatedInstrument:
         self.channels = {k: Channel.model_validate(v) for k, v in profile.channels.items()}
         self.events = [e for e in scenario.events if e.device == device.name]
         self.coils: dict[int, bool] = {}
+        self.adjusted_at = float("-inf")  # drift before this moment was corrected
         self._streams = {k: zlib.crc32(f"{device.name}.{k}".encode()) for k in self.channels}
         self._spans = self._address_spans()
 
     # --- values ------------------------------------------------------------------------
 
     def value(self, key: str, t: float) -> float:
-        """Engineering value of a channel at t seconds after scenario start."""
+        """Engineering value of a channel at t seconds after scenario start.
+
+        What the analyzer sees (the sample, or a calibration gas while a valve is open),
+        plus its own error (drift since its last adjustment, offsets), plus noise; a `set`
+        event overrides everything.
+        """
         signal = self.device.signals.get(key)
-        value = signal.deterministic(t) if signal else 0.0
+        seen = self._calibration_gas(key)
+        if seen is None:
+            seen = signal.deterministic(t) if signal else 0.0
+        value = seen * (1 + self._gain_error(key, t) / 100.0) + self._offset_error(key, t)
         if signal and signal.noise:
             value += signal.noise * gaussian(self.scenario.seed, self._streams[key], t)
+        for event in self.events:
+            if event.channel == key and event.kind == "set" and event.active(t):
+                assert event.value is not None
+                value = event.value
+        return value
+
+    def _calibration_gas(self, key: str) -> float | None:
+        cal, remote = self.device.calibration, self.profile.remote_calibration
+        if cal is None or cal.channel != key:
+            return None
+        if self.coils.get(remote.get("span_valve_coil", -1)) and cal.span_gas is not None:
+            return cal.span_gas
+        if self.coils.get(remote.get("zero_valve_coil", -1)):
+            return cal.zero_gas
+        return None
+
+    def _drifted(self, event: Event, t: float) -> float:
+        """Hours of drift the event has built up since the last adjustment."""
+        start = max(event.start, self.adjusted_at)
+        until = t if event.end is None else min(t, event.end)
+        return max(0.0, until - start) / 3600.0
+
+    def _offset_error(self, key: str, t: float) -> float:
+        error = 0.0
         for event in self.events:
             if event.channel != key:
                 continue
             if event.kind == "drift" and t >= event.start:
-                until = t if event.end is None else min(t, event.end)
-                value += event.per_hour * (until - event.start) / 3600.0
-            elif event.active(t) and event.kind == "set" and event.value is not None:
-                value = event.value
-            elif event.active(t) and event.kind == "offset" and event.value is not None:
-                value += event.value
-        return value
+                error += event.per_hour * self._drifted(event, t)
+            elif event.kind == "offset" and event.active(t) and event.value is not None:
+                error += event.value
+        return error
+
+    def _gain_error(self, key: str, t: float) -> float:
+        return sum(e.per_hour * self._drifted(e, t) for e in self.events
+                   if e.channel == key and e.kind == "gain_drift" and t >= e.start)
 
     def status_word(self, key: str, t: float) -> int:
         word = int(self.value(key, t))
@@ -143,9 +177,12 @@ class SimulatedInstrument:
             outcome.delay = fault.delay
         return outcome
 
-    def write_coils(self, address: int, values: list[bool]) -> None:
+    def write_coils(self, address: int, values: list[bool], t: float) -> None:
+        adjust = self.profile.remote_calibration.get("adjust_coil")
         for i, value in enumerate(values):
             self.coils[address + i] = bool(value)
+            if address + i == adjust and value:
+                self.adjusted_at = t  # the analyzer applies its correction now
 
 
 def corrupt(kind: str, data: bytes, seed: int = 0) -> bytes:

@@ -113,12 +113,21 @@ class SimBus(Strict):
     stopbits: Literal[1, 2] = 1
 
 
+class SimCalibration(Strict):
+    """The calibration gases an analyzer reads while its valve coils are on."""
+
+    channel: str
+    zero_gas: float = 0.0
+    span_gas: float | None = None
+
+
 class SimDevice(Strict):
     name: str
     bus: str
     device_id: Annotated[int, Field(ge=0, le=255)]
     profile: str
     signals: dict[str, Signal] = {}
+    calibration: SimCalibration | None = None
 
 
 EventKind = Literal[
@@ -133,6 +142,7 @@ EventKind = Literal[
     "set",
     "offset",
     "drift",
+    "gain_drift",
 ]
 
 
@@ -148,7 +158,7 @@ class Event(Strict):
     # slow: wall-clock seconds before replying. Keep it below the daemon's timeout: when a
     # reply comes later, pymodbus 3.16's server labels it with the next request's id.
     delay: float = 0.5
-    per_hour: float = 0.0  # drift: change of the reading per hour
+    per_hour: float = 0.0  # drift: change per hour (gain_drift: % of the reading per hour)
 
     @field_validator("start", "end", mode="before")
     @classmethod
@@ -238,6 +248,15 @@ def _cross_check(scenario: Scenario) -> list[ConfigProblem]:
             problems.append(ConfigProblem(file, f"devices[{i}].profile", str(exc)))
             continue
         channels[device.name] = set(profile.channels)
+        cal = device.calibration
+        if cal is not None and cal.channel not in profile.channels:
+            problems.append(ConfigProblem(file, f"devices[{i}].calibration.channel",
+                                          f"profile {device.profile!r} has no channel "
+                                          f"{cal.channel!r}"))
+        if cal is not None and not profile.remote_calibration:
+            problems.append(ConfigProblem(file, f"devices[{i}].calibration",
+                                          f"profile {device.profile!r} has no calibration "
+                                          "valves (remote_calibration)"))
         for key in device.signals:
             if key not in profile.channels:
                 problems.append(
@@ -248,7 +267,7 @@ def _cross_check(scenario: Scenario) -> list[ConfigProblem]:
         if event.device not in names:
             problems.append(ConfigProblem(file, f"events[{i}].device",
                                           f"no device {event.device!r}"))
-        if event.kind in ("set", "offset", "drift") and not event.channel:
+        if event.kind in ("set", "offset", "drift", "gain_drift") and not event.channel:
             problems.append(ConfigProblem(file, f"events[{i}].channel",
                                           f"a {event.kind} event needs a channel"))
         known = channels.get(event.device)

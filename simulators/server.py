@@ -88,7 +88,7 @@ class SimulatedBus:
             raise NoSuchIdException(f"device {device_id} is silent")
         if func_code not in (5, 15):
             return ExcCodes.ILLEGAL_FUNCTION
-        instrument.write_coils(address, [bool(v) for v in values])
+        instrument.write_coils(address, [bool(v) for v in values], self.elapsed())
         return None
 
     def trace_packet(self, sending: bool, data: bytes) -> bytes:

@@ -450,7 +450,7 @@ def test_reads_inside_the_map_succeed(scenario: Scenario) -> None:
     assert len(flow.read(4, 2, 3, 0.0).registers or []) == 3
     inlet = instrument(scenario, "inlet-analyzer")
     assert inlet.read(1, 0, 2, 0.0).registers == [0, 0]
-    inlet.write_coils(0, [True])
+    inlet.write_coils(0, [True], 0.0)
     assert inlet.read(1, 0, 2, 0.0).registers == [1, 0]
 
 
