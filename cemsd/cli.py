@@ -37,6 +37,15 @@ def main(log_level: str) -> None:
     setup_logging(log_level)
 
 
+def _register_commands() -> None:
+    from cemsd.qaqc.cli import register
+
+    register(main, _load_config)
+
+
+_register_commands()
+
+
 @main.command("check-config")
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def check_config(config_file: str) -> None:

@@ -192,27 +192,33 @@ class Closer:
             keep = ~before_run | received
         out = self._rows(aggregates, starts, keep, "readings")
         await self.store.call(self.store.db.insert_aggregates, schema.minutes, out)
-        await self._notify("minute", out)
+        await self.notify("minute", out)
 
     async def _close_hours(self, through: float) -> None:
         """Close every plant-local hour that ends at or before `through`."""
         assert self.next_hour is not None
         while self.next_hour + HOUR <= through:
             t0 = self.next_hour
-            rows = await self.store.call(self.store.db.aggregates_between, schema.minutes,
-                                         t0, t0 + HOUR)
-            grouped = _group(rows, t0, HOUR)
-            aggregates = {}
-            for meta in self.series.values():
-                s = grouped.get(meta.name, _EMPTY)
-                aggregates[meta.name] = aggregate(
-                    s.bucket, s.values, s.codes, 1, 60, self.rules.hour_min_valid_minutes,
-                    how=meta.how, causes=s.causes)
-            out = self._rows(aggregates, np.array([t0]), np.ones(1, dtype=bool), "minutes")
+            out = await self.hour_rows(t0)
             await self.store.call(self.store.db.insert_aggregates, schema.hours, out)
             self.next_hour = t0 + HOUR
-            await self._notify("hour", out)
+            await self.notify("hour", out)
             await self._prune()
+
+    async def hour_rows(self, t0: float, series: Sequence[str] | None = None) -> Rows:
+        """The hour starting at t0, computed from the current revision of its minutes."""
+        rows = await self.store.call(self.store.db.aggregates_between, schema.minutes,
+                                     t0, t0 + HOUR, series)
+        grouped = _group(rows, t0, HOUR)
+        aggregates = {}
+        for meta in self.series.values():
+            if series is not None and meta.name not in series:
+                continue
+            s = grouped.get(meta.name, _EMPTY)
+            aggregates[meta.name] = aggregate(
+                s.bucket, s.values, s.codes, 1, 60, self.rules.hour_min_valid_minutes,
+                how=meta.how, causes=s.causes)
+        return self._rows(aggregates, np.array([t0]), np.ones(1, dtype=bool), "minutes")
 
     def _rows(self, aggregates: dict[str, Aggregates], starts: np.ndarray, keep: np.ndarray,
               what: str) -> Rows:
@@ -236,7 +242,7 @@ class Closer:
                 })
         return out
 
-    async def _notify(self, kind: str, rows: Rows) -> None:
+    async def notify(self, kind: str, rows: Rows) -> None:
         for listener in self.listeners:
             try:
                 await listener(kind, rows)

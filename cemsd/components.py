@@ -15,5 +15,7 @@ if TYPE_CHECKING:
 
 
 def configured_components(config: Config) -> list[Component]:
-    components: list[Component] = []
+    from cemsd.qaqc.component import Qaqc
+
+    components: list[Component] = [Qaqc(config)]
     return components

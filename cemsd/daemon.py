@@ -31,7 +31,7 @@ from cemsd.config import Config, SerialBus
 from cemsd.pipeline import Pipeline
 from cemsd.plan import BusPlan, Plan, compile_plan, log_plan
 from cemsd.qaqc.checks import ChannelChecks
-from cemsd.qaqc.records import load_plant_state
+from cemsd.qaqc.records import audit_config, load_plant_state
 from cemsd.qaqc.state import PlantState
 from cemsd.store.database import Database
 from cemsd.store.writer import Store
@@ -55,7 +55,11 @@ class Component(Protocol):
         """Subscribe to the daemon's hooks and start any tasks; must not block."""
 
     async def stop(self) -> None:
-        """Flush and close; bounded by the daemon's stop deadline."""
+        """Flush and close; bounded by the daemon's stop deadline.
+
+        A component may also have `async def drain()`: called first in shutdown, while
+        the buses still run (e.g. to close a calibration valve).
+        """
 
 
 def modbus_transport(bus_plan: BusPlan) -> Transport:
@@ -111,6 +115,7 @@ class Daemon:
         self.store = store = Store(db, self.config.storage.batch_seconds)
         run_id = await store.call(db.start_run, self.clock.now(), self.clock_name, __version__,
                                   str(self.config.source), _sha256(self.config.source))
+        await store.call(audit_config, db, self.clock.now(), Path(self.config.source))
         self.pipeline = Pipeline(store)
         self.plant_state = await load_plant_state(self.config, self.plan, store, self.clock.now())
         self.pipeline.live_listeners.append(self.plant_state.observe)
@@ -192,6 +197,14 @@ class Daemon:
         writer_stop: asyncio.Event,
     ) -> None:
         assert self.closer is not None and self.store is not None
+        for component in self.components:  # e.g. a running calibration closes its valves
+            drain = getattr(component, "drain", None)
+            if drain is not None:
+                try:
+                    await asyncio.wait_for(drain(), STOP_DEADLINE_SECONDS)
+                except Exception as exc:  # the buses still stop
+                    log.error("component did not drain", extra={"component": component.name,
+                                                                "error": repr(exc)})
         for owner in self.owners:
             owner.request_stop()
         await _finish(owner_tasks, STOP_DEADLINE_SECONDS, "bus owners")

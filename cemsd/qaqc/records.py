@@ -9,8 +9,11 @@ also enforce.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import json
 import socket
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -23,6 +26,7 @@ from cemsd.store.database import Database
 from cemsd.store.writer import Store
 
 GOOD_RESULTS = ("pass", "adjust")  # within control limits: resets the calibration clock
+CONFIG_ACTIONS = ("config.load", "config.change")
 
 
 def _insert(db: Database, table: Any, row: dict[str, Any]) -> int:
@@ -111,8 +115,37 @@ def audit(db: Database, at: float, actor: str, action: str, target: str | None =
     })
 
 
-def audit_entries(db: Database) -> list[Any]:
-    return db._fetch(select(schema.audit_log).order_by(schema.audit_log.c.id))
+def audit_entries(db: Database, action: str | None = None) -> list[Any]:
+    a = schema.audit_log.c
+    query = select(schema.audit_log).order_by(a.id)
+    if action:
+        query = query.where(a.action.like(f"{action}%"))
+    return db._fetch(query)
+
+
+def audit_config(db: Database, at: float, path: Path) -> str | None:
+    """Record the configuration in force when it differs from the last one recorded.
+
+    The first configuration and every later change go into the audit log with the full
+    text, so the configuration in force at any time can be reconstructed.
+    """
+    text = path.read_text(encoding="utf-8")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    a = schema.audit_log.c
+    last = db._fetch(select(schema.audit_log).where(a.action.in_(CONFIG_ACTIONS))
+                     .order_by(a.id.desc()).limit(1))
+    previous = json.loads(last[0].after) if last else None
+    if previous is not None and previous["sha256"] == digest:
+        return None
+    stat = path.stat()
+    action = "config.load" if previous is None else "config.change"
+    reason = (f"{path} modified {datetime.fromtimestamp(stat.st_mtime, UTC).isoformat()} "
+              f"(file owner uid {stat.st_uid})")
+    before = None if previous is None else {"sha256": previous["sha256"],
+                                            "path": previous["path"]}
+    audit(db, at, "cemsd", action, str(path), reason, before,
+          {"sha256": digest, "path": str(path), "text": text})
+    return action
 
 
 def default_actor() -> str:
@@ -123,9 +156,9 @@ def default_actor() -> str:
 
 
 def _epoch(value: Any) -> float:
-    from cemsd.store.database import _as_epoch
+    from cemsd.store.database import as_epoch
 
-    epoch = _as_epoch(value)
+    epoch = as_epoch(value)
     assert epoch is not None
     return epoch
 

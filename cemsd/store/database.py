@@ -140,7 +140,7 @@ class Database:
             )
 
     def first_run_started(self) -> float | None:
-        return _as_epoch(self._fetch(select(func.min(schema.daemon_runs.c.started_at)))[0][0])
+        return as_epoch(self._fetch(select(func.min(schema.daemon_runs.c.started_at)))[0][0])
 
     # --- reads -----------------------------------------------------------------------------------
 
@@ -154,19 +154,32 @@ class Database:
         return self._fetch(query)
 
     def aggregates_between(
-        self, table: Table, t0: float, t1: float, channels: Sequence[str] | None = None
+        self,
+        table: Table,
+        t0: float,
+        t1: float,
+        channels: Sequence[str] | None = None,
+        current: bool = True,
     ) -> list[Any]:
+        """Minute or hour rows in [t0, t1), by time and channel; by default only the
+        current revision of each period (a correction supersedes, never overwrites)."""
         c = table.c
         query = select(table).where(c.ts >= t0, c.ts < t1)
         if channels:
             query = query.where(c.channel.in_(list(channels)))
-        return self._fetch(query.order_by(c.ts, c.channel))
+        rows = self._fetch(query.order_by(c.ts, c.channel, c.revision))
+        if not current:
+            return rows
+        latest: dict[tuple[str, Any], Any] = {}
+        for row in rows:
+            latest[(row.channel, row.ts)] = row  # the highest revision comes last
+        return list(latest.values())
 
     def last_ts(self, table: Table) -> float | None:
-        return _as_epoch(self._fetch(select(func.max(table.c.ts)))[0][0])
+        return as_epoch(self._fetch(select(func.max(table.c.ts)))[0][0])
 
     def first_reading_ts(self) -> float | None:
-        return _as_epoch(self._fetch(select(func.min(schema.readings.c.ts)))[0][0])
+        return as_epoch(self._fetch(select(func.min(schema.readings.c.ts)))[0][0])
 
     def channel_rows(self) -> list[Any]:
         return self._fetch(select(schema.channels).order_by(schema.channels.c.name))
@@ -179,7 +192,7 @@ class Database:
             raise StorageError(f"read from {self.location} failed: {_short(exc)}") from exc
 
 
-def _as_epoch(value: Any) -> float | None:
+def as_epoch(value: Any) -> float | None:
     """An aggregate over a timestamp column: SQLite returns its stored text."""
     if value is None:
         return None
