@@ -105,6 +105,7 @@ class BusOwner:
             raise KeyError(f"no device {device!r} on bus {self.name!r}")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queued.append((plan, operation, future))
+        self._sleep.poke()  # now, not at the next due poll
         return await future
 
     async def write_coil(self, device: str, address: int, value: bool) -> None:
@@ -143,6 +144,8 @@ class BusOwner:
                     if not await self._sleep.sleep_until(due):
                         break
                     await self._run_queued()
+                    if self.clock.now() < due:
+                        continue  # woken for queued work
                     await self._poll_due()
                     self.last_cycle_wall = time.monotonic()
         finally:

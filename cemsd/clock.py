@@ -174,13 +174,15 @@ class StoppableSleep:
     """Stop handling for a loop that sleeps on a clock (bus owners, the closer).
 
     A stop request ends the loop after the work in progress: it cancels the task only while
-    it sleeps, never in the middle of a poll or a database write.
+    it sleeps, never in the middle of a poll or a database write. A poke ends a sleep early
+    (queued work arrived) without stopping the loop.
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.stopping = False
         self._sleeping = False
+        self._poked = False
         self._task: asyncio.Task[object] | None = None
 
     def bind(self) -> None:
@@ -189,22 +191,35 @@ class StoppableSleep:
 
     def request_stop(self) -> None:
         self.stopping = True
+        self._interrupt()
+
+    def poke(self) -> None:
+        """End the current sleep early; the loop goes on."""
+        self._poked = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
         if self._sleeping and self._task is not None:
             self._task.cancel()
 
     async def sleep_until(self, t: float) -> bool:
-        """Sleep until t; False when a stop was requested (before or during the sleep)."""
+        """Sleep until t (or a poke); False when a stop was requested."""
         if self.stopping:
             return False
+        if self._poked:
+            self._poked = False
+            return True
         self._sleeping = True
         try:
             await self.clock.sleep_until(t)
         except asyncio.CancelledError:
-            if not self.stopping:
+            if self.stopping:
+                return False
+            if not self._poked:
                 raise
-            return False
         finally:
             self._sleeping = False
+        self._poked = False
         return not self.stopping
 
 

@@ -33,6 +33,10 @@ from simulators.scenario import Scenario, SimBus
 log = logging.getLogger(__name__)
 logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
 
+# Write requests read their result back with their own function code (pymodbus 3.16
+# WriteSingleCoilRequest.datastore_update): map them to the table they write.
+TABLE_OF = {5: 1, 15: 1, 6: 3, 16: 3}
+
 
 class SimulatedBus:
     """The instruments behind one bus, as a pymodbus server context."""
@@ -65,7 +69,8 @@ class SimulatedBus:
         if instrument is None:
             raise NoSuchIdException(f"no device {device_id}")
         try:
-            outcome = instrument.read(func_code, address, count, self.elapsed())
+            outcome = instrument.read(TABLE_OF.get(func_code, func_code), address, count,
+                                      self.elapsed())
         except NoReply:
             raise NoSuchIdException(f"device {device_id} is silent") from None
         if outcome.delay:

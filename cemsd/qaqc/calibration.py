@@ -146,22 +146,32 @@ class Calibrator:
         say = progress or _quiet
         self.busy[channel.device] = channel.name
         try:
+            clock = self.daemon.clock
             if request.manual_reading is not None:
-                now = self.daemon.clock.now()
                 measured, n, error = request.manual_reading, None, None
-                started = ended = now
+                started = ended = clock.now()
                 mode = "manual"
             else:
                 mode = "automatic" if request.scheduled else "remote"
-                started, ended, measured, n, error = await self._measure(
-                    channel, settings, request.kind, say)
-            return await self._record(request, channel, settings, mode, started, ended,
-                                      measured, n, error, say)
+                started, measured, n, error = await self._measure(channel, settings,
+                                                                  request.kind, say)
+                ended = clock.now() + settings.purge_s  # the check ends when the purge does
+            # The result is known once the valve closes. Time holds still while it is
+            # recorded, so the control period it opens starts exactly where the check ends
+            # (on a simulated clock, too) and no reading slips between the two.
+            with clock.participant():
+                row = await self._record(request, channel, settings, mode, started, ended,
+                                         measured, n, error, say)
+            if ended > clock.now():
+                await say(f"back on sample; purging {settings.purge_s:g} s")
+                await clock.sleep_until(ended)
+            return row
         finally:
             self.busy.pop(channel.device, None)
 
     async def _measure(self, channel: ChannelPlan, settings: CalibrationSettings, kind: Kind,
-                       say: Progress) -> tuple[float, float, float | None, int, str | None]:
+                       say: Progress) -> tuple[float, float | None, int, str | None]:
+        """Gas on, stabilise, average, gas off. The C flag lasts to the end of the purge."""
         clock, state = self.daemon.clock, self.daemon.plant_state
         assert state is not None
         remote = self._remote(channel)
@@ -188,10 +198,8 @@ class Calibrator:
             error = f"valve switching failed: {exc}"
         finally:
             await self._valve_off(owner, channel, coil)
-            await say(f"back on sample; purging {settings.purge_s:g} s")
-            await clock.sleep_until(clock.now() + settings.purge_s)
-            state.close_window(key, clock.now())
-        return started, clock.now(), measured, n, error
+            state.close_window(key, clock.now() + settings.purge_s)
+        return started, measured, n, error
 
     async def _valve_off(self, owner: Any, channel: ChannelPlan, coil: int) -> None:
         try:
@@ -299,8 +307,8 @@ class Calibrator:
         if row["result"] == "out_of_control":
             await self._out_of_control(channel, row)
         if row["result"] == "pass":
-            closed = await store.call(records.close_control_periods, db, channel.name,
-                                      ("out_of_control",), at, row["id"])
+            closed = await store.call(records.close_out_of_control, db, channel.name,
+                                      row["kind"], at, row["id"])
             for period in closed:
                 state.close_window(f"control:{period}", at)
         if row["result"] in records.GOOD_RESULTS:
@@ -312,8 +320,8 @@ class Calibrator:
     async def _out_of_control(self, channel: ChannelPlan, row: dict[str, Any]) -> None:
         store, state = self.daemon.store, self.daemon.plant_state
         assert store is not None and state is not None
-        if any(channel.name in w.channels for w in state.active("control:")):
-            return  # already out of control since an earlier failed check
+        if await store.call(records.open_out_of_control, store.db, channel.name, row["kind"]):
+            return  # already out of control since an earlier failed check of this kind
         reason = (f"out of control since {row['kind']} check #{row['id']} "
                   f"({row['drift_pct_fs']:+.2f} % F.S. beyond ±{row['control_limit_pct']:g} %)")
         period = {"channel": channel.name, "kind": "out_of_control", "started_at":

@@ -66,6 +66,30 @@ def close_control_periods(db: Database, channel: str, kinds: tuple[str, ...], at
     return ids
 
 
+def _out_of_control(channel: str, kind: str) -> Any:
+    """Open out-of-control periods of a channel found by a check of this kind."""
+    c, k = schema.control_periods.c, schema.calibrations.c
+    return and_(c.channel == channel, c.kind == "out_of_control", c.ended_at.is_(None),
+                or_(c.opened_by.is_(None), c.opened_by.in_(
+                    select(k.id).where(k.channel == channel, k.kind == kind))))
+
+
+def open_out_of_control(db: Database, channel: str, kind: str) -> list[Any]:
+    return db._fetch(select(schema.control_periods).where(_out_of_control(channel, kind)))
+
+
+def close_out_of_control(db: Database, channel: str, kind: str, at: float,
+                         closed_by: int) -> list[int]:
+    """A passing check ends the periods its kind of drift opened (zero closes zero)."""
+    c = schema.control_periods.c
+    with db.engine.begin() as conn:
+        ids = [r.id for r in conn.execute(select(c.id).where(_out_of_control(channel, kind)))]
+        if ids:
+            conn.execute(update(schema.control_periods).where(c.id.in_(ids))
+                         .values(ended_at=at, closed_by=closed_by))
+    return ids
+
+
 def open_maintenance(db: Database, now: float) -> list[Any]:
     m = schema.maintenance.c
     return db._fetch(select(schema.maintenance).where(or_(m.ended_at.is_(None), m.ended_at > now))
