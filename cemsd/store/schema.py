@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -220,4 +221,24 @@ audit_log = Table(
     Column("before", Text),  # JSON
     Column("after", Text),  # JSON
     Column("host", String(255)),
+)
+
+
+# --- MQTT outbox (store-and-forward) ----------------------------------------------------
+
+mqtt_outbox = Table(
+    "mqtt_outbox",
+    metadata,
+    # The delivery order and the message id consumers see; AUTOINCREMENT so SQLite never
+    # reuses the id of a pruned row (consumers detect QoS 1 duplicates by it).
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("topic", String(255), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON object, without the message id
+    Column("qos", Integer, nullable=False),
+    Column("retain", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),  # daemon clock
+    Column("attempts", Integer, nullable=False, server_default="0"),  # batches it was in
+    Column("sent_at", UTCDateTime),  # daemon clock when the broker acknowledged; NULL: unsent
+    Index(None, "sent_at", "id"),
+    sqlite_autoincrement=True,
 )
