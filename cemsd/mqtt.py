@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -44,7 +45,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QOS = 1  # at least once: the outbox id makes duplicates detectable
-DRAIN_ON_STOP_SECONDS = 5.0  # within the daemon's stop deadline per component
+# Stopping stays within the daemon's 10 s deadline per component: drain, then goodbye.
+DRAIN_ON_STOP_SECONDS = 5.0
+GOODBYE_SECONDS = 2.0
 _TOPIC_LEVEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 PERIOD_SECONDS = {"minute": MINUTE, "hour": HOUR}
 
@@ -196,8 +199,22 @@ class Topics:
 
 
 def _json(body: dict[str, Any]) -> str:
-    # default=str: an event payload with a datetime or a Path must not lose the event
-    return json.dumps(body, separators=(",", ":"), default=str, allow_nan=False)
+    """Strict JSON. An event payload with a datetime or a Path is written as text, a NaN
+    as null: a value JSON cannot carry must not lose the message."""
+    try:
+        return json.dumps(body, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        return _json(_without_nan(body))
+
+
+def _without_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(v) for v in value]
+    return value
 
 
 def with_message_id(message: PendingMessage) -> str:
@@ -253,9 +270,9 @@ class MqttPublisher:
         self._stopped.set()
         if self._task is None:
             return
-        margin = self.settings.publish_timeout + 1.0  # the goodbye after the drain
         try:
-            await asyncio.wait_for(asyncio.shield(self._task), DRAIN_ON_STOP_SECONDS + margin)
+            await asyncio.wait_for(asyncio.shield(self._task),
+                                   DRAIN_ON_STOP_SECONDS + GOODBYE_SECONDS + 0.5)
         except TimeoutError:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -361,7 +378,7 @@ class MqttPublisher:
         if not drain.cancelled() and drain.exception() is None:  # stopping: say goodbye
             await client.publish(self.topics.status, self.topics.status_payload(
                 "offline", self._now(), reason="stopped"), qos=QOS, retain=True,
-                timeout=self.settings.publish_timeout)
+                timeout=min(self.settings.publish_timeout, GOODBYE_SECONDS))
             return
         for task in (drain, lost):
             if not task.cancelled() and task.exception() is not None:

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 
 from cemsd import __version__
-from cemsd.metrics import MetricsServer
-from cemsd.outbox import Outbox
+from cemsd.metrics import MetricsServer, read_database_state
+from cemsd.outbox import Outbox, OutboxMessage
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import RunningDaemon, free_port, write_config, write_scenario
@@ -91,7 +94,7 @@ def _add_qaqc_records(db: Database, now: float) -> None:
         ])
         conn.execute(insert(schema.control_periods), [
             {"channel": "analyzer.n2o", "kind": "out_of_control", "started_at": now - 100,
-             "reason": "span drift beyond the control limit", "created_at": now},
+             "ended_at": None, "reason": "span drift beyond the control limit", "created_at": now},
             {"channel": "spare.n2o", "kind": "calibration_overdue", "started_at": now - 900,
              "ended_at": now - 300, "reason": "test", "created_at": now},
         ])
@@ -178,3 +181,34 @@ async def test_taken_port_does_not_stop_the_daemon(tmp_path: Path) -> None:
     server = next(c for c in run.daemon.components if isinstance(c, MetricsServer))
     assert server.port is None
     assert run.daemon.exit_reason == "reached --until"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    url = (f"sqlite:///{tmp_path / 'cemsd.db'}" if request.param == "sqlite"
+           else request.getfixturevalue("pg_url"))
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.close()
+
+
+def test_database_state_on_both_databases(db: Database) -> None:
+    now = datetime(2026, 6, 1, 3, 30, tzinfo=UTC).timestamp()
+    hour = now - 1800
+    minute = {"value": 1.0, "minimum": 1.0, "maximum": 1.0, "n_valid": 12, "n_expected": 12,
+              "reason": None, "unit": "ppm", "created_at": now, "revision": 0}
+    db.insert_aggregates(schema.minutes, [
+        {**minute, "channel": "analyzer.n2o", "ts": hour - 60, "flag": "N"},  # last hour
+        {**minute, "channel": "analyzer.n2o", "ts": hour, "flag": "N"},
+        {**minute, "channel": "analyzer.n2o", "ts": hour + 60, "flag": "B"},
+        {**minute, "channel": "analyzer.n2o", "ts": hour + 120, "flag": "N"},
+        {**minute, "channel": "analyzer.n2o", "ts": hour + 120, "flag": "N", "revision": 1},
+    ])
+    _add_qaqc_records(db, now)
+    Outbox(db).append([OutboxMessage("t", "{}")] * 3, now)
+    state = read_database_state(db, hour, now)
+    assert state.valid_minutes == {"analyzer.n2o": 2}  # a corrected minute counts once
+    assert state.last_calibration == {"analyzer.n2o": now - 100}
+    assert state.open_control_periods == {"analyzer.n2o": {"out_of_control"}}
+    assert state.outbox_messages == 3

@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -392,3 +393,17 @@ def test_defaults_follow_the_plant(tmp_path: Path) -> None:
     assert publisher.topics.status == f"cemsd/{PLANT}/status"
     assert config.mqtt is not None and config.mqtt.broker_port == 1883
     assert "hidden-1" not in repr(config) and "hidden-1" not in str(config.mqtt)
+
+
+def test_event_messages_are_strict_json_on_a_safe_topic(tmp_path: Path) -> None:
+    config, _ = _plant(tmp_path, {})
+    topics = MqttPublisher(config, config.mqtt).topics  # type: ignore[arg-type]
+    at = datetime(2026, 6, 1, 6, 0, tzinfo=UTC)
+    message = topics.event_message("bypass/valve #1", {"active": True, "since": at,
+                                                       "flow": float("nan"), "path": [1.5]},
+                                   at.timestamp())
+    assert message.topic == f"cemsd/{PLANT}/events/bypass_valve__1"
+    assert json.loads(message.payload) == {
+        "plant": PLANT, "kind": "bypass/valve #1", "at": "2026-06-01T06:00:00Z",
+        "data": {"active": True, "since": str(at), "flow": None, "path": [1.5]}}
+    assert (message.qos, message.retain) == (1, False)
