@@ -33,6 +33,7 @@ from cemsd import __version__
 from cemsd.errors import ConfigProblem, StorageError
 from cemsd.outbox import Outbox, OutboxMessage, PendingMessage
 from cemsd.periods import HOUR, MINUTE, local_label, utc_label
+from cemsd.store import schema
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
@@ -158,28 +159,30 @@ class Topics:
 
     def period_messages(self, kind: str, rows: Rows) -> list[OutboxMessage]:
         """One message per channel and period: `<prefix>/<minute|hour>/<channel>`."""
-        width = PERIOD_SECONDS[kind]
-        return [
-            OutboxMessage(f"{self.prefix}/{kind}/{row['channel']}", _json({
-                "plant": self.plant_id,
-                "channel": row["channel"],
-                "period": kind,
-                "start": utc_label(row["ts"]),
-                "end": utc_label(row["ts"] + width),
-                "local_start": local_label(row["ts"], self.tz),
-                "value": row["value"],
-                "minimum": row["minimum"],
-                "maximum": row["maximum"],
-                "unit": row["unit"],
-                "flag": row["flag"],
-                "valid": row["flag"] == "N",
-                "n_valid": row["n_valid"],
-                "n_expected": row["n_expected"],
-                "reason": row["reason"],
-                "created_at": utc_label(row["created_at"]),
-            }))
-            for row in rows
-        ]
+        return [OutboxMessage(f"{self.prefix}/{kind}/{row['channel']}",
+                              _json(self._period_body(kind, row)),
+                              period=kind, period_start=row["ts"])
+                for row in rows]
+
+    def _period_body(self, kind: str, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "plant": self.plant_id,
+            "channel": row["channel"],
+            "period": kind,
+            "start": utc_label(row["ts"]),
+            "end": utc_label(row["ts"] + PERIOD_SECONDS[kind]),
+            "local_start": local_label(row["ts"], self.tz),
+            "value": row["value"],
+            "minimum": row["minimum"],
+            "maximum": row["maximum"],
+            "unit": row["unit"],
+            "flag": row["flag"],
+            "valid": row["flag"] == "N",
+            "n_valid": row["n_valid"],
+            "n_expected": row["n_expected"],
+            "reason": row["reason"],
+            "created_at": utc_label(row["created_at"]),
+        }
 
     def event_message(self, kind: str, payload: dict[str, Any], now: float) -> OutboxMessage:
         """`<prefix>/events/<kind>`; a kind that is not a safe topic level is escaped."""
@@ -256,6 +259,7 @@ class MqttPublisher:
         self._password = read_password(self.settings, self.config)
         daemon.period_listeners.append(self.on_period)
         daemon.event_listeners.append(self.on_event)
+        await self._add_missing_periods()
         backlog = await self.store.call(self.outbox.unsent_count)
         log.info("mqtt output", extra={"broker": f"{self.settings.host}:"
                                                   f"{self.settings.broker_port}",
@@ -280,6 +284,20 @@ class MqttPublisher:
         unsent = await self.store.call(self.outbox.unsent_count)
         log.info("mqtt output stopped", extra={"acknowledged": self.acknowledged,
                                                "unsent": unsent})
+
+    async def _add_missing_periods(self) -> None:
+        """A crash between storing a period and appending its messages (two transactions)
+        leaves stored periods without messages: add them, oldest first. Only after a
+        period message exists: enabling MQTT on an old database sends no history."""
+        for kind, table in (("minute", schema.minutes), ("hour", schema.hours)):
+            last = await self.store.call(self.outbox.last_period_start, kind)
+            if last is None:
+                continue
+            rows = await self.store.call(self.outbox.periods_after, table, last)
+            if rows:
+                log.warning("mqtt: adding messages of periods stored before a crash",
+                            extra={"period": kind, "rows": len(rows)})
+                await self._append(self.topics.period_messages(kind, rows))
 
     @property
     def store(self) -> Store:

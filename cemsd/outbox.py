@@ -6,6 +6,8 @@
   marks them sent only after the broker's PUBACK. A batch handed out counts one attempt on
   each of its rows, so a row with more than one attempt may reach a subscriber twice.
 - Sent rows are pruned after a retention; unsent rows never are, whatever their age.
+- Period messages remember their period, so a daemon restarting after a crash between
+  storing a period and appending its messages can add what is missing (`periods_after`).
 
 Synchronous: the daemon runs these on the store's worker thread (`store.call`).
 """
@@ -15,9 +17,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, Table, delete, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
 from cemsd.errors import StorageError
@@ -31,6 +33,8 @@ class OutboxMessage:
     payload: str  # a JSON object; the sender adds the row id as "id"
     qos: int = 1
     retain: bool = False
+    period: str | None = None  # "minute" | "hour" for a closed period's message
+    period_start: float | None = None
 
 
 class PendingMessage(NamedTuple):
@@ -49,7 +53,8 @@ class Outbox:
         if not messages:
             return
         rows = [{"topic": m.topic, "payload": m.payload, "qos": m.qos, "retain": m.retain,
-                 "created_at": created_at} for m in messages]
+                 "period": m.period, "period_start": m.period_start, "created_at": created_at}
+                for m in messages]
         with self._begin() as conn:
             conn.execute(insert(mqtt_outbox), rows)
 
@@ -77,6 +82,26 @@ class Outbox:
         with self._begin() as conn:
             query = select(func.count()).where(mqtt_outbox.c.sent_at.is_(None))
             return int(conn.execute(query).scalar_one())
+
+    def last_period_start(self, period: str) -> float | None:
+        """Start of the newest period with messages here (all its channels: one append)."""
+        c = mqtt_outbox.c
+        with self._begin() as conn:
+            latest = conn.execute(select(c.period_start).where(c.period == period)
+                                  .order_by(c.id.desc()).limit(1)).scalar()
+        return None if latest is None else latest.timestamp()
+
+    def periods_after(self, table: Table, after: float) -> list[dict[str, Any]]:
+        """Stored periods (first revision) that started after `after`, as the closer
+        hands them to listeners."""
+        c = table.c
+        query = (select(c.channel, c.ts, c.value, c.minimum, c.maximum, c.n_valid,
+                        c.n_expected, c.flag, c.reason, c.unit, c.created_at)
+                 .where(c.ts > after, c.revision == 0).order_by(c.ts, c.channel))
+        with self._begin() as conn:
+            rows = conn.execute(query).mappings().all()
+        return [{**row, "ts": row["ts"].timestamp(),
+                 "created_at": row["created_at"].timestamp()} for row in rows]
 
     def prune_sent(self, before: float) -> int:
         """Delete messages the broker acknowledged before `before`; never an unsent one."""

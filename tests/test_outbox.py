@@ -75,3 +75,12 @@ def test_ids_are_never_reused_after_pruning(outbox: Outbox) -> None:
     assert outbox.prune_sent(T0 + 1) == 2  # the table is empty now
     outbox.append(_messages("c"), T0 + 60)
     assert [m.id for m in outbox.next_batch(10)] == [max(ids) + 1]
+
+
+def test_last_period_start_ignores_events(outbox: Outbox) -> None:
+    assert outbox.last_period_start("minute") is None  # MQTT newly enabled: no history
+    outbox.append([OutboxMessage("cemsd/p/minute/a", "{}", period="minute",
+                                 period_start=T0)], T0 + 60)
+    outbox.append([OutboxMessage("cemsd/p/events/bypass", "{}")], T0 + 70)
+    assert outbox.last_period_start("minute") == T0
+    assert outbox.last_period_start("hour") is None

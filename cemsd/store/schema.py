@@ -234,6 +234,8 @@ mqtt_outbox = Table(
     Column("id", Identifier, primary_key=True, autoincrement=True),
     Column("topic", String(255), nullable=False),
     Column("payload", Text, nullable=False),  # JSON object, without the message id
+    Column("period", String(8)),  # minute | hour for period messages (restart back-fill)
+    Column("period_start", UTCDateTime),
     Column("qos", Integer, nullable=False),
     Column("retain", Boolean, nullable=False),
     Column("created_at", UTCDateTime, nullable=False),  # daemon clock

@@ -25,6 +25,8 @@ def upgrade() -> None:
     sa.Column('id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), autoincrement=True, nullable=False),
     sa.Column('topic', sa.String(length=255), nullable=False),
     sa.Column('payload', sa.Text(), nullable=False),
+    sa.Column('period', sa.String(length=8), nullable=True),
+    sa.Column('period_start', cemsd.store.schema.UTCDateTime(), nullable=True),
     sa.Column('qos', sa.Integer(), nullable=False),
     sa.Column('retain', sa.Boolean(), nullable=False),
     sa.Column('created_at', cemsd.store.schema.UTCDateTime(), nullable=False),
