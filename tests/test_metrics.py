@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 
@@ -181,16 +179,6 @@ async def test_taken_port_does_not_stop_the_daemon(tmp_path: Path) -> None:
     server = next(c for c in run.daemon.components if isinstance(c, MetricsServer))
     assert server.port is None
     assert run.daemon.exit_reason == "reached --until"
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    url = (f"sqlite:///{tmp_path / 'cemsd.db'}" if request.param == "sqlite"
-           else request.getfixturevalue("pg_url"))
-    database = Database(url)
-    database.upgrade()
-    yield database
-    database.close()
 
 
 def test_database_state_on_both_databases(db: Database) -> None:

@@ -3,9 +3,7 @@ pruning that never touches an unsent row, and ids that are never reused."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -18,16 +16,9 @@ T0 = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 DAY = 86400.0
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def outbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outbox]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cemsd.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    db = Database(url)
-    db.upgrade()
-    yield Outbox(db)
-    db.close()
+@pytest.fixture
+def outbox(db: Database) -> Outbox:
+    return Outbox(db)
 
 
 def _messages(*names: str) -> list[OutboxMessage]:
