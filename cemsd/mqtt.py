@@ -348,6 +348,9 @@ class MqttPublisher:
             except StorageError as exc:  # the outbox cannot be read: reconnect after a pause
                 lost_since = lost_since or loop.time()
                 log.error("mqtt outbox unavailable", extra={"error": str(exc)})
+            except Exception:  # a fault of ours must not end the output for good
+                lost_since = lost_since or loop.time()
+                log.exception("mqtt output failed, retrying")
             finally:
                 self.connected = False
                 with contextlib.suppress(StorageError):  # kept; recorded on the next try

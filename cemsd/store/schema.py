@@ -9,6 +9,8 @@ supersedes; the current value of a period is its highest revision.
 QA/QC records (calibrations, maintenance windows, control periods, substituted hours, the
 audit log) are append-only in the same way: ending a window or superseding a
 substitution adds or closes a record, and the audit log says who did it and why.
+
+The MQTT outbox holds each message until the broker acknowledged it (cemsd/outbox.py).
 """
 
 from __future__ import annotations
