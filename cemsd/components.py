@@ -15,7 +15,16 @@ if TYPE_CHECKING:
 
 
 def configured_components(config: Config) -> list[Component]:
+    components: list[Component] = []
+    if config.metrics is not None:  # first started, last stopped: watches the others' stop
+        from cemsd.metrics import MetricsServer
+
+        components.append(MetricsServer(config.metrics))
     from cemsd.qaqc.component import Qaqc
 
-    components: list[Component] = [Qaqc(config)]
+    components.append(Qaqc(config))
+    if config.mqtt is not None:
+        from cemsd.mqtt import MqttPublisher
+
+        components.append(MqttPublisher(config, config.mqtt))
     return components

@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cemsd import standards
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
+from cemsd.metrics import MetricsConfig
+from cemsd.mqtt import MqttConfig, mqtt_problems
 from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
 from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
 from drivers.codec import ByteOrder, DataType
@@ -214,6 +216,8 @@ class Config(Strict):
     qaqc: QaqcSettings = QaqcSettings()
     buses: list[Bus]
     devices: list[Device]
+    mqtt: MqttConfig | None = None
+    metrics: MetricsConfig | None = None
     source: Path = Path("<memory>")
 
     def bus(self, name: str) -> TcpBus | SerialBus:
@@ -383,6 +387,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
             )
         seen_ids.setdefault(key, i)
     _check_roles(config, problem)
+    problems.extend(mqtt_problems(config))
     if not problems:  # the plan needs consistent references
         from cemsd.plan import compile_plan
         from cemsd.points import point_problems

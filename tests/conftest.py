@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cemsd.store.database import Database
 from helpers import PostgresServer
 
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
@@ -49,3 +50,16 @@ def output_dir(request: pytest.FixtureRequest) -> Path:
     path = OUTPUT / request.node.name
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """An empty, migrated database: a SQLite file, then a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state' / 'cemsd.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.close()

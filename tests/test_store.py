@@ -4,7 +4,6 @@ inserts, time round trips, and that the migrated schema is exactly the declared 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -15,18 +14,6 @@ from cemsd.store import schema
 from cemsd.store.database import Database
 
 T0 = datetime(2026, 6, 1, 0, 0, tzinfo=UTC).timestamp()
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state' / 'cemsd.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    database = Database(url)
-    database.upgrade()
-    yield database
-    database.close()
 
 
 def _minute(channel: str, ts: float, value: float | None, flag: str = "N") -> dict:

@@ -9,6 +9,8 @@ supersedes; the current value of a period is its highest revision.
 QA/QC records (calibrations, maintenance windows, control periods, substituted hours, the
 audit log) are append-only in the same way: ending a window or superseding a
 substitution adds or closes a record, and the audit log says who did it and why.
+
+The MQTT outbox holds each message until the broker acknowledged it (cemsd/outbox.py).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Float,
@@ -220,4 +223,26 @@ audit_log = Table(
     Column("before", Text),  # JSON
     Column("after", Text),  # JSON
     Column("host", String(255)),
+)
+
+
+# --- MQTT outbox (store-and-forward) ----------------------------------------------------
+
+mqtt_outbox = Table(
+    "mqtt_outbox",
+    metadata,
+    # The delivery order and the message id consumers see; AUTOINCREMENT so SQLite never
+    # reuses the id of a pruned row (consumers detect QoS 1 duplicates by it).
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("topic", String(255), nullable=False),
+    Column("payload", Text, nullable=False),  # JSON object, without the message id
+    Column("period", String(8)),  # minute | hour for period messages (restart back-fill)
+    Column("period_start", UTCDateTime),
+    Column("qos", Integer, nullable=False),
+    Column("retain", Boolean, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),  # daemon clock
+    Column("attempts", Integer, nullable=False, server_default="0"),  # batches it was in
+    Column("sent_at", UTCDateTime),  # daemon clock when the broker acknowledged; NULL: unsent
+    Index(None, "sent_at", "id"),
+    sqlite_autoincrement=True,
 )

@@ -1,0 +1,342 @@
+"""Prometheus metrics: the daemon's health for operators, never the record of truth.
+
+Names carry the `cemsd_` prefix and base units (seconds), counters end in `_total`, labels
+are devices, channels, results and states only (field notes §6).
+
+- `Metrics` owns its own `CollectorRegistry` (not the process-global one) and is
+  independent of any server: the HTTP API can expose the same registry later.
+- Counters and the histogram are updated in the loop as requests finish (prometheus
+  client metrics are thread-safe).
+- Everything else is read when scraped. The scrape runs in the HTTP server's thread, so it
+  asks the event loop for a snapshot (`refresh`, plain Python data; database reads go
+  through the store's worker thread like every other) and waits at most
+  SNAPSHOT_TIMEOUT_SECONDS; if the loop does not answer in time the previous snapshot
+  is served.
+- `MetricsServer` is the component that serves the registry over HTTP ([metrics]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import math
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import distinct, func, or_, select
+
+from cemsd import __version__
+from cemsd.errors import StorageError
+from cemsd.flags import Flag
+from cemsd.periods import HOUR, hour_floor
+from cemsd.readings import Reading
+from cemsd.store import schema
+from cemsd.store.database import Database
+from cemsd.units import Role
+
+if TYPE_CHECKING:
+    from cemsd.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+SNAPSHOT_TIMEOUT_SECONDS = 5.0
+BIND_RETRY_SECONDS = 30.0
+# Modbus round trips: milliseconds on TCP, up to a timeout (≤ 30 s) on a silent device.
+REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+CALIBRATED_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET, Role.O2})  # gas analyzers
+# Calibration state per channel, worst first: an open control period of that kind, else
+# in control (HJ 75-2017 §11-12: out of control after a failed check; overdue check).
+CALIBRATION_STATES = ("out_of_control", "calibration_overdue", "in_control")
+BYPASS_EVENT = "bypass"  # event kind whose payload {"active": bool} sets cemsd_bypass_active
+
+
+class MetricsConfig(BaseModel):
+    """[metrics]: where the Prometheus endpoint listens."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    address: str = "127.0.0.1"  # loopback by default: the endpoint has no authentication
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0: any free port
+
+
+@dataclass
+class Snapshot:
+    """Plain values copied from the daemon on its loop, rendered by the scrape thread."""
+
+    devices_up: dict[str, bool] = field(default_factory=dict)
+    reading_age: dict[str, float] = field(default_factory=dict)
+    valid_minutes: dict[str, int] = field(default_factory=dict)
+    calibration_age: dict[str, float] = field(default_factory=dict)
+    calibration_state: dict[str, str] = field(default_factory=dict)
+    bypass_active: bool = False
+    outbox_messages: int | None = None  # None: the database did not answer
+    database_write_failing: bool = False
+    mqtt_connected: bool | None = None  # None: no MQTT output configured
+
+
+@dataclass
+class DatabaseState:
+    outbox_messages: int
+    valid_minutes: dict[str, int]
+    last_calibration: dict[str, float]
+    open_control_periods: dict[str, set[str]]
+
+
+class Metrics:
+    """The registry and what feeds it; attach() subscribes to a running daemon."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "cemsd_modbus_requests", "Modbus polls of a device by result (ok, partial, "
+            "refused, timeout, no_link, error)", ["device", "result"], registry=self.registry)
+        self.request_seconds = Histogram(
+            "cemsd_modbus_request_duration_seconds", "Time to poll a device (all its blocks)",
+            ["device"], buckets=REQUEST_BUCKETS, registry=self.registry)
+        Info("cemsd_build", "cemsd build", registry=self.registry).info({"version": __version__})
+        self.registry.register(_StateCollector(self))
+        self.last_snapshot = Snapshot()
+        self.bypass_active = False
+        self.last_value_at: dict[str, float] = {}  # channel -> time of its last value
+        self._daemon: Daemon | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def attach(self, daemon: Daemon) -> None:
+        assert daemon.pipeline is not None
+        self._daemon = daemon
+        self._loop = asyncio.get_running_loop()
+        daemon.request_observers.append(self.observe_request)
+        daemon.pipeline.live_listeners.append(self.observe_readings)
+        daemon.event_listeners.append(self.observe_event)
+        for device in daemon.plan.devices:  # every device shows up from the first scrape
+            self.request_seconds.labels(device.name)
+
+    # --- fed by the daemon (on its loop) --------------------------------------------------------
+
+    def observe_request(self, device: str, result: str, seconds: float) -> None:
+        self.requests.labels(device, result).inc()
+        self.request_seconds.labels(device).observe(seconds)
+
+    def observe_readings(self, readings: list[Reading]) -> None:
+        """A failed poll is not a reading: only readings that carry a value count."""
+        for reading in readings:
+            if reading.value is not None:
+                self.last_value_at[reading.channel] = reading.ts
+
+    async def observe_event(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == BYPASS_EVENT and "active" in payload:
+            self.bypass_active = bool(payload["active"])
+
+    # --- read at scrape time ------------------------------------------------------------------
+
+    async def refresh(self) -> Snapshot:
+        """Take a snapshot on the daemon's loop (an in-loop server awaits this directly)."""
+        daemon = self._daemon
+        if daemon is None or daemon.store is None or daemon.closer is None:
+            return self.last_snapshot
+        now = daemon.clock.now()
+        tz = daemon.config.plant.tz
+        snap = Snapshot(
+            devices_up={name: health.up for owner in daemon.owners
+                        for name, health in owner.health.items() if health.up is not None},
+            reading_age={ch: max(0.0, now - t) for ch, t in self.last_value_at.items()},
+            bypass_active=self.bypass_active,
+            database_write_failing=daemon.store.failing_since is not None,
+            mqtt_connected=_mqtt_connected(daemon),
+        )
+        hour_start = hour_floor(now, tz)
+        try:
+            db = await daemon.store.call(read_database_state, daemon.store.db, hour_start, now)
+        except (StorageError, RuntimeError) as exc:  # RuntimeError: the store is closing
+            log.warning("metrics: database state unavailable", extra={"error": str(exc)})
+            snap.outbox_messages = self.last_snapshot.outbox_messages
+            snap.valid_minutes = self.last_snapshot.valid_minutes
+            snap.calibration_age = self.last_snapshot.calibration_age
+            snap.calibration_state = self.last_snapshot.calibration_state
+        else:
+            snap.outbox_messages = db.outbox_messages
+            snap.valid_minutes = {name: db.valid_minutes.get(name, 0)
+                                  for name in daemon.closer.series}
+            snap.calibration_age = {ch: max(0.0, now - t)
+                                    for ch, t in db.last_calibration.items()}
+            channels = {c.name for c in daemon.plan.channels if c.role in CALIBRATED_ROLES}
+            channels |= db.last_calibration.keys() | db.open_control_periods.keys()
+            snap.calibration_state = {
+                ch: next((s for s in CALIBRATION_STATES
+                          if s in db.open_control_periods.get(ch, ())), "in_control")
+                for ch in channels}
+        self.last_snapshot = snap
+        return snap
+
+    def snapshot(self) -> Snapshot:
+        """From the scrape thread: a fresh snapshot from the loop, else the previous one."""
+        loop = self._loop
+        if loop is None or loop.is_closed() or _running_in(loop):
+            return self.last_snapshot
+        future = asyncio.run_coroutine_threadsafe(self.refresh(), loop)
+        try:
+            return future.result(SNAPSHOT_TIMEOUT_SECONDS)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            future.cancel()
+            return self.last_snapshot
+
+
+def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
+def _mqtt_connected(daemon: Daemon) -> bool | None:
+    publisher = next((c for c in daemon.components if c.name == "mqtt"), None)
+    return None if publisher is None else bool(getattr(publisher, "connected", False))
+
+
+def read_database_state(db: Database, hour_start: float, now: float) -> DatabaseState:
+    """Outbox depth, valid minutes of the current plant hour, calibrations (worker thread)."""
+    m, cal, cp, out = (schema.minutes.c, schema.calibrations.c, schema.control_periods.c,
+                       schema.mqtt_outbox.c)
+    valid_minutes = (
+        select(m.channel, func.count(distinct(m.ts)))
+        .where(m.ts >= hour_start, m.ts < hour_start + HOUR, m.flag == Flag.N.value)
+        .group_by(m.channel))
+    last_calibration = (
+        select(cal.channel, func.max(cal.ended_at, type_=schema.UTCDateTime))
+        .where(cal.ended_at.is_not(None), cal.result != "aborted").group_by(cal.channel))
+    open_periods = select(cp.channel, cp.kind).where(
+        cp.started_at <= now, or_(cp.ended_at.is_(None), cp.ended_at > now))
+    try:
+        with db.engine.connect() as conn:
+            unsent = conn.execute(select(func.count()).where(out.sent_at.is_(None))).scalar_one()
+            valid = {r[0]: int(r[1]) for r in conn.execute(valid_minutes)}
+            calibrated = {r[0]: _epoch(r[1]) for r in conn.execute(last_calibration)}
+            control: dict[str, set[str]] = {}
+            for channel, kind in conn.execute(open_periods):
+                control.setdefault(channel, set()).add(kind)
+    except Exception as exc:  # SQLAlchemyError and driver errors alike
+        raise StorageError(f"metrics read from {db.location} failed: {exc}") from exc
+    return DatabaseState(int(unsent), valid, calibrated, control)
+
+
+def _epoch(value: datetime | str) -> float:
+    if isinstance(value, str):  # SQLite returns max() over a timestamp column as text
+        value = datetime.fromisoformat(value)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
+
+
+class _StateCollector(Collector):
+    """Gauges read at scrape time from Metrics.snapshot()."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return []  # names are only known once a daemon runs; nothing to check at register
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.metrics.snapshot()
+        yield _labelled("cemsd_device_up", "1 if the device's last poll gave usable values",
+                        "device", {k: float(v) for k, v in snap.devices_up.items()})
+        yield _labelled("cemsd_last_reading_age_seconds",
+                        "Daemon time since the channel's last reading with a value",
+                        "channel", snap.reading_age)
+        yield _labelled("cemsd_valid_minutes_current_hour",
+                        "Valid minutes stored so far in the current plant-local hour",
+                        "channel", {k: float(v) for k, v in snap.valid_minutes.items()})
+        yield _labelled("cemsd_calibration_age_seconds",
+                        "Daemon time since the channel's last completed calibration",
+                        "channel", snap.calibration_age)
+        states = GaugeMetricFamily("cemsd_calibration_state",
+                                   "1 for the channel's current calibration state",
+                                   labels=["channel", "state"])
+        for channel, current in sorted(snap.calibration_state.items()):
+            for state in CALIBRATION_STATES:
+                states.add_metric([channel, state], float(state == current))
+        yield states
+        yield GaugeMetricFamily("cemsd_bypass_active", "1 while the bypass is open",
+                                value=float(snap.bypass_active))
+        if snap.outbox_messages is not None:
+            yield GaugeMetricFamily("cemsd_outbox_messages",
+                                    "MQTT messages stored and not yet acknowledged by the broker",
+                                    value=float(snap.outbox_messages))
+        yield GaugeMetricFamily("cemsd_database_write_failing",
+                                "1 while writes to the database fail",
+                                value=float(snap.database_write_failing))
+        if snap.mqtt_connected is not None:
+            yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
+                                    value=float(snap.mqtt_connected))
+
+
+def _labelled(name: str, documentation: str, label: str, values: dict[str, float]) -> Metric:
+    family = GaugeMetricFamily(name, documentation, labels=[label])
+    for key, value in sorted(values.items()):
+        if not math.isnan(value):
+            family.add_metric([key], value)
+    return family
+
+
+class MetricsServer:
+    """Component: serves a Metrics registry over HTTP at [metrics] address:port."""
+
+    name = "metrics"
+
+    def __init__(self, settings: MetricsConfig, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.port: int | None = None  # the bound port (settings.port may be 0)
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+        self._retry: asyncio.Task[None] | None = None
+
+    async def start(self, daemon: Daemon) -> None:
+        self.metrics.attach(daemon)
+        if not self._bind(log_failure=True):
+            # A taken port must not stop acquisition: keep trying in the background.
+            self._retry = asyncio.create_task(self._bind_later(), name="metrics-bind")
+
+    def _bind(self, log_failure: bool) -> bool:
+        s = self.settings
+        try:
+            self._server, self._thread = start_http_server(s.port, s.address,
+                                                           registry=self.metrics.registry)
+        except OSError as exc:
+            if log_failure:
+                log.error("metrics endpoint cannot listen, retrying",
+                          extra={"address": f"{s.address}:{s.port}", "error": str(exc),
+                                 "retry_s": BIND_RETRY_SECONDS})
+            return False
+        self.port = int(self._server.server_port)
+        log.info("metrics endpoint", extra={"url": f"http://{s.address}:{self.port}/metrics"})
+        return True
+
+    async def _bind_later(self) -> None:
+        while True:
+            await asyncio.sleep(BIND_RETRY_SECONDS)
+            if self._bind(log_failure=False):
+                return
+
+    async def stop(self) -> None:
+        if self._retry is not None:
+            self._retry.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retry
+        if self._server is not None:
+            await asyncio.to_thread(self._shutdown)
+
+    def _shutdown(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)

@@ -1,0 +1,462 @@
+"""MQTT output: minute values, hourly records and events, store-and-forward through the
+database, on one topic scheme (docs/MQTT.md).
+
+- Closed periods and events become rows of the outbox (cemsd/outbox.py) in the same
+  moment they are known; the broker being down changes nothing upstream.
+- One sender task owns the connection. aiomqtt does not reconnect by itself, so the
+  `async with Client` block sits in a loop with exponential back-off (wall clock).
+- On every successful connect the retained status "online" goes out first, then the
+  outbox drains in id order. The broker publishes the retained last will "offline" when
+  the connection dies without a goodbye; a clean stop publishes "offline" itself.
+- A row is marked sent only after its PUBACK. A connection lost between publish and
+  PUBACK means the row goes out again: QoS 1, at least once; the id in every payload lets
+  a consumer drop the duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import aiomqtt
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from cemsd import __version__
+from cemsd.errors import ConfigProblem, StorageError
+from cemsd.outbox import Outbox, OutboxMessage, PendingMessage
+from cemsd.periods import HOUR, MINUTE, local_label, utc_label
+from cemsd.store import schema
+
+if TYPE_CHECKING:
+    from zoneinfo import ZoneInfo
+
+    from cemsd.closer import Rows
+    from cemsd.config import Config
+    from cemsd.daemon import Daemon
+    from cemsd.store.writer import Store
+
+log = logging.getLogger(__name__)
+
+QOS = 1  # at least once: the outbox id makes duplicates detectable
+# Stopping stays within the daemon's 10 s deadline per component: drain, then goodbye.
+DRAIN_ON_STOP_SECONDS = 5.0
+GOODBYE_SECONDS = 2.0
+_TOPIC_LEVEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
+PERIOD_SECONDS = {"minute": MINUTE, "hour": HOUR}
+
+
+# --- configuration ([mqtt]) --------------------------------------------------------------
+
+
+class MqttTls(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None  # None: the system's trusted authorities
+    cert_file: Path | None = None  # client certificate, with key_file
+    key_file: Path | None = None
+    insecure: bool = False  # skip the broker host name check (test benches only)
+
+
+class MqttConfig(BaseModel):
+    """[mqtt]: the broker, credentials, topics and the outbox's retention."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None  # default 1883, TLS 8883
+    client_id: str | None = None  # default cemsd-<plant id>
+    username: str | None = None
+    # One source of the password at most; a file or the environment keeps it out of the
+    # configuration. It is never logged.
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    password_env: str | None = None
+    tls: MqttTls | None = None
+    topic_prefix: str | None = None  # default cemsd/<plant id>
+    keepalive: Annotated[int, Field(ge=5, le=3600)] = 30  # a silent broker: noticed in <= 2x
+    connect_timeout: Annotated[float, Field(gt=0, le=120)] = 10.0
+    publish_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # wait for a PUBACK
+    backoff_initial: Annotated[float, Field(gt=0, le=60)] = 1.0  # wall seconds
+    backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    batch_size: Annotated[int, Field(ge=1, le=1000)] = 100  # rows per drain step
+    retention_days: Annotated[float, Field(ge=0)] = 7.0  # sent rows kept (daemon clock)
+
+    @property
+    def broker_port(self) -> int:
+        return self.port or (8883 if self.tls else 1883)
+
+
+def mqtt_problems(config: Config) -> list[ConfigProblem]:
+    """Cross-checks of [mqtt]: topic prefix, one password source that can be read, files."""
+    settings = config.mqtt
+    if settings is None:
+        return []
+    file = str(config.source)
+    problems: list[ConfigProblem] = []
+
+    def problem(key: str, message: str) -> None:
+        problems.append(ConfigProblem(file, f"mqtt.{key}", message))
+
+    prefix = topic_prefix(settings, config.plant.id)
+    if any(c in prefix for c in "+#\0") or prefix.startswith("/") or prefix.endswith("/"):
+        problem("topic_prefix", "no wildcards (+ #) and no leading or trailing '/'")
+    sources = [k for k in ("password", "password_file", "password_env")
+               if getattr(settings, k) is not None]
+    if len(sources) > 1:
+        problem(sources[1], f"give one password source, not {' and '.join(sources)}")
+    elif sources and settings.username is None:
+        problem(sources[0], "a password needs a username")
+    if settings.password_env is not None and settings.password_env not in os.environ:
+        problem("password_env", f"environment variable {settings.password_env} is not set")
+    files = {"password_file": settings.password_file}
+    if settings.tls is not None:
+        files |= {f"tls.{k}": getattr(settings.tls, k)
+                  for k in ("ca_file", "cert_file", "key_file")}
+        if (settings.tls.cert_file is None) != (settings.tls.key_file is None):
+            problem("tls.cert_file", "a client certificate needs both cert_file and key_file")
+    for key, path in files.items():
+        if path is not None and not _resolve(path, config).is_file():
+            problem(key, f"cannot read {_resolve(path, config)}")
+    return problems
+
+
+def topic_prefix(settings: MqttConfig, plant_id: str) -> str:
+    return settings.topic_prefix or f"cemsd/{plant_id}"
+
+
+def _resolve(path: Path, config: Config) -> Path:
+    """Relative paths in the configuration are relative to its file's folder."""
+    return path if path.is_absolute() else Path(config.source).parent / path
+
+
+def read_password(settings: MqttConfig, config: Config) -> str | None:
+    if settings.password is not None:
+        return settings.password.get_secret_value()
+    if settings.password_env is not None:
+        return os.environ[settings.password_env]
+    if settings.password_file is not None:
+        return _resolve(settings.password_file, config).read_text(encoding="utf-8").strip()
+    return None
+
+
+# --- the topic scheme and payloads (docs/MQTT.md) --------------------------------------------
+
+
+class Topics:
+    def __init__(self, prefix: str, plant_id: str, tz: ZoneInfo) -> None:
+        self.prefix = prefix
+        self.plant_id = plant_id
+        self.tz = tz
+        self.status = f"{prefix}/status"
+
+    def period_messages(self, kind: str, rows: Rows) -> list[OutboxMessage]:
+        """One message per channel and period: `<prefix>/<minute|hour>/<channel>`."""
+        return [OutboxMessage(f"{self.prefix}/{kind}/{row['channel']}",
+                              _json(self._period_body(kind, row)),
+                              period=kind, period_start=row["ts"])
+                for row in rows]
+
+    def _period_body(self, kind: str, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "plant": self.plant_id,
+            "channel": row["channel"],
+            "period": kind,
+            "start": utc_label(row["ts"]),
+            "end": utc_label(row["ts"] + PERIOD_SECONDS[kind]),
+            "local_start": local_label(row["ts"], self.tz),
+            "value": row["value"],
+            "minimum": row["minimum"],
+            "maximum": row["maximum"],
+            "unit": row["unit"],
+            "flag": row["flag"],
+            "valid": row["flag"] == "N",
+            "n_valid": row["n_valid"],
+            "n_expected": row["n_expected"],
+            "reason": row["reason"],
+            "created_at": utc_label(row["created_at"]),
+        }
+
+    def event_message(self, kind: str, payload: dict[str, Any], now: float) -> OutboxMessage:
+        """`<prefix>/events/<kind>`; a kind that is not a safe topic level is escaped."""
+        level = _TOPIC_LEVEL_UNSAFE.sub("_", kind) or "_"
+        return OutboxMessage(f"{self.prefix}/events/{level}", _json({
+            "plant": self.plant_id, "kind": kind, "at": utc_label(now), "data": payload}))
+
+    def status_payload(self, state: str, now: float | None = None, reason: str = "") -> str:
+        body: dict[str, Any] = {"state": state, "plant": self.plant_id}
+        if state == "online":
+            body["version"] = __version__
+        if reason:
+            body["reason"] = reason
+        if now is not None:
+            body["at"] = utc_label(now)
+        return _json(body)
+
+
+def _json(body: dict[str, Any]) -> str:
+    """Strict JSON. An event payload with a datetime or a Path is written as text, a NaN
+    as null: a value JSON cannot carry must not lose the message."""
+    try:
+        return json.dumps(body, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        return _json(_without_nan(body))
+
+
+def _without_nan(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _without_nan(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nan(v) for v in value]
+    return value
+
+
+def with_message_id(message: PendingMessage) -> str:
+    """The stored payload with the outbox id first, so a consumer can drop duplicates."""
+    return _json({"id": message.id, **json.loads(message.payload)})
+
+
+# --- the component --------------------------------------------------------------------------
+
+
+class MqttPublisher:
+    """Component: outbox rows from closed periods and events; one sender task."""
+
+    name = "mqtt"
+
+    def __init__(self, config: Config, settings: MqttConfig) -> None:
+        self.config = config
+        self.settings = settings
+        self.topics = Topics(topic_prefix(settings, config.plant.id), config.plant.id,
+                             config.plant.tz)
+        self.connected = False
+        self.acknowledged = 0  # messages the broker acknowledged in this run
+        self.connections = 0
+        self._stopping = False
+        self._stop_deadline = float("inf")
+        self._wakeup = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._acked: list[int] = []
+        self._task: asyncio.Task[None] | None = None
+        self._daemon: Daemon | None = None
+        self._password: str | None = None
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self, daemon: Daemon) -> None:
+        assert daemon.store is not None
+        self._daemon = daemon
+        self.outbox = Outbox(daemon.store.db)
+        self._password = read_password(self.settings, self.config)
+        daemon.period_listeners.append(self.on_period)
+        daemon.event_listeners.append(self.on_event)
+        await self._add_missing_periods()
+        backlog = await self.store.call(self.outbox.unsent_count)
+        log.info("mqtt output", extra={"broker": f"{self.settings.host}:"
+                                                  f"{self.settings.broker_port}",
+                                        "topics": self.topics.prefix, "unsent": backlog})
+        self._task = asyncio.create_task(self._run(), name="mqtt")
+
+    async def stop(self) -> None:
+        """Drain what the broker can take within DRAIN_ON_STOP_SECONDS, say offline, close."""
+        self._stopping = True
+        self._stop_deadline = asyncio.get_running_loop().time() + DRAIN_ON_STOP_SECONDS
+        self._wakeup.set()
+        self._stopped.set()
+        if self._task is None:
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task),
+                                   DRAIN_ON_STOP_SECONDS + GOODBYE_SECONDS + 0.5)
+        except TimeoutError:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._mark_acked()
+        unsent = await self.store.call(self.outbox.unsent_count)
+        log.info("mqtt output stopped", extra={"acknowledged": self.acknowledged,
+                                               "unsent": unsent})
+
+    async def _add_missing_periods(self) -> None:
+        """A crash between storing a period and appending its messages (two transactions)
+        leaves stored periods without messages: add them, oldest first. Only after a
+        period message exists: enabling MQTT on an old database sends no history."""
+        for kind, table in (("minute", schema.minutes), ("hour", schema.hours)):
+            last = await self.store.call(self.outbox.last_period_start, kind)
+            if last is None:
+                continue
+            rows = await self.store.call(self.outbox.periods_after, table, last)
+            if rows:
+                log.warning("mqtt: adding messages of periods stored before a crash",
+                            extra={"period": kind, "rows": len(rows)})
+                await self._append(self.topics.period_messages(kind, rows))
+
+    @property
+    def store(self) -> Store:
+        assert self._daemon is not None and self._daemon.store is not None
+        return self._daemon.store
+
+    def _now(self) -> float:
+        assert self._daemon is not None
+        return self._daemon.clock.now()
+
+    # --- producing: closed periods and events become outbox rows ------------------------------
+
+    async def on_period(self, kind: str, rows: Rows) -> None:
+        await self._append(self.topics.period_messages(kind, rows))
+        if kind == "hour":
+            cutoff = self._now() - self.settings.retention_days * 86400
+            pruned = await self.store.call(self.outbox.prune_sent, cutoff)
+            if pruned:
+                log.debug("pruned sent mqtt messages", extra={"rows": pruned})
+
+    async def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        await self._append([self.topics.event_message(kind, payload, self._now())])
+
+    async def _append(self, messages: Sequence[OutboxMessage]) -> None:
+        await self.store.call(self.outbox.append, messages, self._now())
+        self._wakeup.set()
+
+    # --- sending: one connection at a time, back-off between attempts -------------------------
+
+    async def _run(self) -> None:
+        delay = self.settings.backoff_initial
+        lost_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                async with self._client() as client:
+                    self.connections += 1
+                    log.info("mqtt connected", extra={
+                        "broker": self.settings.host, "connection": self.connections,
+                        "down_for_s": round(loop.time() - lost_since, 1) if lost_since else 0})
+                    lost_since, delay = None, self.settings.backoff_initial
+                    await self._serve(client)
+            except aiomqtt.MqttError as exc:
+                if lost_since is None:
+                    lost_since = loop.time()
+                    log.warning("mqtt connection lost" if self.connected else
+                                "mqtt broker unreachable", extra={"error": str(exc)})
+            except StorageError as exc:  # the outbox cannot be read: reconnect after a pause
+                lost_since = lost_since or loop.time()
+                log.error("mqtt outbox unavailable", extra={"error": str(exc)})
+            except Exception:  # a fault of ours must not end the output for good
+                lost_since = lost_since or loop.time()
+                log.exception("mqtt output failed, retrying")
+            finally:
+                self.connected = False
+                with contextlib.suppress(StorageError):  # kept; recorded on the next try
+                    await self._mark_acked()
+            if self._stopping:
+                break
+            await self._pause(delay)
+            delay = min(delay * 2, self.settings.backoff_max)
+
+    def _client(self) -> aiomqtt.Client:
+        s = self.settings
+        tls = None
+        if s.tls is not None:
+            files = {k: str(_resolve(p, self.config)) if p else None
+                     for k, p in (("ca_certs", s.tls.ca_file), ("certfile", s.tls.cert_file),
+                                  ("keyfile", s.tls.key_file))}
+            tls = aiomqtt.TLSParameters(**files)
+        client = aiomqtt.Client(
+            s.host, s.broker_port,
+            username=s.username, password=self._password,
+            identifier=s.client_id or f"cemsd-{self.config.plant.id}",
+            will=aiomqtt.Will(self.topics.status,
+                              self.topics.status_payload("offline", reason="connection lost"),
+                              qos=QOS, retain=True),
+            clean_session=True,  # the outbox, not the session, carries what is unsent
+            keepalive=s.keepalive, timeout=s.connect_timeout,
+            tls_params=tls, tls_insecure=s.tls.insecure if s.tls else None,
+        )
+        client.pending_calls_threshold = s.batch_size + 1  # a whole batch is in flight
+        return client
+
+    async def _serve(self, client: aiomqtt.Client) -> None:
+        """Online first, then the outbox until stopped or the connection is lost."""
+        await client.publish(self.topics.status, self.topics.status_payload("online",
+                             self._now()), qos=QOS, retain=True,
+                             timeout=self.settings.publish_timeout)
+        self.connected = True
+        lost = asyncio.create_task(_until_disconnected(client))
+        drain = asyncio.create_task(self._drain(client))
+        try:
+            await asyncio.wait({lost, drain}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (lost, drain):
+                task.cancel()
+            await asyncio.gather(lost, drain, return_exceptions=True)
+        if not drain.cancelled() and drain.exception() is None:  # stopping: say goodbye
+            await client.publish(self.topics.status, self.topics.status_payload(
+                "offline", self._now(), reason="stopped"), qos=QOS, retain=True,
+                timeout=min(self.settings.publish_timeout, GOODBYE_SECONDS))
+            return
+        for task in (drain, lost):
+            if not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def _drain(self, client: aiomqtt.Client) -> None:
+        """Publish unsent rows in id order; return once stopping and empty (or late)."""
+        loop = asyncio.get_running_loop()
+        while not (self._stopping and loop.time() >= self._stop_deadline):
+            self._wakeup.clear()
+            batch = await self.store.call(self.outbox.next_batch, self.settings.batch_size)
+            if not batch:
+                if self._stopping:
+                    return
+                await self._wakeup.wait()
+                continue
+            await self._publish_batch(client, batch)
+            await self._mark_acked()
+
+    async def _publish_batch(self, client: aiomqtt.Client, batch: list[PendingMessage]) -> None:
+        """Hand the whole batch to the client in order (paho keeps the order and its own
+        in-flight window) and collect the PUBACKs in the same order: only an acknowledged
+        prefix is ever marked sent, so a resent row cannot overtake a later one."""
+        timeout = self.settings.publish_timeout
+        publishes = [
+            asyncio.ensure_future(client.publish(m.topic, with_message_id(m), qos=m.qos,
+                                                 retain=m.retain, timeout=timeout))
+            for m in batch
+        ]
+        try:
+            for message, publish in zip(batch, publishes, strict=True):
+                await publish
+                self._acked.append(message.id)
+        finally:
+            for publish in publishes:
+                publish.cancel()
+            await asyncio.gather(*publishes, return_exceptions=True)
+
+    async def _mark_acked(self) -> None:
+        if not self._acked:
+            return
+        ids, self._acked = self._acked, []
+        try:
+            await self.store.call(self.outbox.mark_sent, ids, self._now())
+        except StorageError:
+            self._acked = ids + self._acked  # sent, but not recorded yet: try again later
+            raise
+        self.acknowledged += len(ids)
+
+    async def _pause(self, seconds: float) -> None:
+        """Back-off in wall time; returns early when the daemon stops."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopped.wait(), seconds)
+
+
+async def _until_disconnected(client: aiomqtt.Client) -> None:
+    """Raises MqttError when the connection is lost (nothing is subscribed, so no message
+    ever arrives: aiomqtt's message iterator is its public way of noticing a disconnect)."""
+    async for _ in client.messages:
+        pass
