@@ -63,7 +63,7 @@ class Closer:
         store: Store,
         clock: Clock,
         buses: Sequence[BusOwner] = (),
-        listeners: Sequence[PeriodListener] = (),
+        listeners: list[PeriodListener] | None = None,
     ) -> None:
         self.config = config
         self.rules = config.processing
@@ -71,7 +71,8 @@ class Closer:
         self.store = store
         self.clock = clock
         self.buses = list(buses)
-        self.listeners = list(listeners)
+        # The daemon's own list, not a copy: components subscribe after the closer exists.
+        self.listeners = listeners if listeners is not None else []
         self.calculator = PointCalculator(config, plan)
         self.series = self._series(plan)
         self.next_minute: float | None = None

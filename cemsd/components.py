@@ -16,4 +16,7 @@ if TYPE_CHECKING:
 
 def configured_components(config: Config) -> list[Component]:
     components: list[Component] = []
+    from cemsd.hj212.uplink import PlatformUplink
+
+    components.extend(PlatformUplink(config, p) for p in config.hj212 if p.enabled)
     return components

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cemsd import standards
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
+from cemsd.hj212.config import Hj212Platform, hj212_problems
 from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
 from drivers.codec import ByteOrder, DataType
 from drivers.registry import load_profile
@@ -209,6 +210,7 @@ class Config(Strict):
     points: dict[Name, Point] = {}
     buses: list[Bus]
     devices: list[Device]
+    hj212: list[Hj212Platform] = []
     source: Path = Path("<memory>")
 
     def bus(self, name: str) -> TcpBus | SerialBus:
@@ -382,6 +384,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
 
         for path, message in point_problems(config, compile_plan(config)):
             problem(path, message)
+    problems.extend(hj212_problems(config, check_references=not problems))
     return problems
 
 

@@ -221,3 +221,16 @@ audit_log = Table(
     Column("after", Text),  # JSON
     Column("host", String(255)),
 )
+
+
+# --- HJ 212 uplink (cemsd.hj212) ------------------------------------------------------------
+
+hj212_cursor = Table(
+    "hj212_cursor",
+    metadata,
+    Column("platform", String(64), primary_key=True),
+    Column("cn", String(4), primary_key=True),
+    # every period starting before this has been acknowledged by the platform
+    Column("acked_until", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
