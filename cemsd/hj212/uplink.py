@@ -229,7 +229,7 @@ class PlatformUplink:
         """Give a working link a few seconds to send what is stored, then close."""
         self._stopping = True
         self._realtime.clear()
-        if self.connection is not None:
+        if self.connection is not None and self._progress:
             self._dirty = True
             self._idle.clear()
             self._wake.set()
