@@ -229,6 +229,12 @@ def test_decoder_finds_packets_across_chunks_and_skips_a_broken_one() -> None:
     assert len(errors) == 1 and "CRC mismatch" in str(errors[0])
 
 
+def test_decoder_does_not_wait_for_an_impossible_length() -> None:
+    decoder = FrameDecoder()
+    out = list(decoder.feed(b"##9999" + VECTORS[2]))
+    assert isinstance(out[0], PacketError) and out[1:] == [parse(VECTORS[2])]
+
+
 def test_decoder_waits_for_the_rest_of_a_packet() -> None:
     decoder = FrameDecoder()
     assert list(decoder.feed(VECTORS[0][:50])) == []

@@ -273,9 +273,10 @@ class FrameDecoder:
             if len(self._buffer) < 6:
                 return
             digits = bytes(self._buffer[2:6])
-            if not digits.isdigit():
-                self._drop(2)
-                yield PacketError(f"length must be 4 decimal digits: {digits!r}")
+            if not digits.isdigit() or int(digits) > p.MAX_SEGMENT_BYTES:
+                self._drop(2)  # never wait for the rest of an impossible packet
+                yield PacketError(f"length must be 4 decimal digits up to "
+                                  f"{p.MAX_SEGMENT_BYTES}: {digits!r}")
                 continue
             size = 6 + int(digits) + p.CRC_DIGITS + len(p.TRAILER)
             if len(self._buffer) < size:

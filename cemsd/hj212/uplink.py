@@ -95,7 +95,6 @@ class Connection:
         self.stats = stats
         self.closed = asyncio.Event()
         self.close_reason = ""
-        self.delivered = 0
         self._on_request = on_request
         self._acks: dict[str, asyncio.Future[None]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -388,11 +387,11 @@ class PlatformUplink:
         for attempt in range(attempts):
             if attempt:
                 self.stats.retransmissions += 1
-            connection.expect_ack(qn)
+            if self.platform.ack:
+                connection.expect_ack(qn)
             connection.write(packets)
             await connection.drain(self.timeout_s)
             if not self.platform.ack or await connection.acknowledged(qn, self.timeout_s):
-                connection.delivered += 1
                 self.stats.uploads += 1
                 return
             log.debug("HJ 212 acknowledgement missing", extra={
