@@ -180,6 +180,9 @@ def outage_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                 await rd.clock.sleep_until(epoch + 25 * 60)
                 await _hold(rd, lambda: platform.withhold == 0)
                 await _hold(rd, _sent_through(rd, epoch + 25 * 60))
+                await rd.clock.sleep_until(epoch + 35 * 60)  # the bypass is open
+                await _hold(rd, lambda: any(r.data_time >= _label(epoch + 34 * 60)
+                                            for r in platform.uploads(2021)))
                 marks["connections_before_drop"] = platform.connections
                 platform.drop_next = True
                 await rd.clock.sleep_until(epoch + 55 * 60)
