@@ -223,3 +223,26 @@ def profiles() -> None:
 
     for name in available_profiles():
         click.echo(f"{name}: {load_profile(name).description}")
+
+
+@main.command("hj212-cursors")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+def hj212_cursors(config_file: str) -> None:
+    """Show, per HJ 212 platform and CN, up to where the platform has acknowledged."""
+    from cemsd.hj212.store import load_cursors
+    from cemsd.periods import local_label
+    from cemsd.store.database import Database
+
+    config = _load_config(config_file)
+    db = Database(config.storage.database_url)
+    try:
+        for platform in config.hj212:
+            cursors = load_cursors(db, platform.name)
+            shown = ", ".join(f"{cn} until {local_label(t, config.plant.tz)}"
+                              for cn, t in sorted(cursors.items()))
+            click.echo(f"{platform.name}: {shown or 'nothing sent yet'}")
+    except CemsdError as exc:
+        click.echo(f"cemsd: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        db.close()

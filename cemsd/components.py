@@ -27,4 +27,7 @@ def configured_components(config: Config) -> list[Component]:
         from cemsd.mqtt import MqttPublisher
 
         components.append(MqttPublisher(config, config.mqtt))
+    from cemsd.hj212.uplink import PlatformUplink
+
+    components.extend(PlatformUplink(config, p) for p in config.hj212 if p.enabled)
     return components

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from cemsd import standards
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
+from cemsd.hj212.config import Hj212Platform, hj212_problems
 from cemsd.metrics import MetricsConfig
 from cemsd.mqtt import MqttConfig, mqtt_problems
 from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
@@ -218,6 +219,7 @@ class Config(Strict):
     devices: list[Device]
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig | None = None
+    hj212: list[Hj212Platform] = []
     source: Path = Path("<memory>")
 
     def bus(self, name: str) -> TcpBus | SerialBus:
@@ -394,6 +396,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
 
         for path, message in point_problems(config, compile_plan(config)):
             problem(path, message)
+    problems.extend(hj212_problems(config, check_references=not problems))
     return problems
 
 

@@ -246,3 +246,16 @@ mqtt_outbox = Table(
     Index(None, "sent_at", "id"),
     sqlite_autoincrement=True,
 )
+
+
+# --- HJ 212 uplink (cemsd.hj212) ------------------------------------------------------------
+
+hj212_cursor = Table(
+    "hj212_cursor",
+    metadata,
+    Column("platform", String(64), primary_key=True),
+    Column("cn", String(4), primary_key=True),
+    # every period starting before this has been acknowledged by the platform
+    Column("acked_until", UTCDateTime, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)
