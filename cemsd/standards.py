@@ -111,3 +111,23 @@ LOOKBACK_LONG = StandardValue(720, "valid h", "HJ 75-2017 §12 [U]: max over the
 LOOKBACK_LOW_TIER = StandardValue(
     2160, "valid h", "HJ 75-2017 §12 [U]: max over the 2160 valid hours (75-90 % tier)"
 )
+
+# --- Emission reductions (quantification.md §1; CAR China AAPP workgroup slides) ---------
+
+GWP_N2O_AR5 = StandardValue(265.0, "t CO2e/t N2O", "IPCC AR5 (default; printed on every report)")
+GWP_N2O_AR6 = StandardValue(273.0, "t CO2e/t N2O", "IPCC AR6 (alternative)")
+GWP_N2O_AR4 = StandardValue(298.0, "t CO2e/t N2O", "IPCC AR4; CAR US AAPP (alternative)")
+BASELINE_DESTRUCTION = StandardValue(
+    0.90, "fraction", "CAR China AAPP workgroup slides: 90 % baseline abatement efficiency [U]"
+)
+STARTUP_MAX_MONTHS = StandardValue(
+    9, "months", "CAR China AAPP workgroup slides: initial start-up test at most 9 months"
+)
+ALTERNATIVE_SHARE_LIMIT = StandardValue(
+    0.25, "fraction", "CAR China AAPP workgroup slides: estimated/substituted N2O <= 25 % "
+    "of project emissions (proposed, TBD)"
+)
+N2O_PER_AA_STOICHIOMETRIC = StandardValue(
+    0.3012, "t N2O/t AA", "44.013/146.14: one N2O per adipic acid molecule (stoichiometric max)"
+)
+N2O_PER_AA_IPCC_DEFAULT = StandardValue(0.300, "t N2O/t AA", "IPCC 2006 default factor")
