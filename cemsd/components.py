@@ -16,4 +16,8 @@ if TYPE_CHECKING:
 
 def configured_components(config: Config) -> list[Component]:
     components: list[Component] = []
+    if config.api is not None:
+        from cemsd.api.server import ApiComponent
+
+        components.append(ApiComponent(config))
     return components

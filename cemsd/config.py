@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cemsd import standards
+from cemsd.api.settings import ApiConfig, api_problems
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
 from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
@@ -209,6 +210,7 @@ class Config(Strict):
     points: dict[Name, Point] = {}
     buses: list[Bus]
     devices: list[Device]
+    api: ApiConfig | None = None
     source: Path = Path("<memory>")
 
     def bus(self, name: str) -> TcpBus | SerialBus:
@@ -376,6 +378,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
             )
         seen_ids.setdefault(key, i)
     _check_roles(config, problem)
+    problems += api_problems(config)
     if not problems:  # the plan needs consistent references
         from cemsd.plan import compile_plan
         from cemsd.points import point_problems

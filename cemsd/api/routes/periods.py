@@ -1,0 +1,187 @@
+"""GET /v1/hours and /v1/minutes: stored periods with their flags and counts; hours also
+with their seal (hash chain link) and the substitute value when QA/QC substituted them."""
+
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import BaseModel
+from sqlalchemy import Table, exists, select
+
+from cemsd.api.listing import (
+    CSV_RESPONSE,
+    ApiContext,
+    Page,
+    Window,
+    context,
+    fetch_page,
+    finite,
+    respond,
+    window_dependency,
+)
+from cemsd.api.settings import ApiConfig
+from cemsd.chain import json_value, seals_for, utc_text
+from cemsd.periods import local_label
+from cemsd.store import schema
+
+
+class Seal(BaseModel):
+    """The record's link in the hash chain (docs/TAMPER-EVIDENCE.md); null until sealed."""
+
+    seq: int
+    record_hash: str
+    chain_hash: str
+
+
+class Substitute(BaseModel):
+    """The value that replaces an invalid hour (HJ 75-2017), flag S."""
+
+    id: int
+    value: float | None
+    unit: str
+    flag: str
+    method: str
+    period_kind: str
+    period_start_utc: str
+    period_hours: int
+    capture_rate: float | None
+    source_hours: Any
+    revision: int
+    supersedes: int | None
+    created_at: str
+    seal: Seal | None
+
+
+class PeriodRow(BaseModel):
+    id: int
+    start_utc: str  # period start, UTC
+    start_local: str  # period start in plant time, with its offset
+    channel: str
+    value: float | None
+    minimum: float | None
+    maximum: float | None
+    unit: str
+    flag: str  # HJ 212-2017 flag of the period
+    n_valid: int  # valid sub-values (readings in a minute, minutes in an hour)
+    n_expected: int
+    reason: str | None
+    revision: int  # 0, or the correction number; the highest is current
+    supersedes: int | None
+    created_at: str
+
+
+class HourRow(PeriodRow):
+    seal: Seal | None
+    substitute: Substitute | None
+
+
+Revisions = Annotated[Literal["current", "all"], Query(
+    description="`current`: the highest revision of each period; `all`: every stored row")]
+
+
+def routes(settings: ApiConfig) -> APIRouter:
+    router = APIRouter()
+    window_params = window_dependency(settings)
+
+    @router.get("/hours", response_model=Page[HourRow], responses=CSV_RESPONSE,
+                summary="Hourly values in plant-local clock hours")
+    def hours(
+        request: Request,
+        response: Response,
+        ctx: Annotated[ApiContext, Depends(context)],
+        window: Annotated[Window, Depends(window_params)],
+        revisions: Revisions = "current",
+    ) -> Any:
+        rows, next_cursor = _periods(ctx, schema.hours, window, revisions)
+        items = [_period_item(ctx, row) for row in rows]
+        _attach_seals(ctx, items)
+        _attach_substitutes(ctx, items, rows)
+        return respond(HourRow, items, next_cursor, window, request, response)
+
+    @router.get("/minutes", response_model=Page[PeriodRow], responses=CSV_RESPONSE,
+                summary="Minute values")
+    def minutes(
+        request: Request,
+        response: Response,
+        ctx: Annotated[ApiContext, Depends(context)],
+        window: Annotated[Window, Depends(window_params)],
+        revisions: Revisions = "current",
+    ) -> Any:
+        rows, next_cursor = _periods(ctx, schema.minutes, window, revisions)
+        items = [_period_item(ctx, row) for row in rows]
+        return respond(PeriodRow, items, next_cursor, window, request, response)
+
+    return router
+
+
+def current_revision(table: Table) -> Any:
+    """No row of the same channel and period has a higher revision."""
+    newer = table.alias("newer")
+    return ~exists().where(newer.c.channel == table.c.channel, newer.c.ts == table.c.ts,
+                           newer.c.revision > table.c.revision)
+
+
+def _periods(ctx: ApiContext, table: Table, window: Window, revisions: str
+             ) -> tuple[list[Any], str | None]:
+    c = table.c
+    query = select(table).where(c.ts >= window.start, c.ts < window.end)
+    if window.channels:
+        query = query.where(c.channel.in_(window.channels))
+    if revisions == "current":
+        query = query.where(current_revision(table))
+    return fetch_page(ctx.db, query, [c.ts, c.channel, c.revision], window)
+
+
+def _period_item(ctx: ApiContext, row: Any) -> dict[str, Any]:
+    return {
+        "id": row.id, "start_utc": utc_text(row.ts),
+        "start_local": local_label(row.ts.timestamp(), ctx.tz), "channel": row.channel,
+        "value": finite(row.value), "minimum": finite(row.minimum),
+        "maximum": finite(row.maximum), "unit": row.unit, "flag": row.flag,
+        "n_valid": row.n_valid, "n_expected": row.n_expected, "reason": row.reason,
+        "revision": row.revision, "supersedes": row.supersedes,
+        "created_at": utc_text(row.created_at),
+    }
+
+
+def _seal(link: Any | None) -> dict[str, Any] | None:
+    if link is None:
+        return None
+    return {"seq": int(link.seq), "record_hash": link.record_hash, "chain_hash": link.chain_hash}
+
+
+def _attach_seals(ctx: ApiContext, items: list[dict[str, Any]]) -> None:
+    links = seals_for(ctx.db, "hours", [item["id"] for item in items])
+    for item in items:
+        item["seal"] = _seal(links.get(item["id"]))
+
+
+def _attach_substitutes(ctx: ApiContext, items: list[dict[str, Any]],
+                        rows: Sequence[Any]) -> None:
+    """The current substitution of each hour on the page, if any."""
+    for item in items:
+        item["substitute"] = None
+    if not rows:
+        return
+    s = schema.substitutions.c
+    query = (select(schema.substitutions)
+             .where(s.ts >= rows[0].ts, s.ts <= rows[-1].ts,
+                    s.channel.in_(sorted({row.channel for row in rows})),
+                    current_revision(schema.substitutions)))
+    found = {(sub.channel, sub.ts): sub for sub in ctx.db.fetch(query)}
+    links = seals_for(ctx.db, "substitutions", [sub.id for sub in found.values()])
+    for item, row in zip(items, rows, strict=True):
+        sub = found.get((row.channel, row.ts))
+        if sub is not None:
+            item["substitute"] = _substitute_item(sub, links.get(int(sub.id)))
+
+
+def _substitute_item(sub: Any, link: Any | None) -> dict[str, Any]:
+    return {
+        "id": sub.id, "value": finite(sub.value), "unit": sub.unit, "flag": sub.flag,
+        "method": sub.method, "period_kind": sub.period_kind,
+        "period_start_utc": utc_text(sub.period_start), "period_hours": sub.period_hours,
+        "capture_rate": finite(sub.capture_rate), "source_hours": json_value(sub.source_hours),
+        "revision": sub.revision, "supersedes": sub.supersedes,
+        "created_at": utc_text(sub.created_at), "seal": _seal(link),
+    }
