@@ -71,7 +71,7 @@ class Closer:
         self.store = store
         self.clock = clock
         self.buses = list(buses)
-        self.listeners = list(listeners)
+        self.listeners = listeners  # the daemon's own list: components subscribe after this
         self.calculator = PointCalculator(config, plan)
         self.series = self._series(plan)
         self.next_minute: float | None = None
