@@ -18,6 +18,7 @@ import io
 import json
 import math
 import shutil
+import socket
 import sqlite3
 import ssl
 import subprocess
@@ -32,6 +33,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert, select, update
+from test_cli import _plant as cli_plant
+from test_cli import _scenario as cli_scenario
 
 from cemsd import chain
 from cemsd.api.tokens import create_token
@@ -41,7 +44,6 @@ from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import RunningDaemon, free_port, write_config, write_scenario, write_toml
 
-START = "2026-06-01T00:00:00+08:00"
 PLANT_TZ = timezone(timedelta(hours=8))
 T0 = datetime(2026, 6, 1, tzinfo=PLANT_TZ).timestamp()
 HOUR = 3600.0
@@ -50,38 +52,17 @@ FINALISE_AFTER_HOURS = 1
 
 
 def _plant(port: int, api_port: int) -> dict:
-    return {
-        "plant": {"id": "registry", "timezone": "Asia/Shanghai"},
-        "points": {"inlet": {"duct_area_m2": 1.0, "temperature_default_c": 20.0,
-                             "pressure_default_kpa": 0.0, "moisture_default_pct": 0.0}},
-        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
-                   "timeout": 0.3, "retries": 0}],
-        "devices": [
-            {"name": "analyzer", "bus": "bus", "device_id": 1,
-             "profile": "n2o-analyzer-percent", "poll_interval": 5.0},
-            {"name": "flow", "bus": "bus", "device_id": 2, "profile": "stack-flow-meter",
-             "poll_interval": 5.0, "point": "inlet",
-             "channels": {k: {"enabled": False} for k in
-                          ("temperature", "pressure", "moisture", "volume_flow")}},
-        ],
-        "api": {"port": api_port, "finalise_after_hours": FINALISE_AFTER_HOURS,
-                "default_page_size": 50, "max_page_size": 200},
-    }
+    """test_cli's small plant (an analyzer and a flow meter with derived mass), with an API."""
+    plant = {k: v for k, v in cli_plant(port, {}).items() if k != "storage"}
+    return {**plant, "plant": {"id": "registry", "timezone": "Asia/Shanghai"},
+            "api": {"port": api_port, "finalise_after_hours": FINALISE_AFTER_HOURS,
+                    "default_page_size": 50, "max_page_size": 200}}
 
 
 def _scenario(port: int) -> dict:
-    return {
-        "start": START,
-        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
-        "devices": [
-            {"name": "analyzer", "bus": "bus", "device_id": 1, "profile": "n2o-analyzer-percent",
-             "signals": {"n2o": {"base": 24.0, "ramp_per_hour": 1.0, "noise": 0.1}}},
-            {"name": "flow", "bus": "bus", "device_id": 2, "profile": "stack-flow-meter",
-             "signals": {"velocity": {"base": 3.0, "noise": 0.02}}},
-        ],
-        "events": [{"device": "analyzer", "kind": "no_reply", "start": "2h10m",
-                    "end": "2h40m"}],
-    }
+    """The same plant's simulators; the analyzer stops answering from 02:10 to 02:40."""
+    return {**cli_scenario(port), "events": [
+        {"device": "analyzer", "kind": "no_reply", "start": "2h10m", "end": "2h40m"}]}
 
 
 @dataclass
@@ -634,3 +615,29 @@ def test_tls_settings_are_checked(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "api.tls_certfile: no readable file" in result.output
     assert "api.tls_keyfile: no readable file" in result.output
+
+
+# --- the API must not take acquisition down -------------------------------------------------------
+
+
+def test_a_taken_port_leaves_acquisition_and_sealing_running(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture
+                                                             ) -> None:
+    from helpers import run_virtual
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen(1)
+        raw = _plant(free_port(), squatter.getsockname()[1])
+        raw["api"]["finalise_after_hours"] = 0
+        config = write_config(tmp_path, raw)
+        scenario = write_scenario(tmp_path, _scenario(int(config.buses[0].port)))
+        with caplog.at_level("ERROR", logger="cemsd.api.server"):
+            asyncio.run(run_virtual(config, scenario, T0 + 2 * HOUR + 60))
+    assert any("api not serving" in r.getMessage() for r in caplog.records)
+    db = Database(config.storage.database_url)
+    hours = db.fetch(select(schema.hours.c.ts).distinct())
+    links = db.fetch(select(schema.chain.c.ts).distinct())
+    db.close()
+    assert len(hours) == 2  # 00:00 and 01:00 closed
+    assert len(links) == 2  # and sealed: finalise_after_hours = 0

@@ -32,6 +32,17 @@ STARTUP_SECONDS = 10.0
 STOP_SECONDS = 5.0
 
 
+class _PlainMessages(logging.Filter):
+    """uvicorn adds a terminal-coloured copy of some messages; our log lines carry extras."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+logging.getLogger("uvicorn.error").addFilter(_PlainMessages())
+
+
 class ApiServer(uvicorn.Server):
     """uvicorn's server without its signal handlers."""
 
