@@ -38,7 +38,7 @@ from cemsd.store.schema import UTCDateTime
 
 FORM = 1
 GENESIS = "0" * 64
-_SEAL_WINDOW_SECONDS = 86400.0  # seal a backlog one day of periods per transaction
+_SEAL_BATCH = 5000  # records per table and transaction when sealing a backlog
 _VERIFY_BATCH = 2000
 
 
@@ -158,47 +158,41 @@ def due_before(now: float, finalise_after_hours: float) -> float:
     return now - HOUR - finalise_after_hours * HOUR
 
 
-def seal_due(db: Database, through: float, sealed_at: float) -> int:
+def seal_due(db: Database, through: float, sealed_at: float, batch: int = _SEAL_BATCH) -> int:
     """Seal every unsealed record whose period starts at or before `through`; returns how
-    many. A backlog is sealed a day of periods per transaction."""
+    many. A backlog is sealed `batch` records per transaction, whole periods at a time."""
     sealed = 0
-    while (start := _first_unsealed(db, through)) is not None:
-        end = min(start + _SEAL_WINDOW_SECONDS, through + 1.0)
-        records = [
-            (row.ts.timestamp(), row.channel, kind.name, row.id, kind, row)
-            for kind in KINDS.values()
-            for row in db.fetch(_unsealed(kind).where(kind.table.c.ts >= start,
-                                                      kind.table.c.ts < end))
-        ]
+    while records := _next_due(db, through, batch):
         records.sort(key=lambda r: r[:4])
         _append(db, [(kind, row) for *_, kind, row in records], sealed_at)
         sealed += len(records)
     return sealed
 
 
+def _next_due(db: Database, through: float, batch: int) -> list[tuple[Any, ...]]:
+    """The earliest unsealed due records of every table, cut at a period boundary."""
+    fetched = []
+    for kind in KINDS.values():
+        t = kind.table.c
+        rows = db.fetch(_unsealed(kind).where(t.ts <= through).order_by(t.ts, t.id)
+                        .limit(batch))
+        fetched.append((kind, rows, len(rows) == batch))
+    # a table that filled its batch may have more records in its last period: leave that
+    # period (and later ones of the other tables) for the next round
+    cut = min((rows[-1].ts for _, rows, full in fetched if full), default=None)
+    records = [(row.ts.timestamp(), row.channel, kind.name, row.id, kind, row)
+               for kind, rows, _ in fetched for row in rows if cut is None or row.ts < cut]
+    if not records and cut is not None:  # one period holds more than a batch: take it whole
+        records = [(row.ts.timestamp(), row.channel, kind.name, row.id, kind, row)
+                   for kind in KINDS.values()
+                   for row in db.fetch(_unsealed(kind).where(kind.table.c.ts == cut))]
+    return records
+
+
 def _unsealed(kind: SealedKind) -> Any:
     t, c = kind.table, schema.chain.c
     linked = exists().where(c.record_table == kind.name, c.record_id == t.c.id)
     return select(t).where(~linked)
-
-
-def _first_unsealed(db: Database, through: float) -> float | None:
-    starts = []
-    for kind in KINDS.values():
-        query = _unsealed(kind).where(kind.table.c.ts <= through).subquery()
-        first = db.fetch(select(func.min(query.c.ts)))[0][0]
-        if first is not None:
-            starts.append(_epoch(first))
-    return min(starts) if starts else None
-
-
-def _epoch(value: Any) -> float:
-    """A MIN() over a timestamp column: SQLite gives its stored text."""
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return float(value.timestamp())
 
 
 def _append(db: Database, records: Sequence[tuple[SealedKind, Any]], sealed_at: float) -> None:

@@ -157,10 +157,15 @@ def test_seal_due_seals_final_records_once_in_order(db: Database) -> None:
     assert chain.unsealed_count(db) == 2 * len(CHANNELS)  # hours 3 and 4
 
 
-def test_a_backlog_is_sealed_across_days(db: Database) -> None:
-    _fill(db, n_hours=50)  # more than one day of periods: several transactions
-    sealed = chain.seal_due(db, T0 + 100 * HOUR, sealed_at=T0 + 100 * HOUR)
-    assert sealed == 50 * len(CHANNELS) + 1
+@pytest.mark.parametrize("batch", [2, 4, 5000])  # 2: fewer than one hour's records
+def test_a_backlog_is_sealed_in_batches_in_order(db: Database, batch: int) -> None:
+    _fill(db, n_hours=30)
+    sealed = chain.seal_due(db, T0 + 100 * HOUR, sealed_at=T0 + 100 * HOUR, batch=batch)
+    assert sealed == 30 * len(CHANNELS) + 1
+    links = _links(db)
+    order = [(ln.ts.timestamp(), ln.channel, ln.record_table, ln.record_id) for ln in links]
+    assert order == sorted(order)
+    assert len(set(order)) == sealed
     assert chain.verify(db).ok
 
 
