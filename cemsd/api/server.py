@@ -147,7 +147,11 @@ class ApiComponent:
             log.info("api listening", extra={"host": self.settings.host,
                                               "port": sock.getsockname()[1],
                                               "tls": self.settings.tls})
-            await serve(self.server, sock)
+            try:
+                await serve(self.server, sock)
+            except Exception:  # e.g. an unreadable certificate: keep acquiring, try again
+                log.exception("api server failed, retrying")
+                await asyncio.sleep(REBIND_SECONDS)
             if self.server.should_exit:
                 return
 
@@ -168,6 +172,9 @@ class ApiComponent:
                                                   through, now)
         except StorageError as exc:  # tried again at the next hour
             log.error("sealing failed", extra={"error": str(exc)})
+            return 0
+        except Exception:  # a fault here must not end sealing for the rest of the run
+            log.exception("sealing failed")
             return 0
         if sealed:
             self.sealed += sealed

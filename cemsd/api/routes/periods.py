@@ -5,7 +5,7 @@ from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import Table, exists, select
 
 from cemsd.api.listing import (
@@ -40,12 +40,13 @@ class Substitute(BaseModel):
     value: float | None
     unit: str
     flag: str
-    method: str
-    period_kind: str
-    period_start_utc: str
-    period_hours: int
-    capture_rate: float | None
-    source_hours: Any
+    method: Annotated[str, Field(description="e.g. hj75.missing.before_after_mean")]
+    period_kind: Annotated[str, Field(description="missing | out_of_control")]
+    period_start_utc: Annotated[str, Field(description="start of the substituted period")]
+    period_hours: Annotated[int, Field(description="length of the substituted period")]
+    capture_rate: Annotated[float | None, Field(
+        description="the quarter's valid-hour rate that chose the HJ 75 tier")]
+    source_hours: Annotated[Any, Field(description="the hours the value was computed from")]
     revision: int
     supersedes: int | None
     created_at: str
@@ -54,19 +55,20 @@ class Substitute(BaseModel):
 
 class PeriodRow(BaseModel):
     id: int
-    start_utc: str  # period start, UTC
-    start_local: str  # period start in plant time, with its offset
+    start_utc: Annotated[str, Field(description="period start, UTC")]
+    start_local: Annotated[str, Field(description="period start in plant time, with offset")]
     channel: str
     value: float | None
     minimum: float | None
     maximum: float | None
     unit: str
-    flag: str  # HJ 212-2017 flag of the period
-    n_valid: int  # valid sub-values (readings in a minute, minutes in an hour)
+    flag: Annotated[str, Field(description="HJ 212-2017 flag: N valid, else the cause")]
+    n_valid: Annotated[int, Field(
+        description="valid sub-values: readings in a minute, minutes in an hour")]
     n_expected: int
     reason: str | None
-    revision: int  # 0, or the correction number; the highest is current
-    supersedes: int | None
+    revision: Annotated[int, Field(description="0, or the correction number; highest is current")]
+    supersedes: Annotated[int | None, Field(description="id of the row this one corrects")]
     created_at: str
 
 
