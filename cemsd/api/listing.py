@@ -7,6 +7,9 @@ repeats one. The cursor is base64url JSON of the last row's sort key; clients tr
 as opaque.
 """
 
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at run
+# time, and some name objects local to the function that builds the route.
+
 import base64
 import binascii
 import csv

@@ -1,7 +1,10 @@
 """GET /v1/hours and /v1/minutes: stored periods with their flags and counts; hours also
 with their seal (hash chain link) and the substitute value when QA/QC substituted them."""
 
-from collections.abc import Sequence
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at run
+# time, and some name objects local to the function that builds the route.
+
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -83,37 +86,41 @@ Revisions = Annotated[Literal["current", "all"], Query(
 
 def routes(settings: ApiConfig) -> APIRouter:
     router = APIRouter()
+    _period_route(router, settings, "/hours", schema.hours, HourRow, _attach_to_hours,
+                  "Hourly values in plant-local clock hours")
+    _period_route(router, settings, "/minutes", schema.minutes, PeriodRow, None,
+                  "Minute values")
+    return router
+
+
+Attach = Callable[[ApiContext, list[dict[str, Any]], Sequence[Any]], None]
+
+
+def _period_route(router: APIRouter, settings: ApiConfig, path: str, table: Table,
+                  model: type[PeriodRow], attach: Attach | None, summary: str) -> None:
     window_params = window_dependency(settings)
 
-    @router.get("/hours", response_model=Page[HourRow], responses=CSV_RESPONSE,
-                summary="Hourly values in plant-local clock hours")
-    def hours(
+    def periods(
         request: Request,
         response: Response,
         ctx: Annotated[ApiContext, Depends(context)],
         window: Annotated[Window, Depends(window_params)],
         revisions: Revisions = "current",
     ) -> Any:
-        rows, next_cursor = _periods(ctx, schema.hours, window, revisions)
+        rows, next_cursor = _periods(ctx, table, window, revisions)
         items = [_period_item(ctx, row) for row in rows]
-        _attach_seals(ctx, items)
-        _attach_substitutes(ctx, items, rows)
-        return respond(HourRow, items, next_cursor, window, request, response)
+        if attach is not None:
+            attach(ctx, items, rows)
+        return respond(model, items, next_cursor, window, request, response)
 
-    @router.get("/minutes", response_model=Page[PeriodRow], responses=CSV_RESPONSE,
-                summary="Minute values")
-    def minutes(
-        request: Request,
-        response: Response,
-        ctx: Annotated[ApiContext, Depends(context)],
-        window: Annotated[Window, Depends(window_params)],
-        revisions: Revisions = "current",
-    ) -> Any:
-        rows, next_cursor = _periods(ctx, schema.minutes, window, revisions)
-        items = [_period_item(ctx, row) for row in rows]
-        return respond(PeriodRow, items, next_cursor, window, request, response)
+    router.add_api_route(path, periods, methods=["GET"], summary=summary,
+                         response_model=Page[model], responses=CSV_RESPONSE)  # type: ignore[valid-type]
 
-    return router
+
+def _attach_to_hours(ctx: ApiContext, items: list[dict[str, Any]], rows: Sequence[Any]
+                     ) -> None:
+    _attach_seals(ctx, items)
+    _attach_substitutes(ctx, items, rows)
 
 
 def current_revision(table: Table) -> Any:
