@@ -246,3 +246,175 @@ def hj212_cursors(config_file: str) -> None:
         sys.exit(1)
     finally:
         db.close()
+
+
+# --- the registry API, its tokens and the hash chain --------------------------------------------
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--host", default=None, help="Listen address (default: [api] host).")
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="Listen port (default: [api] port).")
+def serve(config_file: str, host: str | None, port: int | None) -> None:
+    """Serve the registry API from the database, read-only (no acquisition, no sealing)."""
+    from cemsd.api.server import build_server, listen, serve
+    from cemsd.api.settings import ApiConfig
+    from cemsd.api.tokens import list_tokens
+    from cemsd.store.database import Database
+
+    config = _load_config(config_file)
+    settings = (config.api or ApiConfig()).model_copy(
+        update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    db = Database(config.storage.database_url)
+    try:
+        list_tokens(db)
+        sock = listen(settings.host, settings.port)
+    except CemsdError as exc:
+        click.echo(f"cemsd serve: {exc}", err=True)
+        click.echo("(a database without the API tables: run `cemsd db-upgrade` first)", err=True)
+        sys.exit(1)
+    server = build_server(config, db, settings)
+    scheme = "https" if settings.tls else "http"
+    click.echo(f"serving {scheme}://{settings.host}:{sock.getsockname()[1]} "
+               f"from {db.location}", err=True)
+
+    async def main_task() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, setattr, server, "should_exit", True)
+        await serve(server, sock)
+
+    try:
+        asyncio.run(main_task())
+    finally:
+        db.close()
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+def verify(config_file: str) -> None:
+    """Check every sealed record and link of the hash chain; exit 1 naming the first break."""
+    from cemsd import chain
+    from cemsd.periods import local_label
+    from cemsd.store.database import Database
+
+    config = _load_config(config_file)
+    tz = config.plant.tz
+    db = Database(config.storage.database_url)
+    try:
+        report = chain.verify(db)
+        unsealed = chain.unsealed_count(db)
+    except CemsdError as exc:
+        click.echo(f"cemsd verify: cannot check: {exc}", err=True)
+        sys.exit(2)
+    finally:
+        db.close()
+
+    def where(b: chain.Break) -> str:
+        what = "hour" if b.record_table == "hours" else f"{b.record_table} record for hour"
+        return (f"{what} {local_label(b.ts.timestamp(), tz)} {b.channel} "
+                f"({b.record_table} id {b.record_id})")
+
+    if not report.ok:
+        first = report.breaks[0]
+        click.echo(f"chain BROKEN at link {first.seq}: {where(first)}: {first.problem}: "
+                   f"{first.detail}")
+        for more in report.breaks[1:10]:
+            click.echo(f"  also link {more.seq}: {where(more)}: {more.problem}")
+        click.echo(f"{len(report.breaks)} broken link(s) among {report.links}")
+        sys.exit(1)
+    counts = ", ".join(f"{n} {t}" for t, n in sorted(report.by_table.items())) or "none"
+    click.echo(f"chain OK: {report.links} sealed record(s) ({counts}); "
+               f"{unsealed} stored record(s) not sealed yet")
+    if report.head is not None:
+        click.echo(f"head: link {report.head.seq} chain_hash {report.head.chain_hash} "
+                   f"({report.head.record_table} {report.head.channel} "
+                   f"{local_label(report.head.ts.timestamp(), tz)})")
+
+
+@main.group()
+def token() -> None:
+    """API tokens for registry clients (stored hashed; every change is audited)."""
+
+
+def _actor(actor: str | None) -> str:
+    if actor:
+        return actor
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _token_db(config_file: str):  # type: ignore[no-untyped-def]
+    from cemsd.store.database import Database
+
+    db = Database(_load_config(config_file).storage.database_url)
+    db.upgrade()
+    return db
+
+
+@token.command("create")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--name", required=True, help="The client, e.g. registry.")
+@click.option("--actor", default=None, help="Who does this (default: the OS user).")
+def token_create(config_file: str, name: str, actor: str | None) -> None:
+    """Create a token and print it once on stdout; only its hash is stored."""
+    from cemsd.api.tokens import create_token
+
+    db = _token_db(config_file)
+    try:
+        secret = create_token(db, name, _actor(actor))
+    except CemsdError as exc:
+        click.echo(f"cemsd token create: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        db.close()
+    click.echo(secret)
+    click.echo(f"token {name!r} created; it is shown only this once: give it to the client "
+               "now (Authorization: Bearer <token>)", err=True)
+
+
+@token.command("list")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+def token_list(config_file: str) -> None:
+    """List tokens (names and dates; the tokens themselves are not stored)."""
+    from cemsd.api.tokens import list_tokens
+
+    db = _token_db(config_file)
+    try:
+        rows = list_tokens(db)
+    finally:
+        db.close()
+
+    def when(moment) -> str:  # type: ignore[no-untyped-def]
+        return "-" if moment is None else moment.isoformat(timespec="seconds")
+
+    click.echo(f"{'name':<24} {'state':<8} {'created':<26} {'revoked':<26} last used")
+    for row in rows:
+        state = "revoked" if row.revoked_at else "active"
+        click.echo(f"{row.name:<24} {state:<8} {when(row.created_at):<26} "
+                   f"{when(row.revoked_at):<26} {when(row.last_used_at)}")
+
+
+@token.command("revoke")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--name", required=True)
+@click.option("--actor", default=None, help="Who does this (default: the OS user).")
+@click.option("--reason", default=None, help="Why, for the audit log.")
+def token_revoke(config_file: str, name: str, actor: str | None, reason: str | None) -> None:
+    """Revoke a client's token: its requests get 403 from now on."""
+    from cemsd.api.tokens import revoke_token
+
+    db = _token_db(config_file)
+    try:
+        revoke_token(db, name, _actor(actor), reason)
+    except CemsdError as exc:
+        click.echo(f"cemsd token revoke: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        db.close()
+    click.echo(f"token {name!r} revoked")

@@ -30,4 +30,8 @@ def configured_components(config: Config) -> list[Component]:
     from cemsd.hj212.uplink import PlatformUplink
 
     components.extend(PlatformUplink(config, p) for p in config.hj212 if p.enabled)
+    if config.api is not None:
+        from cemsd.api.server import ApiComponent
+
+        components.append(ApiComponent(config))
     return components

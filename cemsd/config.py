@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cemsd import standards
+from cemsd.api.settings import ApiConfig, api_problems
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
 from cemsd.hj212.config import Hj212Platform, hj212_problems
@@ -220,6 +221,7 @@ class Config(Strict):
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig | None = None
     hj212: list[Hj212Platform] = []
+    api: ApiConfig | None = None
     source: Path = Path("<memory>")
 
     def bus(self, name: str) -> TcpBus | SerialBus:
@@ -390,6 +392,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
         seen_ids.setdefault(key, i)
     _check_roles(config, problem)
     problems.extend(mqtt_problems(config))
+    problems += api_problems(config)
     if not problems:  # the plan needs consistent references
         from cemsd.plan import compile_plan
         from cemsd.points import point_problems

@@ -12,7 +12,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -169,3 +170,20 @@ def wait_for(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> N
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         time.sleep(interval)
+
+
+@contextmanager
+def tampering(db: Database) -> Iterator[Any]:
+    """What someone with write access to the database file or server can do: remove cemsd's
+    append-only triggers, then edit rows. The hash chain must still notice."""
+    with db.transaction() as conn:
+        if conn.dialect.name == "sqlite":
+            names = conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger'").scalars().all()
+            for name in names:
+                conn.exec_driver_sql(f"DROP TRIGGER {name}")
+        else:
+            for table in ("minutes", "hours", "calibrations", "substitutions", "audit_log",
+                          "readings", "maintenance", "control_periods"):
+                conn.exec_driver_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
+        yield conn

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import logging
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cemsd.errors import StorageError
@@ -183,6 +184,21 @@ class Database:
 
     def channel_rows(self) -> list[Any]:
         return self._fetch(select(schema.channels).order_by(schema.channels.c.name))
+
+    # --- for modules with their own tables (API tokens, hash chain) -----------------------------
+
+    def fetch(self, query: Any) -> list[Any]:
+        """Run a read query; a database error becomes StorageError."""
+        return self._fetch(query)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One write transaction; a database error becomes StorageError (nothing committed)."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StorageError(f"write to {self.location} failed: {_short(exc)}") from exc
 
     def _fetch(self, query: Any) -> list[Any]:
         try:

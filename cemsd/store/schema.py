@@ -259,3 +259,34 @@ hj212_cursor = Table(
     Column("acked_until", UTCDateTime, nullable=False),
     Column("updated_at", UTCDateTime, nullable=False),
 )
+
+
+# --- Registry API and tamper evidence (cemsd/api/, cemsd/chain.py) -------------------------
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),  # unique among active tokens (checked on create)
+    Column("token_hash", String(64), nullable=False),  # SHA-256 hex of the token; never the token
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revoked_at", UTCDateTime),
+    Column("last_used_at", UTCDateTime),
+    UniqueConstraint("token_hash"),
+)
+
+chain = Table(
+    "chain",
+    metadata,
+    Column("seq", Identifier, primary_key=True, autoincrement=False),  # 1, 2, 3, ...
+    Column("record_table", String(32), nullable=False),  # hours | substitutions
+    Column("record_id", Identifier, nullable=False),
+    Column("channel", String(100), nullable=False),  # copies, to name a deleted record
+    Column("ts", UTCDateTime, nullable=False),
+    Column("form", Integer, nullable=False),  # version of the canonical form hashed
+    Column("record_hash", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("chain_hash", String(64), nullable=False),
+    Column("sealed_at", UTCDateTime, nullable=False),
+    UniqueConstraint("record_table", "record_id"),  # each record is sealed exactly once
+)

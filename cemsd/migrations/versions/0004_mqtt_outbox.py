@@ -1,7 +1,7 @@
 """MQTT outbox: durable store-and-forward queue, in delivery order
 
 Revision ID: 0004
-Revises: 0002
+Revises: 0003
 Create Date: 2026-11-22
 """
 
@@ -14,7 +14,7 @@ import cemsd.store.schema
 
 
 revision = '0004'
-down_revision = '0002'
+down_revision = '0003'
 branch_labels = None
 depends_on = None
 

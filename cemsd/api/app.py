@@ -1,0 +1,60 @@
+"""The FastAPI application: read-only, versioned under /v1, token required except /health."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+
+from cemsd import __version__
+from cemsd.api.auth import require_token
+from cemsd.api.listing import ApiContext
+from cemsd.api.routes import ROUTES
+from cemsd.api.settings import ApiConfig
+from cemsd.errors import StorageError
+from cemsd.store.database import Database
+
+log = logging.getLogger(__name__)
+API_PREFIX = "/v1"
+OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
+
+DESCRIPTION = """Validated CEMS data of one plant for the carbon registry: hourly values with
+flags, valid-minute counts and substitutions, minute values, QA/QC records, and the hash
+chain over finalised hours (docs/TAMPER-EVIDENCE.md). Read-only. Every endpoint except
+`/health` needs `Authorization: Bearer <token>`. Times without an offset are plant time.
+Lists are paged: pass `next_cursor` back as `cursor` until it is null."""
+
+
+def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo) -> FastAPI:
+    app = FastAPI(title="cemsd registry API", version=__version__, description=DESCRIPTION,
+                  openapi_url=None, docs_url=None, redoc_url=None)
+    app.state.api = ApiContext(db, tz, settings)
+    app.add_exception_handler(StorageError, _database_unavailable)
+
+    @app.get("/health", summary="Liveness and database reachability (no token)")
+    def health(request: Request) -> JSONResponse:
+        try:
+            db.fetch(select(1))
+        except StorageError as exc:
+            return JSONResponse({"status": "degraded", "database": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
+
+    protected = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    for routes in ROUTES:
+        protected.include_router(routes(settings))
+
+    @protected.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict[str, Any]:
+        return app.openapi()
+
+    app.include_router(protected)
+    return app
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.error("api: database error", extra={"path": request.url.path, "error": str(exc)})
+    return JSONResponse({"detail": f"database unavailable: {exc}"}, status_code=503)

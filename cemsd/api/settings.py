@@ -1,0 +1,54 @@
+"""The `[api]` configuration section and its cross-checks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cemsd.errors import ConfigProblem
+
+if TYPE_CHECKING:
+    from cemsd.config import Config
+
+
+class ApiConfig(BaseModel):
+    """Serve the API (and seal finalised hours) from the daemon; `cemsd serve` reads it too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"  # loopback: put a TLS reverse proxy in front, or set tls_*
+    port: Annotated[int, Field(ge=1, le=65535)] = 8480
+    # Hours are sealed into the hash chain this long after they end. QA/QC may still
+    # correct an hour within a day (a failed 24-hourly calibration invalidates back to the
+    # last passing check); corrections after sealing are new, separately sealed revisions.
+    finalise_after_hours: Annotated[float, Field(ge=0, le=24 * 90)] = 48.0
+    tls_certfile: Path | None = None
+    tls_keyfile: Path | None = None
+    default_page_size: Annotated[int, Field(ge=1, le=100_000)] = 500
+    max_page_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("tls_certfile and tls_keyfile go together")
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size may not exceed max_page_size")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_certfile is not None
+
+
+def api_problems(config: Config) -> list[ConfigProblem]:
+    """The certificate files must be readable where the daemon starts."""
+    api = config.api
+    if api is None or not api.tls:
+        return []
+    return [
+        ConfigProblem(str(config.source), f"api.{key}", f"no readable file at {path}")
+        for key, path in (("tls_certfile", api.tls_certfile), ("tls_keyfile", api.tls_keyfile))
+        if path is None or not Path(path).is_file()
+    ]

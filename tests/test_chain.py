@@ -1,0 +1,257 @@
+"""The hash chain: the canonical form as docs/TAMPER-EVIDENCE.md specifies it (its worked
+example recomputed with hashlib alone), sealing final records once and in order, and
+verification naming what was changed, deleted or re-ordered; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import delete, insert, select, update
+
+from cemsd import chain
+from cemsd.cli import main
+from cemsd.store import schema
+from cemsd.store.database import Database
+from helpers import REPO, tampering, write_config
+
+T0 = datetime(2026, 5, 31, 16, 0, tzinfo=UTC).timestamp()  # 2026-06-01 00:00 at +08:00
+HOUR = 3600.0
+CHANNELS = ("b.n2o", "a.n2o", "a.flow")  # inserted out of order on purpose
+DOC = REPO / "docs" / "TAMPER-EVIDENCE.md"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'state' / 'cemsd.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    database = Database(url)
+    database.upgrade()
+    yield database
+    database.close()
+
+
+def _hour(channel: str, ts: float, value: float | None, revision: int = 0,
+          supersedes: int | None = None) -> dict:
+    return {"channel": channel, "ts": ts, "value": value, "minimum": value,
+            "maximum": None if value is None else value * 1.1, "n_valid": 60,
+            "n_expected": 60, "flag": "N", "reason": None, "unit": "ppm",
+            "created_at": ts + HOUR, "revision": revision, "supersedes": supersedes}
+
+
+def _substitution(channel: str, ts: float, value: float) -> dict:
+    return {"channel": channel, "ts": ts, "value": value, "unit": "ppm", "flag": "S",
+            "method": "hj75.missing.before_after_mean", "period_kind": "missing",
+            "period_start": ts, "period_hours": 1, "capture_rate": 0.9,
+            "source_hours": json.dumps([ts - HOUR, ts + HOUR]), "created_at": ts + 2 * HOUR}
+
+
+def _fill(db: Database, n_hours: int = 5) -> None:
+    rows = [_hour(ch, T0 + h * HOUR, 100.0 + h + i / 3)
+            for h in range(n_hours) for i, ch in enumerate(CHANNELS)]
+    db.insert_aggregates(schema.hours, rows)
+    with db.transaction() as conn:
+        conn.execute(insert(schema.substitutions), [_substitution("a.n2o", T0 + HOUR, 42.5)])
+
+
+def _links(db: Database) -> list:
+    return db.fetch(select(schema.chain).order_by(schema.chain.c.seq))
+
+
+# --- canonical form ----------------------------------------------------------------------------
+
+
+def _doc_blocks() -> tuple[list[str], list[str]]:
+    text = DOC.read_text()
+    canonical = re.findall(r"```\n(\{.*\})\n```", text)
+    hashes = re.findall(r"`([0-9a-f]{64})`", text)
+    return canonical, hashes
+
+
+def test_worked_example_in_the_docs_hashes_as_documented() -> None:
+    (hour_text, sub_text), hashes = _doc_blocks()
+    hour_hash = hashlib.sha256(hour_text.encode()).hexdigest()
+    first_link = hashlib.sha256(("0" * 64 + hour_hash).encode()).hexdigest()
+    sub_hash = hashlib.sha256(sub_text.encode()).hexdigest()
+    second_link = hashlib.sha256((first_link + sub_hash).encode()).hexdigest()
+    for value in (hour_hash, first_link, sub_hash, second_link):
+        assert value in hashes
+
+
+def test_the_code_produces_the_documented_canonical_form() -> None:
+    (hour_text, sub_text), _ = _doc_blocks()
+    at = datetime(2026, 5, 31, 21, tzinfo=UTC)
+    hour = SimpleNamespace(
+        channel="outlet-analyzer.n2o", ts=at, value=2138.55, minimum=1702.5, maximum=2410.25,
+        n_valid=40, n_expected=60, flag="B", unit="ppm", revision=0, supersedes=None,
+        reason="40 of 60 minutes valid, 45 needed; B communication fault: 20")
+    sub = SimpleNamespace(
+        channel="outlet.n2o_kg_h", ts=at, value=50.4867, unit="kg/h", flag="S",
+        method="hj75.missing.before_after_mean", period_kind="missing", period_start=at,
+        period_hours=1, capture_rate=0.95, revision=0, supersedes=None,
+        source_hours='["2026-05-31T20:00:00Z", "2026-05-31T22:00:00Z"]')
+    hours, subs = chain.KINDS["hours"], chain.KINDS["substitutions"]
+    assert chain.canonical_json(chain.canonical_document(hours, hour)) == hour_text
+    assert chain.canonical_json(chain.canonical_document(subs, sub)) == sub_text
+    assert chain.record_hash(hours, hour) == hashlib.sha256(hour_text.encode()).hexdigest()
+
+
+def test_canonical_serialisation_rules() -> None:
+    assert chain.canonical_json({"b": 1, "a": 24.0, "c": None}) == '{"a":24,"b":1,"c":null}'
+    assert chain.canonical_json(0.1) == "0.10000000000000001"
+    assert chain.canonical_json(1e-7) == "9.9999999999999995e-08"
+    assert chain.canonical_json(-0.5) == "-0.5"
+    assert chain.canonical_json('é "q" \\ \n') == '"é \\"q\\" \\\\ \\n"'
+    assert chain.canonical_json(float("nan")) == '"NaN"'
+    assert chain.canonical_json([1, "x", [True]]) == '[1,"x",[true]]'
+    assert chain.utc_text(datetime(2026, 6, 1, 0, 0, 0, 250000, tzinfo=UTC)) == \
+        "2026-06-01T00:00:00.250000Z"
+
+
+# --- sealing -----------------------------------------------------------------------------------
+
+
+def test_an_hour_is_due_once_it_ended_the_delay_ago() -> None:
+    now = T0 + 3 * HOUR  # hour 1 ended at T0 + 2 h, one hour ago
+    through = chain.due_before(now, finalise_after_hours=1)
+    assert T0 + HOUR <= through < T0 + 2 * HOUR
+
+
+def test_seal_due_seals_final_records_once_in_order(db: Database) -> None:
+    _fill(db)
+    through = T0 + 2 * HOUR  # hours 0, 1, 2 are final
+    sealed = chain.seal_due(db, through, sealed_at=T0 + 5 * HOUR)
+    assert sealed == 3 * len(CHANNELS) + 1  # and the substitution of hour 1
+    links = _links(db)
+    assert [link.seq for link in links] == list(range(1, sealed + 1))
+    order = [(link.ts.timestamp(), link.channel, link.record_table) for link in links]
+    assert order == sorted(order)
+    assert ("a.n2o", "substitutions") in [(ln.channel, ln.record_table) for ln in links]
+    assert links[0].prev_hash == chain.GENESIS
+    for before, after in itertools.pairwise(links):
+        assert after.prev_hash == before.chain_hash
+        assert after.chain_hash == hashlib.sha256(
+            (after.prev_hash + after.record_hash).encode()).hexdigest()
+    assert chain.seal_due(db, through, sealed_at=T0 + 6 * HOUR) == 0  # exactly once
+
+    # a late correction of hour 0 is appended after what is already sealed
+    first = db.fetch(select(schema.hours).where(schema.hours.c.channel == "a.n2o")
+                     .order_by(schema.hours.c.ts))[0]
+    db.insert_aggregates(schema.hours, [_hour("a.n2o", T0, 99.0, revision=1,
+                                              supersedes=first.id)])
+    assert chain.seal_due(db, through, sealed_at=T0 + 7 * HOUR) == 1
+    last = _links(db)[-1]
+    assert (last.seq, last.channel, last.ts.timestamp()) == (sealed + 1, "a.n2o", T0)
+    report = chain.verify(db)
+    assert report.ok and report.links == sealed + 1
+    assert report.by_table == {"hours": sealed, "substitutions": 1}
+    assert chain.unsealed_count(db) == 2 * len(CHANNELS)  # hours 3 and 4
+
+
+@pytest.mark.parametrize("batch", [2, 4, 5000])  # 2: fewer than one hour's records
+def test_a_backlog_is_sealed_in_batches_in_order(db: Database, batch: int) -> None:
+    _fill(db, n_hours=30)
+    sealed = chain.seal_due(db, T0 + 100 * HOUR, sealed_at=T0 + 100 * HOUR, batch=batch)
+    assert sealed == 30 * len(CHANNELS) + 1
+    links = _links(db)
+    order = [(ln.ts.timestamp(), ln.channel, ln.record_table, ln.record_id) for ln in links]
+    assert order == sorted(order)
+    assert len(set(order)) == sealed
+    assert chain.verify(db).ok
+
+
+# --- verification --------------------------------------------------------------------------------
+
+
+def _sealed(db: Database) -> list:
+    _fill(db)
+    chain.seal_due(db, T0 + 4 * HOUR, sealed_at=T0 + 6 * HOUR)
+    return _links(db)
+
+
+def test_verify_names_a_changed_value(db: Database) -> None:
+    links = _sealed(db)
+    target = next(ln for ln in links if ln.record_table == "hours" and ln.seq > 5)
+    with tampering(db) as conn:
+        conn.execute(update(schema.hours).where(schema.hours.c.id == target.record_id)
+                     .values(value=schema.hours.c.value + 0.001))
+    report = chain.verify(db)
+    assert [(b.seq, b.problem) for b in report.breaks] == [(target.seq, "record changed")]
+    assert (report.breaks[0].channel, report.breaks[0].ts) == (target.channel, target.ts)
+    assert report.links == len(links)
+
+
+def test_verify_names_a_deleted_record(db: Database) -> None:
+    links = _sealed(db)
+    target = next(ln for ln in links if ln.record_table == "substitutions")
+    with tampering(db) as conn:
+        conn.execute(delete(schema.substitutions)
+                     .where(schema.substitutions.c.id == target.record_id))
+    report = chain.verify(db)
+    assert [(b.seq, b.problem) for b in report.breaks] == [(target.seq, "record deleted")]
+
+
+def test_verify_detects_a_reordered_chain(db: Database) -> None:
+    _sealed(db)
+    c = schema.chain.c
+    with db.transaction() as conn:  # swap links 3 and 4
+        conn.execute(update(schema.chain).where(c.seq == 3).values(seq=-1))
+        conn.execute(update(schema.chain).where(c.seq == 4).values(seq=3))
+        conn.execute(update(schema.chain).where(c.seq == -1).values(seq=4))
+    report = chain.verify(db)
+    assert report.breaks[0].seq == 3
+    assert report.breaks[0].problem == "chain link broken"
+
+
+def test_verify_detects_a_removed_link_and_a_rewritten_record_hash(db: Database) -> None:
+    links = _sealed(db)
+    c = schema.chain.c
+    victim = links[6]
+    with tampering(db) as conn:
+        conn.execute(delete(schema.chain).where(c.seq == 2))
+        # the record changed and its record_hash "fixed", but not the chain after it
+        conn.execute(update(schema.hours).where(schema.hours.c.id == victim.record_id)
+                     .values(flag="C"))
+    row = db.fetch(select(schema.hours).where(schema.hours.c.id == victim.record_id))[0]
+    with db.transaction() as conn:
+        conn.execute(update(schema.chain).where(c.seq == victim.seq).values(
+            record_hash=chain.record_hash(chain.KINDS["hours"], row)))
+    report = chain.verify(db)
+    assert [(b.seq, b.problem) for b in report.breaks] == [
+        (3, "chain link missing"), (victim.seq, "chain link altered")]
+
+
+def test_cli_verify_names_the_first_broken_hour_in_plant_time(tmp_path: Path) -> None:
+    config = write_config(tmp_path, {
+        "plant": {"id": "v", "timezone": "Asia/Shanghai"}, "buses": [], "devices": []})
+    db = Database(config.storage.database_url)
+    db.upgrade()
+    _fill(db)
+    chain.seal_due(db, T0 + 4 * HOUR, sealed_at=T0 + 6 * HOUR)
+    args = ["verify", "--config", str(config.source)]
+    clean = CliRunner().invoke(main, args)
+    assert clean.exit_code == 0, clean.output
+    assert f"chain OK: {5 * len(CHANNELS) + 1} sealed record(s)" in clean.output
+    h = schema.hours.c
+    with tampering(db) as conn:  # hour 02 local of b.n2o, then a later one
+        conn.execute(update(schema.hours).where(h.channel == "b.n2o", h.ts == T0 + 2 * HOUR)
+                     .values(value=1.0))
+        conn.execute(update(schema.hours).where(h.channel == "a.n2o", h.ts == T0 + 3 * HOUR)
+                     .values(n_valid=59))
+    db.close()
+    broken = CliRunner().invoke(main, args)
+    assert broken.exit_code == 1
+    first = broken.output.splitlines()[0]
+    assert first.startswith("chain BROKEN at link ")
+    assert "hour 2026-06-01T02:00+08:00 b.n2o" in first and "record changed" in first
+    assert "hour 2026-06-01T03:00+08:00 a.n2o" in broken.output
+    assert "2 broken link(s)" in broken.output
