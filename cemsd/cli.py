@@ -7,12 +7,17 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from cemsd import __version__
 from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock
 from cemsd.errors import CemsdError, ConfigError
+
+if TYPE_CHECKING:
+    from cemsd.config import Config
+    from cemsd.store.database import Database
 
 
 def _load_config(path: str):
@@ -24,6 +29,17 @@ def _load_config(path: str):
         click.echo(str(exc), err=True)
         click.echo(f"{len(exc.problems)} problem(s); nothing was started.", err=True)
         sys.exit(2)
+
+
+def _open_existing_db(config: Config, exit_code: int = 1) -> Database:
+    """The database of a configuration for reading; never creates an empty one."""
+    from cemsd.store.database import open_existing
+
+    try:
+        return open_existing(config.storage.database_url)
+    except CemsdError as exc:
+        click.echo(f"cemsd: {exc}", err=True)
+        sys.exit(exit_code)
 
 
 @click.group()
@@ -162,7 +178,6 @@ def hours(config_file: str, start: str | None, end: str | None, channels: tuple[
           fmt: str) -> None:
     """Print stored hourly values."""
     from cemsd import hourly
-    from cemsd.store.database import Database
 
     config = _load_config(config_file)
     tz = config.plant.tz
@@ -171,7 +186,7 @@ def hours(config_file: str, start: str | None, end: str | None, channels: tuple[
         t1 = hourly.parse_time(end, tz) if end else 4102444800.0  # 2100-01-01
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
-    db = Database(config.storage.database_url)
+    db = _open_existing_db(config, exit_code=1)
     try:
         rows = hourly.query_hours(db, t0, t1, tz, list(channels) or None)
     except CemsdError as exc:
@@ -231,10 +246,9 @@ def hj212_cursors(config_file: str) -> None:
     """Show, per HJ 212 platform and CN, up to where the platform has acknowledged."""
     from cemsd.hj212.store import load_cursors
     from cemsd.periods import local_label
-    from cemsd.store.database import Database
 
     config = _load_config(config_file)
-    db = Database(config.storage.database_url)
+    db = _open_existing_db(config, exit_code=1)
     try:
         for platform in config.hj212:
             cursors = load_cursors(db, platform.name)
@@ -261,12 +275,11 @@ def serve(config_file: str, host: str | None, port: int | None) -> None:
     from cemsd.api.server import build_server, listen, serve
     from cemsd.api.settings import ApiConfig
     from cemsd.api.tokens import list_tokens
-    from cemsd.store.database import Database
 
     config = _load_config(config_file)
     settings = (config.api or ApiConfig()).model_copy(
         update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
-    db = Database(config.storage.database_url)
+    db = _open_existing_db(config, exit_code=1)
     try:
         list_tokens(db)
         sock = listen(settings.host, settings.port)
@@ -297,11 +310,10 @@ def verify(config_file: str) -> None:
     """Check every sealed record and link of the hash chain; exit 1 naming the first break."""
     from cemsd import chain
     from cemsd.periods import local_label
-    from cemsd.store.database import Database
 
     config = _load_config(config_file)
     tz = config.plant.tz
-    db = Database(config.storage.database_url)
+    db = _open_existing_db(config, exit_code=2)
     try:
         report = chain.verify(db)
         unsealed = chain.unsealed_count(db)

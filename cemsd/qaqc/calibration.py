@@ -333,8 +333,12 @@ class Calibrator:
             good = await store.call(records.last_good_calibrations, store.db)
             since = good.get(channel.name)
             if since is not None and since < row["started_at"]:
-                await invalidate_window(self.daemon, channel, since, row["started_at"],
-                                        f"{reason}; back to the last good check")
+                back = f"{reason}; back to the last good check"
+                # the back-dated hours are out of control too (stricter substitution)
+                await store.call(records.insert_control_period, store.db, {
+                    **period, "id": None, "started_at": since, "ended_at": row["started_at"],
+                    "closed_by": row["id"], "reason": back})
+                await invalidate_window(self.daemon, channel, since, row["started_at"], back)
 
 
 def _summary(row: dict[str, Any], channel: ChannelPlan) -> str:

@@ -20,7 +20,7 @@ from cemsd.errors import CemsdError
 from cemsd.periods import local_label
 from cemsd.qaqc.records import audit_entries, calibrations, default_actor, maintenance_windows
 from cemsd.qaqc.substitution import quarter_start, share_report
-from cemsd.store.database import Database
+from cemsd.store.database import open_existing
 
 _QUARTER = re.compile(r"^(\d{4})Q([1-4])$")
 
@@ -197,7 +197,10 @@ def register(main: click.Group, load_config: Any) -> None:
 
 
 def _read(config: Config, fn: Any, *args: Any) -> Any:
-    db = Database(config.storage.database_url)
+    try:
+        db = open_existing(config.storage.database_url)
+    except CemsdError as exc:
+        raise click.ClickException(str(exc)) from None
     try:
         return fn(db, *args)
     except CemsdError as exc:

@@ -30,7 +30,7 @@ CONFIG_ACTIONS = ("config.load", "config.change")
 
 
 def _insert(db: Database, table: Any, row: dict[str, Any]) -> int:
-    with db.engine.begin() as conn:
+    with db.transaction() as conn:
         return int(conn.execute(insert(table).values(**row)).inserted_primary_key[0])
 
 
@@ -48,7 +48,7 @@ def insert_control_period(db: Database, row: dict[str, Any]) -> int:
 
 def end_maintenance(db: Database, window_id: int, at: float) -> None:
     m = schema.maintenance.c
-    with db.engine.begin() as conn:
+    with db.transaction() as conn:
         conn.execute(update(schema.maintenance).where(m.id == window_id, m.ended_at.is_(None))
                      .values(ended_at=at))
 
@@ -58,7 +58,7 @@ def close_control_periods(db: Database, channel: str, kinds: tuple[str, ...], at
     """Close the channel's open periods of these kinds; returns their ids."""
     c = schema.control_periods.c
     where = and_(c.channel == channel, c.kind.in_(kinds), c.ended_at.is_(None))
-    with db.engine.begin() as conn:
+    with db.transaction() as conn:
         ids = [r.id for r in conn.execute(select(c.id).where(where))]
         if ids:
             conn.execute(update(schema.control_periods).where(c.id.in_(ids))
@@ -75,14 +75,14 @@ def _out_of_control(channel: str, kind: str) -> Any:
 
 
 def open_out_of_control(db: Database, channel: str, kind: str) -> list[Any]:
-    return db._fetch(select(schema.control_periods).where(_out_of_control(channel, kind)))
+    return db.fetch(select(schema.control_periods).where(_out_of_control(channel, kind)))
 
 
 def close_out_of_control(db: Database, channel: str, kind: str, at: float,
                          closed_by: int) -> list[int]:
     """A passing check ends the periods its kind of drift opened (zero closes zero)."""
     c = schema.control_periods.c
-    with db.engine.begin() as conn:
+    with db.transaction() as conn:
         ids = [r.id for r in conn.execute(select(c.id).where(_out_of_control(channel, kind)))]
         if ids:
             conn.execute(update(schema.control_periods).where(c.id.in_(ids))
@@ -92,20 +92,20 @@ def close_out_of_control(db: Database, channel: str, kind: str, at: float,
 
 def open_maintenance(db: Database, now: float) -> list[Any]:
     m = schema.maintenance.c
-    return db._fetch(select(schema.maintenance).where(or_(m.ended_at.is_(None), m.ended_at > now))
+    return db.fetch(select(schema.maintenance).where(or_(m.ended_at.is_(None), m.ended_at > now))
                      .order_by(m.id))
 
 
 def open_control_periods(db: Database) -> list[Any]:
     c = schema.control_periods.c
-    return db._fetch(select(schema.control_periods).where(c.ended_at.is_(None)).order_by(c.id))
+    return db.fetch(select(schema.control_periods).where(c.ended_at.is_(None)).order_by(c.id))
 
 
 def last_good_calibrations(db: Database) -> dict[str, float]:
     c = schema.calibrations.c
     query = (select(c.channel, func.max(c.ended_at)).where(c.result.in_(GOOD_RESULTS))
              .group_by(c.channel))
-    return {row[0]: _epoch(row[1]) for row in db._fetch(query) if row[1] is not None}
+    return {row[0]: _epoch(row[1]) for row in db.fetch(query) if row[1] is not None}
 
 
 def calibrations(db: Database, channel: str | None = None) -> list[Any]:
@@ -113,11 +113,11 @@ def calibrations(db: Database, channel: str | None = None) -> list[Any]:
     query = select(schema.calibrations).order_by(c.started_at, c.id)
     if channel:
         query = query.where(c.channel == channel)
-    return db._fetch(query)
+    return db.fetch(query)
 
 
 def maintenance_windows(db: Database) -> list[Any]:
-    return db._fetch(select(schema.maintenance).order_by(schema.maintenance.c.id))
+    return db.fetch(select(schema.maintenance).order_by(schema.maintenance.c.id))
 
 
 def control_periods(db: Database, channel: str | None = None) -> list[Any]:
@@ -125,7 +125,7 @@ def control_periods(db: Database, channel: str | None = None) -> list[Any]:
     query = select(schema.control_periods).order_by(c.started_at, c.id)
     if channel:
         query = query.where(c.channel == channel)
-    return db._fetch(query)
+    return db.fetch(query)
 
 
 def audit(db: Database, at: float, actor: str, action: str, target: str | None = None,
@@ -142,9 +142,9 @@ def audit(db: Database, at: float, actor: str, action: str, target: str | None =
 def audit_entries(db: Database, action: str | None = None) -> list[Any]:
     a = schema.audit_log.c
     query = select(schema.audit_log).order_by(a.id)
-    if action:
-        query = query.where(a.action.like(f"{action}%"))
-    return db._fetch(query)
+    if action:  # a plain prefix: LIKE would ignore case on SQLite and treat _ as a wildcard
+        query = query.where(func.substr(a.action, 1, len(action)) == action)
+    return db.fetch(query)
 
 
 def audit_config(db: Database, at: float, path: Path) -> str | None:
@@ -156,7 +156,7 @@ def audit_config(db: Database, at: float, path: Path) -> str | None:
     text = path.read_text(encoding="utf-8")
     digest = hashlib.sha256(text.encode()).hexdigest()
     a = schema.audit_log.c
-    last = db._fetch(select(schema.audit_log).where(a.action.in_(CONFIG_ACTIONS))
+    last = db.fetch(select(schema.audit_log).where(a.action.in_(CONFIG_ACTIONS))
                      .order_by(a.id.desc()).limit(1))
     previous = json.loads(last[0].after) if last else None
     if previous is not None and previous["sha256"] == digest:

@@ -36,7 +36,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from cemsd import standards
 from cemsd.periods import HOUR, utc_label
@@ -195,12 +195,14 @@ def load_series(db: Database, channel: str, inputs: Sequence[str], t0: float, t1
 def _control_periods(db: Database, channels: list[str], t0: float, t1: float
                      ) -> list[tuple[float, float | None, float | None]]:
     c, k = schema.control_periods.c, schema.calibrations.c
+    # earliest first, and among periods starting together the one a failing check opened
     query = (select(c.started_at, c.ended_at, k.started_at)
              .select_from(schema.control_periods.outerjoin(schema.calibrations,
                                                            c.opened_by == k.id))
-             .where(c.channel.in_(channels), c.started_at < t1))
+             .where(c.channel.in_(channels), c.started_at < t1)
+             .order_by(c.started_at, k.started_at.is_(None), c.id))
     out = []
-    for started, ended, check in db._fetch(query):
+    for started, ended, check in db.fetch(query):
         end = as_epoch(ended)
         if end is None or end > t0:
             out.append((as_epoch(started), end, as_epoch(check)))  # type: ignore[arg-type]
@@ -209,7 +211,7 @@ def _control_periods(db: Database, channels: list[str], t0: float, t1: float
 
 def stored_substitutions(db: Database, channel: str, t0: float, t1: float) -> dict[float, Any]:
     s = schema.substitutions.c
-    rows = db._fetch(select(schema.substitutions).where(s.channel == channel, s.ts >= t0,
+    rows = db.fetch(select(schema.substitutions).where(s.channel == channel, s.ts >= t0,
                                                         s.ts < t1).order_by(s.ts, s.revision))
     return {r.ts.timestamp(): r for r in rows}
 
@@ -229,20 +231,48 @@ def plan_substitutions(db: Database, channel: str, inputs: Sequence[str], now: f
                        tz: ZoneInfo) -> tuple[list[Substitute], list[Period]]:
     """Substitutes for every ended, not yet substituted period; and periods left without
     a rule (capture rate below 75 %)."""
-    series, found = load_series(db, channel, inputs, now - HISTORY_HOURS * HOUR, now)
-    done = stored_substitutions(db, channel, now - HISTORY_HOURS * HOUR, now)
+    since = history_start(db, channel, now, tz)
+    series, found = load_series(db, channel, inputs, since, now)
+    done = stored_substitutions(db, channel, since, now)
     out: list[Substitute] = []
     unruled: list[Period] = []
     for period, ended in find_periods(series, found):
         if not ended or all(ts in done for ts in period.hours):
             continue
         alpha = capture_rate(series, quarter_start(period.start, tz), period.end)
+        if _awaits_hour_after(period, series, alpha):
+            continue
         subs = substitute(period, series, alpha if alpha is not None else 0.0)
         if subs is None:
             unruled.append(period)
         else:
             out.extend(s for s in subs if s.ts not in done)
     return out, unruled
+
+
+def _awaits_hour_after(period: Period, series: Sequence[Hour], alpha: float | None) -> bool:
+    """The mean rule needs the valid hour after a short gap; after a stop or a period of the
+    other kind it is not known yet: wait for it, so the result does not depend on when it
+    was computed."""
+    return (alpha is not None and alpha >= HIGH and period.kind == "missing"
+            and len(period.hours) <= SHORT
+            and not any(h.valid for h in series if h.ts >= period.end))
+
+
+def history_start(db: Database, channel: str, now: float, tz: ZoneInfo) -> float:
+    """Far enough back for every rule: the low tier's 2160 valid hours before the periods
+    still open to substitution, and the start of their quarter, however long a shutdown
+    came in between."""
+    h = schema.hours.c
+    recent = now - HISTORY_HOURS * HOUR
+    query = (select(h.ts).where(h.channel == channel, h.flag == "N", h.ts < recent)
+             .order_by(h.ts.desc()).offset(int(standards.LOOKBACK_LOW_TIER.value) - 1).limit(1))
+    rows = db.fetch(query)
+    deepest = as_epoch(rows[0][0]) if rows else None
+    if deepest is None:  # fewer than 2160 valid hours before: everything there is
+        first = db.fetch(select(func.min(h.ts)).where(h.channel == channel))[0][0]
+        deepest = as_epoch(first) if first is not None else recent
+    return min(recent, deepest, quarter_start(recent, tz))
 
 
 class Substituter:

@@ -35,6 +35,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=5000")
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA recursive_triggers=ON")  # INSERT OR REPLACE fires delete triggers
     cursor.close()
 
 
@@ -47,6 +48,17 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     return create_engine(url, pool_pre_ping=True)
+
+
+def open_existing(url: str) -> Database:
+    """A database that must already exist (commands that only read): a missing SQLite file
+    is an error, not a new empty database left behind."""
+    parsed = make_url(url)
+    path = parsed.database or ""
+    if parsed.get_backend_name() == "sqlite" and path != ":memory:" and not Path(path).exists():
+        raise StorageError(f"no database at {path}: the daemon has not stored anything with "
+                           "this configuration yet")
+    return Database(url)
 
 
 class Database:
@@ -116,7 +128,7 @@ class Database:
                     conn.execute(insert(schema.channels), values)
 
     def prune_readings(self, before: float) -> int:
-        with self.engine.begin() as conn:
+        with self.transaction() as conn:
             result = conn.execute(delete(schema.readings).where(schema.readings.c.ts < before))
             return max(result.rowcount, 0)
 

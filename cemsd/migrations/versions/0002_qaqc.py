@@ -212,6 +212,9 @@ def _postgres_triggers() -> None:
     for table in CLOSED_ONCE:
         op.execute(f"CREATE TRIGGER {table}_close_once BEFORE UPDATE OR DELETE ON {table} "
                    "FOR EACH ROW EXECUTE FUNCTION cemsd_close_once()")
+    for table in (*NEVER_CHANGED, *CLOSED_ONCE):  # row triggers do not see TRUNCATE
+        op.execute(f"CREATE TRIGGER {table}_no_truncate BEFORE TRUNCATE ON {table} "
+                   "FOR EACH STATEMENT EXECUTE FUNCTION cemsd_append_only()")
 
 
 def _drop_append_only_triggers() -> None:
@@ -224,7 +227,7 @@ def _drop_append_only_triggers() -> None:
             op.execute(f"DROP TRIGGER IF EXISTS {name}")
     elif dialect == "postgresql":
         for table in (*NEVER_CHANGED, *CLOSED_ONCE, "readings"):
-            for suffix in ("append_only", "close_once", "no_update"):
+            for suffix in ("append_only", "close_once", "no_update", "no_truncate"):
                 op.execute(f"DROP TRIGGER IF EXISTS {table}_{suffix} ON {table}")
         op.execute("DROP FUNCTION IF EXISTS cemsd_append_only()")
         op.execute("DROP FUNCTION IF EXISTS cemsd_close_once()")
