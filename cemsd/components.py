@@ -21,8 +21,10 @@ def configured_components(config: Config) -> list[Component]:
 
         components.append(MetricsServer(config.metrics))
     from cemsd.qaqc.component import Qaqc
+    from cemsd.sealing import Sealer
 
     components.append(Qaqc(config))
+    components.append(Sealer(config))
     if config.mqtt is not None:
         from cemsd.mqtt import MqttPublisher
 

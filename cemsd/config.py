@@ -68,6 +68,10 @@ class Storage(Strict):
     url: str | None = None  # SQLAlchemy URL; default: SQLite file in state_dir
     reading_retention_days: Annotated[float, Field(ge=1)] = 14
     batch_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
+    # Hours are sealed into the hash chain this long after they end (cemsd/sealing.py).
+    # QA/QC may still correct an hour within a day (a failed 24-hourly calibration reaches
+    # back to the last passing check); later corrections are new, separately sealed records.
+    finalise_after_hours: Annotated[float, Field(ge=0, le=24 * 90)] = 48.0
 
     @property
     def database_url(self) -> str:

@@ -42,8 +42,9 @@ def write_toml(path: Path, data: dict[str, Any]) -> Path:
 
 
 def write_config(tmp: Path, data: dict[str, Any], name: str = "cemsd.toml") -> Config:
-    data = {"storage": {"state_dir": str(tmp / "state")}, **data}
-    return load_config(write_toml(tmp / name, data))
+    """A config file in tmp; its state directory is under tmp unless the data name one."""
+    storage = {"state_dir": str(tmp / "state"), **data.get("storage", {})}
+    return load_config(write_toml(tmp / name, {**data, "storage": storage}))
 
 
 def write_scenario(tmp: Path, data: dict[str, Any], name: str = "scenario.toml") -> Scenario:

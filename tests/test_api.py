@@ -62,8 +62,8 @@ def _plant(port: int, api_port: int) -> dict:
     """test_cli's small plant (an analyzer and a flow meter with derived mass), with an API."""
     plant = {k: v for k, v in cli_plant(port, {}).items() if k != "storage"}
     return {**plant, "plant": {"id": "registry", "timezone": "Asia/Shanghai"},
-            "api": {"port": api_port, "finalise_after_hours": FINALISE_AFTER_HOURS,
-                    "default_page_size": 50, "max_page_size": 200}}
+            "storage": {"finalise_after_hours": FINALISE_AFTER_HOURS},
+            "api": {"port": api_port, "default_page_size": 50, "max_page_size": 200}}
 
 
 def _scenario(port: int) -> dict:
@@ -675,7 +675,7 @@ def test_a_taken_port_leaves_acquisition_and_sealing_running(tmp_path: Path,
         squatter.bind(("127.0.0.1", 0))
         squatter.listen(1)
         raw = _plant(free_port(), squatter.getsockname()[1])
-        raw["api"]["finalise_after_hours"] = 0
+        raw["storage"]["finalise_after_hours"] = 0
         config = write_config(tmp_path, raw)
         scenario = write_scenario(tmp_path, _scenario(int(config.buses[0].port)))
         with caplog.at_level("ERROR", logger="cemsd.api.server"):

@@ -1,5 +1,5 @@
-"""Serving the API with uvicorn: inside the daemon (ApiComponent, which also seals
-finalised hours into the hash chain) or standalone (`cemsd serve`, read-only).
+"""Serving the API with uvicorn: inside the daemon (ApiComponent) or standalone
+(`cemsd serve`, read-only). Sealing final hours is the daemon's own (cemsd/sealing.py).
 
 uvicorn runs on a socket bound here, so a port already in use is our error to report, and
 with its signal capture switched off: only the CLI handles signals (uvicorn would replace
@@ -17,9 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from cemsd import chain
 from cemsd.api.settings import ApiConfig
-from cemsd.errors import CemsdError, StorageError
+from cemsd.errors import CemsdError
 from cemsd.store.database import Database
 
 if TYPE_CHECKING:
@@ -87,12 +86,8 @@ async def serve(server: ApiServer, sock: socket.socket) -> None:
 
 
 class ApiComponent:
-    """The daemon's API: serves it and seals hours once they are final.
-
-    Not a clock participant: sealing is triggered by closed hours (a listener that only
-    sets an event) and runs in its own task through the daemon's store, so it never holds
-    up acquisition. A port that cannot be bound is logged and retried; acquisition goes on.
-    """
+    """The daemon's API. A port that cannot be bound is logged and retried; acquisition
+    goes on."""
 
     name = "api"
 
@@ -103,17 +98,13 @@ class ApiComponent:
         self.daemon: Daemon | None = None
         self.db: Database | None = None
         self.server: ApiServer | None = None
-        self.sealed = 0
-        self._hour_closed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
-        daemon.period_listeners.append(self._on_period)
         # Its own connections: API reads never queue behind the daemon's writes.
         self.db = Database(self.config.storage.database_url)
-        self._tasks = [asyncio.create_task(self._serve_forever(), name="api:serve"),
-                       asyncio.create_task(self._seal_forever(), name="api:seal")]
+        self._tasks = [asyncio.create_task(self._serve_forever(), name="api:serve")]
         await self._wait_listening()
 
     async def _wait_listening(self) -> None:
@@ -123,10 +114,6 @@ class ApiComponent:
             if self._tasks[0].done():
                 return
             await asyncio.sleep(0.02)
-
-    async def _on_period(self, kind: str, rows: list[dict[str, Any]]) -> None:
-        if kind == "hour":
-            self._hour_closed.set()
 
     async def _serve_forever(self) -> None:
         assert self.db is not None
@@ -155,40 +142,10 @@ class ApiComponent:
             if self.server.should_exit:
                 return
 
-    async def _seal_forever(self) -> None:
-        await self.seal_now()
-        while True:
-            await self._hour_closed.wait()
-            self._hour_closed.clear()
-            await self.seal_now()
-
-    async def seal_now(self) -> int:
-        """Seal every record that is final at the daemon's current time."""
-        assert self.daemon is not None and self.daemon.store is not None
-        now = self.daemon.clock.now()
-        through = chain.due_before(now, self.settings.finalise_after_hours)
-        try:
-            sealed = await self.daemon.store.call(chain.seal_due, self.daemon.store.db,
-                                                  through, now)
-        except StorageError as exc:  # tried again at the next hour
-            log.error("sealing failed", extra={"error": str(exc)})
-            return 0
-        except Exception:  # a fault here must not end sealing for the rest of the run
-            log.exception("sealing failed")
-            return 0
-        if sealed:
-            self.sealed += sealed
-            log.info("sealed", extra={"records": sealed, "through": through})
-        return sealed
-
     async def stop(self) -> None:
         if not self._tasks:
             return
-        serving, sealing = self._tasks
-        sealing.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await sealing
-        await self.seal_now()  # hours the closer finished while stopping
+        [serving] = self._tasks
         if self.server is not None:
             self.server.should_exit = True  # uvicorn closes connections and returns
         _, pending = await asyncio.wait([serving], timeout=STOP_SECONDS)

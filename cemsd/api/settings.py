@@ -14,16 +14,12 @@ if TYPE_CHECKING:
 
 
 class ApiConfig(BaseModel):
-    """Serve the API (and seal finalised hours) from the daemon; `cemsd serve` reads it too."""
+    """Serve the API from the daemon; `cemsd serve` reads it too."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"  # loopback: put a TLS reverse proxy in front, or set tls_*
     port: Annotated[int, Field(ge=1, le=65535)] = 8480
-    # Hours are sealed into the hash chain this long after they end. QA/QC may still
-    # correct an hour within a day (a failed 24-hourly calibration invalidates back to the
-    # last passing check); corrections after sealing are new, separately sealed revisions.
-    finalise_after_hours: Annotated[float, Field(ge=0, le=24 * 90)] = 48.0
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None
     default_page_size: Annotated[int, Field(ge=1, le=100_000)] = 500
