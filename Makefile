@@ -1,11 +1,12 @@
 # Two commands on a fresh machine:
 #   make demo   install into .venv, run the bundled simulators and the daemon for a simulated day
 #   make test   install what the tests need (Python and Debian packages) and run them
+#   make install-service   (as root) cemsd as a systemd service: scripts/install
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install install-service clean
 
 $(BIN)/cemsd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +19,10 @@ $(VENV)/.test-deps: $(BIN)/cemsd
 	touch $@
 
 install: $(BIN)/cemsd
+
+# The service on an edge box (as root): venv in /opt/cemsd, user, /etc/cemsd, the unit.
+install-service:
+	scripts/install
 
 demo: $(BIN)/cemsd
 	scripts/install-system-deps demo

@@ -208,7 +208,7 @@ class BusOwner:
         self._record(device, ts, result, link_error or refusal, usable=bool(values))
         if self.observer is not None:
             self.observer(device.name, result, time.perf_counter() - started)
-        if link_error is not None:
+        if link_error is not None and not self._sleep.stopping:  # stopping: nothing follows
             cost = device.timeout if isinstance(link_error, NoConnection) else \
                 device.failed_request_cost
             await self.clock.charge(cost)

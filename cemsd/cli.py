@@ -96,14 +96,16 @@ def check_config(config_file: str) -> None:
               help="Publish the simulated time here for a simulator process.")
 def run(config_file: str, accelerate: str | None, start: str | None, until: str | None,
         clock_file: str | None) -> None:
-    """Run the daemon (wall clock unless --accelerate)."""
+    """Run the daemon (wall clock unless --accelerate). SIGTERM/SIGINT stop it in order,
+    SIGHUP reloads the configuration file (a bad file is refused, the daemon runs on)."""
     from cemsd.daemon import Daemon
+    from cemsd.service import Service
 
     config = _load_config(config_file)
     clock, name, t0 = _make_clock(accelerate, start, clock_file)
     end = _parse_until(until, t0)
-    daemon = Daemon(config, clock, clock_name=name, until=end)
-    sys.exit(_run_daemon(daemon))
+    service = Service(config, lambda c: Daemon(c, clock, clock_name=name, until=end))
+    sys.exit(_run_service(service))
 
 
 def _make_clock(accelerate: str | None, start: str | None, clock_file: str | None
@@ -130,17 +132,17 @@ def _parse_until(until: str | None, t0: float) -> float | None:
     return datetime.fromisoformat(until).timestamp()
 
 
-def _run_daemon(daemon) -> int:
+def _run_service(service) -> int:  # type: ignore[no-untyped-def]
     async def main_task() -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, daemon.request_stop, f"signal {sig.name}")
+            loop.add_signal_handler(sig, service.request_stop, f"signal {sig.name}")
+        loop.add_signal_handler(signal.SIGHUP, service.request_reload)
         try:
-            await daemon.run()
+            return await service.run()
         except CemsdError as exc:
             click.echo(f"cemsd: {exc}", err=True)
             return 1
-        return 0
 
     return asyncio.run(main_task())
 

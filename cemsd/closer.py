@@ -33,6 +33,7 @@ from cemsd.clock import Clock, StoppableSleep
 from cemsd.config import Config
 from cemsd.errors import StorageError
 from cemsd.flags import CODE, CODES, Flag
+from cemsd.logs import Episode
 from cemsd.periods import HOUR, MINUTE, hour_floor, minute_floor
 from cemsd.plan import Plan, minute_threshold
 from cemsd.points import PointCalculator
@@ -80,6 +81,7 @@ class Closer:
         self.run_started: float = 0.0
         self.last_pruned: float = -math.inf
         self._sleep = StoppableSleep(clock)
+        self._close_fault = Episode(log, "cannot close period, retrying")
 
     def _series(self, plan: Plan) -> dict[str, SeriesMeta]:
         series = {}
@@ -129,9 +131,10 @@ class Closer:
         while not self._sleep.stopping:
             try:
                 await self.close_through(t_end)
+                self._close_fault.recovered("closing periods again")
                 return
             except StorageError as exc:
-                log.error("cannot close period, retrying", extra={"error": str(exc)})
+                self._close_fault.failed(error=str(exc))
                 await asyncio.sleep(_RETRY_SECONDS)
 
     async def _await_buses(self, t: float) -> None:

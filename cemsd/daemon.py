@@ -156,9 +156,14 @@ class Daemon:
             await self._stop.wait()
         finally:
             until_task.cancel()
-            await self._shutdown(owner_tasks, closer_task, writer, writer_stop)
-            await self._stop_components(started)
-            await store.call(db.stop_run, run_id, self.clock.now(), self.exit_reason)
+            await self._drain_components()  # the buses still run
+            # Simulated time stands still while the parts stop: with no participant left,
+            # an output waiting on the clock would otherwise move it on and the closing
+            # below would close minutes nobody polled (a no-op on the wall clock).
+            with self.clock.participant():
+                await self._shutdown(owner_tasks, closer_task, writer, writer_stop)
+                await self._stop_components(started)
+                await store.call(db.stop_run, run_id, self.clock.now(), self.exit_reason)
             await store.close()
             log.info("stopped", extra={"reason": self.exit_reason})
 
@@ -189,14 +194,7 @@ class Daemon:
             await self.clock.sleep_until(self.until)
         self.request_stop("reached --until")
 
-    async def _shutdown(
-        self,
-        owner_tasks: list[asyncio.Task[None]],
-        closer_task: asyncio.Task[None],
-        writer: asyncio.Task[None],
-        writer_stop: asyncio.Event,
-    ) -> None:
-        assert self.closer is not None and self.store is not None
+    async def _drain_components(self) -> None:
         for component in self.components:  # e.g. a running calibration closes its valves
             drain = getattr(component, "drain", None)
             if drain is not None:
@@ -205,10 +203,21 @@ class Daemon:
                 except Exception as exc:  # the buses still stop
                     log.error("component did not drain", extra={"component": component.name,
                                                                 "error": repr(exc)})
+
+    async def _shutdown(
+        self,
+        owner_tasks: list[asyncio.Task[None]],
+        closer_task: asyncio.Task[None],
+        writer: asyncio.Task[None],
+        writer_stop: asyncio.Event,
+    ) -> None:
+        assert self.closer is not None and self.store is not None
+        # The closer stops with the owners: the complete minutes are closed below, from
+        # what the owners delivered.
+        self.closer.request_stop()
         for owner in self.owners:
             owner.request_stop()
         await _finish(owner_tasks, STOP_DEADLINE_SECONDS, "bus owners")
-        self.closer.request_stop()
         await _finish([closer_task], STOP_DEADLINE_SECONDS, "closer")
         writer_stop.set()
         await _finish([writer], STOP_DEADLINE_SECONDS, "writer")

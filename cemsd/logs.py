@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -39,3 +40,36 @@ def setup_logging(level: str = "INFO") -> None:
     # pymodbus logs every failed request with a frame dump; bus owners log episodes instead
     for chatty in ("pymodbus", "pymodbus.logging"):
         logging.getLogger(chatty).setLevel(logging.CRITICAL)
+
+
+class Episode:
+    """A fault that lasts (a database refusing, a peer unreachable): logged once when it
+    starts and once when it ends, with how long it lasted; repeats in between go to DEBUG.
+    Uses the monotonic clock: an episode's length is wall time, whatever the daemon's
+    clock."""
+
+    def __init__(self, logger: logging.Logger, message: str, level: int = logging.ERROR) -> None:
+        self.logger = logger
+        self.message = message
+        self.level = level
+        self.since: float | None = None
+        self.repeats = 0
+
+    @property
+    def active(self) -> bool:
+        return self.since is not None
+
+    def failed(self, **fields: object) -> None:
+        if self.since is None:
+            self.since, self.repeats = time.monotonic(), 0
+            self.logger.log(self.level, self.message, extra=fields)
+        else:
+            self.repeats += 1
+            self.logger.debug(self.message, extra={**fields, "repeat": self.repeats})
+
+    def recovered(self, message: str, **fields: object) -> None:
+        if self.since is not None:
+            lasted = round(time.monotonic() - self.since, 1)
+            self.logger.info(message, extra={**fields, "after_s": lasted,
+                                             "repeats": self.repeats})
+            self.since = None

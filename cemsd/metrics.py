@@ -37,6 +37,7 @@ from sqlalchemy import distinct, func, or_, select
 from cemsd import __version__
 from cemsd.errors import StorageError
 from cemsd.flags import Flag
+from cemsd.logs import Episode
 from cemsd.periods import HOUR, hour_floor
 from cemsd.readings import Reading
 from cemsd.store import schema
@@ -45,6 +46,7 @@ from cemsd.units import Role
 
 if TYPE_CHECKING:
     from cemsd.daemon import Daemon
+    from cemsd.plan import Plan
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,8 @@ class Metrics:
         self.last_value_at: dict[str, float] = {}  # channel -> time of its last value
         self._daemon: Daemon | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._database_fault = Episode(log, "metrics: database state unavailable",
+                                       logging.WARNING)
 
     def attach(self, daemon: Daemon) -> None:
         assert daemon.pipeline is not None
@@ -151,29 +155,25 @@ class Metrics:
             reading_age={ch: max(0.0, now - t) for ch, t in self.last_value_at.items()},
             bypass_active=self.bypass_active,
             database_write_failing=daemon.store.failing_since is not None,
-            mqtt_connected=_mqtt_connected(daemon),
+            mqtt_connected=mqtt_connected(daemon),
         )
         hour_start = hour_floor(now, tz)
         try:
             db = await daemon.store.call(read_database_state, daemon.store.db, hour_start, now)
         except (StorageError, RuntimeError) as exc:  # RuntimeError: the store is closing
-            log.warning("metrics: database state unavailable", extra={"error": str(exc)})
+            self._database_fault.failed(error=str(exc))
             snap.outbox_messages = self.last_snapshot.outbox_messages
             snap.valid_minutes = self.last_snapshot.valid_minutes
             snap.calibration_age = self.last_snapshot.calibration_age
             snap.calibration_state = self.last_snapshot.calibration_state
         else:
+            self._database_fault.recovered("metrics: database state available again")
             snap.outbox_messages = db.outbox_messages
             snap.valid_minutes = {name: db.valid_minutes.get(name, 0)
                                   for name in daemon.closer.series}
             snap.calibration_age = {ch: max(0.0, now - t)
                                     for ch, t in db.last_calibration.items()}
-            channels = {c.name for c in daemon.plan.channels if c.role in CALIBRATED_ROLES}
-            channels |= db.last_calibration.keys() | db.open_control_periods.keys()
-            snap.calibration_state = {
-                ch: next((s for s in CALIBRATION_STATES
-                          if s in db.open_control_periods.get(ch, ())), "in_control")
-                for ch in channels}
+            snap.calibration_state = calibration_states(daemon.plan, db)
         self.last_snapshot = snap
         return snap
 
@@ -190,6 +190,16 @@ class Metrics:
             return self.last_snapshot
 
 
+def calibration_states(plan: Plan, db: DatabaseState) -> dict[str, str]:
+    """Per gas analyzer channel (and any channel with QA/QC records): its worst open
+    control period's kind, else in_control."""
+    channels = {c.name for c in plan.channels if c.role in CALIBRATED_ROLES}
+    channels |= db.last_calibration.keys() | db.open_control_periods.keys()
+    return {ch: next((s for s in CALIBRATION_STATES if s in db.open_control_periods.get(ch, ())),
+                     "in_control")
+            for ch in channels}
+
+
 def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
     try:
         return asyncio.get_running_loop() is loop
@@ -197,7 +207,7 @@ def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
         return False
 
 
-def _mqtt_connected(daemon: Daemon) -> bool | None:
+def mqtt_connected(daemon: Daemon) -> bool | None:
     publisher = next((c for c in daemon.components if c.name == "mqtt"), None)
     return None if publisher is None else bool(getattr(publisher, "connected", False))
 

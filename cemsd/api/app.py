@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -13,10 +13,13 @@ from sqlalchemy import select
 from cemsd import __version__
 from cemsd.api.auth import require_token
 from cemsd.api.listing import ApiContext
-from cemsd.api.routes import ROUTES
+from cemsd.api.routes import ROUTES, status
 from cemsd.api.settings import ApiConfig
 from cemsd.errors import StorageError
 from cemsd.store.database import Database
+
+if TYPE_CHECKING:
+    from cemsd.status import LiveStatus
 
 log = logging.getLogger(__name__)
 API_PREFIX = "/v1"
@@ -29,10 +32,13 @@ chain over finalised hours (docs/TAMPER-EVIDENCE.md). Read-only. Every endpoint 
 Lists are paged: pass `next_cursor` back as `cursor` until it is null."""
 
 
-def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo) -> FastAPI:
+def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo,
+               live: LiveStatus | None = None) -> FastAPI:
+    """`live`: the running daemon's status for the operator's page (None: `cemsd serve`)."""
     app = FastAPI(title="cemsd registry API", version=__version__, description=DESCRIPTION,
                   openapi_url=None, docs_url=None, redoc_url=None)
     app.state.api = ApiContext(db, tz, settings)
+    app.state.live = live
     app.add_exception_handler(StorageError, _database_unavailable)
 
     @app.get("/health", summary="Liveness and database reachability (no token)")
@@ -52,6 +58,7 @@ def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo) -> FastAPI:
         return app.openapi()
 
     app.include_router(protected)
+    app.include_router(status.page_routes())
     return app
 
 

@@ -24,6 +24,7 @@ from cemsd.store.database import Database
 if TYPE_CHECKING:
     from cemsd.config import Config
     from cemsd.daemon import Daemon
+    from cemsd.status import LiveStatus
 
 log = logging.getLogger(__name__)
 REBIND_SECONDS = 30.0  # wall time between attempts to listen after a failure
@@ -50,10 +51,11 @@ class ApiServer(uvicorn.Server):
         yield
 
 
-def build_server(config: Config, db: Database, settings: ApiConfig) -> ApiServer:
+def build_server(config: Config, db: Database, settings: ApiConfig,
+                 live: LiveStatus | None = None) -> ApiServer:
     from cemsd.api.app import create_app
 
-    app = create_app(db, settings, config.plant.tz)
+    app = create_app(db, settings, config.plant.tz, live)
     tls: dict[str, Any] = {}
     if settings.tls:
         tls = {"ssl_certfile": str(settings.tls_certfile),
@@ -98,10 +100,14 @@ class ApiComponent:
         self.daemon: Daemon | None = None
         self.db: Database | None = None
         self.server: ApiServer | None = None
+        self.live: LiveStatus | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self, daemon: Daemon) -> None:
+        from cemsd.status import LiveStatus
+
         self.daemon = daemon
+        self.live = LiveStatus(daemon)  # the operator's status page (/status)
         # Its own connections: API reads never queue behind the daemon's writes.
         self.db = Database(self.config.storage.database_url)
         self._tasks = [asyncio.create_task(self._serve_forever(), name="api:serve")]
@@ -130,7 +136,7 @@ class ApiComponent:
             if failing:
                 log.info("api serving again")
             failing = False
-            self.server = build_server(self.config, self.db, self.settings)
+            self.server = build_server(self.config, self.db, self.settings, self.live)
             log.info("api listening", extra={"host": self.settings.host,
                                               "port": sock.getsockname()[1],
                                               "tls": self.settings.tls})

@@ -1,0 +1,175 @@
+"""systemd's notification protocol and the watchdog, against a stand-in notification
+socket: READY once the pollers and storage are up, WATCHDOG every WATCHDOG_USEC/2 while
+the daemon progresses and not while its event loop, its database writer or a bus owner
+is stuck, STATUS with the summary, STOPPING at shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from cemsd.clock import VirtualClock
+from cemsd.daemon import Daemon
+from cemsd.logs import Episode
+from cemsd.service import Service
+from cemsd.systemd import Notifier, bus_allowance
+from helpers import free_port, write_config, write_scenario
+from ops_helpers import NotifyListener, plant, scenario
+from simulators.server import SimulatorServer
+
+WATCHDOG_SECONDS = 1.0  # WATCHDOG_USEC=1000000: a ping every 0.5 s
+
+
+@pytest.fixture
+def listener() -> NotifyListener:
+    notify = NotifyListener()
+    yield notify
+    notify.close()
+
+
+def _gaps(times: list[float], start: float, end: float) -> list[float]:
+    inside = [t for t in times if start <= t <= end]
+    return [b - a for a, b in itertools.pairwise([start, *inside, end])]
+
+
+async def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_ready_watchdog_status_and_stopping_and_what_stops_the_watchdog(
+        tmp_path: Path, listener: NotifyListener, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="cemsd.systemd")
+    live_port, dead_port = free_port(), free_port()
+    config = write_config(tmp_path, plant(tmp_path, live_port, dead_port))
+    scene = write_scenario(tmp_path, scenario(live_port, dead_port))
+    clock = VirtualClock(scene.epoch, speed=1.0)  # simulated time at the pace of wall time
+    sim = SimulatorServer(scene, clock)
+    await sim.start()
+    notifier = Notifier({"NOTIFY_SOCKET": listener.address,
+                         "WATCHDOG_USEC": str(int(WATCHDOG_SECONDS * 1e6))})
+    service = Service(config, lambda c: Daemon(c, clock, clock_name="virtual"), notifier)
+    running = asyncio.create_task(service.run())
+    try:
+        await _wait(lambda: listener.times("READY", "1"))
+        daemon = service.daemon
+        assert daemon is not None and daemon.ready.is_set() and daemon.store is not None
+        ready_at = listener.times("READY", "1")[0]
+
+        # Healthy: a ping about every half second, and the summary once devices answered.
+        await _wait(lambda: any("2/3 devices up" in s for s in listener.values("STATUS")))
+        await asyncio.sleep(2.0)
+        healthy = [t for t in listener.times("WATCHDOG", "1") if t > ready_at]
+        assert len(healthy) >= 4
+        status = next(s for s in listener.values("STATUS") if "2/3 devices up" in s)
+        assert "outbox 0" in status
+
+        # 1. The event loop blocked: nothing can be sent (a timer thread would go on).
+        blocked_from = time.monotonic()
+        time.sleep(2.5)  # noqa: ASYNC251 - blocking the loop on purpose
+        blocked_to = time.monotonic()
+        await asyncio.sleep(1.5)
+        pings = listener.times("WATCHDOG", "1")
+        assert not [t for t in pings if blocked_from + 0.2 < t < blocked_to]
+        assert [t for t in pings if t > blocked_to]  # back once the loop runs
+
+        # 2. The database writer stuck: the loop runs (it says why in STATUS) but no ping.
+        stuck_from = time.monotonic()
+        await daemon.store.call(time.sleep, 3.0)
+        stuck_to = time.monotonic()
+        await asyncio.sleep(1.5)
+        pings = listener.times("WATCHDOG", "1")
+        assert max(_gaps(pings, stuck_from, stuck_to)) >= 3.0 - WATCHDOG_SECONDS - 0.6
+        assert any("database worker busy" in s for s in listener.values("STATUS"))
+        assert [t for t in pings if t > stuck_to]
+
+        # 3. A bus owner hanging in an operation on its link.
+        owner = next(o for o in daemon.owners if o.name == "a")
+        release = asyncio.Event()
+
+        async def hang(transport: object, device: object) -> None:
+            await release.wait()
+
+        hung = asyncio.create_task(owner.execute("analyzer", hang))
+        hung_from = time.monotonic()
+        await _wait(lambda: any("bus a without a poll cycle" in s
+                                for s in listener.values("STATUS")))
+        allowance = bus_allowance(owner) + WATCHDOG_SECONDS
+        await asyncio.sleep(1.0)
+        release.set()
+        await hung
+        hung_to = time.monotonic()
+        await _wait(lambda: [t for t in listener.times("WATCHDOG", "1") if t > hung_to])
+        pings = listener.times("WATCHDOG", "1")
+        assert max(_gaps(pings, hung_from, hung_to)) >= hung_to - hung_from - allowance - 0.6
+        assert hung_to - hung_from > allowance  # the pings stopped only after the allowance
+
+        # Each stall was logged once when it began and once when it ended.
+        withheld = [r for r in caplog.records if r.getMessage().startswith("watchdog withheld")]
+        resumed = [r for r in caplog.records if r.getMessage().startswith("watchdog resumed")]
+        assert len(withheld) == len(resumed) == 2, [r.getMessage() for r in caplog.records]
+        assert "database worker busy" in withheld[0].stalls
+        assert "bus a without a poll cycle" in withheld[1].stalls
+
+        service.request_stop("test over")
+        assert await asyncio.wait_for(running, 60) == 0
+    finally:
+        if not running.done():
+            running.cancel()
+        await sim.stop()
+    assert listener.keys_in_order()[0] == "READY" or listener.keys_in_order()[:2] == [
+        "WATCHDOG", "READY"]
+    assert listener.keys_in_order()[-1] == "STOPPING" or listener.keys_in_order()[-2:] == [
+        "STOPPING", "WATCHDOG"]
+    assert listener.values("STOPPING") == ["1"]
+    assert "stopping: test over" in listener.values("STATUS")
+
+
+def test_notifier_addresses_and_watchdog_variables(listener: NotifyListener,
+                                                   tmp_path: Path) -> None:
+    abstract = Notifier({"NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "30000000"})
+    assert abstract.watchdog_seconds == 30.0
+    assert abstract.send("STATUS=abstract")
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+        receiver.bind(str(path))
+        on_path = Notifier({"NOTIFY_SOCKET": str(path)})
+        assert on_path.send("READY=1", "STATUS=on a path")
+        assert receiver.recv(100) == b"READY=1\nSTATUS=on a path"
+    listener.wait_for(lambda: "abstract" in listener.values("STATUS"))
+    # Not started by systemd: nothing to send, and no watchdog.
+    assert not Notifier({}).enabled and not Notifier({}).send("READY=1")
+    # A watchdog meant for another process (WATCHDOG_PID) is not ours.
+    assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "5000000",
+                     "WATCHDOG_PID": str(os.getpid() + 1)}).watchdog_seconds is None
+    assert Notifier({"NOTIFY_SOCKET": "@x", "WATCHDOG_USEC": "5000000",
+                     "WATCHDOG_PID": str(os.getpid())}).watchdog_seconds == 5.0
+    # Nobody listening: the message is dropped, never an exception in the daemon.
+    gone = Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody")})
+    assert not gone.send("WATCHDOG=1") and gone.dropped == 1
+
+
+def test_a_fault_episode_is_logged_when_it_starts_and_ends(
+        caplog: pytest.LogCaptureFixture) -> None:
+    logger = logging.getLogger("cemsd.test.episode")
+    caplog.set_level(logging.DEBUG, logger="cemsd.test.episode")
+    episode = Episode(logger, "peer unreachable")
+    for attempt in range(5):
+        episode.failed(attempt=attempt)
+    episode.recovered("peer reachable again")
+    episode.recovered("peer reachable again")  # not failing: nothing to say
+    episode.failed(attempt=9)
+    loud = [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno > logging.DEBUG]
+    assert loud == [("ERROR", "peer unreachable"), ("INFO", "peer reachable again"),
+                    ("ERROR", "peer unreachable")]
+    back = next(r for r in caplog.records if r.getMessage() == "peer reachable again")
+    assert back.repeats == 4 and back.after_s >= 0
