@@ -336,7 +336,10 @@ def _merge(status: dict[str, Any], stored: Stored, daemon: Daemon, series: list[
          else local_label(state.last_calibration[ch], tz),
          "due": None if ch not in due else local_label(due[ch][0], tz)}
         for ch, kind in sorted(calibration_states(daemon.plan, state).items())]
-    status["history"] = {"hours": HISTORY_HOURS, "start": stored.history_start,
+    start = stored.history_start
+    status["history"] = {"hours": HISTORY_HOURS, "start": start,
+                         "labels": [local_label(start + i * HOUR, tz)
+                                    for i in range(HISTORY_HOURS)],
                          "series": stored.history}
     status["outputs"]["outbox_messages"] = state.outbox_messages
     if stored.bypass_rows is not None:

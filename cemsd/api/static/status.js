@@ -142,11 +142,11 @@ function renderChannels(s) {
     const meaning = c.flag && c.flag !== "N" ? ` ${c.meaning}` : "";
     return el("tr", { class: c.flag && c.flag !== "N" ? "bad" : "", "data-channel": c.name },
       el("td", {}, c.name, c.derived ? el("span", { class: "muted" }, " (minute)") : null),
-      el("td", { class: "num value" }, fmtValue(c.value)),
-      el("td", {}, c.unit),
-      el("td", {}, flag, el("span", { class: "muted" }, meaning)),
-      el("td", { class: "num" }, fmtAge(c.age_s)),
+      el("td", { class: "num" }, el("span", { class: "value" }, fmtValue(c.value)),
+        el("span", { class: "unit" }, ` ${c.unit}`)),
+      el("td", {}, flag, el("span", { class: "meaning" }, meaning)),
       el("td", { class: "num" }, `${c.valid_minutes} / ${closed}`),
+      el("td", { class: "num age" }, fmtAge(c.age_s)),
       el("td", { class: "reason" }, c.reason || ""));
   });
   replaceChildren($("channels").tBodies[0], rows);
@@ -162,22 +162,29 @@ function svg(tag, attrs, text) {
 
 function renderCharts(history) {
   const charts = Object.entries(history.series).map(
-    ([name, hours]) => chart(name, hours, history.start, history.hours));
+    ([name, hours]) => chart(name, hours, history.start, history.labels));
   replaceChildren($("charts"), charts.length ? charts : [el("p", { class: "muted" }, "no series")]);
 }
 
-function chart(name, hours, start, n) {
-  const W = 480, H = 150, left = 46, bottom = 20, top = 8;
+function chart(name, hours, start, labels) {
+  const n = labels.length, W = 480, H = 150, left = 46, bottom = 20, top = 8;
+  const plot = H - top - bottom;
   const values = hours.filter((h) => h.value !== null).map((h) => h.value);
   const max = values.length ? Math.max(...values, 0) : 1;
-  const scale = max > 0 ? (H - top - bottom) / max : 0;
+  const scale = max > 0 ? plot / max : 0;
   const slot = (W - left) / n;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
-    "aria-label": `${name}: hourly means of the last 24 hours` });
+    "aria-label": `${name}: hourly means of the last ${n} hours` });
   root.append(svg("line", { class: "grid", x1: left, x2: W, y1: H - bottom, y2: H - bottom }));
+  root.append(svg("line", { class: "grid", x1: left, x2: W, y1: top, y2: top }));
   root.append(svg("text", { class: "axis", x: left - 4, y: top + 9, "text-anchor": "end" },
     fmtValue(max)));
   root.append(svg("text", { class: "axis", x: left - 4, y: H - bottom, "text-anchor": "end" }, "0"));
+  labels.forEach((label, i) => {
+    if (i % 6 === 0) {
+      root.append(svg("text", { class: "axis", x: left + i * slot, y: H - 5 }, label.slice(11, 16)));
+    }
+  });
   const invalid = hours.filter((h) => h.flag !== "N").length;
   hours.forEach((h) => {
     const i = Math.round((h.ts - start) / 3600);
@@ -185,26 +192,22 @@ function chart(name, hours, start, n) {
     const x = left + i * slot + 1;
     const bad = h.flag !== "N";
     const height = h.value === null ? 0 : Math.max(1, h.value * scale);
-    const title = svg("title", {},
-      `${h.label}: ${fmtValue(h.value)} ${h.unit} ${h.flag} (${h.valid_minutes} valid min)`
-      + (h.reason ? ` ${h.reason}` : ""));
+    const about = `${h.label}: ${fmtValue(h.value)} ${h.unit}, flag ${h.flag}, `
+      + `${h.valid_minutes} valid minutes` + (h.reason ? `; ${h.reason}` : "");
     if (bad) {  // an invalid hour is marked over the whole height, whatever its value
-      const mark = svg("rect", { class: "bar invalid", x, y: top, width: slot - 2,
-        height: 4, "data-invalid": h.label });
-      mark.append(title.cloneNode(true));
-      root.append(mark);
+      const band = svg("rect", { class: "invalid-band", x, y: top, width: slot - 2,
+        height: plot, "data-invalid": h.label });
+      band.append(svg("title", {}, about));
+      root.append(band);
     }
     const bar = svg("rect", { class: bad ? "bar invalid" : "bar", x,
       y: H - bottom - height, width: slot - 2, height });
-    bar.append(title);
+    bar.append(svg("title", {}, about));
     root.append(bar);
-    if (i % 6 === 0) {
-      root.append(svg("text", { class: "axis", x: x, y: H - 5 }, h.label.slice(11, 16)));
-    }
   });
   const unit = hours.length ? hours[hours.length - 1].unit : "";
   const caption = el("div", { class: "caption" }, el("b", {}, name),
-    el("span", { class: "muted" }, `${unit}; ${hours.length} h stored, ${invalid} invalid`));
+    el("span", { class: "muted" }, `${unit}; ${hours.length} of ${n} h stored, ${invalid} invalid`));
   return el("div", { class: "card chart", "data-series": name }, caption, root);
 }
 

@@ -1,0 +1,221 @@
+"""The operator's status page in headless Chromium, served by the daemon's API on a
+simulated plant (a live analyzer and flow meter, an outlet analyzer that never answers):
+no data without a token; with one, the live values and flags are the daemon's own, the
+dead device shows as down with its error, the last hours are charted with the invalid
+ones marked, bypass events appear as they are published (and from a bypass_events table
+where the schema has one). Screenshots go to test-output/."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import Column, Integer, String, Table, insert
+
+from cemsd.api.tokens import create_token
+from cemsd.periods import HOUR
+from cemsd.status import BYPASS_TABLE
+from cemsd.store import schema
+from cemsd.store.database import Database
+from helpers import RunningDaemon, free_port, write_config, write_scenario
+from ops_helpers import plant, scenario
+
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update",
+                  "--disable-sync", "--disable-dev-shm-usage"]
+LOOK_AT = 2 * HOUR + 10 * 60 + 1  # 02:10:01 plant time: between two polls (every 2 s)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("chromium is not installed: `make test` installs it")
+    return path
+
+
+@pytest.fixture
+def bypass_table() -> Iterator[Table]:
+    """A bypass_events table in the declared schema, as issue 4 will add one."""
+    if BYPASS_TABLE in schema.metadata.tables:
+        pytest.fail("the schema has its own bypass_events now: insert rows of that table here")
+    table = Table(BYPASS_TABLE, schema.metadata,
+                  Column("id", Integer, primary_key=True),
+                  Column("started_at", schema.UTCDateTime, nullable=False),
+                  Column("ended_at", schema.UTCDateTime),
+                  Column("kind", String(16), nullable=False))
+    try:
+        yield table
+    finally:
+        schema.metadata.remove(table)
+
+
+def _parse(text: str) -> float:
+    return float(text.replace(",", ""))
+
+
+async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
+        tmp_path: Path, output_dir: Path, chromium: str, bypass_table: Table,
+        caplog: pytest.LogCaptureFixture) -> None:
+    from playwright.async_api import async_playwright
+
+    caplog.set_level(logging.INFO, logger="cemsd.acquisition")
+    live_port, dead_port, api_port = free_port(), free_port(), free_port()
+    data = plant(tmp_path, live_port, dead_port, api={"port": api_port})
+    data["buses"][1]["timeout"] = 0.05  # the dead device costs less wall time
+    config = write_config(tmp_path, data)
+    scene = write_scenario(tmp_path, scenario(live_port, dead_port))
+    t0 = scene.epoch
+    base = f"http://127.0.0.1:{api_port}"
+    async with RunningDaemon(config, scene, until=t0 + 3 * HOUR) as run:
+        db = Database(config.storage.database_url)
+        token = create_token(db, "operator", "test")
+        bypass_table.create(db.engine)
+        with db.engine.begin() as conn:
+            conn.execute(insert(bypass_table), [
+                {"started_at": t0 + 1800, "ended_at": t0 + 2400, "kind": "bypass"},
+                {"started_at": t0 + 7500, "ended_at": None, "kind": "vent"}])
+        db.close()
+        daemon = run.daemon
+        with run.clock.participant():  # simulated time stands still while we look
+            await run.clock.sleep_until(t0 + LOOK_AT)
+            await daemon.publish_event("bypass", {"active": True, "valve": "plant.bypass",
+                                                  "started_at": t0 + LOOK_AT - 61})
+            async with httpx.AsyncClient(base_url=base) as client:
+                page_html = await client.get("/status")
+                no_token = await client.get("/v1/status")
+                status = (await client.get(
+                    "/v1/status", headers={"Authorization": f"Bearer {token}"})).json()
+            async with async_playwright() as pw:
+                browser = await pw.chromium.launch(executable_path=chromium,
+                                                   args=CHROMIUM_FLAGS)
+                try:
+                    seen = await _look(browser, base, token, output_dir, daemon)
+                    await daemon.publish_event("bypass", {"active": False,
+                                                          "valve": "plant.bypass"})
+                    seen["after_close"] = await _refresh_and_read_bypass(seen.pop("page"))
+                finally:
+                    await browser.close()
+        latest = {name: (r.value, r.flag.value) for name, r in daemon.pipeline.latest.items()}
+
+    # The shell is public and holds nothing; the data needs the token.
+    assert page_html.status_code == 200
+    assert "script-src 'self'" in page_html.headers["content-security-policy"]
+    assert no_token.status_code == 401
+    assert status["plant"]["id"] == "ops" and status["now_label"] == "2026-06-01T02:10+08:00"
+
+    # The login form first, then the board; a wrong token is refused with a message.
+    assert seen["login_first"] and seen["wrong_token_error"] == "Unknown token."
+
+    # Live values: exactly the daemon's last readings, with their flags.
+    rows = seen["channels"]
+    for name, (value, flag) in latest.items():
+        shown = rows[name]
+        assert shown["flag"].startswith(flag), (name, shown)
+        if value is None:
+            assert shown["value"] == "–"
+        else:
+            assert _parse(shown["value"]) == pytest.approx(value, rel=1e-3, abs=1e-3), name
+    assert rows["stack.n2o"]["flag"] == "B communication fault"
+    assert "no reply" in rows["stack.n2o"]["reason"]
+    assert rows["analyzer.n2o"]["flag"] == "N" and rows["analyzer.n2o"]["unit"] == "%vol"
+    assert rows["inlet.n2o_kg_h"]["unit"] == "kg/h"
+    assert rows["analyzer.n2o"]["valid"] == "10 / 10"  # 02:00 to 02:10, all valid
+    assert rows["stack.n2o"]["valid"] == "0 / 10"
+    assert rows["inlet.n2o_kg_h"]["flag"] == "N"  # derived, the last closed minute
+
+    # Device health: the dead one is down with its error; the others up.
+    devices = seen["devices"]
+    assert devices["stack"]["state"] == "down" and "DOWN" in devices["stack"]["text"]
+    assert "no reply" in devices["stack"]["text"]
+    assert devices["analyzer"]["state"] == devices["flow"]["state"] == "up"
+    downs = [r for r in caplog.records if r.getMessage() == "device down"]
+    assert [r.device for r in downs] == ["stack"]  # one line for the whole episode
+
+    # The last hours: two closed hours per series; the dead analyzer's are marked invalid.
+    charts = seen["charts"]
+    assert set(charts) == set(status["history"]["series"])
+    assert {"analyzer.n2o", "inlet.n2o_kg_h", "stack.n2o"} <= set(charts)
+    assert charts["analyzer.n2o"] == {"bars": 2, "invalid": 0}
+    assert charts["stack.n2o"] == {"bars": 2, "invalid": 2}
+
+    # Calibration state of the gas analyzers; the outbox; bypass events live and stored.
+    assert seen["calibration"]["analyzer.n2o"] == "in control"
+    assert "0 message(s) waiting" in seen["outputs"]
+    assert seen["bypass_state"] == "OPEN"
+    assert "valve: plant.bypass" in seen["bypass_open"][0]
+    assert "started_at: 2026-06-01T02:09+08:00" in seen["bypass_open"][0]
+    assert any("kind: vent" in text for text in seen["bypass_open"])  # the open table row
+    assert sum("kind: bypass" in text for text in seen["bypass_recent"]) == 1
+    assert seen["after_close"]["state"] == "closed"
+    [still_open] = seen["after_close"]["open_texts"]  # only the stored open row is left
+    assert "kind: vent" in still_open
+    for shot in ("status.png", "status-phone.png", "status-large.png"):
+        assert (output_dir / shot).stat().st_size > 10_000
+
+
+async def _look(browser: Any, base: str, token: str, output_dir: Path,
+                daemon: Any) -> dict[str, Any]:
+    page = await browser.new_page(viewport={"width": 1440, "height": 1000})
+    await page.goto(f"{base}/status")
+    await page.wait_for_selector("#login:not([hidden])")
+    seen: dict[str, Any] = {"login_first": await page.is_hidden("#board")}
+    await page.fill("#token", "not-a-token")
+    await page.click("#login button[type=submit]")
+    await page.wait_for_function("document.getElementById('login-error').textContent !== ''")
+    seen["wrong_token_error"] = await page.text_content("#login-error")
+    await page.fill("#token", token)
+    await page.click("#login button[type=submit]")
+    await page.wait_for_selector("#board:not([hidden])")
+    await page.wait_for_function("document.querySelectorAll('#channels tbody tr').length > 0")
+    seen["channels"] = await page.eval_on_selector_all("#channels tbody tr", """rows =>
+        Object.fromEntries(rows.map(r => [r.dataset.channel, {
+            value: r.cells[1].querySelector('.value').textContent,
+            unit: r.cells[1].querySelector('.unit').textContent.trim(),
+            flag: r.cells[2].textContent, valid: r.cells[3].textContent,
+            reason: r.cells[5].textContent}]))""")
+    seen["devices"] = await page.eval_on_selector_all("#devices .device", """cards =>
+        Object.fromEntries(cards.map(c => [c.dataset.device, {
+            state: c.classList.contains('down') ? 'down' : c.classList.contains('up') ? 'up'
+                   : 'unknown', text: c.textContent}]))""")
+    seen["charts"] = await page.eval_on_selector_all("#charts .chart", """charts =>
+        Object.fromEntries(charts.map(c => [c.dataset.series, {
+            bars: c.querySelectorAll('rect.bar:not([data-invalid])').length,
+            invalid: c.querySelectorAll('rect[data-invalid]').length}]))""")
+    seen["calibration"] = await page.eval_on_selector_all("#calibration tbody tr", """rows =>
+        Object.fromEntries(rows.map(r => [r.cells[0].textContent, r.cells[1].textContent]))""")
+    seen["outputs"] = await page.text_content("#outputs")
+    seen["bypass_state"] = await page.text_content("#bypass-state")
+    seen["bypass_open"] = await page.eval_on_selector_all("#bypass-open li",
+                                                          "items => items.map(i => i.textContent)")
+    seen["bypass_recent"] = await page.eval_on_selector_all(
+        "#bypass-recent li", "items => items.map(i => i.textContent)")
+    await page.screenshot(path=str(output_dir / "status.png"), full_page=True)
+    phone = await browser.new_page(viewport={"width": 390, "height": 844},
+                                   device_scale_factor=2, is_mobile=True)
+    await phone.goto(f"{base}/status")
+    await phone.fill("#token", token)
+    await phone.click("#login button[type=submit]")
+    await phone.wait_for_selector("#channels tbody tr")
+    await phone.screenshot(path=str(output_dir / "status-phone.png"), full_page=True)
+    await phone.close()
+    await page.click("#large")  # the control-room screen
+    await page.screenshot(path=str(output_dir / "status-large.png"))
+    await page.click("#large")
+    seen["page"] = page
+    return seen
+
+
+async def _refresh_and_read_bypass(page: Any) -> dict[str, Any]:
+    """The page polls every 5 s; ask it now, and wait for the closed state."""
+    await page.evaluate("poll()")
+    await page.wait_for_function(
+        "document.getElementById('bypass-state').textContent === 'closed'", timeout=15_000)
+    texts = await page.eval_on_selector_all("#bypass-open li",
+                                            "items => items.map(i => i.textContent)")
+    return {"state": await page.text_content("#bypass-state"), "open_texts": texts}
