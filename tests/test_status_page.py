@@ -219,3 +219,35 @@ async def _refresh_and_read_bypass(page: Any) -> dict[str, Any]:
     texts = await page.eval_on_selector_all("#bypass-open li",
                                             "items => items.map(i => i.textContent)")
     return {"state": await page.text_content("#bypass-state"), "open_texts": texts}
+
+
+async def test_without_a_daemon_the_page_is_there_and_its_data_is_not(tmp_path: Path) -> None:
+    """`cemsd serve` has the registry API but no live daemon: /v1/status says so (503)
+    behind the token, the page itself is public, and neither is in the OpenAPI document."""
+    from zoneinfo import ZoneInfo
+
+    from cemsd.api.app import create_app
+    from cemsd.api.settings import ApiConfig
+
+    db = Database(f"sqlite:///{tmp_path / 'cemsd.db'}")
+    db.upgrade()
+    token = create_token(db, "operator", "test")
+    app = create_app(db, ApiConfig(), ZoneInfo("Asia/Shanghai"))
+    auth = {"Authorization": f"Bearer {token}"}
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://cemsd") as client:
+            assert (await client.get("/v1/status")).status_code == 401
+            unavailable = await client.get("/v1/status", headers=auth)
+            assert unavailable.status_code == 503
+            assert "running daemon" in unavailable.json()["detail"]
+            for asset, kind in (("/status", "text/html"), ("/status/status.js", "text/javascript"),
+                                ("/status/status.css", "text/css")):
+                reply = await client.get(asset)
+                assert reply.status_code == 200 and reply.headers["content-type"].startswith(kind)
+            assert (await client.get("/status/../app.py")).status_code == 404
+            assert (await client.get("/status/status.html")).status_code == 404
+            paths = (await client.get("/v1/openapi.json", headers=auth)).json()["paths"]
+            assert "/v1/status" not in paths and "/status" not in paths and "/v1/hours" in paths
+    finally:
+        db.close()
