@@ -36,12 +36,27 @@ def pg_url(postgres: PostgresServer | str) -> str:
     return postgres.create_database(f"t_{uuid.uuid4().hex[:12]}")
 
 
+def _installed(*names: str, package: str) -> str:
+    """The path of a program `make test` installs (scripts/install-system-deps)."""
+    path = next((p for p in map(shutil.which, names) if p), None)
+    if path is None:
+        pytest.fail(f"{names[0]} is not installed: `make test` installs the {package} package")
+    return path
+
+
 @pytest.fixture(scope="session")
 def socat() -> str:
-    path = shutil.which("socat")
-    if path is None:
-        pytest.fail("socat is not installed: `make test` installs it")
-    return path
+    return _installed("socat", package="socat")
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    return _installed("chromium", "chromium-browser", package="chromium")
+
+
+@pytest.fixture(scope="session")
+def systemd_analyze() -> str:
+    return _installed("systemd-analyze", package="systemd")
 
 
 @pytest.fixture

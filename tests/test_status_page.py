@@ -8,7 +8,6 @@ where the schema has one). Screenshots go to test-output/."""
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--disable-dev-shm-usage"]
 LOOK_AT = 2 * HOUR + 10 * 60 + 1  # 02:10:01 plant time: between two polls (every 2 s)
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is not installed: `make test` installs it")
-    return path
 
 
 @pytest.fixture
