@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -18,6 +18,9 @@ from cemsd.api.settings import ApiConfig
 from cemsd.errors import StorageError
 from cemsd.store.database import Database
 
+if TYPE_CHECKING:
+    from cemsd.config import Config
+
 log = logging.getLogger(__name__)
 API_PREFIX = "/v1"
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
@@ -29,10 +32,12 @@ chain over finalised hours (docs/TAMPER-EVIDENCE.md). Read-only. Every endpoint 
 Lists are paged: pass `next_cursor` back as `cursor` until it is null."""
 
 
-def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo) -> FastAPI:
+def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo,
+               config: Config | None = None) -> FastAPI:
     app = FastAPI(title="cemsd registry API", version=__version__, description=DESCRIPTION,
                   openapi_url=None, docs_url=None, redoc_url=None)
     app.state.api = ApiContext(db, tz, settings)
+    app.state.config = config  # for period reports
     app.add_exception_handler(StorageError, _database_unavailable)
 
     @app.get("/health", summary="Liveness and database reachability (no token)")

@@ -53,7 +53,7 @@ class ApiServer(uvicorn.Server):
 def build_server(config: Config, db: Database, settings: ApiConfig) -> ApiServer:
     from cemsd.api.app import create_app
 
-    app = create_app(db, settings, config.plant.tz)
+    app = create_app(db, settings, config.plant.tz, config)
     tls: dict[str, Any] = {}
     if settings.tls:
         tls = {"ssl_certfile": str(settings.tls_certfile),

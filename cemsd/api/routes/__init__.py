@@ -4,6 +4,6 @@ as it is stored needs only `listing.table_listing`."""
 
 from __future__ import annotations
 
-from cemsd.api.routes import chain, channels, periods, qaqc
+from cemsd.api.routes import chain, channels, periods, qaqc, reduction
 
-ROUTES = (channels.routes, periods.routes, qaqc.routes, chain.routes)
+ROUTES = (channels.routes, periods.routes, qaqc.routes, reduction.routes, chain.routes)
