@@ -7,7 +7,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
-WIDTH, PANEL, GAP, LEFT = 960, 170, 36, 70
+WIDTH, PANEL, GAP, LEFT = 960, 170, 50, 70
 
 
 def to_html(report: dict[str, Any]) -> str:
@@ -46,6 +46,10 @@ def _num(value: Any, digits: int = 4) -> str:
     return escape(str(value))
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
 def _summary(report: dict[str, Any]) -> str:
     r, t, p = report["result"], report["result"]["totals"], report["parameters"]
     rows = [
@@ -54,8 +58,8 @@ def _summary(report: dict[str, Any]) -> str:
         ("N2O bypassed or vented", t["n2o_bypass_t"], "t"),
         ("  of which estimated (alternative method)", t["bypass_estimated_t"], "t"),
         ("Project emissions", r["project_emissions_t"], "t"),
-        ("Destruction efficiency, unit (mass)", r["de_unit"], ""),
-        ("Destruction efficiency, overall (mass)", r["de_overall"], ""),
+        ("Destruction efficiency, unit (mass)", _pct(r["de_unit"]), ""),
+        ("Destruction efficiency, overall (mass)", _pct(r["de_overall"]), ""),
         (f"Baseline ({p['baseline']}, {p['baseline_destruction']:.0%})", r["baseline_t"], "t"),
         ("Reduction before cap", r["er_raw_t"], "t"),
         ("Production / cap for the period", f"{_num(report['production']['total_t'], 1)} / "
@@ -64,7 +68,7 @@ def _summary(report: dict[str, Any]) -> str:
         ("Emission reduction", r["er_t"], "t N2O"),
         (f"Emission reduction (GWP {p['gwp']:g}: {p['gwp_source']})", r["er_co2e_t"], "t CO2e"),
         ("Credited", r["credited_co2e_t"], "t CO2e"),
-        ("Estimated or substituted share of project emissions", r["alternative_share"],
+        ("Estimated or substituted share of project emissions", _pct(r["alternative_share"]),
          f"limit {p['share_limit']:.0%}"),
     ]
     body = "".join(f"<tr><td>{escape(a)}</td><td>{b if isinstance(b, str) else _num(b)}</td>"
@@ -98,6 +102,15 @@ def _chart(report: dict[str, Any]) -> str:
                      f'(max {peak:,.1f})</text>')
         parts.append(f'<rect x="{LEFT}" y="{top}" width="{plot}" height="{PANEL}" '
                      'fill="none" stroke="#999"/>')
+        parts.append(f'<text x="{LEFT - 4}" y="{top + 10}" font-size="10" '
+                     f'text-anchor="end">{peak:,.0f}</text>'
+                     f'<text x="{LEFT - 4}" y="{top + PANEL}" font-size="10" '
+                     'text-anchor="end">0</text>')
+        for i in range(0, n, 6):
+            parts.append(f'<line x1="{x(i):.1f}" y1="{top + PANEL}" x2="{x(i):.1f}" '
+                         f'y2="{top + PANEL + 4}" stroke="#999"/><text x="{x(i):.1f}" '
+                         f'y="{top + PANEL + 14}" font-size="10" text-anchor="middle">'
+                         f'{escape(hours[i]["hour"][5:16].replace("T", " "))}</text>')
         for i, h in enumerate(hours):
             if h["bypass_kg"] or h["vent_kg"]:
                 parts.append(f'<rect x="{x(i):.1f}" y="{top}" width="{plot / n:.2f}" '
