@@ -55,8 +55,10 @@ def main(log_level: str) -> None:
 
 def _register_commands() -> None:
     from cemsd.qaqc.cli import register
+    from cemsd.reduction.cli import register as register_reduction
 
     register(main, _load_config)
+    register_reduction(main, _load_config, _open_existing_db)
 
 
 _register_commands()

@@ -151,6 +151,8 @@ class VirtualClock:
             if not future.done():
                 self._active += member
                 future.set_result(None)
+        # Only observers woke (they do not hold time): nothing else will move it on.
+        self._maybe_advance()
 
     def _drop_cancelled(self) -> None:
         while self._waiters and self._waiters[0][2].done():

@@ -21,9 +21,11 @@ def configured_components(config: Config) -> list[Component]:
 
         components.append(MetricsServer(config.metrics))
     from cemsd.qaqc.component import Qaqc
+    from cemsd.reduction.bypass import BypassMonitor
     from cemsd.sealing import Sealer
 
     components.append(Qaqc(config))
+    components.append(BypassMonitor(config))
     components.append(Sealer(config))
     if config.mqtt is not None:
         from cemsd.mqtt import MqttPublisher

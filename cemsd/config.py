@@ -29,6 +29,7 @@ from cemsd.hj212.config import Hj212Platform, hj212_problems
 from cemsd.metrics import MetricsConfig
 from cemsd.mqtt import MqttConfig, mqtt_problems
 from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
+from cemsd.reduction.settings import ReductionSettings
 from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
 from drivers.codec import ByteOrder, DataType
 from drivers.registry import load_profile
@@ -220,6 +221,7 @@ class Config(Strict):
     processing: Processing = Processing()
     points: dict[Name, Point] = {}
     qaqc: QaqcSettings = QaqcSettings()
+    reduction: ReductionSettings = ReductionSettings()
     buses: list[Bus]
     devices: list[Device]
     mqtt: MqttConfig | None = None

@@ -11,14 +11,20 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import click
 
 from cemsd.clock import SharedClockFile, VirtualClock
-from cemsd.config import load_config
+from cemsd.config import Config, load_config
 from cemsd.daemon import Daemon
-from cemsd.errors import ConfigError
+from cemsd.errors import CemsdError, ConfigError
 from cemsd.hourly import query_hours, to_table
+from cemsd.periods import local_label
+from cemsd.reduction.inputs import bypass_events
+from cemsd.reduction.production import import_days, read_csv_file
+from cemsd.reduction.report import build_report
+from cemsd.store import schema
 from cemsd.store.database import Database
 from simulators.scenario import Scenario, load_scenario
 
@@ -76,10 +82,44 @@ def run_demo(config_file: str, scenario_file: str, hours: float, speed: str) -> 
     valid = sum(1 for r in rows if r["channel"] == "inlet.n2o_kg_h" and r["flag"] == "N")
     click.echo(f"\n{hours:g} simulated hours in {wall:.0f} s of wall time; "
                f"{valid} valid hours of inlet N2O mass.")
+    _afterwards(db, config, config_file, start, end)
     click.echo(f"database: {db.location}")
     click.echo(f"all channels: cemsd hours --config {config_file} --format csv")
     db.close()
     return 0
+
+
+def _afterwards(db: Database, config: Config, config_file: str, start: float, end: float
+                ) -> None:
+    """What QA/QC and the reduction work made of the day: events, substitutes, a report."""
+    tz = config.plant.tz
+    for e in bypass_events(db, start, end):
+        finish = local_label(e.ended_at.timestamp(), tz)[11:] if e.ended_at else "open"
+        click.echo(f"bypass event #{e.id}: {local_label(e.started_at.timestamp(), tz)} to "
+                   f"{finish}, {e.n2o_kg or 0:.0f} kg N2O ({e.method})")
+    for s in db.fetch(schema.substitutions.select()):
+        click.echo(f"substituted {s.channel} {local_label(s.ts.timestamp(), tz)}: "
+                   f"{s.value:.2f} {s.unit} ({s.method})")
+    production = Path(config_file).with_name("demo-production.csv")
+    if hours_in(start, end) < 24 or not production.exists():
+        return
+    import_days(db, read_csv_file(production), f"import:{production.name}", time.time())
+    try:
+        report = build_report(db, config, start, start + 86400, time.time())
+    except CemsdError as exc:
+        click.echo(f"no report: {exc}")
+        return
+    r = report["result"]
+    click.echo(f"reductions of the day: N2O generated {r['totals']['n2o_generated_t']:.2f} t, "
+               f"project emissions {r['project_emissions_t']:.3f} t, destruction "
+               f"{r['de_overall']:.2%}, credited {r['credited_co2e_t']:,.0f} t CO2e "
+               f"(GWP {report['parameters']['gwp']:g})")
+    click.echo(f"full report: cemsd report --config {config_file} --from 2026-06-01 "
+               "--to 2026-06-02 --format html --output demo-report.html")
+
+
+def hours_in(start: float, end: float) -> float:
+    return (end - start) / 3600
 
 
 def _wait_ready(scenario: Scenario, sim: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -10,6 +10,7 @@ import pwd
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -188,3 +189,26 @@ def tampering(db: Database) -> Iterator[Any]:
                           "readings", "maintenance", "control_periods"):
                 conn.exec_driver_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
         yield conn
+
+
+def serve_process(config_path: Path, port: int) -> subprocess.Popen[str]:
+    """`cemsd serve` as its own process: the registry API over the stored data."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cemsd", "--log-level", "WARNING", "serve",
+         "--config", str(config_path), "--port", str(port)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def wait_healthy(base_url: str, process: subprocess.Popen[str], **client: Any) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"cemsd serve exited: {process.stderr.read()}")  # type: ignore[union-attr]
+        try:
+            if httpx.get(f"{base_url}/health", timeout=1, **client).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise TimeoutError("cemsd serve did not come up")

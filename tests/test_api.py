@@ -22,7 +22,6 @@ import socket
 import sqlite3
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -45,7 +44,9 @@ from cemsd.store.database import Database
 from helpers import (
     RunningDaemon,
     free_port,
+    serve_process,
     tampering,
+    wait_healthy,
     write_config,
     write_scenario,
     write_toml,
@@ -158,26 +159,6 @@ def _insert_records(db: Database) -> dict[str, Any]:
     return {"corrected_hour": hour04.id, "substitution": sub_id}
 
 
-def _wait_healthy(base_url: str, process: subprocess.Popen, **client: Any) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"cemsd serve exited: {process.stderr.read()}")  # type: ignore[union-attr]
-        try:
-            if httpx.get(f"{base_url}/health", timeout=1, **client).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    raise TimeoutError("cemsd serve did not come up")
-
-
-def _serve(config_path: Path, port: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "cemsd", "--log-level", "WARNING", "serve",
-         "--config", str(config_path), "--port", str(port)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-
-
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("api")
@@ -196,9 +177,9 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Any:
                                             "--name", "registry"]).stdout.strip()
     port = free_port()
     state.base_url = f"http://127.0.0.1:{port}"
-    process = _serve(config.source, port)
+    process = serve_process(config.source, port)
     try:
-        _wait_healthy(state.base_url, process)
+        wait_healthy(state.base_url, process)
         yield state
     finally:
         process.terminate()
@@ -597,10 +578,10 @@ def test_tls_with_built_in_certificate_settings(plant: Plant, tmp_path: Path) ->
     raw["api"] = {**raw["api"], "tls_certfile": str(cert), "tls_keyfile": str(key)}
     path = write_toml(tmp_path / "tls.toml", json.loads(json.dumps(raw, default=str)))
     port = free_port()
-    process = _serve(path, port)
+    process = serve_process(path, port)
     try:
         trust = ssl.create_default_context(cafile=str(cert))
-        _wait_healthy(f"https://127.0.0.1:{port}", process, verify=trust)
+        wait_healthy(f"https://127.0.0.1:{port}", process, verify=trust)
         response = httpx.get(f"https://127.0.0.1:{port}/v1/chain/head", headers=plant.auth,
                              verify=trust)
         assert response.status_code == 200 and response.json()["seq"] > 0
@@ -648,9 +629,9 @@ def test_the_same_api_and_chain_over_postgresql(plant: Plant, client: httpx.Clie
     assert verified.exit_code == 0, verified.output
     want, _ = _walk(client, "/v1/hours", 9, revisions="all")
     port = free_port()
-    process = _serve(path, port)
+    process = serve_process(path, port)
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}", process)
+        wait_healthy(f"http://127.0.0.1:{port}", process)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=plant.auth) as pg:
             got, _ = _walk(pg, "/v1/hours", 9, revisions="all")
     finally:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -29,17 +28,6 @@ T0 = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 H = 3600.0
 REFUSED = r"cemsd: "  # every trigger's message starts so
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state' / 'cemsd.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    database = Database(url)
-    database.upgrade()
-    yield database
-    database.close()
 
 
 def period(channel: str, ts: float, value: float | None, flag: str = "N") -> dict:

@@ -28,17 +28,6 @@ CHANNELS = ("b.n2o", "a.n2o", "a.flow")  # inserted out of order on purpose
 DOC = REPO / "docs" / "TAMPER-EVIDENCE.md"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Database:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state' / 'cemsd.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    database = Database(url)
-    database.upgrade()
-    yield database
-    database.close()
-
 
 def _hour(channel: str, ts: float, value: float | None, revision: int = 0,
           supersedes: int | None = None) -> dict:

@@ -449,3 +449,21 @@ async def test_wall_clock_past_target_and_no_op_methods() -> None:
     assert await asyncio.wait_for(clock.charge(30.0), LIMIT) is None
     with clock.participant():
         pass
+
+
+async def test_time_moves_on_when_only_an_observer_wakes() -> None:
+    """A non-participant's wake-up must not leave time stuck with every participant asleep."""
+    clock = VirtualClock(T0)
+    seen: list[float] = []
+
+    async def observer() -> None:
+        await clock.sleep_until(T0 + 5)  # not a participant: wakes first, holds nothing
+        seen.append(clock.now())
+
+    async def participant() -> None:
+        with clock.participant():
+            await clock.sleep_until(T0 + 60)
+            seen.append(clock.now())
+
+    await asyncio.wait_for(asyncio.gather(observer(), participant()), timeout=5)
+    assert seen == [T0 + 5, T0 + 60]

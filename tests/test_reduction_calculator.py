@@ -8,6 +8,8 @@ inlet monitored). Inlet 240,000 ppm at 10,000 Nm3/h, outlet flow 12,000 Nm3/h, a
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from cemsd.reduction.calculator import HourInput, Parameters, compute
@@ -25,7 +27,7 @@ M_OUT_2000 = kg(2_000, 12_000)
 M_OUT_3000 = kg(3_000, 12_000)
 
 
-def example_hours(bypass_method: str = "measured_inlet") -> list[HourInput]:
+def example_hours(estimated: bool = False) -> list[HourInput]:
     hours = []
     for i in range(720):
         if i < 600:
@@ -35,9 +37,10 @@ def example_hours(bypass_method: str = "measured_inlet") -> list[HourInput]:
         elif i < 710:
             outlet, method = M_OUT_3000, "hj75.out_of_control.max_720h_before"
         else:
+            bypass = {"vent_kg": M_IN, "vent_method": "estimated_max_hourly_inlet_720h"} \
+                if estimated else {"bypass_kg": M_IN, "bypass_method": "measured_inlet"}
             hours.append(HourInput(i * 3600.0, M_IN, "measured", None, "missing",
-                                   bypass_kg=M_IN, bypass_method=bypass_method,
-                                   unit_running=False))
+                                   unit_running=False, **bypass))
             continue
         hours.append(HourInput(i * 3600.0, M_IN, "measured", outlet, method))
     return hours
@@ -106,7 +109,7 @@ def test_substitution_share_passes(result) -> None:
 
 
 def test_estimated_bypass_breaches_the_25_percent_share() -> None:
-    r = compute(example_hours("estimated_max_hourly_inlet_720h"), Parameters(), 13_000, 12_500)
+    r = compute(example_hours(estimated=True), Parameters(), 13_000, 12_500)
     assert r.alternative_share == pytest.approx(0.5751, abs=5e-5)
     assert pytest.approx(r.alternative_share, rel=1e-5) == (47.12733 + 0.70691) / 83.17974
     assert not r.creditable and r.credited_co2e_t == 0
@@ -131,9 +134,7 @@ def test_gate_below_90_percent_earns_nothing() -> None:
 
 
 def test_startup_hours_are_shown_not_credited() -> None:
-    hours = [HourInput(h.ts, h.inlet_kg, h.inlet_method, h.outlet_kg, h.outlet_method,
-                       h.bypass_kg, h.bypass_method, h.unit_running, startup=i < 360)
-             for i, h in enumerate(example_hours())]
+    hours = [dataclasses.replace(h, startup=i < 360) for i, h in enumerate(example_hours())]
     r = compute(hours, Parameters(), 13_000, 12_500)
     assert r.startup.hours == 360 and r.totals.hours == 360
     assert r.startup.n2o_generated_t == pytest.approx(360 * M_IN / 1000, rel=REL)

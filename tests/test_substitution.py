@@ -12,7 +12,6 @@ answer from the expected one.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -340,17 +339,6 @@ def test_quarter_start_is_the_plant_local_calendar_quarter() -> None:
 
 # --- the database side ---------------------------------------------------------------------------
 
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state' / 'cemsd.db'}"
-    else:
-        url = request.getfixturevalue("pg_url")
-    database = Database(url)
-    database.upgrade()
-    yield database
-    database.close()
 
 
 def store_hours(db: Database, start: float, layout: list[tuple[float | None, str]]) -> None:

@@ -19,6 +19,7 @@ from cemsd.errors import StorageError
 from cemsd.store.database import Database
 
 if TYPE_CHECKING:
+    from cemsd.config import Config
     from cemsd.status import LiveStatus
 
 log = logging.getLogger(__name__)
@@ -33,11 +34,13 @@ Lists are paged: pass `next_cursor` back as `cursor` until it is null."""
 
 
 def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo,
-               live: LiveStatus | None = None) -> FastAPI:
-    """`live`: the running daemon's status for the operator's page (None: `cemsd serve`)."""
+               config: Config | None = None, live: LiveStatus | None = None) -> FastAPI:
+    """`config`: for period reports; `live`: the running daemon's status for the operator's
+    page (None: `cemsd serve`)."""
     app = FastAPI(title="cemsd registry API", version=__version__, description=DESCRIPTION,
                   openapi_url=None, docs_url=None, redoc_url=None)
     app.state.api = ApiContext(db, tz, settings)
+    app.state.config = config
     app.state.live = live
     app.add_exception_handler(StorageError, _database_unavailable)
 

@@ -55,7 +55,7 @@ def build_server(config: Config, db: Database, settings: ApiConfig,
                  live: LiveStatus | None = None) -> ApiServer:
     from cemsd.api.app import create_app
 
-    app = create_app(db, settings, config.plant.tz, live)
+    app = create_app(db, settings, config.plant.tz, config, live)
     tls: dict[str, Any] = {}
     if settings.tls:
         tls = {"ssl_certfile": str(settings.tls_certfile),

@@ -44,8 +44,10 @@ class HourInput:
     inlet_method: str
     outlet_kg: float | None
     outlet_method: str
-    bypass_kg: float = 0.0  # N2O that skipped the unit (bypassed or vented)
-    bypass_method: str = ""  # "" no bypass; measured_* or estimated_*
+    bypass_kg: float = 0.0  # N2O measured skipping the unit (bypassed or vented)
+    bypass_method: str = ""  # "" none, or how it was measured
+    vent_kg: float = 0.0  # N2O estimated skipping the unit (unmonitored venting)
+    vent_method: str = ""  # "" none, or the alternative method used
     unit_running: bool = True  # False: the whole hour bypassed the unit (outlet not counted)
     stopped: bool = False  # the source was stopped: nothing generated, hour excluded
     startup: bool = False  # in the start-up test period: shown, not credited
@@ -54,9 +56,6 @@ class HourInput:
     def outlet_substituted(self) -> bool:
         return self.unit_running and self.outlet_method not in (MEASURED, MISSING)
 
-    @property
-    def bypass_estimated(self) -> bool:
-        return self.bypass_method.startswith("estimated")
 
 
 @dataclass(frozen=True)
@@ -88,9 +87,8 @@ class Totals:
         self.missing_inlet_hours += hour.inlet_kg is None
         if hour.inlet_kg is not None and hour.inlet_method != MEASURED:
             self.inlet_substituted_t += inlet
-        self.n2o_bypass_t += hour.bypass_kg / 1000
-        if hour.bypass_estimated:
-            self.bypass_estimated_t += hour.bypass_kg / 1000
+        self.n2o_bypass_t += (hour.bypass_kg + hour.vent_kg) / 1000
+        self.bypass_estimated_t += hour.vent_kg / 1000
         if hour.unit_running:
             self.inlet_while_running_t += inlet
             self.missing_outlet_hours += hour.outlet_kg is None

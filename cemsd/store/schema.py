@@ -22,6 +22,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Float,
     Index,
@@ -289,4 +290,35 @@ chain = Table(
     Column("chain_hash", String(64), nullable=False),
     Column("sealed_at", UTCDateTime, nullable=False),
     UniqueConstraint("record_table", "record_id"),  # each record is sealed exactly once
+)
+
+
+# --- Bypass events and production (emission reductions, cemsd/reduction/) ----------------
+
+bypass_events = Table(
+    "bypass_events",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("started_at", UTCDateTime, nullable=False),
+    Column("ended_at", UTCDateTime),  # open while NULL; closed once, with the figures below
+    Column("triggers", Text, nullable=False),  # JSON list: valve, abatement_stopped, ...
+    Column("gas_volume_nm3", Double),  # dry, standard state
+    Column("n2o_kg", Double),  # all N2O that skipped the unit
+    Column("n2o_estimated_kg", Double),  # the part estimated (unmonitored venting)
+    Column("method", Text),  # how the mass was obtained, with minute counts
+    Column("created_at", UTCDateTime, nullable=False),
+    Index(None, "started_at"),
+)
+
+production_days = Table(
+    "production_days",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),
+    Column("day", Date, nullable=False),  # plant-local date
+    Column("tonnes", Double, nullable=False),  # adipic acid produced
+    Column("source", Text, nullable=False),  # e.g. "import:production-2026-10.csv"
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("revision", Integer, nullable=False, server_default="0"),
+    Column("supersedes", Identifier),
+    UniqueConstraint("day", "revision"),
 )

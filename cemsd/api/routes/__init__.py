@@ -4,6 +4,7 @@ as it is stored needs only `listing.table_listing`."""
 
 from __future__ import annotations
 
-from cemsd.api.routes import chain, channels, periods, qaqc, status
+from cemsd.api.routes import chain, channels, periods, qaqc, reduction, status
 
-ROUTES = (channels.routes, periods.routes, qaqc.routes, chain.routes, status.routes)
+ROUTES = (channels.routes, periods.routes, qaqc.routes, reduction.routes, chain.routes,
+          status.routes)

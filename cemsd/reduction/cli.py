@@ -1,0 +1,190 @@
+"""Commands of the emission-reduction work: report, export-verification, production import,
+bypass-events. They read the database directly (the daemon need not run)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from datetime import date, datetime, timedelta
+from datetime import time as clock_time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cemsd.config import Config
+from cemsd.errors import CemsdError
+from cemsd.periods import local_label
+
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+
+
+def period_bounds(config: Config, period: str | None, start: str | None, end: str | None
+                  ) -> tuple[float, float]:
+    """A month (2026-10) or from/to dates, as plant-local midnights."""
+    tz = config.plant.tz
+    if period:
+        match = _MONTH.match(period)
+        if not match or not 1 <= int(match[2]) <= 12:
+            raise click.BadParameter("use a month, e.g. 2026-10", param_hint="--period")
+        first = date(int(match[1]), int(match[2]), 1)
+        after = (first + timedelta(days=32)).replace(day=1)
+    elif start and end:
+        try:
+            first, after = date.fromisoformat(start), date.fromisoformat(end)
+        except ValueError:
+            raise click.BadParameter("use dates, e.g. 2026-10-01") from None
+        if after <= first:
+            raise click.BadParameter("--to must be after --from")
+    else:
+        raise click.UsageError("give --period YYYY-MM, or --from and --to dates")
+    return (datetime.combine(first, clock_time(0), tz).timestamp(),
+            datetime.combine(after, clock_time(0), tz).timestamp())
+
+
+def _emit(report: dict[str, Any], fmt: str, output: str | None) -> None:
+    from cemsd.reduction.html import to_html
+    from cemsd.reduction.report import to_csv, to_json
+
+    text = {"json": to_json, "csv": to_csv, "html": to_html}[fmt](report)
+    if output:
+        Path(output).write_text(text, encoding="utf-8")
+        click.echo(f"written {output}", err=True)
+    else:
+        click.echo(text, nl=False)
+
+
+def register(main: click.Group, load_config: Any, open_db: Any) -> None:
+    @main.command()
+    @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False))
+    @click.option("--period", default=None, help="a month, e.g. 2026-10 (plant time)")
+    @click.option("--from", "start", default=None, help="first day (plant time)")
+    @click.option("--to", "end", default=None, help="day after the last")
+    @click.option("--format", "fmt", default="json", type=click.Choice(["json", "csv", "html"]))
+    @click.option("--output", default=None, type=click.Path(dir_okay=False))
+    @click.option("--from-bundle", "bundle", default=None, type=click.Path(dir_okay=False),
+                  help="recompute from a verification bundle alone")
+    def report(config_file: str | None, period: str | None, start: str | None,
+               end: str | None, fmt: str, output: str | None, bundle: str | None) -> None:
+        """Emission reductions of a period, from the stored hours (or a bundle)."""
+        if bundle:
+            _from_bundle(Path(bundle), fmt, output)
+            return
+        if not config_file:
+            raise click.UsageError("give --config (or --from-bundle)")
+        from cemsd.reduction.report import build_report
+
+        config = load_config(config_file)
+        t0, t1 = period_bounds(config, period, start, end)
+        db = open_db(config)
+        try:
+            result = build_report(db, config, t0, t1, time.time())
+        except CemsdError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            db.close()
+        _emit(result, fmt, output)
+
+    def _from_bundle(path: Path, fmt: str, output: str | None) -> None:
+        from cemsd.reduction.bundle import open_bundle, recompute
+
+        try:
+            opened = open_bundle(path)
+            again = recompute(opened)
+        except CemsdError as exc:
+            raise click.ClickException(str(exc)) from None
+        original = opened.report
+        same = (again["result"] == original["result"]
+                and again["inputs_sha256"] == original["inputs_sha256"])
+        click.echo(f"{path}: manifest verified; recomputed report "
+                   f"{'equals' if same else 'DIFFERS FROM'} report.json", err=True)
+        _emit({**original, **again}, fmt, output)
+        if not same:
+            sys.exit(1)
+
+    @main.command("export-verification")
+    @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+    @click.option("--period", default=None, help="a month, e.g. 2026-10 (plant time)")
+    @click.option("--from", "start", default=None)
+    @click.option("--to", "end", default=None)
+    @click.option("--output", default=None, type=click.Path(dir_okay=False),
+                  help="default: cemsd-<plant>-<period>.tar.gz")
+    def export_verification(config_file: str, period: str | None, start: str | None,
+                            end: str | None, output: str | None) -> None:
+        """Write the verification bundle of a period (report, data, manifest)."""
+        from cemsd.reduction.bundle import export_bundle
+
+        config = load_config(config_file)
+        t0, t1 = period_bounds(config, period, start, end)
+        name = period or f"{start}_{end}"
+        path = Path(output or f"cemsd-{config.plant.id}-{name}.tar.gz")
+        db = open_db(config)
+        try:
+            manifest = export_bundle(db, config, t0, t1, time.time(), path)
+        except CemsdError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            db.close()
+        click.echo(f"{path}: {len(manifest['files'])} files, inputs SHA-256 "
+                   f"{manifest['inputs_sha256']}")
+
+    @main.group("production")
+    def production_group() -> None:
+        """Adipic acid production per day."""
+
+    @production_group.command("import")
+    @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+    @click.option("--actor", default=None, help="who imports (default: the OS user)")
+    @click.argument("csv_file", type=click.Path(dir_okay=False, exists=True))
+    def production_import(config_file: str, actor: str | None, csv_file: str) -> None:
+        """Import daily production (CSV with columns date,tonnes)."""
+        from cemsd.qaqc.records import audit, default_actor
+        from cemsd.reduction.production import import_days, read_csv_file
+        from cemsd.store.database import Database
+
+        config = load_config(config_file)
+        path = Path(csv_file)
+        try:
+            rows = read_csv_file(path)
+        except CemsdError as exc:
+            raise click.ClickException(str(exc)) from None
+        db = Database(config.storage.database_url)
+        try:
+            db.upgrade()
+            now = time.time()
+            counts = import_days(db, rows, f"import:{path.name}", now)
+            audit(db, now, actor or default_actor(), "production.import", path.name, None,
+                  None, {**counts, "days": len(rows),
+                         "first": str(min(d for d, _ in rows)) if rows else None,
+                         "last": str(max(d for d, _ in rows)) if rows else None})
+        except CemsdError as exc:
+            raise click.ClickException(str(exc)) from None
+        finally:
+            db.close()
+        click.echo(f"{path.name}: {counts['added']} days added, {counts['changed']} changed")
+
+    @main.command("bypass-events")
+    @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+    @click.option("--period", default=None)
+    @click.option("--from", "start", default=None)
+    @click.option("--to", "end", default=None)
+    def bypass_events_command(config_file: str, period: str | None, start: str | None,
+                              end: str | None) -> None:
+        """Bypass events (open ones included), one JSON object a line."""
+        from cemsd.reduction.inputs import bypass_events
+
+        config = load_config(config_file)
+        t0, t1 = period_bounds(config, period, start, end) if (period or start) else (0, 4e9)
+        db = open_db(config)
+        try:
+            for e in bypass_events(db, t0, t1):
+                click.echo(json.dumps({
+                    "id": e.id, "start": local_label(e.started_at.timestamp(), config.plant.tz),
+                    "end": local_label(e.ended_at.timestamp(), config.plant.tz)
+                    if e.ended_at else None, "triggers": json.loads(e.triggers),
+                    "gas_volume_nm3": e.gas_volume_nm3, "n2o_kg": e.n2o_kg,
+                    "n2o_estimated_kg": e.n2o_estimated_kg, "method": e.method}))
+        finally:
+            db.close()

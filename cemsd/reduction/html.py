@@ -1,0 +1,180 @@
+"""The report as one self-contained HTML page: summary, reasons, parameters, a chart of
+hourly inlet and outlet N2O mass with bypass events and substituted hours marked, and the
+hourly table. No scripts, no external files: it prints and archives as it is."""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+
+WIDTH, PANEL, GAP, LEFT = 960, 170, 50, 70
+
+
+def to_html(report: dict[str, Any]) -> str:
+    r, period, plant = report["result"], report["period"], report["plant"]
+    title = f"N2O emission reductions, {plant['name'] or plant['id']}, {period['from'][:10]}"
+    status = ("creditable" if r["creditable"] else "NOT creditable: " + "; ".join(r["reasons"]))
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
+<style>
+body{{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222;max-width:1100px}}
+table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padding:2px 6px;
+text-align:right}} th{{background:#f3f3f3}} td:first-child,th:first-child{{text-align:left}}
+.bad{{color:#a00;font-weight:bold}} .ok{{color:#070;font-weight:bold}}
+.hours td{{font-size:12px}} .S{{background:#fff3c4}} .byp{{background:#fde0e0}}
+</style></head><body>
+<h1>{escape(title)}</h1>
+<p>Period {escape(period['from'])} to {escape(period['to'])} ({period['hours']} hours),
+plant time {escape(plant['timezone'])}. cemsd {escape(report['software']['cemsd'])}.
+Inputs SHA-256 <code>{escape(report['inputs_sha256'])}</code>.</p>
+<p class="{'ok' if r['creditable'] else 'bad'}">{escape(status)}</p>
+{_summary(report)}
+{_warnings(r)}
+{_chart(report)}
+{_events(report)}
+{_parameters(report)}
+{_hours(report)}
+</body></html>
+"""
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return escape(str(value))
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2%}"
+
+
+def _summary(report: dict[str, Any]) -> str:
+    r, t, p = report["result"], report["result"]["totals"], report["parameters"]
+    rows = [
+        ("N2O generated (inlet)", t["n2o_generated_t"], "t"),
+        ("N2O leaving the unit (outlet)", t["n2o_outlet_t"], "t"),
+        ("N2O bypassed or vented", t["n2o_bypass_t"], "t"),
+        ("  of which estimated (alternative method)", t["bypass_estimated_t"], "t"),
+        ("Project emissions", r["project_emissions_t"], "t"),
+        ("Destruction efficiency, unit (mass)", _pct(r["de_unit"]), ""),
+        ("Destruction efficiency, overall (mass)", _pct(r["de_overall"]), ""),
+        (f"Baseline ({p['baseline']}, {p['baseline_destruction']:.0%})", r["baseline_t"], "t"),
+        ("Reduction before cap", r["er_raw_t"], "t"),
+        ("Production / cap for the period", f"{_num(report['production']['total_t'], 1)} / "
+         f"{_num(report['production']['cap_t'], 1)}", "t"),
+        ("Cap factor", r["cap_factor"], ""),
+        ("Emission reduction", r["er_t"], "t N2O"),
+        (f"Emission reduction (GWP {p['gwp']:g}: {p['gwp_source']})", r["er_co2e_t"], "t CO2e"),
+        ("Credited", r["credited_co2e_t"], "t CO2e"),
+        ("Estimated or substituted share of project emissions", _pct(r["alternative_share"]),
+         f"limit {p['share_limit']:.0%}"),
+    ]
+    body = "".join(f"<tr><td>{escape(a)}</td><td>{b if isinstance(b, str) else _num(b)}</td>"
+                   f"<td>{escape(c)}</td></tr>" for a, b, c in rows)
+    return f"<h2>Summary</h2><table>{body}</table>"
+
+
+def _warnings(r: dict[str, Any]) -> str:
+    items = [*(f"<li class='bad'>{escape(x)}</li>" for x in r["reasons"]),
+             *(f"<li>{escape(x)}</li>" for x in r["warnings"])]
+    return f"<ul>{''.join(items)}</ul>" if items else ""
+
+
+def _chart(report: dict[str, Any]) -> str:
+    hours = report["hours"]
+    if not hours:
+        return ""
+    n = len(hours)
+    plot = WIDTH - LEFT - 20
+
+    def x(i: float) -> float:
+        return LEFT + plot * i / n
+
+    parts = []
+    for k, (key, label) in enumerate((("inlet_kg", "inlet N2O, kg/h"),
+                                      ("outlet_kg", "outlet N2O, kg/h"))):
+        top = 20 + k * (PANEL + GAP)
+        values = [h[key] for h in hours]
+        peak = max((v for v in values if v is not None), default=1.0) or 1.0
+        parts.append(f'<text x="4" y="{top - 6}" font-size="12">{label} '
+                     f'(max {peak:,.1f})</text>')
+        parts.append(f'<rect x="{LEFT}" y="{top}" width="{plot}" height="{PANEL}" '
+                     'fill="none" stroke="#999"/>')
+        parts.append(f'<text x="{LEFT - 4}" y="{top + 10}" font-size="10" '
+                     f'text-anchor="end">{peak:,.0f}</text>'
+                     f'<text x="{LEFT - 4}" y="{top + PANEL}" font-size="10" '
+                     'text-anchor="end">0</text>')
+        for i in range(0, n, 6):
+            parts.append(f'<line x1="{x(i):.1f}" y1="{top + PANEL}" x2="{x(i):.1f}" '
+                         f'y2="{top + PANEL + 4}" stroke="#999"/><text x="{x(i):.1f}" '
+                         f'y="{top + PANEL + 14}" font-size="10" text-anchor="middle">'
+                         f'{escape(hours[i]["hour"][5:16].replace("T", " "))}</text>')
+        for i, h in enumerate(hours):
+            if h["bypass_kg"] or h["vent_kg"]:
+                parts.append(f'<rect x="{x(i):.1f}" y="{top}" width="{plot / n:.2f}" '
+                             f'height="{PANEL}" fill="#f4b6b6"/>')
+        points, marks = [], []
+        method = "inlet_method" if key == "inlet_kg" else "outlet_method"
+        for i, (h, v) in enumerate(zip(hours, values, strict=True)):
+            if v is None:
+                continue
+            y = top + PANEL - PANEL * v / peak
+            points.append(f"{x(i + 0.5):.1f},{y:.1f}")
+            if h[method] not in ("measured", "missing"):
+                marks.append(f'<circle cx="{x(i + 0.5):.1f}" cy="{y:.1f}" r="2.5" '
+                             'fill="#d08a00"/>')
+        parts.append(f'<polyline fill="none" stroke="#1f5fa8" stroke-width="1.2" '
+                     f'points="{" ".join(points)}"/>')
+        parts.extend(marks)
+    legend_y = 20 + 2 * (PANEL + GAP) - 10
+    parts.append(f'<text x="{LEFT}" y="{legend_y}" font-size="12">'
+                 '<tspan fill="#1f5fa8">&#9644; measured or substituted hourly mass</tspan>'
+                 '  <tspan fill="#d08a00">&#9679; substituted hour</tspan>'
+                 '  <tspan fill="#c05050">&#9632; bypass or venting</tspan>'
+                 f'  {escape(hours[0]["hour"])} to {escape(hours[-1]["hour"])}</text>')
+    height = legend_y + 10
+    return (f'<h2>Hourly N2O mass</h2><svg xmlns="http://www.w3.org/2000/svg" '
+            f'width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
+            f'role="img">{"".join(parts)}</svg>')
+
+
+def _events(report: dict[str, Any]) -> str:
+    events = report["bypass_events"]
+    if not events:
+        return "<h2>Bypass events</h2><p>None in this period.</p>"
+    head = "<tr><th>#</th><th>start</th><th>end</th><th>min</th><th>triggers</th>" \
+           "<th>gas, m3</th><th>N2O, kg</th><th>estimated, kg</th><th>method</th></tr>"
+    rows = "".join(
+        f"<tr><td>{e['id']}</td><td>{escape(e['start'])}</td><td>{escape(e['end'] or 'open')}"
+        f"</td><td>{_num(e['duration_min'], 1)}</td><td>{escape(', '.join(e['triggers']))}</td>"
+        f"<td>{_num(e['gas_volume_nm3'], 1)}</td><td>{_num(e['n2o_kg'], 3)}</td>"
+        f"<td>{_num(e['n2o_estimated_kg'], 3)}</td><td>{escape(e['method'] or '')}</td></tr>"
+        for e in events)
+    return f"<h2>Bypass events</h2><table>{head}{rows}</table>"
+
+
+def _parameters(report: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><td>{escape(k)}</td><td>{_num(v)}</td></tr>"
+                   for k, v in report["parameters"].items())
+    return f"<h2>Parameters</h2><table>{rows}</table>"
+
+
+def _hours(report: dict[str, Any]) -> str:
+    head = ("<tr><th>hour</th><th>inlet kg</th><th>flag</th><th>method</th><th>outlet kg</th>"
+            "<th>flag</th><th>method</th><th>bypass kg</th><th>vent kg</th><th>unit</th>"
+            "<th>note</th></tr>")
+    rows = []
+    for h in report["hours"]:
+        note = "stopped" if h["stopped"] else ("start-up" if h["startup"] else "")
+        cls = "byp" if (h["bypass_kg"] or h["vent_kg"]) else (
+            "S" if "hj75" in h["inlet_method"] + h["outlet_method"] else "")
+        rows.append(
+            f"<tr class='{cls}'><td>{escape(h['hour'])}</td><td>{_num(h['inlet_kg'], 3)}</td>"
+            f"<td>{h['inlet_flag']}</td><td>{escape(h['inlet_method'])}</td>"
+            f"<td>{_num(h['outlet_kg'], 3)}</td><td>{h['outlet_flag']}</td>"
+            f"<td>{escape(h['outlet_method'])}</td><td>{_num(h['bypass_kg'], 3)}</td>"
+            f"<td>{_num(h['vent_kg'], 3)}</td><td>{'on' if h['unit_running'] else 'bypassed'}"
+            f"</td><td>{note}</td></tr>")
+    return f"<h2>Hours</h2><table class='hours'>{head}{''.join(rows)}</table>"
