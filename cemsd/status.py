@@ -1,30 +1,29 @@
 """What the operator's status page (`/status`, `/v1/status`) and systemd's STATUS line show.
 
-Live parts (each channel's last value and flag, device health, open QA/QC windows, the
-bypass state from the daemon's "bypass" events) are copied on the event loop in one go, so
-they are consistent with each other. Stored parts (valid minutes of the current hour,
-calibration state and age, outbox depth: the same reading Prometheus gets,
-`metrics.read_database_state`; the last 24 hours; the `bypass_events` table where the
-schema has one) are read from a database in a worker thread: the API's own connections
-for the page, the store's worker for the STATUS line.
+Live parts (each channel's last value and flag, device health, open QA/QC windows) are
+copied on the event loop in one go, so they are consistent with each other. Stored parts
+(valid minutes of the current hour, calibration state and age, outbox depth: the same
+reading Prometheus gets, `metrics.read_database_state`; the last 24 hours; bypass events,
+which the bypass monitor stores before it announces them) are read from a database in a
+worker thread: the API's own connections for the page, the store's worker for the STATUS
+line.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Table, and_, func, select
+from sqlalchemy import and_, func, select
 
 from cemsd.errors import StorageError
 from cemsd.flags import Flag
 from cemsd.metrics import (
-    BYPASS_EVENT,
     DatabaseState,
     calibration_states,
     mqtt_connected,
@@ -44,10 +43,8 @@ HISTORY_HOURS = 24
 RECENT_BYPASS_EVENTS = 20
 CHART_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET})
 MAX_CHART_SERIES = 6
-BYPASS_TABLE = "bypass_events"  # issue 4's table, used when the schema has it
-_END_COLUMNS = ("ended_at", "end", "end_ts", "closed_at")
-_START_COLUMNS = ("started_at", "start", "ts", "opened_at")
-_TIME_KEYS = frozenset({"ts", "start", "end", "since", "at", "minute", "hour"})
+_BYPASS_SHOWN = ("id", "started_at", "ended_at", "triggers", "gas_volume_nm3", "n2o_kg",
+                 "n2o_estimated_kg", "method")
 
 
 def chart_series(daemon: Daemon) -> list[str]:
@@ -133,21 +130,6 @@ class LiveStatus:
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon
         self.tz: ZoneInfo = daemon.config.plant.tz
-        self.bypass_active: bool | None = None  # None: no bypass event seen in this run
-        self.bypass_open: dict[str, Any] | None = None
-        self.bypass_events: deque[dict[str, Any]] = deque(maxlen=RECENT_BYPASS_EVENTS)
-        daemon.event_listeners.append(self.observe_event)
-
-    async def observe_event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind != BYPASS_EVENT:
-            return
-        now = self.daemon.clock.now()
-        event = {"received": local_label(now, self.tz), "active": payload.get("active"),
-                 "fields": _fields(payload, self.tz)}
-        self.bypass_events.appendleft(event)
-        if "active" in payload:
-            self.bypass_active = bool(payload["active"])
-            self.bypass_open = event if self.bypass_active else None
 
     async def collect(self, db: Database) -> dict[str, Any]:
         """Everything the page shows: live parts now, on the loop; stored parts from `db`
@@ -186,9 +168,7 @@ class LiveStatus:
                          "channels": sorted(w.channels)}
                         for w in daemon.plant_state.windows.values() if w.end is None],
             "calibration_due": dict(daemon.plant_state.calibration_due),
-            "bypass": {"active": self.bypass_active,
-                       "open": [self.bypass_open] if self.bypass_open else [],
-                       "recent": list(self.bypass_events)},
+            "bypass": {"monitored": bypass_monitored(daemon)},
             "outputs": {"mqtt_connected": mqtt_connected(daemon)},
             "database": {"write_failing": daemon.store.failing_since is not None,
                          "error": daemon.store.last_error, "queued_readings": daemon.store.pending},
@@ -230,7 +210,7 @@ class Stored:
     history_start: float
     history: dict[str, list[dict[str, Any]]]
     last_minutes: dict[str, Any]
-    bypass_rows: list[dict[str, Any]] | None
+    bypass_rows: list[dict[str, Any]]
     last_valid_hour: float | None
 
 
@@ -281,30 +261,32 @@ def _last_minutes(db: Database, series: list[str], since: float) -> dict[str, An
     return {row.channel: row for row in db.fetch(query)}  # the highest revision wins
 
 
-def _bypass_rows(db: Database, tz: ZoneInfo) -> list[dict[str, Any]] | None:
-    """The newest rows of the bypass_events table, if this schema has one."""
-    table: Table | None = schema.metadata.tables.get(BYPASS_TABLE)
-    if table is None:
-        return None
-    start = next((table.c[n] for n in _START_COLUMNS if n in table.c), None)
-    order = start if start is not None else next(iter(table.primary_key.columns))
-    end = next((n for n in _END_COLUMNS if n in table.c), None)
-    rows = db.fetch(select(table).order_by(order.desc()).limit(RECENT_BYPASS_EVENTS))
-    return [{"open": end is not None and getattr(row, end) is None,
-             "fields": _fields(dict(row._mapping), tz)} for row in rows]
+def bypass_monitored(daemon: Daemon) -> bool:
+    """Whether any configured signal can open a bypass event (valve, unit, bypass flow)."""
+    return any(getattr(c, "monitors_bypass", False) for c in daemon.components)
+
+
+def _bypass_rows(db: Database, tz: ZoneInfo) -> list[dict[str, Any]]:
+    """The newest bypass events as stored (an open one has no end yet)."""
+    table = schema.bypass_events
+    rows = db.fetch(select(*(table.c[n] for n in _BYPASS_SHOWN))
+                    .order_by(table.c.started_at.desc()).limit(RECENT_BYPASS_EVENTS))
+    return [{"open": row.ended_at is None, "fields": _fields(dict(row._mapping), tz)}
+            for row in rows]
 
 
 def _fields(values: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
-    """An event's fields for display: times in plant time, the rest as they are."""
+    """An event's fields for display: times in plant time, lists joined, the rest as is."""
     shown: dict[str, Any] = {}
     for key, value in values.items():
+        if value is None:
+            continue
         if isinstance(value, datetime):
             value = local_label(value.timestamp(), tz)
-        elif isinstance(value, int | float) and not isinstance(value, bool) and (
-                key in _TIME_KEYS or key.endswith("_at")) and value > 1e9:
-            value = local_label(float(value), tz)
-        elif not isinstance(value, str | int | float | bool | None):
-            value = str(value)
+        elif key == "triggers":
+            value = ", ".join(json.loads(value))
+        elif isinstance(value, float):
+            value = round(value, 3)
         shown[key] = value
     return shown
 
@@ -342,8 +324,9 @@ def _merge(status: dict[str, Any], stored: Stored, daemon: Daemon, series: list[
                                     for i in range(HISTORY_HOURS)],
                          "series": stored.history}
     status["outputs"]["outbox_messages"] = state.outbox_messages
-    if stored.bypass_rows is not None:
-        status["bypass"]["table"] = stored.bypass_rows
-        status["bypass"]["open"] += [r for r in stored.bypass_rows if r["open"]]
+    bypass = status["bypass"]
+    bypass["open"] = [r for r in stored.bypass_rows if r["open"]]
+    bypass["recent"] = [r for r in stored.bypass_rows if not r["open"]]
+    bypass["active"] = bool(bypass["open"]) if bypass["monitored"] or bypass["open"] else None
     status["summary"] = summary_line(daemon, Overview(stored.last_valid_hour,
                                                       state.outbox_messages))

@@ -2,24 +2,20 @@
 simulated plant (a live analyzer and flow meter, an outlet analyzer that never answers):
 no data without a token; with one, the live values and flags are the daemon's own, the
 dead device shows as down with its error, the last hours are charted with the invalid
-ones marked, bypass events appear as they are published (and from a bypass_events table
-where the schema has one). Screenshots go to test-output/."""
+ones marked, the bypass events the daemon detected from the simulated valve are shown open
+and closed. Screenshots go to test-output/."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Column, Integer, String, Table, insert
 
 from cemsd.api.tokens import create_token
-from cemsd.periods import HOUR
-from cemsd.status import BYPASS_TABLE
-from cemsd.store import schema
+from cemsd.periods import HOUR, MINUTE
 from cemsd.store.database import Database
 from helpers import RunningDaemon, free_port, write_config, write_scenario
 from ops_helpers import plant, scenario
@@ -28,22 +24,23 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--disable-dev-shm-usage"]
 LOOK_AT = 2 * HOUR + 10 * 60 + 1  # 02:10:01 plant time: between two polls (every 2 s)
+BYPASS_OPEN = [(30 * MINUTE, 40 * MINUTE), (2 * HOUR + 5 * MINUTE, 2 * HOUR + 15 * MINUTE)]
+AFTER_SECOND_BYPASS = 2 * HOUR + 18 * MINUTE
 
 
-@pytest.fixture
-def bypass_table() -> Iterator[Table]:
-    """A bypass_events table in the declared schema, as issue 4 will add one."""
-    if BYPASS_TABLE in schema.metadata.tables:
-        pytest.fail("the schema has its own bypass_events now: insert rows of that table here")
-    table = Table(BYPASS_TABLE, schema.metadata,
-                  Column("id", Integer, primary_key=True),
-                  Column("started_at", schema.UTCDateTime, nullable=False),
-                  Column("ended_at", schema.UTCDateTime),
-                  Column("kind", String(16), nullable=False))
-    try:
-        yield table
-    finally:
-        schema.metadata.remove(table)
+def with_bypass_valve(data: dict[str, Any], scene: dict[str, Any]) -> None:
+    """A plant I/O block on bus "a" whose bypass valve opens twice (BYPASS_OPEN)."""
+    data["devices"].append({
+        "name": "plant", "bus": "a", "device_id": 3, "profile": "plant-io",
+        "poll_interval": 2.0, "backoff_max": 1.0,
+        "channels": {k: {"enabled": False} for k in
+                     ("abatement_running", "production_running", "bypass_open",
+                      "production_counter")}})
+    scene["devices"].append({"name": "plant", "bus": "a", "device_id": 3,
+                             "profile": "plant-io"})
+    scene["events"] += [{"device": "plant", "kind": "set", "channel": "bypass_position",
+                         "value": 100.0, "start": start, "end": end}
+                        for start, end in BYPASS_OPEN]
 
 
 def _parse(text: str) -> float:
@@ -51,7 +48,7 @@ def _parse(text: str) -> float:
 
 
 async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
-        tmp_path: Path, output_dir: Path, chromium: str, bypass_table: Table,
+        tmp_path: Path, output_dir: Path, chromium: str,
         caplog: pytest.LogCaptureFixture) -> None:
     from playwright.async_api import async_playwright
 
@@ -59,24 +56,19 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     live_port, dead_port, api_port = free_port(), free_port(), free_port()
     data = plant(tmp_path, live_port, dead_port, api={"port": api_port})
     data["buses"][1]["timeout"] = 0.05  # the dead device costs less wall time
+    scene_data = scenario(live_port, dead_port)
+    with_bypass_valve(data, scene_data)
     config = write_config(tmp_path, data)
-    scene = write_scenario(tmp_path, scenario(live_port, dead_port))
+    scene = write_scenario(tmp_path, scene_data)
     t0 = scene.epoch
     base = f"http://127.0.0.1:{api_port}"
     async with RunningDaemon(config, scene, until=t0 + 3 * HOUR) as run:
         db = Database(config.storage.database_url)
         token = create_token(db, "operator", "test")
-        bypass_table.create(db.engine)
-        with db.engine.begin() as conn:
-            conn.execute(insert(bypass_table), [
-                {"started_at": t0 + 1800, "ended_at": t0 + 2400, "kind": "bypass"},
-                {"started_at": t0 + 7500, "ended_at": None, "kind": "vent"}])
         db.close()
         daemon = run.daemon
         with run.clock.participant():  # simulated time stands still while we look
             await run.clock.sleep_until(t0 + LOOK_AT)
-            await daemon.publish_event("bypass", {"active": True, "valve": "plant.bypass",
-                                                  "started_at": t0 + LOOK_AT - 61})
             async with httpx.AsyncClient(base_url=base) as client:
                 page_html = await client.get("/status")
                 no_token = await client.get("/v1/status")
@@ -87,12 +79,12 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
                                                    args=CHROMIUM_FLAGS)
                 try:
                     seen = await _look(browser, base, token, output_dir, daemon)
-                    await daemon.publish_event("bypass", {"active": False,
-                                                          "valve": "plant.bypass"})
+                    latest = {name: (r.value, r.flag.value)
+                              for name, r in daemon.pipeline.latest.items()}
+                    await run.clock.sleep_until(t0 + AFTER_SECOND_BYPASS)
                     seen["after_close"] = await _refresh_and_read_bypass(seen.pop("page"))
                 finally:
                     await browser.close()
-        latest = {name: (r.value, r.flag.value) for name, r in daemon.pipeline.latest.items()}
 
     # The shell is public and holds nothing; the data needs the token.
     assert page_html.status_code == 200
@@ -138,14 +130,17 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     # Calibration state of the gas analyzers; the outbox; bypass events live and stored.
     assert seen["calibration"]["analyzer.n2o"] == "in control"
     assert "0 message(s) waiting" in seen["outputs"]
+    # The valve opened at 02:05 and, debounced by a minute, the event opened then; the
+    # 00:30-00:40 event is closed with its figures; at 02:18 both are closed.
     assert seen["bypass_state"] == "OPEN"
-    assert "valve: plant.bypass" in seen["bypass_open"][0]
-    assert "started_at: 2026-06-01T02:09+08:00" in seen["bypass_open"][0]
-    assert any("kind: vent" in text for text in seen["bypass_open"])  # the open table row
-    assert sum("kind: bypass" in text for text in seen["bypass_recent"]) == 1
+    [now_open] = seen["bypass_open"]
+    assert "started_at: 2026-06-01T02:05+08:00" in now_open and "triggers: valve" in now_open
+    [earlier] = seen["bypass_recent"]
+    assert "started_at: 2026-06-01T00:30+08:00" in earlier
+    assert "ended_at: 2026-06-01T00:40+08:00" in earlier and "n2o_kg: " in earlier
     assert seen["after_close"]["state"] == "closed"
-    [still_open] = seen["after_close"]["open_texts"]  # only the stored open row is left
-    assert "kind: vent" in still_open
+    assert seen["after_close"]["open_texts"] == []
+    assert len(seen["after_close"]["recent_texts"]) == 2
     for shot in ("status.png", "status-phone.png", "status-large.png"):
         assert (output_dir / shot).stat().st_size > 10_000
 
@@ -182,10 +177,10 @@ async def _look(browser: Any, base: str, token: str, output_dir: Path,
         Object.fromEntries(rows.map(r => [r.cells[0].textContent, r.cells[1].textContent]))""")
     seen["outputs"] = await page.text_content("#outputs")
     seen["bypass_state"] = await page.text_content("#bypass-state")
-    seen["bypass_open"] = await page.eval_on_selector_all("#bypass-open li",
+    seen["bypass_open"] = await page.eval_on_selector_all("#bypass-open li:not(.empty)",
                                                           "items => items.map(i => i.textContent)")
     seen["bypass_recent"] = await page.eval_on_selector_all(
-        "#bypass-recent li", "items => items.map(i => i.textContent)")
+        "#bypass-recent li:not(.empty)", "items => items.map(i => i.textContent)")
     await page.screenshot(path=str(output_dir / "status.png"), full_page=True)
     phone = await browser.new_page(viewport={"width": 390, "height": 844},
                                    device_scale_factor=2, is_mobile=True)
@@ -207,9 +202,11 @@ async def _refresh_and_read_bypass(page: Any) -> dict[str, Any]:
     await page.evaluate("poll()")
     await page.wait_for_function(
         "document.getElementById('bypass-state').textContent === 'closed'", timeout=15_000)
-    texts = await page.eval_on_selector_all("#bypass-open li",
-                                            "items => items.map(i => i.textContent)")
-    return {"state": await page.text_content("#bypass-state"), "open_texts": texts}
+    texts = {}
+    for part in ("open", "recent"):
+        texts[f"{part}_texts"] = await page.eval_on_selector_all(
+            f"#bypass-{part} li:not(.empty)", "items => items.map(i => i.textContent)")
+    return {"state": await page.text_content("#bypass-state"), **texts}
 
 
 async def test_without_a_daemon_the_page_is_there_and_its_data_is_not(tmp_path: Path) -> None:

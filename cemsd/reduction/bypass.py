@@ -107,6 +107,11 @@ class BypassMonitor:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
+    @property
+    def monitors_bypass(self) -> bool:
+        """Whether a configured signal can open an event (production alone cannot)."""
+        return any(trigger != "production_running" for trigger, _ in self._channels.values())
+
     def _signal_channels(self, daemon: Daemon) -> dict[str, tuple[str, Any]]:
         """Channel name -> (trigger, how to read its value)."""
         s = self.settings.bypass

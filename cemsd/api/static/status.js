@@ -228,15 +228,11 @@ function fields(f) {
 }
 
 function renderBypass(b) {
-  const state = b.active === null ? ["unknown (no bypass event since start)", "unknown"]
+  const state = b.active === null ? ["not monitored (no bypass signal configured)", "unknown"]
     : b.active ? ["OPEN", "open"] : ["closed", "closed"];
   replaceChildren($("bypass-state"), [pill(state[0], state[1])]);
   listOrEmpty($("bypass-open"), b.open.map((e) => el("li", {}, fields(e.fields))), "none open");
-  const recent = b.recent.map((e) => el("li", {}, `${shortTime(e.received)} `, fields(e.fields)));
-  for (const row of b.table || []) {
-    recent.push(el("li", {}, row.open ? pill("open", "open") : "", " ", fields(row.fields)));
-  }
-  listOrEmpty($("bypass-recent"), recent, "none");
+  listOrEmpty($("bypass-recent"), b.recent.map((e) => el("li", {}, fields(e.fields))), "none");
 }
 
 function renderOutputs(s) {
