@@ -8,7 +8,8 @@
   exponentially up to `backoff_max`; while it backs off it costs the bus nothing, so a
   dead device costs the others at most its own timeout x attempts once per back-off step.
   Other devices never wait for it beyond that (Telegraf #11785 lesson).
-- An exception reply is an answer: its channels get D, the device is not backed off.
+- An exception reply is an answer: its channels get D (B for a gateway's 10/11: the
+  instrument was not reached), the device is not backed off.
 - A lost link is reopened at the next due poll, with the same back-off, without a restart.
 - Each fault episode is logged when it starts and when it ends, not on every poll.
 - Other requests for a device on the link (switching calibration valves) are queued to
@@ -193,7 +194,7 @@ class BusOwner:
                     )
                 except ExceptionReply as exc:
                     refusal = exc
-                    _fail(failures, block, Flag.D, f"{block.describe()}: {exc}")
+                    _fail(failures, block, Flag(exc.flag_letter), f"{block.describe()}: {exc}")
                     continue
                 _decode_block(block, registers, values)
                 if self.plan.bus.request_delay and i + 1 < len(device.blocks):

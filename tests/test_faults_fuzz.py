@@ -78,7 +78,7 @@ def _parses_cleanly(raw: bytes) -> Packet | None:
         return None
 
 
-_ODD_DIGIT = "\u0663"  # ARABIC-INDIC DIGIT THREE: a digit to Python's \\d and int(), not to HJ 212
+_ODD_DIGIT = "\u0663"  # ARABIC-INDIC DIGIT THREE: a digit to int() and to \d, not to HJ 212
 _VALID_SEGMENT = ("QN=20240101010000000;ST=31;CN=2061;PW=123456;MN=010000A8900016F000169DC0;"
                   "Flag=5;CP=&&DataTime=20240101000000;a19001-Avg=3.2,a19001-Flag=N&&")
 _EDITS = st.lists(st.tuples(st.integers(0, len(_VALID_SEGMENT) - 1),
