@@ -12,6 +12,8 @@
   instrument was not reached), the device is not backed off.
 - A lost link is reopened at the next due poll, with the same back-off, without a restart.
 - Each fault episode is logged when it starts and when it ends, not on every poll.
+- A wall clock set back is followed at once (polls go on from the new time); set
+  forward, the due polls run and the grid continues from the new time.
 - Other requests for a device on the link (switching calibration valves) are queued to
   the owner and carried out before its next due poll: the owner stays the link's only
   user.
@@ -134,6 +136,9 @@ class BusOwner:
 
     async def run(self) -> None:
         self._sleep.bind()
+        steps: list[Callable[[float], None]] | None = getattr(self.clock, "step_listeners", None)
+        if steps is not None:
+            steps.append(self._clock_stepped)
         try:
             with self.clock.participant():
                 now = self.clock.now()
@@ -150,11 +155,24 @@ class BusOwner:
                     await self._poll_due()
                     self.last_cycle_wall = time.monotonic()
         finally:
+            if steps is not None:
+                steps.remove(self._clock_stepped)
             self._set_watermark(math.inf)
             for _, _, future in self._queued:
                 if not future.done():
                     future.set_exception(RuntimeError(f"bus {self.name} stopped"))
             await self.transport.close()
+
+    def _clock_stepped(self, seconds: float) -> None:
+        """A wall clock set back leaves every due poll in its future: poll on from now, on
+        the grid (the closer ignores a slot polled twice). Set forward, due polls are just
+        late and the grid goes on from now by itself."""
+        if seconds >= 0:
+            return
+        now = self.clock.now()
+        for device in self.plan.devices:
+            self.health[device.name].next_due = first_slot(now, device.poll_interval)
+        self._sleep.poke()
 
     async def _poll_due(self) -> None:
         now = self.clock.now()
