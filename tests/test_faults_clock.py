@@ -15,10 +15,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from fault_helpers import SettableWallClock, daemon_on, messages, small_plant, wall_until
 
 from cemsd.periods import HOUR, MINUTE
 from cemsd.store import schema
-from fault_helpers import SettableWallClock, daemon_on, messages, small_plant, wall_until
 from helpers import database
 
 POLL = 1.0

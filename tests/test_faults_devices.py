@@ -226,10 +226,10 @@ def test_serial_line_that_disappears_and_comes_back(tmp_path: Path, socat: str) 
             with clock.participant():
                 await clock.sleep_until(epoch + 120)
                 await sim.stop_bus("bus")
-                assert not port_file.exists()
+                assert not await asyncio.to_thread(port_file.exists)
                 await clock.sleep_until(epoch + 240)
                 await sim.start_bus("bus")
-                assert port_file.exists()
+                assert await asyncio.to_thread(port_file.exists)
             await running.finished()
 
     asyncio.run(run())

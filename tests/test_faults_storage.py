@@ -8,6 +8,7 @@ backlog is written when the database accepts writes again."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import subprocess
@@ -19,14 +20,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from cemsd.daemon import Daemon
-from cemsd.flags import Flag
-from cemsd.periods import MINUTE
-from cemsd.readings import Reading
-from cemsd.store import schema
-from cemsd.store.database import Database
-from cemsd.store.writer import Store
 from fault_helpers import (
     SettableWallClock,
     daemon_on,
@@ -35,6 +28,14 @@ from fault_helpers import (
     small_plant,
     wall_until,
 )
+
+from cemsd.daemon import Daemon
+from cemsd.flags import Flag
+from cemsd.periods import MINUTE
+from cemsd.readings import Reading
+from cemsd.store import schema
+from cemsd.store.database import Database
+from cemsd.store.writer import Store
 from helpers import database
 
 BUSY_TIMEOUT = 5.0  # cemsd.store.database: PRAGMA busy_timeout=5000
@@ -86,7 +87,7 @@ def _polling_went_on(polled: list[Reading], poll: float, t0: float, t1: float) -
     channel = "n2o-analyzer.n2o"
     times = sorted(r.ts for r in polled if r.channel == channel and t0 <= r.ts < t1)
     assert times and times[0] < t0 + poll + 0.5 and times[-1] > t1 - poll - 0.5
-    assert max(b - a for a, b in zip(times, times[1:], strict=False)) < poll + 0.5
+    assert max(b - a for a, b in itertools.pairwise(times)) < poll + 0.5
 
 
 # --- a locked database ----------------------------------------------------------------------
