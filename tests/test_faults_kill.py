@@ -59,7 +59,7 @@ def _plant(tmp: Path) -> tuple[Config, object]:
         "storage": {"batch_seconds": BATCH_SECONDS},
         "points": {"outlet": {}},
         "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
-                   "timeout": 0.3, "retries": 1}],
+                   "timeout": 1.0, "retries": 1}],  # generous: a loaded CI box
         "devices": [{"name": n, "bus": "bus", "device_id": i, "profile": "n2o-analyzer-ppm",
                      "poll_interval": POLL, **({} if i == 1 else {
                          "channels": {"n2o": {"role": "o2", "unit": "%vol", "point": "outlet",
@@ -157,7 +157,11 @@ def test_22_kills_in_a_day_lose_no_hour_and_change_only_what_they_lost(tmp_path:
 
     # readings: each one stored is the uninterrupted run's reading of that slot
     reference = {(r.channel, r.ts): (r.value, r.flag) for r in ref_readings}
-    assert all(reference.get((r.channel, r.ts)) == (r.value, r.flag) for r in readings)
+    # (the slot at the end of the day may or may not be polled as either run stops)
+    day_end = datetime.fromtimestamp(epoch + DAY).astimezone()
+    differ = [(r, reference.get((r.channel, r.ts))) for r in readings
+              if r.ts < day_end and reference.get((r.channel, r.ts)) != (r.value, r.flag)]
+    assert not differ, differ[:5]
     slots = {(r.channel, r.ts) for r in readings}
     lost = [k for k in reference if k not in slots and k[0] in INPUTS]
 
@@ -186,10 +190,15 @@ def test_22_kills_in_a_day_lose_no_hour_and_change_only_what_they_lost(tmp_path:
         start = m.ts.timestamp() - epoch
         if m.n_valid == ref.n_valid:
             assert (m.value, m.flag) == (ref.value, ref.flag), m
-        else:  # readings lost at a kill: fewer, never more
+        else:  # readings lost at a kill: fewer, never more, and the mean of those stored
             assert m.n_valid < ref.n_valid, m
             assert any(start - 60 <= k <= start + 120 for k in kills), m
             short_minutes[(m.channel, start - start % 3600)] = True
+            kept = {r.ts: r.value for r in readings if r.channel == m.channel
+                    and r.flag == "N" and m.ts <= r.ts < m.ts + timedelta(minutes=1)}
+            assert m.n_valid == len(kept), m
+            if m.flag == "N":
+                assert math.isclose(m.value, sum(kept.values()) / len(kept), rel_tol=1e-12)
     missing_minutes = {(k[0], k[1].timestamp() - epoch) for k in ref_minute
                        if k[0] in INPUTS} - {(m.channel, m.ts.timestamp() - epoch)
                                              for m in minutes}
@@ -197,7 +206,7 @@ def test_22_kills_in_a_day_lose_no_hour_and_change_only_what_they_lost(tmp_path:
         assert any(start - 60 <= k <= start + 120 for k in kills), (channel, start)
         short_minutes[(channel, start - start % 3600)] = True
 
-    exact = 0
+    exact, worst = 0, 0.0
     for h in hours:
         if h.channel not in INPUTS:
             continue
@@ -212,8 +221,13 @@ def test_22_kills_in_a_day_lose_no_hour_and_change_only_what_they_lost(tmp_path:
         assert (h.flag == "N") == (len(valid) >= 45), h
         if len(valid) >= 45:
             assert math.isclose(h.value, sum(valid) / len(valid), rel_tol=1e-12), h
+            worst = max(worst, abs(h.value - ref.value) / abs(ref.value))
     lost_per_kill = len(lost) / KILLS / len(INPUTS)
+    twice = sum(n - 1 for n in Counter((r.channel, r.ts) for r in readings).values())
     print(f"{KILLS} kills; {exact} of {24 * len(INPUTS)} input hours identical to the "
           f"uninterrupted run; {len(lost)} readings lost ({lost_per_kill:.1f} per kill and "
-          f"channel, {POLL:g} s polls); {len(missing_minutes)} minutes without any reading")
+          f"channel, {POLL:g} s polls); {twice} slots polled again after a restart; "
+          f"{len(missing_minutes)} minutes without any reading; "
+          f"hours that lost readings differ from the reference by at most {worst:.2e} "
+          "(relative)")
     assert lost_per_kill <= 24  # at most about two minutes of polls per kill and channel
