@@ -8,9 +8,12 @@
   exponentially up to `backoff_max`; while it backs off it costs the bus nothing, so a
   dead device costs the others at most its own timeout x attempts once per back-off step.
   Other devices never wait for it beyond that (Telegraf #11785 lesson).
-- An exception reply is an answer: its channels get D, the device is not backed off.
+- An exception reply is an answer: its channels get D (B for a gateway's 10/11: the
+  instrument was not reached), the device is not backed off.
 - A lost link is reopened at the next due poll, with the same back-off, without a restart.
 - Each fault episode is logged when it starts and when it ends, not on every poll.
+- A wall clock set back is followed at once (polls go on from the new time); set
+  forward, the due polls run and the grid continues from the new time.
 - Other requests for a device on the link (switching calibration valves) are queued to
   the owner and carried out before its next due poll: the owner stays the link's only
   user.
@@ -133,6 +136,9 @@ class BusOwner:
 
     async def run(self) -> None:
         self._sleep.bind()
+        steps: list[Callable[[float], None]] | None = getattr(self.clock, "step_listeners", None)
+        if steps is not None:
+            steps.append(self._clock_stepped)
         try:
             with self.clock.participant():
                 now = self.clock.now()
@@ -149,11 +155,24 @@ class BusOwner:
                     await self._poll_due()
                     self.last_cycle_wall = time.monotonic()
         finally:
+            if steps is not None:
+                steps.remove(self._clock_stepped)
             self._set_watermark(math.inf)
             for _, _, future in self._queued:
                 if not future.done():
                     future.set_exception(RuntimeError(f"bus {self.name} stopped"))
             await self.transport.close()
+
+    def _clock_stepped(self, seconds: float) -> None:
+        """A wall clock set back leaves every due poll in its future: poll on from now, on
+        the grid (the closer ignores a slot polled twice). Set forward, due polls are just
+        late and the grid goes on from now by itself."""
+        if seconds >= 0:
+            return
+        now = self.clock.now()
+        for device in self.plan.devices:
+            self.health[device.name].next_due = first_slot(now, device.poll_interval)
+        self._sleep.poke()
 
     async def _poll_due(self) -> None:
         now = self.clock.now()
@@ -193,7 +212,7 @@ class BusOwner:
                     )
                 except ExceptionReply as exc:
                     refusal = exc
-                    _fail(failures, block, Flag.D, f"{block.describe()}: {exc}")
+                    _fail(failures, block, Flag(exc.flag_letter), f"{block.describe()}: {exc}")
                     continue
                 _decode_block(block, registers, values)
                 if self.plan.bus.request_delay and i + 1 < len(device.blocks):

@@ -17,17 +17,22 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import mmap
 import os
 import struct
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
 _CLOCK_FORMAT = struct.Struct("<d")
 _WALL_SLEEP_SLICE = 1.0  # re-read the wall clock at least this often, so steps are noticed
+# A set clock, not a slewed one: NTP slews at most 0.5 ms/s, event-loop stalls do not count
+# (both clocks run on), so 2 s between looks about a second apart is a step.
+_STEP_TOLERANCE = 2.0
+log = logging.getLogger(__name__)
 
 
 class Clock(Protocol):
@@ -47,15 +52,36 @@ class Clock(Protocol):
 
 
 class WallClock:
-    """The system clock. Sleeps in slices so a stepped clock is noticed within a second."""
+    """The system clock. Sleeps in slices so a stepped clock is noticed within a second.
+
+    A step (the clock set, not slewed: it moved more than `_STEP_TOLERANCE` unlike the
+    monotonic clock between two looks) is logged and told to `step_listeners` with its size
+    in seconds (negative: back). Sleeps still end when now() reaches their time: the closer
+    must wait for the clock's own minute ends. Bus owners, which poll on an interval, listen
+    and plan their polls from the new time."""
+
+    def __init__(self) -> None:
+        self.step_listeners: list[Callable[[float], None]] = []
+        self._seen: tuple[float, float] | None = None  # (now(), monotonic) at the last look
 
     def now(self) -> float:
         return time.time()
 
     async def sleep_until(self, t: float) -> None:
         # Polling on purpose: a stepped system clock must be noticed.
-        while (remaining := t - time.time()) > 0:  # noqa: ASYNC110
+        while (remaining := t - self._look()) > 0:  # noqa: ASYNC110
             await asyncio.sleep(min(remaining, _WALL_SLEEP_SLICE))
+
+    def _look(self) -> float:
+        wall, mono = self.now(), time.monotonic()
+        seen, self._seen = self._seen, (wall, mono)
+        if seen is not None:
+            step = (wall - seen[0]) - (mono - seen[1])
+            if abs(step) > _STEP_TOLERANCE:
+                log.warning("wall clock stepped", extra={"seconds": round(step, 1)})
+                for listener in list(self.step_listeners):
+                    listener(step)
+        return wall
 
     async def charge(self, seconds: float) -> None:
         return None  # the time has really passed

@@ -54,6 +54,7 @@ class SeriesMeta:
     per_minute: int  # expected readings per minute (1 for derived series)
     how: Literal["mean", "last"]
     derived: bool
+    poll_interval: float | None = None  # polled series: one reading per slot of this width
 
 
 class Closer:
@@ -88,7 +89,8 @@ class Closer:
         for device in plan.devices:
             for ch in device.channels:
                 series[ch.name] = SeriesMeta(ch.name, ch.unit.value, device.expected_per_minute,
-                                             ch.aggregate, derived=False)
+                                             ch.aggregate, derived=False,
+                                             poll_interval=device.poll_interval)
         for d in self.calculator.derived:
             series[d.name] = SeriesMeta(d.name, d.unit.value, 1, "mean", derived=True)
         return series
@@ -128,14 +130,17 @@ class Closer:
                 await self._close_with_retry(target)
 
     async def _close_with_retry(self, t_end: float) -> None:
+        """Closing waits for the database: a period is never closed from readings that are
+        still queued. Logged once when it starts failing and once when it closes again."""
         while not self._sleep.stopping:
             try:
                 await self.close_through(t_end)
-                self._close_fault.recovered("closing periods again")
-                return
             except StorageError as exc:
                 self._close_fault.failed(error=str(exc))
                 await asyncio.sleep(_RETRY_SECONDS)
+                continue
+            self._close_fault.recovered("closing periods again", through=t_end)
+            return
 
     async def _await_buses(self, t: float) -> None:
         """Wait until every bus has delivered its readings before t, at most the grace."""
@@ -172,7 +177,7 @@ class Closer:
     async def _close_minutes(self, t0: float, t1: float) -> None:
         n = round((t1 - t0) / MINUTE)
         rows = await self.store.call(self.store.db.readings_between, t0, t1)
-        grouped = _group(rows, t0, MINUTE)
+        grouped = _group(self._first_per_slot(rows), t0, MINUTE)
         starts = t0 + MINUTE * np.arange(n)
         aggregates: dict[str, Aggregates] = {}
         for meta in self.series.values():
@@ -197,6 +202,22 @@ class Closer:
         out = self._rows(aggregates, starts, keep, "readings")
         await self.store.call(self.store.db.insert_aggregates, schema.minutes, out)
         await self.notify("minute", out)
+
+    def _first_per_slot(self, rows: Sequence[Any]) -> list[Any]:
+        """One reading per channel and poll slot, the first stored in time order. A slot is
+        polled twice only when the wall clock was set back while its minute was open, or
+        when a restart begins on the slot a killed run had polled already."""
+        seen: set[tuple[str, int]] = set()
+        kept = []
+        for row in rows:
+            meta = self.series.get(row.channel)
+            if meta is not None and meta.poll_interval:
+                slot = (row.channel, math.floor(row.ts.timestamp() / meta.poll_interval + 1e-9))
+                if slot in seen:
+                    continue
+                seen.add(slot)
+            kept.append(row)
+        return kept
 
     async def _close_hours(self, through: float) -> None:
         """Close every plant-local hour that ends at or before `through`."""

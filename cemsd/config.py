@@ -69,6 +69,9 @@ class Storage(Strict):
     url: str | None = None  # SQLAlchemy URL; default: SQLite file in state_dir
     reading_retention_days: Annotated[float, Field(ge=1)] = 14
     batch_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
+    # Readings held in memory while the database refuses writes (about 130 bytes each:
+    # 2 million is about 260 MB); past it the oldest are dropped and counted.
+    max_pending_readings: Annotated[int, Field(ge=10, le=100_000_000)] = 2_000_000
     # Hours are sealed into the hash chain this long after they end (cemsd/sealing.py).
     # QA/QC may still correct an hour within a day (a failed 24-hourly calibration reaches
     # back to the last passing check); later corrections are new, separately sealed records.

@@ -112,7 +112,8 @@ class Daemon:
         log_plan(self.plan)
         db = Database(self.config.storage.database_url)
         await asyncio.to_thread(db.upgrade)
-        self.store = store = Store(db, self.config.storage.batch_seconds)
+        self.store = store = Store(db, self.config.storage.batch_seconds,
+                                   self.config.storage.max_pending_readings)
         run_id = await store.call(db.start_run, self.clock.now(), self.clock_name, __version__,
                                   str(self.config.source), _sha256(self.config.source))
         await store.call(audit_config, db, self.clock.now(), Path(self.config.source))

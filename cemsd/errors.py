@@ -75,14 +75,24 @@ class ExceptionReply(CemsdError):
         4: "server device failure",
         5: "acknowledge",
         6: "server device busy",
+        7: "negative acknowledge",
         8: "memory parity error",
         10: "gateway path unavailable",
         11: "gateway target device failed to respond",
     }
 
+    # Modbus Application Protocol v1.1b3 §7: a gateway answers 10 or 11 when it could not
+    # reach the instrument behind it; a communication failure (B), not the instrument's (D).
+    GATEWAY_CODES: ClassVar[tuple[int, ...]] = (10, 11)
+
     def __init__(self, code: int) -> None:
         self.code = code
         super().__init__(f"exception {code} ({self.NAMES.get(code, 'unknown')})")
+
+    @property
+    def flag_letter(self) -> str:
+        """B when a gateway did not reach the instrument, D when the instrument refused."""
+        return "B" if self.code in self.GATEWAY_CODES else "D"
 
 
 class StorageError(CemsdError):

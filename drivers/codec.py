@@ -80,16 +80,19 @@ def _swap_bytes(raw: bytes) -> bytes:
 
 
 def decode(registers: Sequence[int], data_type: DataType, order: ByteOrder) -> float:
-    """Decode the registers of one value. Floats may come back NaN or infinite."""
-    if data_type is DataType.BOOL:
-        return 1.0 if registers[0] else 0.0
+    """Decode the registers of one value. Floats may come back NaN or infinite.
+
+    Anything that is not `data_type.registers` 16-bit words raises ValueError."""
     n = data_type.registers
     if len(registers) != n:
         raise ValueError(f"{data_type} needs {n} registers, got {len(registers)}")
     words = list(registers)
-    if order.word_swap:
-        words.reverse()
-    raw = struct.pack(f">{n}H", *words)
+    try:
+        raw = struct.pack(f">{n}H", *(reversed(words) if order.word_swap else words))
+    except struct.error:
+        raise ValueError(f"registers must be 16-bit words 0-65535: {words}") from None
+    if data_type is DataType.BOOL:
+        return 1.0 if words[0] else 0.0
     if order.byte_swap:
         raw = _swap_bytes(raw)
     return float(struct.unpack(_STRUCT[data_type], raw)[0])

@@ -18,6 +18,7 @@ class _ShiftedClock(WallClock):
     """The wall clock, read as if the scenario had started when the simulator did."""
 
     def __init__(self, offset: float) -> None:
+        super().__init__()
         self.offset = offset
 
     def now(self) -> float:

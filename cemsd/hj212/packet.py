@@ -37,7 +37,7 @@ _SEGMENT = re.compile(
     r"MN=(?P<mn>[^;]*);Flag=(?P<flag>\d{1,3});"
     r"(?:PNUM=(?P<pnum>\d{1,4});PNO=(?P<pno>\d{1,4});)?"
     r"CP=&&(?P<cp>.*)&&",
-    re.DOTALL,
+    re.DOTALL | re.ASCII,  # \d is 0-9 only: int() would read other scripts' digits too
 )
 _WORST_PART = 9999  # PNUM/PNO digits assumed while packing parts
 
@@ -106,7 +106,7 @@ class Packet:
                 + p.TRAILER)
 
     def _check(self) -> None:
-        if not (len(self.qn) == p.QN_DIGITS and self.qn.isdigit()):
+        if not (len(self.qn) == p.QN_DIGITS and self.qn.isascii() and self.qn.isdigit()):
             raise PacketError(f"QN must be {p.QN_DIGITS} digits (YYYYMMDDhhmmsszzz): {self.qn!r}")
         if not 0 <= self.st <= 99:
             raise PacketError(f"ST must have 2 digits: {self.st}")
@@ -310,7 +310,7 @@ def format_qn(t_ms: int, tz: ZoneInfo) -> str:
 
 def parse_time(text: str, tz: ZoneInfo) -> float:
     """A protocol time (YYYYMMDDhhmmss, plant zone) as a UTC epoch; PacketError if bad."""
-    if not (len(text) == 14 and text.isdigit()):
+    if not (len(text) == 14 and text.isascii() and text.isdigit()):
         raise PacketError(f"time must be YYYYMMDDhhmmss: {text!r}")
     try:
         return datetime.strptime(text, p.TIME_FORMAT).replace(tzinfo=tz).timestamp()

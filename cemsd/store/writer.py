@@ -7,7 +7,9 @@
 - A failed write (locked or full database) keeps the batch and tries again next time;
   the fault is logged when it starts and when it ends. The queue is bounded: past
   `max_pending` readings the oldest are dropped and counted, so memory stays bounded
-  while polling continues.
+  while polling continues. Queued readings are tuples (about 130 bytes each, half a
+  dict's), and a backlog is written in transactions of `WRITE_CHUNK` readings, so a
+  failing attempt costs one chunk, not the whole backlog, every second.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from cemsd.store.database import Database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+WRITE_CHUNK = 10_000  # readings per transaction while catching up
+_FIELDS = ("channel", "ts", "value", "flag", "reason")
+Row = tuple[str, float, float | None, str, str | None]
 
 
 class Store:
@@ -36,51 +41,63 @@ class Store:
         self.batch_seconds = batch_seconds
         self.max_pending = max_pending
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cemsd-db")
-        self._pending: deque[dict[str, Any]] = deque()
+        self._pending: deque[Row] = deque()
+        self._in_flight = 0  # readings taken off the queue by a write not yet done
         self._flush_lock = asyncio.Lock()
         self.failing_since: float | None = None
         self.last_error: str | None = None
         self.dropped_readings = 0
+        self._dropped_before_fault = 0
         self.written_readings = 0
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + self._in_flight
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run a Database method on the worker thread."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def add_readings(self, readings: list[Reading]) -> None:
-        self._pending.extend(
-            {"channel": r.channel, "ts": r.ts, "value": r.value, "flag": r.flag.value,
-             "reason": r.reason}
-            for r in readings
-        )
-        overflow = len(self._pending) - self.max_pending
-        if overflow > 0:
-            for _ in range(overflow):
-                self._pending.popleft()
-            if self.dropped_readings == 0:
-                log.error("reading queue full, dropping the oldest",
-                          extra={"max_pending": self.max_pending})
-            self.dropped_readings += overflow
+        self._pending.extend((r.channel, r.ts, r.value, r.flag.value, r.reason)
+                             for r in readings)
+        self._drop_oldest(self.pending - self.max_pending)
+
+    def _drop_oldest(self, overflow: int) -> None:
+        overflow = min(overflow, len(self._pending))
+        if overflow <= 0:
+            return
+        for _ in range(overflow):
+            self._pending.popleft()
+        if self.dropped_readings == self._dropped_before_fault:
+            log.error("reading queue full, dropping the oldest",
+                      extra={"max_pending": self.max_pending})
+        self.dropped_readings += overflow
 
     async def flush(self) -> None:
         """Write every queued reading; raises StorageError if the database refuses."""
         async with self._flush_lock:
-            if not self._pending:
-                return
-            batch = list(self._pending)
-            try:
-                await self.call(self.db.insert_readings, batch)
-            except StorageError as exc:
-                self._fault(str(exc))
-                raise
-            for _ in range(len(batch)):
-                self._pending.popleft()
-            self.written_readings += len(batch)
+            while self._pending:
+                chunk = [self._pending.popleft()
+                         for _ in range(min(WRITE_CHUNK, len(self._pending)))]
+                self._in_flight = len(chunk)
+                try:
+                    await self.call(self.db.insert_readings,
+                                    [dict(zip(_FIELDS, row, strict=True)) for row in chunk])
+                except StorageError as exc:
+                    self._requeue(chunk)
+                    self._fault(str(exc))
+                    raise
+                finally:
+                    self._in_flight = 0
+                self.written_readings += len(chunk)
             self._recovered()
+
+    def _requeue(self, chunk: list[Row]) -> None:
+        """Put a chunk that was not written back in front; the bound still holds."""
+        self._in_flight = 0
+        self._pending.extendleft(reversed(chunk))
+        self._drop_oldest(self.pending - self.max_pending)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush about every batch_seconds until stop is set, then once more."""
@@ -94,15 +111,18 @@ class Store:
         self.last_error = message
         if self.failing_since is None:
             self.failing_since = asyncio.get_running_loop().time()
+            self._dropped_before_fault = self.dropped_readings
             log.error("database write failing", extra={"error": message,
-                                                      "pending": len(self._pending)})
+                                                      "pending": self.pending})
 
     def _recovered(self) -> None:
         if self.failing_since is not None:
             log.info("database writes recovered", extra={
-                "after_s": round(asyncio.get_running_loop().time() - self.failing_since, 1)})
+                "after_s": round(asyncio.get_running_loop().time() - self.failing_since, 1),
+                "dropped": self.dropped_readings - self._dropped_before_fault})
             self.failing_since = None
             self.last_error = None
+            self._dropped_before_fault = self.dropped_readings
 
     async def close(self) -> None:
         self._executor.shutdown(wait=True)
