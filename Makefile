@@ -31,7 +31,7 @@ demo: $(BIN)/cemsd
 test: $(VENV)/.test-deps
 	scripts/install-system-deps test
 	$(BIN)/ruff check .
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n auto --dist loadfile
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import distinct, func, or_, select
@@ -82,6 +82,8 @@ class Snapshot:
     bypass_active: bool = False
     outbox_messages: int | None = None  # None: the database did not answer
     database_write_failing: bool = False
+    readings_queued: int = 0
+    readings_dropped: int = 0
     mqtt_connected: bool | None = None  # None: no MQTT output configured
 
 
@@ -155,6 +157,8 @@ class Metrics:
             reading_age={ch: max(0.0, now - t) for ch, t in self.last_value_at.items()},
             bypass_active=self.bypass_active,
             database_write_failing=daemon.store.failing_since is not None,
+            readings_queued=daemon.store.pending,
+            readings_dropped=daemon.store.dropped_readings,
             mqtt_connected=mqtt_connected(daemon),
         )
         hour_start = hour_floor(now, tz)
@@ -284,6 +288,12 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("cemsd_database_write_failing",
                                 "1 while writes to the database fail",
                                 value=float(snap.database_write_failing))
+        yield GaugeMetricFamily("cemsd_readings_queued",
+                                "Readings polled and not yet written to the database",
+                                value=float(snap.readings_queued))
+        yield CounterMetricFamily("cemsd_readings_dropped",
+                                  "Readings dropped because the queue was full while the "
+                                  "database refused writes", value=float(snap.readings_dropped))
         if snap.mqtt_connected is not None:
             yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
                                     value=float(snap.mqtt_connected))

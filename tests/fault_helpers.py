@@ -39,9 +39,10 @@ class SettableWallClock(WallClock):
         self.offset += seconds
 
 
-def small_plant(tmp: Path, poll: float, storage: dict[str, Any] | None = None
-                ) -> tuple[Config, Scenario]:
-    """Two analyzers on one TCP link (an N2O and an O2 one at the same point)."""
+def small_plant(tmp: Path, poll: float, storage: dict[str, Any] | None = None,
+                **sections: Any) -> tuple[Config, Scenario]:
+    """Two analyzers on one TCP link (an N2O and an O2 one at the same point); `sections`
+    are added to the configuration (e.g. metrics)."""
     port = free_port()
     devices = [("n2o-analyzer", 1, HEALTHY_VALUE), ("o2-analyzer", 2, OTHER_VALUE)]
     scenario = write_scenario(tmp, {
@@ -63,6 +64,7 @@ def small_plant(tmp: Path, poll: float, storage: dict[str, Any] | None = None
                    "timeout": 0.2, "retries": 0}],
         "devices": [{"name": n, "bus": "bus", "device_id": i, "profile": "n2o-analyzer-ppm",
                      "poll_interval": poll, "channels": channels[n]} for n, i, _ in devices],
+        **sections,
     })
     return config, scenario
 

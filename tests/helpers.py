@@ -13,12 +13,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 
 from cemsd.clock import VirtualClock
 from cemsd.config import Config, load_config
@@ -212,3 +214,19 @@ def wait_healthy(base_url: str, process: subprocess.Popen[str], **client: Any) -
         except httpx.HTTPError:
             time.sleep(0.1)
     raise TimeoutError("cemsd serve did not come up")
+
+
+MetricSamples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+async def scrape_metrics(port: int) -> MetricSamples:
+    """A real scrape of the daemon's /metrics, as Prometheus does it, from a thread (the
+    scrape waits for the daemon's loop: never block it)."""
+    def get() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+            assert reply.status == 200
+            return reply.read().decode()
+
+    text = await asyncio.to_thread(get)
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}

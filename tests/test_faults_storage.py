@@ -36,7 +36,7 @@ from cemsd.readings import Reading
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.store.writer import Store
-from helpers import database
+from helpers import MetricSamples, database, free_port, scrape_metrics
 
 BUSY_TIMEOUT = 5.0  # cemsd.store.database: PRAGMA busy_timeout=5000
 
@@ -177,11 +177,13 @@ def _fill(directory: Path) -> Path:
 
 def test_full_disk(tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFixture) -> None:
     poll, full_for, bound = 0.5, 10.0, 50
+    metrics_port = free_port()
     config, scenario = small_plant(tmp_path, poll, {"state_dir": str(small_disk),
-                                                    "max_pending_readings": bound})
+                                                    "max_pending_readings": bound},
+                                   metrics={"port": metrics_port})
     caplog.set_level(logging.INFO)
 
-    async def run() -> tuple[Observed, float, float, float, int]:
+    async def run() -> tuple[Observed, float, float, float, int, MetricSamples]:
         minute_end = scenario.epoch + 3600
         clock = SettableWallClock(minute_end - 6)
         async with daemon_on(config, scenario, clock) as daemon:
@@ -191,6 +193,7 @@ def test_full_disk(tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFi
             filler = await asyncio.to_thread(_fill, small_disk)
             full_at = clock.now()
             await seen.sample(time.monotonic() + full_for)
+            during = await scrape_metrics(metrics_port)  # what an operator's alert sees
             filler.unlink()
             freed_at, freed_mono = clock.now(), time.monotonic()
             while daemon.store.failing_since is not None or daemon.store.pending > 10:
@@ -199,9 +202,12 @@ def test_full_disk(tmp_path: Path, small_disk: Path, caplog: pytest.LogCaptureFi
             catch_up = time.monotonic() - freed_mono
             await seen.sample(time.monotonic() + 3.0)
             dropped = daemon.store.dropped_readings
-        return seen, full_at, freed_at, catch_up, dropped
+        return seen, full_at, freed_at, catch_up, dropped, during
 
-    seen, full_at, freed_at, catch_up, dropped = asyncio.run(run())
+    seen, full_at, freed_at, catch_up, dropped, during = asyncio.run(run())
+    assert during[("cemsd_database_write_failing", frozenset())] == 1
+    assert during[("cemsd_readings_queued", frozenset())] == bound
+    assert 0 < during[("cemsd_readings_dropped_total", frozenset())] <= dropped
     assert os.statvfs(small_disk).f_bavail > 0
     assert seen.max_pending <= bound
     assert dropped > 0  # 10 s at 8 readings a second is more than the bound of 50

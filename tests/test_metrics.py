@@ -9,12 +9,10 @@ had 121 polls at t0 + 602.5 s, its last reading is 2.5 s old, ten minutes are cl
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, insert, select
 
 from cemsd import __version__
@@ -22,11 +20,17 @@ from cemsd.metrics import MetricsServer, read_database_state
 from cemsd.outbox import Outbox, OutboxMessage
 from cemsd.store import schema
 from cemsd.store.database import Database
-from helpers import RunningDaemon, free_port, write_config, write_scenario
+from helpers import (
+    MetricSamples,
+    RunningDaemon,
+    free_port,
+    scrape_metrics,
+    write_config,
+    write_scenario,
+)
 
 START = "2026-06-01T00:00:00+08:00"
 POLL = 5.0
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 def _plant(tmp: Path) -> tuple[Any, Any]:
@@ -60,22 +64,11 @@ def _plant(tmp: Path) -> tuple[Any, Any]:
     return config, scenario
 
 
-async def _scrape(port: int) -> Samples:
-    def get() -> str:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-            assert reply.status == 200
-            return reply.read().decode()
-
-    text = await asyncio.to_thread(get)  # the scrape waits for the loop: never block it
-    return {(s.name, frozenset(s.labels.items())): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
-
-
-def _value(samples: Samples, name: str, **labels: str) -> float:
+def _value(samples: MetricSamples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-def _names(samples: Samples, name: str, label: str) -> set[str]:
+def _names(samples: MetricSamples, name: str, label: str) -> set[str]:
     return {dict(labels)[label] for n, labels in samples if n == name}
 
 
@@ -114,7 +107,7 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
         assert store is not None
         with run.clock.participant():
             await run.clock.sleep_until(first)
-            samples = await _scrape(server.port)
+            samples = await scrape_metrics(server.port)
             polls = (first - t0) // POLL + 1
             assert _value(samples, "cemsd_device_up", device="analyzer") == 1
             assert _value(samples, "cemsd_device_up", device="spare") == 0
@@ -139,6 +132,8 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
             assert _value(samples, "cemsd_outbox_messages") == unsent == minutes > 0
             assert _value(samples, "cemsd_mqtt_connected") == 0
             assert _value(samples, "cemsd_database_write_failing") == 0
+            assert _value(samples, "cemsd_readings_dropped_total") == 0
+            assert _value(samples, "cemsd_readings_queued") >= 0  # exposed; the disk test fills it
             assert _value(samples, "cemsd_bypass_active") == 0
             assert _value(samples, "cemsd_build_info", version=__version__) == 1
             assert _value(samples, "cemsd_calibration_state", channel="analyzer.n2o",
@@ -147,7 +142,7 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
 
             await store.call(_add_qaqc_records, store.db, first)
             await run.daemon.publish_event("bypass", {"active": True, "valve": "bypass"})
-            samples = await _scrape(server.port)
+            samples = await scrape_metrics(server.port)
             assert _value(samples, "cemsd_calibration_age_seconds", channel="analyzer.n2o") == 100
             states = {s: _value(samples, "cemsd_calibration_state", channel="analyzer.n2o",
                                 state=s)
@@ -157,7 +152,7 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
             assert _value(samples, "cemsd_outbox_messages") == unsent + 1  # the bypass event
 
             await run.clock.sleep_until(second)
-            samples = await _scrape(server.port)
+            samples = await scrape_metrics(server.port)
             assert _value(samples, "cemsd_modbus_requests_total", device="analyzer",
                           result="ok") == (second - t0) // POLL + 1
             assert _value(samples, "cemsd_valid_minutes_current_hour",

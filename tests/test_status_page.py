@@ -153,12 +153,14 @@ async def _look(browser: Any, base: str, token: str, output_dir: Path,
     seen: dict[str, Any] = {"login_first": await page.is_hidden("#board")}
     await page.fill("#token", "not-a-token")
     await page.click("#login button[type=submit]")
-    await page.wait_for_function("document.getElementById('login-error').textContent !== ''")
+    # locator waits, not wait_for_function: its polling evaluates strings, which the page's
+    # Content-Security-Policy (no 'unsafe-eval') rightly refuses
+    await page.wait_for_selector("#login-error:not(:empty)")
     seen["wrong_token_error"] = await page.text_content("#login-error")
     await page.fill("#token", token)
     await page.click("#login button[type=submit]")
     await page.wait_for_selector("#board:not([hidden])")
-    await page.wait_for_function("document.querySelectorAll('#channels tbody tr').length > 0")
+    await page.wait_for_selector("#channels tbody tr")
     seen["channels"] = await page.eval_on_selector_all("#channels tbody tr", """rows =>
         Object.fromEntries(rows.map(r => [r.dataset.channel, {
             value: r.cells[1].querySelector('.value').textContent,
@@ -200,8 +202,7 @@ async def _look(browser: Any, base: str, token: str, output_dir: Path,
 async def _refresh_and_read_bypass(page: Any) -> dict[str, Any]:
     """The page polls every 5 s; ask it now, and wait for the closed state."""
     await page.evaluate("poll()")
-    await page.wait_for_function(
-        "document.getElementById('bypass-state').textContent === 'closed'", timeout=15_000)
+    await page.wait_for_selector("#bypass-state :text-is('closed')", timeout=15_000)
     texts = {}
     for part in ("open", "recent"):
         texts[f"{part}_texts"] = await page.eval_on_selector_all(
