@@ -230,3 +230,31 @@ async def scrape_metrics(port: int) -> MetricSamples:
     text = await asyncio.to_thread(get)
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:port."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+async def interrupt_bus(config: Config, scenario: Scenario, bus: str, down: float, up: float,
+                        until: float, check: Any = None) -> None:
+    """Run the daemon to `until` (epoch seconds) while the simulator's `bus` is down from
+    `down` to `up`; `check(state)` is awaited with "down" and "up" right after each change,
+    simulated time standing still."""
+    async with RunningDaemon(config, scenario, until) as running:
+        clock, sim = running.clock, running.sim
+        with clock.participant():
+            await clock.sleep_until(down)
+            await sim.stop_bus(bus)
+            if check is not None:
+                await check("down")
+            await clock.sleep_until(up)
+            await sim.start_bus(bus)
+            if check is not None:
+                await check("up")
+        await running.finished()

@@ -18,9 +18,9 @@ from cemsd.plan import compile_plan
 from cemsd.readings import Reading
 from cemsd.store import schema
 from helpers import (
-    RunningDaemon,
     database,
     free_port,
+    interrupt_bus,
     run_virtual,
     write_config,
     write_scenario,
@@ -139,17 +139,7 @@ def test_lost_link_is_reopened_without_a_restart(tmp_path: Path) -> None:
     config = write_config(tmp_path, _plant(tmp_path, port))
     epoch = scenario.epoch
 
-    async def run() -> None:
-        async with RunningDaemon(config, scenario, epoch + 360) as running:
-            clock, sim = running.clock, running.sim
-            with clock.participant():
-                await clock.sleep_until(epoch + 120)
-                await sim.stop_bus("bus")
-                await clock.sleep_until(epoch + 240)
-                await sim.start_bus("bus")
-            await running.finished()
-
-    asyncio.run(run())
+    asyncio.run(interrupt_bus(config, scenario, "bus", epoch + 120, epoch + 240, epoch + 360))
     rows = _readings(config, "healthy.n2o")
     before, during, after = (_window(rows, epoch, a, b) for a, b in ((0, 2), (2.2, 3.9), (5, 6)))
     assert before and all(r.flag == "N" for r in before)

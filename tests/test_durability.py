@@ -7,7 +7,6 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter
@@ -17,7 +16,7 @@ from pathlib import Path
 from cemsd.clock import SharedClockFile
 from cemsd.config import load_config
 from cemsd.store import schema
-from helpers import database, free_port, wait_for, write_config, write_scenario
+from helpers import database, free_port, listening, wait_for, write_config, write_scenario
 
 START = "2026-06-01T00:00:00+08:00"
 SPEED = 300.0
@@ -66,7 +65,7 @@ def test_kill_9_loses_at_most_the_last_batch_and_duplicates_nothing(tmp_path: Pa
                                   "--clock-file", str(clock_path)), stdin=subprocess.DEVNULL)
     try:
         port = config.buses[0].port
-        wait_for(lambda: _listening(port), timeout=20)
+        wait_for(lambda: listening(port), timeout=20)
         run = ["run", "--config", str(config_path), "--accelerate", str(SPEED),
                "--clock-file", str(clock_path)]
         first = subprocess.Popen(_cemsd(*run, "--start", START, "--until", f"+{END}s"),
@@ -130,10 +129,3 @@ def test_kill_9_loses_at_most_the_last_batch_and_duplicates_nothing(tmp_path: Pa
     assert a_hours[0].flag == "N" and a_hours[0].n_valid == 60  # before the kill: complete
     assert a_hours[1].n_valid >= 60 - 3  # the kill costs at most the minutes of one batch
 
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False

@@ -16,7 +16,14 @@ import pytest
 
 from cemsd.errors import ExceptionReply
 from cemsd.store import schema
-from helpers import RunningDaemon, database, free_port, run_virtual, write_config, write_scenario
+from helpers import (
+    database,
+    free_port,
+    interrupt_bus,
+    run_virtual,
+    write_config,
+    write_scenario,
+)
 
 START = "2026-06-01T00:00:00+08:00"
 POLL = 5.0
@@ -191,17 +198,7 @@ def test_lost_tcp_link_of_one_device_leaves_the_others_alone(tmp_path: Path) -> 
     epoch = scenario.epoch
     end = 6 * 60.0
 
-    async def run() -> None:
-        async with RunningDaemon(config, scenario, epoch + end) as running:
-            clock, sim = running.clock, running.sim
-            with clock.participant():
-                await clock.sleep_until(epoch + 120)
-                await sim.stop_bus("b")
-                await clock.sleep_until(epoch + 240)
-                await sim.start_bus("b")
-            await running.finished()
-
-    asyncio.run(run())
+    asyncio.run(interrupt_bus(config, scenario, "b", epoch + 120, epoch + 240, epoch + end))
     readings, minutes = _stored(config)
     _assert_healthy_throughout(readings, minutes, epoch, end)
     during = _between(readings, "faulty.n2o", epoch + 125, epoch + 240)
@@ -220,19 +217,11 @@ def test_serial_line_that_disappears_and_comes_back(tmp_path: Path, socat: str) 
     end = 6 * 60.0
     port_file = Path(config.buses[0].port)
 
-    async def run() -> None:
-        async with RunningDaemon(config, scenario, epoch + end) as running:
-            clock, sim = running.clock, running.sim
-            with clock.participant():
-                await clock.sleep_until(epoch + 120)
-                await sim.stop_bus("bus")
-                assert not await asyncio.to_thread(port_file.exists)
-                await clock.sleep_until(epoch + 240)
-                await sim.start_bus("bus")
-                assert await asyncio.to_thread(port_file.exists)
-            await running.finished()
+    async def port_file_follows(state: str) -> None:
+        assert await asyncio.to_thread(port_file.exists) == (state == "up")
 
-    asyncio.run(run())
+    asyncio.run(interrupt_bus(config, scenario, "bus", epoch + 120, epoch + 240, epoch + end,
+                              port_file_follows))
     readings, _ = _stored(config)
     for channel, value in (("healthy.n2o", HEALTHY_VALUE), ("faulty.n2o", FAULTY_VALUE)):
         before = _between(readings, channel, epoch, epoch + 120)

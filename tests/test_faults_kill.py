@@ -21,7 +21,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -33,7 +32,15 @@ from fault_helpers import integrity
 from cemsd.clock import SharedClockFile
 from cemsd.config import Config
 from cemsd.store import schema
-from helpers import database, free_port, run_virtual, wait_for, write_config, write_scenario
+from helpers import (
+    database,
+    free_port,
+    listening,
+    run_virtual,
+    wait_for,
+    write_config,
+    write_scenario,
+)
 
 START = "2026-06-01T00:00:00+08:00"
 DAY = 86400.0
@@ -99,7 +106,7 @@ def _killed_day(tmp: Path, config: Config, scenario) -> list[float]:
            "--clock-file", str(clock_path), "--until", _iso(epoch + DAY)]
     killed: list[float] = []
     try:
-        wait_for(lambda: _listening(config.buses[0].port), timeout=20)
+        wait_for(lambda: listening(config.buses[0].port), timeout=20)
         start = epoch
         for point in _kill_points():
             daemon = subprocess.Popen(_cemsd(*run, "--start", _iso(start)),
@@ -119,14 +126,6 @@ def _killed_day(tmp: Path, config: Config, scenario) -> list[float]:
         sim.wait(timeout=10)
         clock.close()
     return killed
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
 
 
 def _stored(config: Config) -> tuple[list, list, list]:
