@@ -30,28 +30,32 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import tomli_w
 from pymodbus.client import AsyncModbusTcpClient
 
-from cemsd.clock import SharedClockFile, VirtualClock
 from cemsd.config import load_config
-from cemsd.daemon import Daemon
 from cemsd.logs import setup_logging
 from cemsd.plan import compile_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from polling_common import machine, spread
+from polling_common import (
+    PROFILES,
+    PipelineRun,
+    instruments,
+    machine,
+    read_round_robin,
+    run_daemon,
+    spread,
+    start_simulator,
+    write_daemon_config,
+)
 
 START = "2026-06-01T00:00:00+08:00"
-PROFILES = ["n2o-analyzer-percent", "n2o-analyzer-ppm", "stack-flow-meter", "plant-io"]
 
 
 def free_port() -> int:
@@ -60,88 +64,29 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _names(devices: int) -> list[tuple[str, str]]:
-    return [(f"dev{i + 1}", PROFILES[i % len(PROFILES)]) for i in range(devices)]
-
-
 def write_scenario(tmp: Path, port: int, devices: int) -> Path:
     scenario = {
         "start": START,
         "buses": [{"name": "bus", "transport": "tcp", "port": port}],
         "devices": [{"name": n, "bus": "bus", "device_id": i + 1, "profile": p}
-                    for i, (n, p) in enumerate(_names(devices))],
+                    for i, (n, p) in enumerate(instruments(devices))],
     }
     (tmp / "scenario.toml").write_bytes(tomli_w.dumps(scenario).encode())
     return tmp / "scenario.toml"
 
 
 def write_config(directory: Path, port: int, devices: int) -> Path:
-    """A daemon configuration with its own state directory (a fresh database)."""
-    directory.mkdir(parents=True)
-    config = {
-        "plant": {"id": "bench"},
-        "storage": {"state_dir": str(directory / "state")},
-        "points": {"inlet": {"duct_area_m2": 1.0}, "outlet": {"duct_area_m2": 1.0}},
-        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
-                   "timeout": 0.5, "retries": 0}],
-        "devices": [],
-    }
-    for i, (name, profile) in enumerate(_names(devices)):
-        device = {"name": name, "bus": "bus", "device_id": i + 1, "profile": profile,
-                  "poll_interval": 1.0}
-        if profile == "stack-flow-meter":
-            device["point"] = "inlet"
-        config["devices"].append(device)
-    (directory / "cemsd.toml").write_bytes(tomli_w.dumps(config).encode())
-    return directory / "cemsd.toml"
+    return write_daemon_config(directory, {"name": "bus", "transport": "tcp",
+                                           "host": "127.0.0.1", "port": port,
+                                           "timeout": 0.5, "retries": 0}, devices)
 
 
 async def bare_loop(config_path: Path, polls: int) -> float:
     """Polls per second of a plain pymodbus client reading the same blocks."""
-    plan = compile_plan(load_config(config_path))
-    bus = plan.buses[0]
+    bus = compile_plan(load_config(config_path)).buses[0]
     client = AsyncModbusTcpClient(bus.bus.host, port=bus.bus.port,
                                   timeout=bus.devices[0].timeout, retries=0)
-    await client.connect()
-    calls = {1: client.read_coils, 2: client.read_discrete_inputs,
-             3: client.read_holding_registers, 4: client.read_input_registers}
-    started = time.perf_counter()
-    for i in range(polls):
-        device = bus.devices[i % len(bus.devices)]
-        for block in device.blocks:
-            response = await calls[block.function_code](block.address, count=block.count,
-                                                        device_id=device.device_id)
-            assert not response.isError()
-    elapsed = time.perf_counter() - started
-    client.close()
-    return polls / elapsed
-
-
-@dataclass
-class PipelineRun:
-    rate: float  # polls per second from ready to stopped
-    polls: int
-    startup_s: float
-
-
-async def pipeline(config_path: Path, clock_path: Path, minutes: float) -> PipelineRun:
-    """A fresh daemon (its own database) polling `minutes` of simulated time."""
-    config = load_config(config_path)
-    epoch = datetime.fromisoformat(START).timestamp()
-    clock = VirtualClock(epoch, shared_file=SharedClockFile(clock_path, create=True))
-    daemon = Daemon(config, clock, clock_name="bench", until=epoch + minutes * 60)
-    created = time.perf_counter()
-    run = asyncio.create_task(daemon.run())
-    await daemon.ready.wait()
-    started = time.perf_counter()
-    await run
-    elapsed = time.perf_counter() - started
-    polls = sum(h.polls for o in daemon.owners for h in o.health.values())
-    failed = sum(n for o in daemon.owners for h in o.health.values()
-                 for r, n in h.results.items() if r != "ok")
-    if failed:
-        raise SystemExit(f"{failed} polls failed: the comparison would be unfair")
-    return PipelineRun(polls / elapsed, polls, started - created)
+    return await read_round_robin(client, bus, polls)
 
 
 def main() -> None:
@@ -156,17 +101,13 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-"))
     port = free_port()
     clock_path = tmp / "clock"
-    SharedClockFile(clock_path, create=True).write(0.0)
-    scenario_path = write_scenario(tmp, port, args.devices)
-    sim = subprocess.Popen([sys.executable, "-m", "cemsd", "--log-level", "WARNING", "sim",
-                            "--scenario", str(scenario_path), "--clock-file", str(clock_path)],
-                           stdin=subprocess.DEVNULL)
+    sim = start_simulator(write_scenario(tmp, port, args.devices), clock_path)
     runs: list[tuple[PipelineRun, float]] = []
     try:
         _wait_port(port)
         for i in range(args.repeat):
             config_path = write_config(tmp / f"run{i}", port, args.devices)
-            run = asyncio.run(pipeline(config_path, clock_path, args.minutes))
+            run = asyncio.run(run_daemon(config_path, clock_path, START, args.minutes))
             baseline = asyncio.run(bare_loop(config_path, run.polls))
             runs.append((run, baseline))
             print(f"run {i + 1}: pipeline {run.rate:6.0f} polls/s ({run.polls} polls, start-up "

@@ -28,29 +28,33 @@ from __future__ import annotations
 import argparse
 import asyncio
 import math
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import tomli_w
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.framer import FramerType
 
-from cemsd.clock import SharedClockFile, VirtualClock
 from cemsd.config import load_config
-from cemsd.daemon import Daemon
 from cemsd.logs import setup_logging
 from cemsd.plan import DevicePlan, compile_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from polling_common import machine, spread
+from polling_common import (
+    PROFILES,
+    PipelineRun,
+    instruments,
+    machine,
+    read_round_robin,
+    run_daemon,
+    spread,
+    start_simulator,
+    write_daemon_config,
+)
 
 START = "2026-06-01T00:00:00+08:00"
-PROFILES = ["n2o-analyzer-percent", "n2o-analyzer-ppm", "stack-flow-meter", "plant-io"]
 BAUD = 9600
 BITS_PER_CHAR = 11  # 8E1: start + 8 data + parity + stop
 T35_CHARS = 3.5
@@ -72,7 +76,7 @@ def poll_seconds(device: DevicePlan) -> float:
 
 
 def write_files(tmp: Path, devices: int) -> tuple[Path, Path]:
-    names = [(f"dev{i + 1}", PROFILES[i % len(PROFILES)]) for i in range(devices)]
+    names = instruments(devices)
     sim_end, daemon_end = tmp / "line-sim", tmp / "line-daemon"
     scenario = {
         "start": START,
@@ -87,48 +91,10 @@ def write_files(tmp: Path, devices: int) -> tuple[Path, Path]:
 
 
 def write_config(directory: Path, port: Path, devices: int) -> Path:
-    directory.mkdir(parents=True)
-    config = {
-        "plant": {"id": "bench"},
-        "storage": {"state_dir": str(directory / "state")},
-        "points": {"inlet": {"duct_area_m2": 1.0}, "outlet": {"duct_area_m2": 1.0}},
-        "buses": [{"name": "rtu", "transport": "serial", "port": str(port), "baudrate": BAUD,
-                   "parity": "N", "stopbits": 2, "timeout": 0.5, "retries": 0}],
-        "devices": [],
-    }
-    for i in range(devices):
-        profile = PROFILES[i % len(PROFILES)]
-        device = {"name": f"dev{i + 1}", "bus": "rtu", "device_id": i + 1, "profile": profile,
-                  "poll_interval": 1.0}
-        if profile == "stack-flow-meter":
-            device["point"] = "inlet"
-        config["devices"].append(device)
-    (directory / "cemsd.toml").write_bytes(tomli_w.dumps(config).encode())
-    return directory / "cemsd.toml"
-
-
-@dataclass
-class PipelineRun:
-    rate: float
-    polls: int
-
-
-async def pipeline(config_path: Path, clock_path: Path, minutes: float) -> PipelineRun:
-    config = load_config(config_path)
-    epoch = datetime.fromisoformat(START).timestamp()
-    clock = VirtualClock(epoch, shared_file=SharedClockFile(clock_path, create=True))
-    daemon = Daemon(config, clock, clock_name="bench", until=epoch + minutes * 60)
-    run = asyncio.create_task(daemon.run())
-    await daemon.ready.wait()
-    started = time.perf_counter()
-    await run
-    elapsed = time.perf_counter() - started
-    polls = sum(h.polls for o in daemon.owners for h in o.health.values())
-    failed = {r: n for o in daemon.owners for h in o.health.values()
-              for r, n in h.results.items() if r != "ok"}
-    if failed:
-        raise SystemExit(f"polls failed {failed}: the figure would not be a polling rate")
-    return PipelineRun(polls / elapsed, polls)
+    return write_daemon_config(directory, {"name": "rtu", "transport": "serial",
+                                           "port": str(port), "baudrate": BAUD, "parity": "N",
+                                           "stopbits": 2, "timeout": 0.5, "retries": 0},
+                               devices)
 
 
 async def bare_loop(config_path: Path, polls: int) -> float:
@@ -136,19 +102,7 @@ async def bare_loop(config_path: Path, polls: int) -> float:
     bus = compile_plan(load_config(config_path)).buses[0]
     client = AsyncModbusSerialClient(str(bus.bus.port), framer=FramerType.RTU, baudrate=BAUD,
                                      parity="N", stopbits=2, timeout=0.5, retries=0)
-    await client.connect()
-    calls = {1: client.read_coils, 2: client.read_discrete_inputs,
-             3: client.read_holding_registers, 4: client.read_input_registers}
-    started = time.perf_counter()
-    for i in range(polls):
-        device = bus.devices[i % len(bus.devices)]
-        for block in device.blocks:
-            response = await calls[block.function_code](block.address, count=block.count,
-                                                        device_id=device.device_id)
-            assert not response.isError()
-    elapsed = time.perf_counter() - started
-    client.close()
-    return polls / elapsed
+    return await read_round_robin(client, bus, polls)
 
 
 def main() -> None:
@@ -161,11 +115,7 @@ def main() -> None:
     print(f"machine: {machine()}")
     tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-rtu-"))
     scenario_path, daemon_end = write_files(tmp, args.devices)
-    clock_path = tmp / "clock"
-    SharedClockFile(clock_path, create=True).write(0.0)
-    sim = subprocess.Popen([sys.executable, "-m", "cemsd", "--log-level", "WARNING", "sim",
-                            "--scenario", str(scenario_path), "--clock-file", str(clock_path)],
-                           stdin=subprocess.DEVNULL)
+    sim = start_simulator(scenario_path, tmp / "clock")
     results: list[tuple[PipelineRun, float]] = []
     try:
         _wait_path(daemon_end)
@@ -174,7 +124,7 @@ def main() -> None:
         limit = len(devices) / sum(poll_seconds(d) for d in devices)
         for i in range(args.repeat):
             config_path = write_config(tmp / f"run{i}", daemon_end, args.devices)
-            run = asyncio.run(pipeline(config_path, clock_path, args.minutes))
+            run = asyncio.run(run_daemon(config_path, tmp / "clock", START, args.minutes))
             bare = asyncio.run(bare_loop(config_path, run.polls))
             results.append((run, bare))
             print(f"run {i + 1}: pipeline {run.rate:6.2f} polls/s ({run.polls} polls), "
