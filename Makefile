@@ -36,9 +36,10 @@ test: $(VENV)/.test-deps
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 
+# Every bench/bench_*.py, one after the other (figures: docs/PERFORMANCE.md).
 bench: $(VENV)/.test-deps
 	scripts/install-system-deps demo
-	$(BIN)/python bench/bench_polling.py
+	for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:
 	rm -rf $(VENV) .demo test-output

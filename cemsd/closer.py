@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
@@ -32,7 +31,7 @@ from cemsd.aggregate import Aggregates, aggregate, root_cause
 from cemsd.clock import Clock, StoppableSleep
 from cemsd.config import Config
 from cemsd.errors import StorageError
-from cemsd.flags import CODE, CODES, Flag
+from cemsd.flags import CODE, CODES
 from cemsd.logs import Episode
 from cemsd.periods import HOUR, MINUTE, hour_floor, minute_floor
 from cemsd.plan import Plan, minute_threshold
@@ -44,6 +43,8 @@ log = logging.getLogger(__name__)
 
 Rows = list[dict[str, Any]]
 PeriodListener = Callable[[str, Rows], Awaitable[None]]  # ("minute"|"hour", rows)
+# A stored reading or period as the closer groups it: (epoch, channel, value, flag, reason)
+Stamped = tuple[float, str, float | None, str, str | None]
 _RETRY_SECONDS = 1.0
 
 
@@ -177,7 +178,7 @@ class Closer:
     async def _close_minutes(self, t0: float, t1: float) -> None:
         n = round((t1 - t0) / MINUTE)
         rows = await self.store.call(self.store.db.readings_between, t0, t1)
-        grouped = _group(self._first_per_slot(rows), t0, MINUTE)
+        grouped = _group(self._first_per_slot(_stamped_readings(rows)), t0, MINUTE)
         starts = t0 + MINUTE * np.arange(n)
         aggregates: dict[str, Aggregates] = {}
         for meta in self.series.values():
@@ -203,16 +204,16 @@ class Closer:
         await self.store.call(self.store.db.insert_aggregates, schema.minutes, out)
         await self.notify("minute", out)
 
-    def _first_per_slot(self, rows: Sequence[Any]) -> list[Any]:
+    def _first_per_slot(self, stamped: list[Stamped]) -> list[Stamped]:
         """One reading per channel and poll slot, the first stored in time order. A slot is
         polled twice only when the wall clock was set back while its minute was open, or
         when a restart begins on the slot a killed run had polled already."""
         seen: set[tuple[str, int]] = set()
         kept = []
-        for row in rows:
-            meta = self.series.get(row.channel)
+        for row in stamped:
+            meta = self.series.get(row[1])
             if meta is not None and meta.poll_interval:
-                slot = (row.channel, math.floor(row.ts.timestamp() / meta.poll_interval + 1e-9))
+                slot = (row[1], math.floor(row[0] / meta.poll_interval + 1e-9))
                 if slot in seen:
                     continue
                 seen.add(slot)
@@ -234,7 +235,7 @@ class Closer:
         """The hour starting at t0, computed from the current revision of its minutes."""
         rows = await self.store.call(self.store.db.aggregates_between, schema.minutes,
                                      t0, t0 + HOUR, series)
-        grouped = _group(rows, t0, HOUR)
+        grouped = _group(_stamped_periods(rows), t0, HOUR)
         aggregates = {}
         for meta in self.series.values():
             if series is not None and meta.name not in series:
@@ -295,18 +296,36 @@ class _Series(NamedTuple):
 _EMPTY = _Series(np.zeros(0, dtype=np.int64), np.zeros(0), np.zeros(0, dtype=np.int64), [])
 
 
-def _group(rows: Sequence[Any], t0: float, width: float) -> dict[str, _Series]:
+_CODE_OF_LETTER = {flag.value: code for flag, code in CODE.items()}
+
+
+def _stamped_readings(rows: Sequence[Any]) -> list[Stamped]:
+    """Rows of `Database.readings_between`, unpacked by position (a named attribute of a
+    result row costs more than the rest of closing a minute)."""
+    return [(ts.timestamp(), channel, value, flag, reason)
+            for channel, ts, value, flag, reason in rows]
+
+
+def _stamped_periods(rows: Sequence[Any]) -> list[Stamped]:
+    return [(r.ts.timestamp(), r.channel, r.value, r.flag, r.reason) for r in rows]
+
+
+def _group(stamped: Sequence[Stamped], t0: float, width: float) -> dict[str, _Series]:
     """Stored rows (readings or minutes) in time order -> per channel series by bucket."""
-    by_channel: dict[str, list[Any]] = defaultdict(list)
-    for row in rows:
-        by_channel[row.channel].append(row)
+    columns: dict[str, tuple[list[float], list[float], list[int], list[str | None]]] = {}
+    for ts, channel, value, flag, reason in stamped:
+        series = columns.get(channel)
+        if series is None:
+            series = columns[channel] = ([], [], [], [])
+        series[0].append(ts)
+        series[1].append(math.nan if value is None else value)
+        series[2].append(_CODE_OF_LETTER[flag])
+        series[3].append(root_cause(reason))
     out = {}
-    for name, items in by_channel.items():
-        ts = np.array([r.ts.timestamp() for r in items])
-        values = np.array([math.nan if r.value is None else r.value for r in items])
-        codes = np.array([CODE[Flag(r.flag)] for r in items], dtype=np.int64)
-        bucket = np.floor((ts - t0) / width + 1e-9).astype(np.int64)
-        out[name] = _Series(bucket, values, codes, [root_cause(r.reason) for r in items])
+    for name, (times, values, codes, causes) in columns.items():
+        bucket = np.floor((np.array(times) - t0) / width + 1e-9).astype(np.int64)
+        out[name] = _Series(bucket, np.array(values, dtype=float),
+                            np.array(codes, dtype=np.int64), causes)
     return out
 
 

@@ -111,6 +111,9 @@ class SimBus(Strict):
     baudrate: int = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
+    # serial with a link: pace the pair like a real line at `baudrate` with this many bits
+    # per character (11 for 8E1; simulators/line.py); none: an instant socat pair
+    line_bits_per_char: Annotated[int, Field(ge=7, le=12)] | None = None
 
 
 class SimCalibration(Strict):

@@ -28,6 +28,7 @@ from pymodbus.simulator import SimDevice as PymodbusSimDevice
 
 from cemsd.clock import Clock
 from simulators.instrument import NoReply, SimulatedInstrument, corrupt
+from simulators.line import PacedLine
 from simulators.scenario import Scenario, SimBus
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ class SimulatorServer:
         self.buses = {b.name: SimulatedBus(scenario, b, clock) for b in scenario.buses}
         self._servers: dict[str, ModbusTcpServer | ModbusSerialServer] = {}
         self._ptys: dict[str, subprocess.Popen[bytes]] = {}
+        self._lines: dict[str, PacedLine] = {}
 
     async def start(self) -> None:
         for bus in self.scenario.buses:
@@ -136,7 +138,10 @@ class SimulatorServer:
             )
         else:
             port = str(bus.port)
-            if bus.link:
+            if bus.link and bus.line_bits_per_char:
+                self._lines[name] = PacedLine(Path(port), Path(bus.link), bus.baudrate,
+                                              bus.line_bits_per_char).start()
+            elif bus.link:
                 self._ptys[name] = open_pty_pair(Path(port), Path(bus.link))
             check_serial_port(port, bus.baudrate, bus.parity, bus.stopbits)
             server = ModbusSerialServer(
@@ -160,6 +165,9 @@ class SimulatorServer:
         server = self._servers.pop(name, None)
         if server is not None:
             await server.shutdown()
+        line = self._lines.pop(name, None)
+        if line is not None:
+            line.stop()
         proc = self._ptys.pop(name, None)
         if proc is not None:
             proc.terminate()

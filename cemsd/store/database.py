@@ -215,7 +215,7 @@ class Database:
     def _fetch(self, query: Any) -> list[Any]:
         try:
             with self.engine.connect() as conn:
-                return list(conn.execute(query))
+                return list(conn.execute(query).all())
         except SQLAlchemyError as exc:
             raise StorageError(f"read from {self.location} failed: {_short(exc)}") from exc
 
