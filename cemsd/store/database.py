@@ -117,8 +117,8 @@ class Database:
                 stored = {r[0] for r in conn.execute(text("SELECT version_num FROM "
                                                           "alembic_version"))}
         except SQLAlchemyError as exc:
-            raise StorageError(f"cannot read the schema version of {self.location}: {exc}"
-                               ) from exc
+            raise StorageError(f"cannot migrate {self.location}: cannot read its schema "
+                               f"version: {exc}") from exc
         return stored == migration_heads()
 
     # --- writes --------------------------------------------------------------------------------
