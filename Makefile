@@ -36,9 +36,10 @@ test: $(VENV)/.test-deps
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
 
-# Every bench/bench_*.py, one after the other (figures: docs/PERFORMANCE.md).
+# Every bench/bench_*.py in turn (figures and the machine in docs/PERFORMANCE.md).
 bench: $(VENV)/.test-deps
-	scripts/install-system-deps demo
+	scripts/install-system-deps test
+	$(BIN)/pip install --quiet -e '.[bench]'
 	for script in bench/bench_*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean:

@@ -28,9 +28,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, Info, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import distinct, func, or_, select
 
@@ -45,8 +42,13 @@ from cemsd.store.database import Database
 from cemsd.units import Role
 
 if TYPE_CHECKING:
+    from prometheus_client.core import Metric
+
     from cemsd.daemon import Daemon
     from cemsd.plan import Plan
+
+# prometheus_client is imported where a registry is built or served, not here: cemsd.config
+# and the status line import this module, and a daemon without [metrics] should not carry it.
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ class Metrics:
     """The registry and what feeds it; attach() subscribes to a running daemon."""
 
     def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "cemsd_modbus_requests", "Modbus polls of a device by result (ok, partial, "
@@ -250,8 +254,8 @@ def _epoch(value: datetime | str) -> float:
     return value.timestamp()
 
 
-class _StateCollector(Collector):
-    """Gauges read at scrape time from Metrics.snapshot()."""
+class _StateCollector:
+    """Gauges read at scrape time from Metrics.snapshot() (a prometheus_client Collector)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -260,6 +264,8 @@ class _StateCollector(Collector):
         return []  # names are only known once a daemon runs; nothing to check at register
 
     def collect(self) -> Iterator[Metric]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
         snap = self.metrics.snapshot()
         yield _labelled("cemsd_device_up", "1 if the device's last poll gave usable values",
                         "device", {k: float(v) for k, v in snap.devices_up.items()})
@@ -300,6 +306,8 @@ class _StateCollector(Collector):
 
 
 def _labelled(name: str, documentation: str, label: str, values: dict[str, float]) -> Metric:
+    from prometheus_client.core import GaugeMetricFamily
+
     family = GaugeMetricFamily(name, documentation, labels=[label])
     for key, value in sorted(values.items()):
         if not math.isnan(value):
@@ -327,6 +335,8 @@ class MetricsServer:
             self._retry = asyncio.create_task(self._bind_later(), name="metrics-bind")
 
     def _bind(self, log_failure: bool) -> bool:
+        from prometheus_client import start_http_server
+
         s = self.settings
         try:
             self._server, self._thread = start_http_server(s.port, s.address,

@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import aiomqtt
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from cemsd import __version__
@@ -37,6 +36,8 @@ from cemsd.store import schema
 
 if TYPE_CHECKING:
     from zoneinfo import ZoneInfo
+
+    import aiomqtt
 
     from cemsd.closer import Rows
     from cemsd.config import Config
@@ -328,6 +329,10 @@ class MqttPublisher:
     # --- sending: one connection at a time, back-off between attempts -------------------------
 
     async def _run(self) -> None:
+        # Imported here, not at the top: cemsd.config imports this module for [mqtt], and a
+        # daemon without an MQTT output should not load the client (memory, start-up time).
+        import aiomqtt
+
         delay = self.settings.backoff_initial
         lost_since: float | None = None
         loop = asyncio.get_running_loop()
@@ -361,6 +366,8 @@ class MqttPublisher:
             delay = min(delay * 2, self.settings.backoff_max)
 
     def _client(self) -> aiomqtt.Client:
+        import aiomqtt
+
         s = self.settings
         tls = None
         if s.tls is not None:

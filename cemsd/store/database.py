@@ -7,6 +7,7 @@ killed process (kill -9); only a power loss can take the last transactions.
 
 from __future__ import annotations
 
+import ast
 import logging
 import socket
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,9 +16,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from alembic import command
-from alembic.config import Config as AlembicConfig
-from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    inspect,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
@@ -80,7 +91,14 @@ class Database:
     # --- schema ----------------------------------------------------------------------------
 
     def upgrade(self) -> None:
-        """Bring the schema to the newest migration (idempotent)."""
+        """Bring the schema to the newest migration (idempotent). A database already at the
+        newest one (every start but the first after an install or update) is left alone
+        without loading alembic, which would stay in the daemon's memory (~10 MB)."""
+        if self.at_head():
+            return
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         try:
@@ -89,6 +107,19 @@ class Database:
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot migrate {self.location}: {exc}") from exc
+
+    def at_head(self) -> bool:
+        """The database's alembic revisions are exactly the heads of cemsd/migrations."""
+        try:
+            with self.engine.connect() as conn:
+                if not inspect(conn).has_table("alembic_version"):
+                    return False
+                stored = {r[0] for r in conn.execute(text("SELECT version_num FROM "
+                                                          "alembic_version"))}
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot migrate {self.location}: cannot read its schema "
+                               f"version: {exc}") from exc
+        return stored == migration_heads()
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -218,6 +249,24 @@ class Database:
                 return list(conn.execute(query).all())
         except SQLAlchemyError as exc:
             raise StorageError(f"read from {self.location} failed: {_short(exc)}") from exc
+
+
+def migration_heads(versions: Path = MIGRATIONS / "versions") -> set[str]:
+    """Revisions of the migration files that no other file names as its down_revision,
+    read from the files' `revision` / `down_revision` assignments (as alembic does)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in versions.glob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 \
+                    and isinstance(node.targets[0], ast.Name):
+                name, value = node.targets[0].id, node.value
+                if name == "revision":
+                    revisions.add(ast.literal_eval(value))
+                elif name == "down_revision":
+                    down = ast.literal_eval(value)
+                    parents.update((down,) if isinstance(down, str) else down or ())
+    return revisions - parents
 
 
 def as_epoch(value: Any) -> float | None:

@@ -5,7 +5,9 @@ with their seal (hash chain link) and the substitute value when QA/QC substitute
 # time, and some name objects local to the function that builds the route.
 
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -108,7 +110,8 @@ def _period_route(router: APIRouter, settings: ApiConfig, path: str, table: Tabl
         revisions: Revisions = "current",
     ) -> Any:
         rows, next_cursor = _periods(ctx, table, window, revisions)
-        items = [_period_item(ctx, row) for row in rows]
+        labels = _TimeLabels(ctx.tz)
+        items = [_period_item(labels, row) for row in rows]
         if attach is not None:
             attach(ctx, items, rows)
         return respond(model, items, next_cursor, window, request, response)
@@ -119,7 +122,8 @@ def _period_route(router: APIRouter, settings: ApiConfig, path: str, table: Tabl
 
 def _attach_to_hours(ctx: ApiContext, items: list[dict[str, Any]], rows: Sequence[Any]
                      ) -> None:
-    _attach_seals(ctx, items)
+    for item, row in zip(items, rows, strict=True):  # the seal came joined to the row
+        item["seal"] = _seal(None if row.seq is None else row)
     _attach_substitutes(ctx, items, rows)
 
 
@@ -134,6 +138,10 @@ def _periods(ctx: ApiContext, table: Table, window: Window, revisions: str
              ) -> tuple[list[Any], str | None]:
     c = table.c
     query = select(table).where(c.ts >= window.start, c.ts < window.end)
+    if table is schema.hours:  # each hour with its link in the chain, if sealed
+        link = schema.chain.c
+        query = query.add_columns(link.seq, link.record_hash, link.chain_hash).outerjoin(
+            schema.chain, (link.record_table == "hours") & (link.record_id == c.id))
     if window.channels:
         query = query.where(c.channel.in_(window.channels))
     if revisions == "current":
@@ -141,15 +149,36 @@ def _periods(ctx: ApiContext, table: Table, window: Window, revisions: str
     return fetch_page(ctx.db, query, [c.ts, c.channel, c.revision], window)
 
 
-def _period_item(ctx: ApiContext, row: Any) -> dict[str, Any]:
+class _TimeLabels:
+    """UTC text and plant-local label of each distinct time on a page, computed once: the
+    channels of one period share its start, and the rows of one closing their created_at."""
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._utc: dict[datetime, str] = {}
+        self._local: dict[datetime, str] = {}
+
+    def utc(self, moment: datetime) -> str:
+        text = self._utc.get(moment)
+        if text is None:
+            text = self._utc[moment] = utc_text(moment)
+        return text
+
+    def local(self, moment: datetime) -> str:
+        text = self._local.get(moment)
+        if text is None:
+            text = self._local[moment] = local_label(moment.timestamp(), self.tz)
+        return text
+
+
+def _period_item(labels: _TimeLabels, row: Any) -> dict[str, Any]:
     return {
-        "id": row.id, "start_utc": utc_text(row.ts),
-        "start_local": local_label(row.ts.timestamp(), ctx.tz), "channel": row.channel,
-        "value": finite(row.value), "minimum": finite(row.minimum),
+        "id": row.id, "start_utc": labels.utc(row.ts), "start_local": labels.local(row.ts),
+        "channel": row.channel, "value": finite(row.value), "minimum": finite(row.minimum),
         "maximum": finite(row.maximum), "unit": row.unit, "flag": row.flag,
         "n_valid": row.n_valid, "n_expected": row.n_expected, "reason": row.reason,
         "revision": row.revision, "supersedes": row.supersedes,
-        "created_at": utc_text(row.created_at),
+        "created_at": labels.utc(row.created_at),
     }
 
 
@@ -157,12 +186,6 @@ def _seal(link: Any | None) -> dict[str, Any] | None:
     if link is None:
         return None
     return {"seq": int(link.seq), "record_hash": link.record_hash, "chain_hash": link.chain_hash}
-
-
-def _attach_seals(ctx: ApiContext, items: list[dict[str, Any]]) -> None:
-    links = seals_for(ctx.db, "hours", [item["id"] for item in items])
-    for item in items:
-        item["seal"] = _seal(links.get(item["id"]))
 
 
 def _attach_substitutes(ctx: ApiContext, items: list[dict[str, Any]],
@@ -178,6 +201,8 @@ def _attach_substitutes(ctx: ApiContext, items: list[dict[str, Any]],
                     s.channel.in_(sorted({row.channel for row in rows})),
                     current_revision(schema.substitutions)))
     found = {(sub.channel, sub.ts): sub for sub in ctx.db.fetch(query)}
+    if not found:
+        return
     links = seals_for(ctx.db, "substitutions", [sub.id for sub in found.values()])
     for item, row in zip(items, rows, strict=True):
         sub = found.get((row.channel, row.ts))

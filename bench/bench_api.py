@@ -1,0 +1,156 @@
+"""The registry API: one year of hourly values of 10 channels (87,600 hours) over HTTP.
+
+A SQLite database is filled through cemsd's own store code (schema migrations, hour rows
+as the closer writes them, every hour sealed into the hash chain as the daemon seals
+finalised hours), then `cemsd serve` (a separate process) serves it on 127.0.0.1. The
+client fetches GET /v1/hours for the whole year as a registry would: the largest page
+the API allows, following `next_cursor` to the end, reading and parsing every page, and
+checks it received every hour once. Median of several runs after a warm-up.
+Goal: <= 300 ms for the whole year. Usage:
+    .venv/bin/python bench/bench_api.py [--runs 7] [--page-size 5000] [--format json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import tomli_w
+
+from cemsd import chain
+from cemsd.api.tokens import create_token
+from cemsd.periods import HOUR
+from cemsd.store import schema
+from cemsd.store.database import Database
+
+sys.path.insert(0, str(Path(__file__).parent))
+from benchlib import free_port, machine_info, wait_port
+
+CHANNELS = 10
+HOURS = 365 * 24
+START = 1767196800.0  # 2026-01-01T00:00+08:00, plant time
+GOAL_SECONDS = 0.300
+
+
+def fill(db: Database, seed: int = 7) -> None:
+    """A year of hours per channel, about 5 % invalid, all sealed."""
+    rng = np.random.default_rng(seed)
+    db.upgrade()
+    db.upsert_channels([{"name": f"line{c}.n2o", "device": f"line{c}", "key": "n2o",
+                         "unit": "ppm", "kind": "analog"} for c in range(CHANNELS)])
+    created = START + (HOURS + 2) * HOUR
+    for c in range(CHANNELS):
+        values = 300.0 + rng.normal(0, 20, HOURS)
+        invalid = rng.random(HOURS) < 0.05
+        db.insert_aggregates(schema.hours, [
+            {"channel": f"line{c}.n2o", "ts": START + h * HOUR, "value": float(values[h]),
+             "minimum": float(values[h]) - 5, "maximum": float(values[h]) + 5,
+             "n_valid": 30 if invalid[h] else 60, "n_expected": 60,
+             "flag": "B" if invalid[h] else "N",
+             "reason": "30 of 60 minutes valid, 45 needed; B communication fault: 30"
+             if invalid[h] else None, "unit": "ppm", "created_at": created}
+            for h in range(HOURS)])
+    chain.seal_due(db, START + HOURS * HOUR, created)
+
+
+def write_config(tmp: Path, port: int, max_page: int) -> Path:
+    config = {"plant": {"id": "bench-api", "timezone": "Asia/Shanghai"},
+              "storage": {"state_dir": str(tmp / "state")}, "buses": [], "devices": [],
+              "api": {"port": port, "max_page_size": max_page,
+                      "default_page_size": min(500, max_page)}}
+    path = tmp / "cemsd.toml"
+    path.write_bytes(tomli_w.dumps(config).encode())
+    return path
+
+
+def fetch_year(client: httpx.Client, page_size: int, fmt: str
+               ) -> tuple[int, list[float], float]:
+    """Every hour of the year, page by page; returns rows, the seconds of each page and the
+    seconds the client spent parsing the bodies."""
+    params: dict[str, str | int] = {"from": "2026-01-01", "to": "2027-01-01",
+                                    "limit": page_size, "format": fmt}
+    rows, pages, seen, parsing = 0, [], set(), 0.0
+    while True:
+        started = time.perf_counter()
+        response = client.get("/v1/hours", params=params)
+        response.raise_for_status()
+        received = time.perf_counter()
+        if fmt == "json":
+            body = json.loads(response.content)
+            items, cursor = body["items"], body["next_cursor"]
+            keys = [(i["channel"], i["start_utc"]) for i in items]
+        else:
+            table = list(csv.DictReader(io.StringIO(response.text)))
+            cursor = response.headers.get("X-Next-Cursor")
+            keys = [(r["channel"], r["start_utc"]) for r in table]
+        pages.append(time.perf_counter() - started)
+        parsing += time.perf_counter() - received
+        rows += len(keys)
+        seen.update(keys)
+        if cursor is None:
+            break
+        params["cursor"] = cursor
+    if rows != CHANNELS * HOURS or len(seen) != rows:
+        raise SystemExit(f"got {rows} rows ({len(seen)} distinct), expected {CHANNELS * HOURS}")
+    return rows, pages, parsing
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--page-size", type=int, default=5000,
+                        help="limit per request; also the server's max_page_size")
+    parser.add_argument("--format", choices=["json", "csv"], default="json")
+    args = parser.parse_args()
+    print(machine_info())
+    tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-api-"))
+    port = free_port()
+    config_path = write_config(tmp, port, args.page_size)
+    db = Database(f"sqlite:///{tmp / 'state' / 'cemsd.db'}")
+    started = time.perf_counter()
+    fill(db)
+    token = create_token(db, "registry", "bench")
+    db.close()
+    print(f"filled {CHANNELS} channels x {HOURS} hours, sealed, in "
+          f"{time.perf_counter() - started:.1f} s")
+    server = subprocess.Popen([sys.executable, "-m", "cemsd", "--log-level", "WARNING", "serve",
+                               "--config", str(config_path)], stdin=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          headers={"Authorization": f"Bearer {token}"}) as client:
+            fetch_year(client, args.page_size, args.format)  # warm-up
+            totals, page_times, parse_times = [], [], []
+            for _ in range(args.runs):
+                t0 = time.perf_counter()
+                rows, pages, parsing = fetch_year(client, args.page_size, args.format)
+                totals.append(time.perf_counter() - t0)
+                page_times.extend(pages)
+                parse_times.append(parsing)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    median = statistics.median(totals)
+    print(f"GET /v1/hours, {args.format}, limit {args.page_size}: {rows:,} rows in "
+          f"{len(pages)} page(s) per fetch, {args.runs} runs after a warm-up")
+    print(f"per page: median {1000 * statistics.median(page_times):.0f} ms "
+          f"(min {1000 * min(page_times):.0f}, max {1000 * max(page_times):.0f})")
+    print(f"whole year: median {1000 * median:.0f} ms (min {1000 * min(totals):.0f}, "
+          f"max {1000 * max(totals):.0f}), of which the client parsing the bodies "
+          f"{1000 * statistics.median(parse_times):.0f} ms; goal <= {1000 * GOAL_SECONDS:.0f} ms: "
+          f"{'met' if median <= GOAL_SECONDS else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
