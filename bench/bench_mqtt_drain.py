@@ -12,9 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import platform
-import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,12 +27,8 @@ from cemsd.store.database import Database
 from cemsd.store.writer import Store
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(REPO / "bench"))
+from benchlib import free_port, machine_info, wait_port  # noqa: E402
 
 
 def start_broker(base: Path) -> tuple[subprocess.Popen[bytes], int]:
@@ -42,13 +37,8 @@ def start_broker(base: Path) -> tuple[subprocess.Popen[bytes], int]:
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser root\n")
     broker = subprocess.Popen(["/usr/sbin/mosquitto", "-c", str(conf)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(100):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return broker, port
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("mosquitto did not start")
+    wait_port(port)
+    return broker, port
 
 
 async def drain(base: Path, port: int, messages: int, batch: int) -> float:
@@ -87,7 +77,8 @@ def main() -> None:
         finally:
             broker.terminate()
             broker.wait()
-    print(f"{platform.node()} python {platform.python_version()}: drained "
+    print(machine_info())
+    print(f"drained "
           f"{args.messages} messages (batch {args.batch}) in {elapsed:.2f} s = "
           f"{args.messages / elapsed:.0f} messages/s")
 

@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import tomli_w
@@ -43,14 +41,13 @@ from cemsd.logs import setup_logging
 from cemsd.plan import compile_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import free_port, machine_info, spread, wait_port
 from polling_common import (
     PROFILES,
     PipelineRun,
     instruments,
-    machine,
     read_round_robin,
     run_daemon,
-    spread,
     start_simulator,
     write_daemon_config,
 )
@@ -58,10 +55,6 @@ from polling_common import (
 START = "2026-06-01T00:00:00+08:00"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_scenario(tmp: Path, port: int, devices: int) -> Path:
@@ -97,14 +90,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="pipeline/baseline pairs")
     args = parser.parse_args()
     setup_logging("WARNING")
-    print(f"machine: {machine()}")
+    print(machine_info())
     tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-"))
     port = free_port()
     clock_path = tmp / "clock"
     sim = start_simulator(write_scenario(tmp, port, args.devices), clock_path)
     runs: list[tuple[PipelineRun, float]] = []
     try:
-        _wait_port(port)
+        wait_port(port)
         for i in range(args.repeat):
             config_path = write_config(tmp / f"run{i}", port, args.devices)
             run = asyncio.run(run_daemon(config_path, clock_path, START, args.minutes))
@@ -123,15 +116,6 @@ def main() -> None:
     print(f"ratio pipeline/bare: {spread([r.rate / b for r, b in runs])}")
 
 
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise SystemExit("the simulator did not start")
 
 
 if __name__ == "__main__":

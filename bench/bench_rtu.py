@@ -42,14 +42,13 @@ from cemsd.logs import setup_logging
 from cemsd.plan import DevicePlan, compile_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import machine_info, spread
 from polling_common import (
     PROFILES,
     PipelineRun,
     instruments,
-    machine,
     read_round_robin,
     run_daemon,
-    spread,
     start_simulator,
     write_daemon_config,
 )
@@ -112,7 +111,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     setup_logging("WARNING")
-    print(f"machine: {machine()}")
+    print(machine_info())
     tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-rtu-"))
     scenario_path, daemon_end = write_files(tmp, args.devices)
     sim = start_simulator(scenario_path, tmp / "clock")

@@ -1,10 +1,12 @@
-"""What the benchmarks share: the machine they ran on, free ports, waiting for a server."""
+"""What the benchmarks share: the machine they ran on, the spread of repeated figures,
+free ports, waiting for a server."""
 
 from __future__ import annotations
 
 import os
 import platform
 import socket
+import statistics
 import time
 from pathlib import Path
 
@@ -43,3 +45,9 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.05)
     raise SystemExit(f"nothing listens on 127.0.0.1:{port}")
+
+
+def spread(values: list[float], fmt: str = ".3f") -> str:
+    """Median with the range, e.g. '0.812 (0.790-0.840, 3 runs)'."""
+    return (f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}}, "
+            f"{len(values)} runs)")
