@@ -113,12 +113,14 @@ async def test_ready_watchdog_status_and_stopping_and_what_stops_the_watchdog(
         assert max(_gaps(pings, hung_from, hung_to)) >= hung_to - hung_from - allowance - 0.6
         assert hung_to - hung_from > allowance  # the pings stopped only after the allowance
 
-        # Each stall was logged once when it began and once when it ended.
+        # Each stall was logged once when it began and once when it ended. (On a loaded
+        # machine the 1 s allowance of this test can see a real, short stall of its own.)
         withheld = [r for r in caplog.records if r.getMessage().startswith("watchdog withheld")]
         resumed = [r for r in caplog.records if r.getMessage().startswith("watchdog resumed")]
-        assert len(withheld) == len(resumed) == 2, [r.getMessage() for r in caplog.records]
-        assert "database worker busy" in withheld[0].stalls
-        assert "bus a without a poll cycle" in withheld[1].stalls
+        assert len(withheld) == len(resumed) >= 2, [r.getMessage() for r in caplog.records]
+        stalls = [r.stalls for r in withheld]
+        assert sum("database worker busy" in s for s in stalls) == 1, stalls
+        assert sum("bus a without a poll cycle" in s for s in stalls) == 1, stalls
 
         service.request_stop("test over")
         assert await asyncio.wait_for(running, 60) == 0
