@@ -12,6 +12,7 @@ one query into the arrays and out through one serialisation, without per-row obj
 # time.
 
 from itertools import groupby
+from operator import itemgetter
 from typing import Annotated, Any
 
 import pydantic_core
@@ -160,7 +161,8 @@ def _columns(rows: list[Any]) -> list[dict[str, Any]]:
     """Rows in (channel, start) order -> one object of arrays per channel, by name."""
     if not rows:
         return []
-    columns = dict(zip(FIELDS, zip(*rows, strict=True), strict=True))
+    # column by column: a transposing zip(*rows) is over twice as slow for a year's rows
+    columns = {field: list(map(itemgetter(i), rows)) for i, field in enumerate(FIELDS)}
     answer = []
     first = 0
     for name, hours in groupby(columns["channel"]):
