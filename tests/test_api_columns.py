@@ -34,6 +34,7 @@ HOURS = 48
 SEALED_THROUGH = 30  # hours 0..30 sealed
 SPAN = {"from": "2026-03-01", "to": "2026-03-03"}  # plant time: the 48 hours
 CHANNELS = {"a.n2o": "ppm", "b.flow": "m3/h"}
+UNIT_CHANGE = ("b.flow", 40, "Nm3/h")  # from this hour on the channel's hours say Nm3/h
 CORRECTED = ("a.n2o", 5, 55.5)
 SUBSTITUTED = {("a.n2o", 7): 2.0, ("b.flow", 14): 3.0}  # current substitute values
 METHOD = "hj75.missing.before_after_mean"
@@ -47,6 +48,11 @@ def _value(channel: str, hour: int) -> float | None:
     return (100.0 if channel == "a.n2o" else 2000.0) + hour * 0.37
 
 
+def _unit(channel: str, hour: int) -> str:
+    name, first, unit = UNIT_CHANGE
+    return unit if channel == name and hour >= first else CHANNELS[channel]
+
+
 def _fill(db: Database) -> None:
     db.upsert_channels([{"name": name, "device": name.split(".")[0], "key": name.split(".")[1],
                          "unit": unit, "kind": "analog"} for name, unit in CHANNELS.items()])
@@ -54,9 +60,9 @@ def _fill(db: Database) -> None:
     db.insert_aggregates(schema.hours, [
         {"channel": name, "ts": T0 + h * HOUR, "value": _value(name, h), "minimum": None,
          "maximum": None, "n_valid": 20 if h % 7 == 0 else 60, "n_expected": 60,
-         "flag": "B" if h % 7 == 0 else "N", "reason": None, "unit": unit,
+         "flag": "B" if h % 7 == 0 else "N", "reason": None, "unit": _unit(name, h),
          "created_at": created}
-        for name, unit in CHANNELS.items() for h in range(HOURS)])
+        for name in CHANNELS for h in range(HOURS)])
     h = schema.hours.c
     channel, hour, value = CORRECTED
     original = db.fetch(select(schema.hours).where(h.channel == channel,
@@ -139,7 +145,9 @@ def assert_columns_match_hours(client: httpx.Client, span: dict[str, str]) -> di
                       key=lambda r: r["start_utc"])
         arrays = {key: value for key, value in columns.items() if isinstance(value, list)}
         assert {len(a) for a in arrays.values()} == {len(mine)}
-        assert columns["unit"] == mine[-1]["unit"] and columns["units"] is None
+        assert columns["unit"] == mine[-1]["unit"]
+        units = columns["units"] or [columns["unit"]] * len(mine)
+        assert units == [row["unit"] for row in mine]
         for i, row in enumerate(mine):
             sub, seal = row["substitute"], row["seal"]
             assert columns["start_epoch"][i] == _epoch(row["start_utc"])
@@ -168,9 +176,11 @@ def test_columns_say_what_the_hour_rows_say(client: httpx.Client) -> None:
     assert (answer["from_epoch"], answer["to_epoch"]) == (T0, T0 + HOURS * HOUR)
     by_name = {c["channel"]: c for c in answer["channels"]}
     assert list(by_name) == list(CHANNELS)
-    for name, unit in CHANNELS.items():
+    for name in CHANNELS:
         columns = by_name[name]
-        assert columns["unit"] == unit
+        units = [_unit(name, h) for h in range(HOURS)]
+        assert columns["unit"] == units[-1]
+        assert columns["units"] == (units if len(set(units)) > 1 else None)
         assert columns["start_epoch"] == [int(T0 + h * HOUR) for h in range(HOURS)]
         expected = [_value(name, h) for h in range(HOURS)]
         if name == CORRECTED[0]:

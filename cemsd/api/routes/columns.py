@@ -44,7 +44,7 @@ class ChannelColumns(BaseModel):
     """One channel's hours in start order; item i of every array is the same hour."""
 
     channel: str
-    unit: Annotated[str, Field(description="the unit of the channel's hours in the span")]
+    unit: Annotated[str, Field(description="the unit of the channel's latest hour in the span")]
     units: Annotated[list[str] | None, Field(
         description="each hour's unit, only when the unit changed within the span; else null")]
     start_epoch: Annotated[list[int], Field(
