@@ -32,6 +32,7 @@ import httpx
 import pytest
 from click.testing import CliRunner
 from sqlalchemy import insert, select, update
+from test_api_columns import assert_columns_match_hours
 from test_cli import _plant as cli_plant
 from test_cli import _scenario as cli_scenario
 
@@ -385,6 +386,19 @@ def test_a_corrected_hour_shows_its_highest_revision(plant: Plant, client: httpx
     assert current["supersedes"] == plant.inserted["corrected_hour"]
     both = _items(client, "/v1/hours", revisions="all", **window)
     assert [r["revision"] for r in both] == [0, 1]
+
+
+def test_the_columnar_year_pull_says_what_the_hour_rows_say(plant: Plant, client: httpx.Client
+                                                            ) -> None:
+    """The daemon's own hours (a fault hour, the correction, the substitution, sealed and
+    unsealed hours) through /v1/hours/columns and /v1/hours."""
+    answer = assert_columns_match_hours(client, {"from": "2026-06-01", "to": "2026-06-02"})
+    assert [c["channel"] for c in answer["channels"]] == plant.channels
+    analyzer = next(c for c in answer["channels"] if c["channel"] == "analyzer.n2o")
+    assert analyzer["start_epoch"] == [int(T0 + h * HOUR) for h in range(HOURS_RUN)]
+    assert analyzer["flag"][2] == "B" and analyzer["revision"][4] == 1
+    assert analyzer["value"][4] == 27.0
+    assert all(seq is not None for seq in analyzer["seal_seq"][:HOURS_RUN - 1])
 
 
 def test_qaqc_records_by_overlap_and_channel(client: httpx.Client) -> None:

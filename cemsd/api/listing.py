@@ -74,31 +74,45 @@ def bad_request(message: str) -> HTTPException:
     return HTTPException(status_code=400, detail=message)
 
 
+# The time and channel parameters every listing reads (and the bulk hour columns).
+From = Annotated[str | None, Query(
+    alias="from", max_length=64,
+    description="Start, inclusive: ISO date or time; without an offset it is plant "
+                "time (e.g. 2026-06-01T08:00); with one, that offset")]
+To = Annotated[str | None, Query(
+    alias="to", max_length=64, description="End, exclusive; same forms as `from`")]
+Channels = Annotated[list[str] | None, Query(
+    description="Only these channels (repeat the parameter)")]
+
+
+def read_span(ctx: ApiContext, start: str | None, end: str | None,
+              channel: list[str] | None) -> tuple[float, float, tuple[str, ...]]:
+    """The asked [from, to) as epoch seconds (open ends: EARLIEST, LATEST) and the known,
+    distinct channels asked for; a clear 400 otherwise."""
+    t0 = _time(start, ctx.tz, "from", EARLIEST)
+    t1 = _time(end, ctx.tz, "to", LATEST)
+    if t0 > t1:
+        raise bad_request("`from` is after `to`")
+    channels = tuple(dict.fromkeys(channel or ()))
+    _check_channels(ctx.db, channels)
+    return t0, t1, channels
+
+
 def window_dependency(settings: ApiConfig) -> Callable[..., Window]:
     """A FastAPI dependency reading the common list parameters, limits from the config."""
 
     def window(
         ctx: Annotated[ApiContext, Depends(context)],
-        start: Annotated[str | None, Query(
-            alias="from", max_length=64,
-            description="Start, inclusive: ISO date or time; without an offset it is plant "
-                        "time (e.g. 2026-06-01T08:00); with one, that offset")] = None,
-        end: Annotated[str | None, Query(
-            alias="to", max_length=64, description="End, exclusive; same forms as `from`")] = None,
-        channel: Annotated[list[str] | None, Query(
-            description="Only these channels (repeat the parameter)")] = None,
+        start: From = None,
+        end: To = None,
+        channel: Channels = None,
         limit: Annotated[int, Query(ge=1, le=settings.max_page_size,
                                     description="Rows per page")] = settings.default_page_size,
         cursor: Annotated[str | None, Query(
             max_length=512, description="`next_cursor` of the previous page")] = None,
         fmt: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
     ) -> Window:
-        t0 = _time(start, ctx.tz, "from", EARLIEST)
-        t1 = _time(end, ctx.tz, "to", LATEST)
-        if t0 > t1:
-            raise bad_request("`from` is after `to`")
-        channels = tuple(dict.fromkeys(channel or ()))
-        _check_channels(ctx.db, channels)
+        t0, t1, channels = read_span(ctx, start, end, channel)
         return Window(t0, t1, channels, limit, cursor, fmt)
 
     return window
