@@ -258,3 +258,25 @@ async def interrupt_bus(config: Config, scenario: Scenario, bus: str, down: floa
             if check is not None:
                 await check("up")
         await running.finished()
+
+
+def analyzer_and_flow_plant(plant_id: str, port: int, **sections: Any) -> dict[str, Any]:
+    """A small plant for command tests: an N2O analyzer (%vol) and a velocity flow meter
+    giving N2O mass at `inlet` (defaults for temperature, pressure, moisture), both on one
+    Modbus TCP bus at 127.0.0.1:`port`, polled every 5 s; `sections` are added."""
+    return {
+        "plant": {"id": plant_id, "timezone": "Asia/Shanghai"},
+        **sections,
+        "points": {"inlet": {"duct_area_m2": 1.0, "temperature_default_c": 20.0,
+                             "pressure_default_kpa": 0.0, "moisture_default_pct": 0.0}},
+        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
+                   "timeout": 0.3, "retries": 0}],
+        "devices": [
+            {"name": "analyzer", "bus": "bus", "device_id": 1,
+             "profile": "n2o-analyzer-percent", "poll_interval": 5.0},
+            {"name": "flow", "bus": "bus", "device_id": 2, "profile": "stack-flow-meter",
+             "poll_interval": 5.0, "point": "inlet",
+             "channels": {k: {"enabled": False} for k in
+                          ("temperature", "pressure", "moisture", "volume_flow")}},
+        ],
+    }

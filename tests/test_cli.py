@@ -18,28 +18,21 @@ from click.testing import CliRunner
 from cemsd.cli import main
 from cemsd.config import load_config
 from cemsd.store import schema
-from helpers import database, free_port, run_virtual, write_config, write_scenario, write_toml
+from helpers import (
+    analyzer_and_flow_plant,
+    database,
+    free_port,
+    run_virtual,
+    write_config,
+    write_scenario,
+    write_toml,
+)
 
 START = "2026-06-01T00:00:00+08:00"
 
 
 def _plant(port: int, storage: dict) -> dict:
-    return {
-        "plant": {"id": "cli", "timezone": "Asia/Shanghai"},
-        "storage": storage,
-        "points": {"inlet": {"duct_area_m2": 1.0, "temperature_default_c": 20.0,
-                             "pressure_default_kpa": 0.0, "moisture_default_pct": 0.0}},
-        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
-                   "timeout": 0.3, "retries": 0}],
-        "devices": [
-            {"name": "analyzer", "bus": "bus", "device_id": 1,
-             "profile": "n2o-analyzer-percent", "poll_interval": 5.0},
-            {"name": "flow", "bus": "bus", "device_id": 2, "profile": "stack-flow-meter",
-             "poll_interval": 5.0, "point": "inlet",
-             "channels": {k: {"enabled": False} for k in
-                          ("temperature", "pressure", "moisture", "volume_flow")}},
-        ],
-    }
+    return analyzer_and_flow_plant("cli", port, storage=storage)
 
 
 def _scenario(port: int) -> dict:

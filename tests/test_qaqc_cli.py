@@ -18,7 +18,7 @@ from cemsd.config import Config
 from cemsd.qaqc import records
 from cemsd.store import schema
 from cemsd.store.database import Database
-from helpers import write_config
+from helpers import analyzer_and_flow_plant, write_config
 
 TZ = ZoneInfo("Asia/Shanghai")
 H = 3600.0
@@ -29,21 +29,7 @@ SERIES = "inlet.n2o_kg_h"  # the default series of the one point
 
 
 def plant() -> dict:
-    return {
-        "plant": {"id": "qaqc-cli", "timezone": "Asia/Shanghai"},
-        "points": {"inlet": {"duct_area_m2": 1.0, "temperature_default_c": 20.0,
-                              "pressure_default_kpa": 0.0, "moisture_default_pct": 0.0}},
-        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": 1502,
-                   "timeout": 0.3, "retries": 0}],
-        "devices": [
-            {"name": "analyzer", "bus": "bus", "device_id": 1,
-             "profile": "n2o-analyzer-percent", "poll_interval": 5.0},
-            {"name": "flow", "bus": "bus", "device_id": 2, "profile": "stack-flow-meter",
-             "poll_interval": 5.0, "point": "inlet",
-             "channels": {k: {"enabled": False} for k in
-                          ("temperature", "pressure", "moisture", "volume_flow")}},
-        ],
-    }
+    return analyzer_and_flow_plant("qaqc-cli", 1502)
 
 
 @pytest.fixture
