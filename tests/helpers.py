@@ -219,6 +219,10 @@ def wait_healthy(base_url: str, process: subprocess.Popen[str], **client: Any) -
 MetricSamples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
+def metric_value(samples: MetricSamples, name: str, **labels: str) -> float:
+    return samples[(name, frozenset(labels.items()))]
+
+
 async def scrape_metrics(port: int) -> MetricSamples:
     """A real scrape of the daemon's /metrics, as Prometheus does it, from a thread (the
     scrape waits for the daemon's loop: never block it)."""

@@ -28,6 +28,7 @@ from helpers import (
     write_config,
     write_scenario,
 )
+from helpers import metric_value as _value
 
 START = "2026-06-01T00:00:00+08:00"
 POLL = 5.0
@@ -62,10 +63,6 @@ def _plant(tmp: Path) -> tuple[Any, Any]:
         "metrics": {"address": "127.0.0.1", "port": free_port()},
     })
     return config, scenario
-
-
-def _value(samples: MetricSamples, name: str, **labels: str) -> float:
-    return samples[(name, frozenset(labels.items()))]
 
 
 def _names(samples: MetricSamples, name: str, label: str) -> set[str]:
