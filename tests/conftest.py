@@ -78,3 +78,13 @@ def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
     database.upgrade()
     yield database
     database.close()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print how many regulatory cases tests/cases/ holds (read by the test_cases_* modules)."""
+    from casefiles import count_by_topic
+
+    counts = count_by_topic()
+    listed = ", ".join(f"{topic} {n}" for topic, n in counts.items())
+    terminalreporter.write_line(f"regulatory cases in tests/cases: {sum(counts.values())} "
+                                f"({listed})")
