@@ -1,7 +1,8 @@
 """The daemon: builds the pipeline from a validated configuration and runs it.
 
-Start-up order: storage (migrated) -> read plan -> components (outputs, QA/QC) ->
-closer recovery (close what a previous run left open) -> writer, bus owners, closer.
+Start-up order: the database's writer lock -> storage (migrated) -> read plan ->
+components (outputs, QA/QC) -> closer recovery (close what a previous run left open) ->
+writer, bus owners, closer, each under the supervisor (cemsd/supervisor.py).
 Shutdown (request_stop, e.g. from SIGTERM) runs in the reverse direction with a deadline
 at each step: bus owners finish their current poll and stop; the writer flushes; the
 closer closes every complete minute and hour; components stop (outputs flush); the run is
@@ -34,6 +35,7 @@ from cemsd.qaqc.checks import ChannelChecks
 from cemsd.qaqc.records import audit_config, load_plant_state
 from cemsd.qaqc.state import PlantState
 from cemsd.store.database import Database
+from cemsd.store.lock import acquire_writer_lock
 from cemsd.store.writer import Store
 from cemsd.supervisor import RestartPolicy, Supervisor
 from cemsd.validity import DeviceValidator, over_range
@@ -114,6 +116,16 @@ class Daemon:
 
     async def run(self) -> None:
         log_plan(self.plan)
+        # One writer per database: taken before anything is migrated or recorded, so a
+        # refused start leaves the database as it was (cemsd/store/lock.py).
+        lock = await asyncio.to_thread(acquire_writer_lock, self.config.storage.database_url,
+                                       self.config.plant.id, str(self.config.source))
+        try:
+            await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> None:
         db = Database(self.config.storage.database_url)
         await asyncio.to_thread(db.upgrade)
         self.store = store = Store(db, self.config.storage.batch_seconds,
