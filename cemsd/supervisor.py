@@ -58,7 +58,6 @@ class TaskHealth:
     restarts: int = 0
     last_error: str | None = None
     last_failure: float | None = None  # daemon clock time
-    restart_at: float | None = None
     started: float = 0.0
     streak: int = 0  # failures since the task last ran a full back-off cap
     looping: bool = False  # in a crash loop at its last failure (logged once per loop)
@@ -81,7 +80,8 @@ class Supervisor:
         self.clock = clock
         self.policy = policy or RestartPolicy()
         self.tasks: dict[str, TaskHealth] = {}
-        self._stopping = asyncio.Event()
+        self._stopping = False
+        self._pausing: set[asyncio.Task[Any]] = set()  # tasks waiting out a back-off
 
     def spawn(self, name: str, run: Run, *, on_failure: OnFailure | None = None,
               stand_in: StandIn | None = None) -> asyncio.Task[None]:
@@ -92,7 +92,9 @@ class Supervisor:
 
     def stop(self) -> None:
         """The daemon is stopping: a task waiting for its restart is not restarted."""
-        self._stopping.set()
+        self._stopping = True
+        for task in self._pausing:
+            task.cancel()
 
     def report(self) -> dict[str, dict[str, Any]]:
         now = self.clock.now()
@@ -140,7 +142,6 @@ class Supervisor:
         looping = health.crash_looping(now, policy)
         entered_loop, health.looping = looping and not health.looping, looping
         health.state = CRASH_LOOP if looping else RESTARTING
-        health.restart_at = now + delay
         # the traceback once per streak: a crash loop repeats the line, not the stack
         log.error("task failed, restarting", exc_info=failure if health.streak == 1 else None,
                   extra={"task": health.name, "error": cause, "restart_in_s": delay,
@@ -155,7 +156,7 @@ class Supervisor:
                      stand_in: StandIn | None) -> bool:
         """Wait out the back-off; False when the task should not be restarted."""
         until = self.clock.now() + delay
-        if self._stopping.is_set():
+        if self._stopping:
             return False
         if stand_in is not None:
             try:
@@ -163,13 +164,19 @@ class Supervisor:
             except Exception as exc:  # the real task is restarted all the same
                 log.error("stand-in failed", exc_info=exc,
                           extra={"task": health.name, "error": describe(exc)})
-                return not self._stopping.is_set()
-        waits = [asyncio.ensure_future(self.clock.sleep_until(until)),
-                 asyncio.ensure_future(self._stopping.wait())]
+                return not self._stopping
+        # A participant while it waits (not while it runs): on a simulated clock the restart
+        # comes at its time, not whenever the buses let time pass.
+        task = asyncio.current_task()
+        assert task is not None
+        self._pausing.add(task)
         try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            with self.clock.participant():
+                await self.clock.sleep_until(until)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            task.uncancel()  # stop() woke it: the task ends instead of restarting
         finally:
-            for wait in waits:
-                wait.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-        return not self._stopping.is_set()
+            self._pausing.discard(task)
+        return not self._stopping

@@ -249,3 +249,35 @@ def test_an_exception_from_the_decoder_restarts_the_bus_and_it_recovers(
     assert len(late) == 2 and all(m.flag == "N" for m in late)
     daemon: Daemon = seen["daemon"]
     assert daemon.owners[1].health["faulty"].up is True
+
+
+def test_a_failing_closer_is_restarted_and_no_minute_is_lost(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The net holds for the other tasks too: the closer raises once (a KeyError from
+    nowhere), is restarted, and closes every minute as if nothing happened."""
+    from cemsd.closer import Closer
+
+    config, scenario, metrics = _plant(tmp_path, "tcp")
+    close_through = Closer.close_through
+    raised: list[float] = []
+
+    async def failing_once(self: Closer, t_end: float) -> None:
+        if not raised and t_end >= scenario.epoch + 120:
+            raised.append(t_end)
+            raise KeyError("series vanished")
+        await close_through(self, t_end)
+
+    monkeypatch.setattr(Closer, "close_through", failing_once)
+    caplog.set_level(logging.INFO)
+    seen = asyncio.run(_run(config, scenario, metrics))
+
+    assert raised
+    failed = _first_log(caplog.records, "task failed, restarting", "KeyError: 'series vanished'")
+    assert failed.task == "closer"
+    # the check at 90 s came before the failure; after it, the closer counts one restart
+    assert seen["status"]["tasks"]["closer"]["restarts"] == 0
+    assert seen["daemon"].supervisor.report()["closer"]["restarts"] == 1
+    readings, minutes = _assert_other_bus_untouched(config, scenario.epoch)
+    faulty = _between(minutes, "faulty.n2o", scenario.epoch, scenario.epoch + END)
+    assert len(faulty) == END / 60 and all(m.flag == "N" for m in faulty)
