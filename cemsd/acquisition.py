@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 ReadingSink = Callable[[list[Reading]], None]
 RequestObserver = Callable[[str, str, float], None]  # device, result, seconds
 LinkOperation = Callable[[Transport, DevicePlan], Awaitable[Any]]
+BUS_FAILED = "bus failed"  # how readings of a bus whose run failed start their reason
 
 
 @dataclass
@@ -135,33 +136,78 @@ class BusOwner:
         self._sleep.request_stop()
 
     async def run(self) -> None:
+        """Poll every device on its grid until request_stop()."""
+        now = self.clock.now()
+        for device in self.plan.devices:
+            self.health[device.name].next_due = first_slot(now, device.poll_interval)
+        await self._on_grid(self._poll_due)
+
+    async def stand_in(self, cause: str, until: float) -> bool:
+        """While the supervisor waits to restart a failed run: every due slot before
+        `until` gets readings flagged B naming the cause, and the watermark moves on, so
+        the closer neither waits for this bus nor stores its minutes without a reason.
+        False when a stop was requested meanwhile."""
+        async def fail_due() -> None:
+            now = self.clock.now()
+            for device in self.plan.devices:
+                health = self.health[device.name]
+                if health.next_due <= now + 1e-9:
+                    failures: dict[str, Condition] = {}
+                    for block in device.blocks:
+                        _fail(failures, block, Flag.B, f"{BUS_FAILED}: {cause}")
+                    self.sink(self.validators[device.name].readings(health.next_due, {},
+                                                                    failures))
+                    health.next_due = next_slot(max(health.next_due, now),
+                                                device.poll_interval)
+
+        return await self._on_grid(fail_due, until, refuse_queued=f"{BUS_FAILED}: {cause}")
+
+    def failed(self, cause: str) -> None:
+        """The run failed (the supervisor's net): every device is down with the cause."""
+        now = self.clock.now()
+        for device in self.plan.devices:
+            self._down(device, now, f"{BUS_FAILED}: {cause}", link_failure=True)
+
+    async def _on_grid(self, work: Callable[[], Awaitable[None]], until: float = math.inf,
+                       refuse_queued: str | None = None) -> bool:
+        """Sleep to each due slot and do `work` there, until `until` (True) or a stop
+        (False). The watermark goes to infinity only on a stop: after a failure the
+        supervisor's stand-in carries it on."""
         self._sleep.bind()
         steps: list[Callable[[float], None]] | None = getattr(self.clock, "step_listeners", None)
         if steps is not None:
             steps.append(self._clock_stepped)
         try:
             with self.clock.participant():
-                now = self.clock.now()
-                for device in self.plan.devices:
-                    self.health[device.name].next_due = first_slot(now, device.poll_interval)
                 while self.plan.devices:
-                    due = min(h.next_due for h in self.health.values())
+                    due = min(min(h.next_due for h in self.health.values()), until)
                     self._set_watermark(due)
                     if not await self._sleep.sleep_until(due):
-                        break
-                    await self._run_queued()
+                        return False
+                    if refuse_queued is None:
+                        await self._run_queued()
+                    else:
+                        self._refuse_queued(refuse_queued)
                     if self.clock.now() < due:
                         continue  # woken for queued work
-                    await self._poll_due()
+                    if due >= until:
+                        return True
+                    await work()
                     self.last_cycle_wall = time.monotonic()
+                return True
         finally:
             if steps is not None:
                 steps.remove(self._clock_stepped)
-            self._set_watermark(math.inf)
-            for _, _, future in self._queued:
-                if not future.done():
-                    future.set_exception(RuntimeError(f"bus {self.name} stopped"))
+            if self._sleep.stopping:
+                self._set_watermark(math.inf)
+            self._refuse_queued(f"bus {self.name} stopped")
             await self.transport.close()
+
+    def _refuse_queued(self, why: str) -> None:
+        while self._queued:
+            _, _, future = self._queued.popleft()
+            if not future.done():
+                future.set_exception(RuntimeError(why))
 
     def _clock_stepped(self, seconds: float) -> None:
         """A wall clock set back leaves every due poll in its future: poll on from now, on
@@ -258,14 +304,17 @@ class BusOwner:
             health.last_ok = ts
             health.last_error = _reason(error) if error else None
             return
+        self._down(device, ts, _reason(error) if error else "no usable value",
+                   link_failure=isinstance(error, TransportError))
+
+    def _down(self, device: DevicePlan, ts: float, reason: str, link_failure: bool) -> None:
+        health = self.health[device.name]
         health.consecutive_failures += 1
-        health.link_failure = isinstance(error, TransportError)
-        health.last_error = _reason(error) if error else "no usable value"
+        health.link_failure = link_failure
+        health.last_error = reason
         if health.up is not False:
-            log.warning(
-                "device down",
-                extra={"device": device.name, "bus": self.name, "reason": health.last_error},
-            )
+            log.warning("device down", extra={"device": device.name, "bus": self.name,
+                                              "reason": reason})
             health.up, health.down_since = False, ts
 
     def _schedule(self, device: DevicePlan, slot: float) -> None:

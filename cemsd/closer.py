@@ -201,8 +201,11 @@ class Closer:
                 received[s.bucket] = True
             keep = ~before_run | received
         out = self._rows(aggregates, starts, keep, "readings")
-        await self.store.call(self.store.db.insert_aggregates, schema.minutes, out)
-        await self.notify("minute", out)
+        # only what this call stored goes out: a minute closed again (a restarted closer,
+        # a second start on the same minute) was published when it was first stored
+        inserted = await self.store.call(self.store.db.insert_aggregates, schema.minutes, out)
+        if inserted:
+            await self.notify("minute", inserted)
 
     def _first_per_slot(self, stamped: list[Stamped]) -> list[Stamped]:
         """One reading per channel and poll slot, the first stored in time order. A slot is
@@ -226,9 +229,10 @@ class Closer:
         while self.next_hour + HOUR <= through:
             t0 = self.next_hour
             out = await self.hour_rows(t0)
-            await self.store.call(self.store.db.insert_aggregates, schema.hours, out)
+            inserted = await self.store.call(self.store.db.insert_aggregates, schema.hours, out)
             self.next_hour = t0 + HOUR
-            await self.notify("hour", out)
+            if inserted:
+                await self.notify("hour", inserted)
             await self._prune()
 
     async def hour_rows(self, t0: float, series: Sequence[str] | None = None) -> Rows:

@@ -1,7 +1,8 @@
 """The daemon: builds the pipeline from a validated configuration and runs it.
 
-Start-up order: storage (migrated) -> read plan -> components (outputs, QA/QC) ->
-closer recovery (close what a previous run left open) -> writer, bus owners, closer.
+Start-up order: the database's writer lock -> storage (migrated) -> read plan ->
+components (outputs, QA/QC) -> closer recovery (close what a previous run left open) ->
+writer, bus owners, closer, each under the supervisor (cemsd/supervisor.py).
 Shutdown (request_stop, e.g. from SIGTERM) runs in the reverse direction with a deadline
 at each step: bus owners finish their current poll and stop; the writer flushes; the
 closer closes every complete minute and hour; components stop (outputs flush); the run is
@@ -34,7 +35,9 @@ from cemsd.qaqc.checks import ChannelChecks
 from cemsd.qaqc.records import audit_config, load_plant_state
 from cemsd.qaqc.state import PlantState
 from cemsd.store.database import Database
+from cemsd.store.lock import acquire_writer_lock
 from cemsd.store.writer import Store
+from cemsd.supervisor import RestartPolicy, Supervisor
 from cemsd.validity import DeviceValidator, over_range
 from drivers.base import Transport
 from drivers.modbus import ModbusTransport
@@ -80,6 +83,7 @@ class Daemon:
         until: float | None = None,
         transport_factory: TransportFactory = modbus_transport,
         components: list[Component] | None = None,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         from cemsd.components import configured_components
 
@@ -98,6 +102,8 @@ class Daemon:
         self.owners: list[BusOwner] = []
         self.closer: Closer | None = None
         self.plant_state: PlantState | None = None
+        # every long-lived task runs under it, the components' own tasks too
+        self.supervisor = Supervisor(clock, restart_policy)
         self.ready = asyncio.Event()
         self._stop = asyncio.Event()
         self.exit_reason = "stopped"
@@ -110,6 +116,16 @@ class Daemon:
 
     async def run(self) -> None:
         log_plan(self.plan)
+        # One writer per database: taken before anything is migrated or recorded, so a
+        # refused start leaves the database as it was (cemsd/store/lock.py).
+        lock = await asyncio.to_thread(acquire_writer_lock, self.config.storage.database_url,
+                                       self.config.plant.id, str(self.config.source))
+        try:
+            await self._run()
+        finally:
+            lock.release()
+
+    async def _run(self) -> None:
         db = Database(self.config.storage.database_url)
         await asyncio.to_thread(db.upgrade)
         self.store = store = Store(db, self.config.storage.batch_seconds,
@@ -145,9 +161,11 @@ class Daemon:
             raise
 
         writer_stop = asyncio.Event()
-        writer = asyncio.create_task(store.run(writer_stop), name="writer")
-        owner_tasks = [asyncio.create_task(o.run(), name=f"bus:{o.name}") for o in self.owners]
-        closer_task = asyncio.create_task(self.closer.run(), name="closer")
+        supervise = self.supervisor.spawn
+        writer = supervise("writer", lambda: store.run(writer_stop))
+        owner_tasks = [supervise(f"bus:{o.name}", o.run, on_failure=o.failed,
+                                 stand_in=o.stand_in) for o in self.owners]
+        closer_task = supervise("closer", self.closer.run)
         until_task = asyncio.create_task(self._stop_at_until(), name="until")
         log.info("running", extra={"plant": self.config.plant.id, "clock": self.clock_name,
                                    "buses": len(self.owners), "devices": len(self.plan.devices),
@@ -213,6 +231,7 @@ class Daemon:
         writer_stop: asyncio.Event,
     ) -> None:
         assert self.closer is not None and self.store is not None
+        self.supervisor.stop()  # a task failing from here on is not restarted
         # The closer stops with the owners: the complete minutes are closed below, from
         # what the owners delivered.
         self.closer.request_stop()

@@ -6,6 +6,16 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 
+def describe(exc: BaseException) -> str:
+    """An exception as operators read it: its type (with its module unless built in, e.g.
+    `termios.error`), then its message."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else \
+        f"{kind.__module__}.{kind.__qualname__}"
+    text = str(exc)
+    return f"{name}: {text}" if text else name
+
+
 class CemsdError(Exception):
     """Base of every error cemsd raises on purpose."""
 

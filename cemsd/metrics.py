@@ -87,6 +87,7 @@ class Snapshot:
     readings_queued: int = 0
     readings_dropped: int = 0
     mqtt_connected: bool | None = None  # None: no MQTT output configured
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # Supervisor.report()
 
 
 @dataclass
@@ -164,6 +165,7 @@ class Metrics:
             readings_queued=daemon.store.pending,
             readings_dropped=daemon.store.dropped_readings,
             mqtt_connected=mqtt_connected(daemon),
+            tasks=daemon.supervisor.report(),
         )
         hour_start = hour_floor(now, tz)
         try:
@@ -300,9 +302,27 @@ class _StateCollector:
         yield CounterMetricFamily("cemsd_readings_dropped",
                                   "Readings dropped because the queue was full while the "
                                   "database refused writes", value=float(snap.readings_dropped))
+        yield from _task_metrics(snap.tasks)
         if snap.mqtt_connected is not None:
             yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
                                     value=float(snap.mqtt_connected))
+
+
+def _task_metrics(tasks: dict[str, dict[str, Any]]) -> Iterator[Metric]:
+    """The supervised tasks (cemsd/supervisor.py): up, restarts, crash loop."""
+    from prometheus_client.core import CounterMetricFamily
+
+    yield _labelled("cemsd_task_up", "1 while the supervised task runs, 0 while it waits "
+                    "to be restarted after a failure", "task",
+                    {name: float(t["up"]) for name, t in tasks.items()})
+    restarts = CounterMetricFamily("cemsd_task_restarts", "Restarts of the supervised task "
+                                   "after a failure", labels=["task"])
+    for name, t in tasks.items():
+        restarts.add_metric([name], float(t["restarts"]))
+    yield restarts
+    yield _labelled("cemsd_task_crash_loop", "1 while the task failed repeatedly within "
+                    "the supervisor's crash-loop window", "task",
+                    {name: float(t["crash_loop"]) for name, t in tasks.items()})
 
 
 def _labelled(name: str, documentation: str, label: str, values: dict[str, float]) -> Metric:
@@ -332,7 +352,7 @@ class MetricsServer:
         self.metrics.attach(daemon)
         if not self._bind(log_failure=True):
             # A taken port must not stop acquisition: keep trying in the background.
-            self._retry = asyncio.create_task(self._bind_later(), name="metrics-bind")
+            self._retry = daemon.supervisor.spawn("metrics-bind", self._bind_later)
 
     def _bind(self, log_failure: bool) -> bool:
         from prometheus_client import start_http_server

@@ -265,7 +265,7 @@ class MqttPublisher:
         log.info("mqtt output", extra={"broker": f"{self.settings.host}:"
                                                   f"{self.settings.broker_port}",
                                         "topics": self.topics.prefix, "unsent": backlog})
-        self._task = asyncio.create_task(self._run(), name="mqtt")
+        self._task = daemon.supervisor.spawn("mqtt", self._run)
 
     async def stop(self) -> None:
         """Drain what the broker can take within DRAIN_ON_STOP_SECONDS, say offline, close."""

@@ -36,7 +36,7 @@ class Sealer:
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
         daemon.period_listeners.append(self._on_period)
-        self._task = asyncio.create_task(self._seal_forever(), name="sealing")
+        self._task = daemon.supervisor.spawn("sealing", self._seal_forever)
 
     async def _on_period(self, kind: str, rows: list[dict[str, Any]]) -> None:
         if kind == "hour":

@@ -90,7 +90,22 @@ def summary_line(daemon: Daemon, overview: Overview | None) -> str:
         parts += [f"last valid hour {hour}", f"outbox {overview.outbox_messages}"]
     if daemon.store is not None and daemon.store.failing_since is not None:
         parts.append("DATABASE WRITES FAILING")
+    failing = failing_tasks(daemon)
+    if failing:
+        parts.append("TASKS FAILING: " + ", ".join(failing))
     return ", ".join(parts)
+
+
+def failing_tasks(daemon: Daemon) -> list[str]:
+    """Supervised tasks not running or in a crash loop, e.g. "bus:a (crash loop, 3 restarts:
+    ValueError: ...)"."""
+    out = []
+    for name, task in daemon.supervisor.report().items():
+        if task["up"] and not task["crash_loop"]:
+            continue
+        state = "crash loop" if task["crash_loop"] else task["state"]
+        out.append(f"{name} ({state}, {task['restarts']} restarts: {task['last_error']})")
+    return out
 
 
 class StatusLine:
@@ -170,6 +185,7 @@ class LiveStatus:
             "calibration_due": dict(daemon.plant_state.calibration_due),
             "bypass": {"monitored": bypass_monitored(daemon)},
             "outputs": {"mqtt_connected": mqtt_connected(daemon)},
+            "tasks": daemon.supervisor.report(),
             "database": {"write_failing": daemon.store.failing_since is not None,
                          "error": daemon.store.last_error, "queued_readings": daemon.store.pending},
         }

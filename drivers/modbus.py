@@ -22,10 +22,10 @@ from collections.abc import Callable
 from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
 
-from cemsd.errors import BadFrame, DeviceTimeout, ExceptionReply, NoConnection
+from cemsd.errors import BadFrame, DeviceTimeout, ExceptionReply, NoConnection, describe
 from drivers.base import Transport
 
 # pymodbus logs every failed request at ERROR with a frame dump; the bus owner logs
@@ -94,8 +94,8 @@ class ModbusTransport(Transport):
         self._client.ctx.comm_params.timeout_connect = timeout
         try:
             ok = await self._client.connect()
-        except (OSError, ModbusException) as exc:
-            raise NoConnection(f"cannot open {self.name}: {exc}") from None
+        except Exception as exc:  # e.g. UnicodeError (a bad host name), termios.error
+            raise NoConnection(f"cannot open {self.name}: {describe(exc)}") from None
         if not ok:
             raise NoConnection(f"cannot open {self.name}")
 
@@ -152,8 +152,9 @@ class ModbusTransport(Transport):
                     f"{self._received} bytes received but no valid reply ({exc})"
                 ) from None
             raise DeviceTimeout(f"no reply within {timeout:g} s x {retries + 1}") from None
-        except (OSError, ModbusException) as exc:
-            raise NoConnection(f"{type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # whatever the link raised: no link, with its cause
+            raise NoConnection(describe(exc)) from None
         if response.isError():
             raise ExceptionReply(int(getattr(response, "exception_code", 0)))
         return response
+

@@ -78,10 +78,10 @@ class RunningDaemon:
     """A daemon started on a virtual clock; act on the timeline once `ready` returned."""
 
     def __init__(self, config: Config, scenario: Scenario, until: float,
-                 clock: VirtualClock | None = None) -> None:
+                 clock: VirtualClock | None = None, **options: Any) -> None:
         self.clock = clock or VirtualClock(scenario.epoch)
         self.sim = SimulatorServer(scenario, self.clock)
-        self.daemon = Daemon(config, self.clock, clock_name="virtual", until=until)
+        self.daemon = Daemon(config, self.clock, clock_name="virtual", until=until, **options)
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> RunningDaemon:

@@ -48,9 +48,11 @@ def test_readings_round_trip_utc(db: Database) -> None:
 
 def test_closing_a_period_twice_never_duplicates(db: Database) -> None:
     first = [_minute("a.n2o", T0, 10.0), _minute("b.n2o", T0, 20.0)]
-    db.insert_aggregates(schema.minutes, first)
+    assert db.insert_aggregates(schema.minutes, first) == first
     again = [_minute("a.n2o", T0, 99.0), _minute("a.n2o", T0 + 60, 11.0)]
-    db.insert_aggregates(schema.minutes, again)
+    # only what was stored comes back (the closer publishes exactly that)
+    assert db.insert_aggregates(schema.minutes, again) == [again[1]]
+    assert db.insert_aggregates(schema.minutes, again) == []
     rows = db.aggregates_between(schema.minutes, T0, T0 + 120)
     assert [(r.channel, r.ts.timestamp(), r.value) for r in rows] == [
         ("a.n2o", T0, 10.0),  # the first close stands; the second is ignored

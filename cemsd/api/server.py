@@ -110,7 +110,7 @@ class ApiComponent:
         self.live = LiveStatus(daemon)  # the operator's status page (/status)
         # Its own connections: API reads never queue behind the daemon's writes.
         self.db = Database(self.config.storage.database_url)
-        self._tasks = [asyncio.create_task(self._serve_forever(), name="api:serve")]
+        self._tasks = [daemon.supervisor.spawn("api", self._serve_forever)]
         await self._wait_listening()
 
     async def _wait_listening(self) -> None:

@@ -219,10 +219,10 @@ class PlatformUplink:
         self._state_channels = self._find_state_channels(daemon)
         self.cursors = await self._load_cursors()
         daemon.period_listeners.append(self._on_period)
-        self._tasks.append(asyncio.create_task(self._supervise(), name=self.name))
+        self._tasks.append(daemon.supervisor.spawn(self.name, self._supervise))
         if {p.Cn.REALTIME_DATA, p.Cn.ABATEMENT_STATE} & set(self.platform.uploads):
-            self._tasks.append(asyncio.create_task(self._sample_realtime(),
-                                                   name=f"{self.name}:rtd"))
+            self._tasks.append(daemon.supervisor.spawn(f"{self.name}:rtd",
+                                                       self._sample_realtime))
 
     async def stop(self) -> None:
         """Give a working link a few seconds to send what is stored, then close."""

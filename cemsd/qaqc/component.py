@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -68,8 +69,9 @@ class Qaqc:
                 continue
             for kind, at in (("zero", settings.zero_at), ("span", settings.span_at)):
                 if at is not None:
-                    self._tasks.append(asyncio.create_task(
-                        self._scheduled(channel.name, kind, at), name=f"cal:{channel.name}"))
+                    self._tasks.append(daemon.supervisor.spawn(
+                        f"calibration:{channel.name}:{kind}",
+                        functools.partial(self._scheduled, channel.name, kind, at)))
 
     async def drain(self) -> None:
         """Before the buses stop: end running checks so their valves close."""
@@ -117,6 +119,7 @@ class Qaqc:
             "calibration_due": {c: local_label(d, tz)
                                 for c, (d, _) in state.calibration_due.items()},
             "calibrating": dict(self.calibrator.busy),
+            "tasks": self.daemon.supervisor.report(),
         }
 
     # --- schedule --------------------------------------------------------------------------

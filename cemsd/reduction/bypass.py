@@ -95,7 +95,7 @@ class BypassMonitor:
                                    set(json.loads(row.triggers)))
         daemon.pipeline.live_listeners.append(self._observe)
         daemon.event_listeners.append(self._on_event)
-        self._task = asyncio.create_task(self._worker(), name="bypass")
+        self._task = daemon.supervisor.spawn("bypass", self._worker)
 
     async def stop(self) -> None:
         """Store what is queued; an event still open stays open for the next run."""

@@ -134,10 +134,23 @@ class Database:
         if rows:
             self._execute_many(insert(schema.readings), rows)
 
-    def insert_aggregates(self, table: Table, rows: Sequence[dict[str, Any]]) -> None:
-        """Insert minute or hour rows; a row already present for (channel, ts) is kept."""
-        if rows:
-            self._execute_many(self._insert_ignoring_duplicates(table), rows)
+    def insert_aggregates(self, table: Table, rows: Sequence[dict[str, Any]]
+                          ) -> list[dict[str, Any]]:
+        """Insert minute, hour or substitution rows; a row already present for (channel, ts,
+        revision) is kept. Returns the rows this call inserted, in their order (what a
+        listener may publish: a period closed twice is published once)."""
+        if not rows:
+            return []
+        c = table.c
+        statement = self._insert_ignoring_duplicates(table).returning(c.channel, c.ts,
+                                                                      c.revision)
+        try:
+            with self.engine.begin() as conn:
+                inserted = {(r.channel, r.ts.timestamp(), r.revision)
+                            for r in conn.execute(statement, list(rows))}
+        except SQLAlchemyError as exc:
+            raise StorageError(f"write to {self.location} failed: {_short(exc)}") from exc
+        return [row for row in rows if _period_key(row) in inserted]
 
     def _execute_many(self, statement: Any, rows: Sequence[dict[str, Any]]) -> None:
         try:
@@ -267,6 +280,12 @@ def migration_heads(versions: Path = MIGRATIONS / "versions") -> set[str]:
                     down = ast.literal_eval(value)
                     parents.update((down,) if isinstance(down, str) else down or ())
     return revisions - parents
+
+
+def _period_key(row: dict[str, Any]) -> tuple[str, float, int]:
+    ts = row["ts"]
+    return (row["channel"], ts if isinstance(ts, int | float) else ts.timestamp(),
+            row.get("revision") or 0)
 
 
 def as_epoch(value: Any) -> float | None:

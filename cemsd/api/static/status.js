@@ -235,6 +235,13 @@ function renderBypass(b) {
   listOrEmpty($("bypass-recent"), b.recent.map((e) => el("li", {}, fields(e.fields))), "none");
 }
 
+function failingTasks(tasks) {
+  const failing = Object.entries(tasks).filter(([, t]) => !t.up || t.crash_loop)
+    .map(([name, t]) => `${name} ${t.crash_loop ? "CRASH LOOP" : t.state.toUpperCase()}`
+      + ` (${t.restarts} restarts): ${t.last_error}`);
+  return failing.length ? failing.join("; ") : "all running";
+}
+
 function renderOutputs(s) {
   const facts = [
     ["MQTT outbox", `${s.outputs.outbox_messages} message(s) waiting`],
@@ -242,6 +249,7 @@ function renderOutputs(s) {
       : s.outputs.mqtt_connected ? "connected" : "not connected"],
     ["database writes", s.database.write_failing ? `FAILING: ${s.database.error}` : "ok"],
     ["readings queued", s.database.queued_readings],
+    ["tasks", failingTasks(s.tasks || {})],
   ];
   replaceChildren($("outputs"), facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
