@@ -18,6 +18,7 @@ from sqlalchemy import delete, insert, select, update
 
 from cemsd import chain
 from cemsd.cli import main
+from cemsd.qaqc.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import REPO, tampering, write_config
@@ -30,8 +31,8 @@ DOC = REPO / "docs" / "TAMPER-EVIDENCE.md"
 
 
 def _hour(channel: str, ts: float, value: float | None, revision: int = 0,
-          supersedes: int | None = None) -> dict:
-    return {"channel": channel, "ts": ts, "value": value, "minimum": value,
+          supersedes: int | None = None, audit_id: int | None = None) -> dict:
+    return {"audit_id": audit_id, "channel": channel, "ts": ts, "value": value, "minimum": value,
             "maximum": None if value is None else value * 1.1, "n_valid": 60,
             "n_expected": 60, "flag": "N", "reason": None, "unit": "ppm",
             "created_at": ts + HOUR, "revision": revision, "supersedes": supersedes}
@@ -135,14 +136,23 @@ def test_seal_due_seals_final_records_once_in_order(db: Database) -> None:
     # a late correction of hour 0 is appended after what is already sealed
     first = db.fetch(select(schema.hours).where(schema.hours.c.channel == "a.n2o")
                      .order_by(schema.hours.c.ts))[0]
-    db.insert_aggregates(schema.hours, [_hour("a.n2o", T0, 99.0, revision=1,
-                                              supersedes=first.id)])
-    assert chain.seal_due(db, through, sealed_at=T0 + 7 * HOUR) == 1
-    last = _links(db)[-1]
+    unaudited = _hour("a.n2o", T0, 99.0, revision=1, supersedes=first.id)
+    db.insert_aggregates(schema.hours, [unaudited])
+    assert chain.seal_due(db, through, sealed_at=T0 + 7 * HOUR) == 0  # refused: who? why?
+    [refused] = chain.refused(db, through)
+    assert (refused.table, refused.channel, refused.ts.timestamp()) == ("hours", "a.n2o", T0)
+    with tampering(db) as conn:
+        conn.execute(delete(schema.hours).where(schema.hours.c.revision == 1))
+    audit_id = audit(db, T0 + 7 * HOUR, "tester", "correction.invalidate", "a.n2o", "test")
+    db.insert_aggregates(schema.hours, [{**unaudited, "audit_id": audit_id,
+                                         "created_at": T0 + 7 * HOUR}])
+    assert chain.refused(db, through) == []
+    assert chain.seal_due(db, through, sealed_at=T0 + 7 * HOUR) == 2  # and the audit entry
+    last = _links(db)[-2]
     assert (last.seq, last.channel, last.ts.timestamp()) == (sealed + 1, "a.n2o", T0)
     report = chain.verify(db)
-    assert report.ok and report.links == sealed + 1
-    assert report.by_table == {"hours": sealed, "substitutions": 1}
+    assert report.ok and report.links == sealed + 2
+    assert report.by_table == {"hours": sealed, "substitutions": 1, "audit_log": 1}
     assert chain.unsealed_count(db) == 2 * len(CHANNELS)  # hours 3 and 4
 
 
@@ -192,7 +202,7 @@ def test_verify_names_a_deleted_record(db: Database) -> None:
 def test_verify_detects_a_reordered_chain(db: Database) -> None:
     _sealed(db)
     c = schema.chain.c
-    with db.transaction() as conn:  # swap links 3 and 4
+    with tampering(db) as conn:  # swap links 3 and 4
         conn.execute(update(schema.chain).where(c.seq == 3).values(seq=-1))
         conn.execute(update(schema.chain).where(c.seq == 4).values(seq=3))
         conn.execute(update(schema.chain).where(c.seq == -1).values(seq=4))
@@ -211,7 +221,7 @@ def test_verify_detects_a_removed_link_and_a_rewritten_record_hash(db: Database)
         conn.execute(update(schema.hours).where(schema.hours.c.id == victim.record_id)
                      .values(flag="C"))
     row = db.fetch(select(schema.hours).where(schema.hours.c.id == victim.record_id))[0]
-    with db.transaction() as conn:
+    with tampering(db) as conn:
         conn.execute(update(schema.chain).where(c.seq == victim.seq).values(
             record_hash=chain.record_hash(chain.KINDS["hours"], row)))
     report = chain.verify(db)
@@ -243,4 +253,4 @@ def test_cli_verify_names_the_first_broken_hour_in_plant_time(tmp_path: Path) ->
     assert first.startswith("chain BROKEN at link ")
     assert "hour 2026-06-01T02:00+08:00 b.n2o" in first and "record changed" in first
     assert "hour 2026-06-01T03:00+08:00 a.n2o" in broken.output
-    assert "2 broken link(s)" in broken.output
+    assert "2 finding(s)" in broken.output
