@@ -660,11 +660,12 @@ def _check(link: Any, records: dict[Any, Any], expected_seq: int, prev_hash: str
 
 def _changed(kind: SealedKind, row: Any, link: Any, records: dict[Any, Any]
              ) -> tuple[str, str]:
-    """Which part changed: the record itself, or (form 2 hour) the minutes under it."""
-    if link.form == 2 and kind.name == "hours" and link.minutes_sha256 is not None:
+    """Which part changed: the record itself, or (form 2 hour) only the minutes under it
+    (the hour's fields still hash to the seal with the minute digest the link kept)."""
+    if link.form == 2 and kind.name == "hours" and link.minutes_sha256 is not None \
+            and record_hash(kind, row, 2, link.minutes_sha256) == link.record_hash:
         digest = hour_minutes_digest(row, records.get("minutes", {}))
-        if digest != link.minutes_sha256:
-            return ("minutes changed", f"the minutes under this hour digest to {digest[:16]}"
-                                       f"..., sealed as {link.minutes_sha256[:16]}...")
+        return ("minutes changed", f"the minutes under this hour digest to {digest[:16]}"
+                                   f"..., sealed as {link.minutes_sha256[:16]}...")
     return ("record changed", f"the stored record no longer hashes to "
                               f"{link.record_hash[:16]}...")

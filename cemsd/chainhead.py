@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect, make_url, select
 
 from cemsd import chain
 from cemsd.errors import CemsdError, StorageError
@@ -182,8 +182,10 @@ def check_known_database(url: str, state_dir: Path, accept_new: bool) -> Pin | N
     if recorded is None or recorded.seq == 0:
         return None
     try:
-        probe = open_existing(url)
+        probe = None if _empty_sqlite_file(url) else open_existing(url)
     except StorageError:  # the file is gone
+        probe = None
+    if probe is None:  # not even opened: a connection would write into an empty file
         known, location = False, url
     else:
         try:
@@ -201,6 +203,13 @@ def check_known_database(url: str, state_dir: Path, accept_new: bool) -> Pin | N
         f"(link {recorded.seq}, {recorded.hash[:16]}..., {recorded.time}): the database was "
         "emptied or replaced. Nothing was started. If this is intended (a new database), "
         "start with --accept-new-database")
+
+
+def _empty_sqlite_file(url: str) -> bool:
+    parsed = make_url(url)
+    path = Path(parsed.database or "")
+    return (parsed.get_backend_name() == "sqlite" and path.is_file()
+            and path.stat().st_size == 0)
 
 
 def accept_new_database(db: Database, state_dir: Path, given_up: Pin, now: float) -> Path:

@@ -332,7 +332,7 @@ def verify(config_file: str, pinned_file: str | None) -> None:
         pins = [*([recorded] if recorded else []),
                 *(load_pins(Path(pinned_file)) if pinned_file else [])]
         report = chaincheck.check(db, config.storage.finalise_after_hours, pins)
-        unsealed = chain.unsealed_count(db)
+        unsealed = chain.unsealed_count(db) if report.ok else 0
     except CemsdError as exc:
         click.echo(f"cemsd verify: cannot check: {exc}", err=True)
         sys.exit(2)

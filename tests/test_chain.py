@@ -8,7 +8,7 @@ import hashlib
 import itertools
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -254,3 +254,69 @@ def test_cli_verify_names_the_first_broken_hour_in_plant_time(tmp_path: Path) ->
     assert "hour 2026-06-01T02:00+08:00 b.n2o" in first and "record changed" in first
     assert "hour 2026-06-01T03:00+08:00 a.n2o" in broken.output
     assert "2 finding(s)" in broken.output
+
+
+# --- canonical form 2 (docs/TAMPER-EVIDENCE.md, "Worked example, form 2") ------------------------
+
+
+def _form2_blocks() -> tuple[list[str], list[str]]:
+    section = DOC.read_text().split("### Worked example, form 2", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```text\n(.*)\n```", section), re.findall(r"`([0-9a-f]{64})`", section)
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_form_2_worked_example_hashes_as_documented() -> None:
+    (minutes_text, hour_text, day_text), hashes = _form2_blocks()
+    digest = hashlib.sha256(minutes_text.encode()).hexdigest()
+    assert f'"minutes_sha256":"{digest}"' in hour_text
+    hour_hash = hashlib.sha256(hour_text.encode()).hexdigest()
+    third = hashlib.sha256((hashes[2] + hour_hash).encode()).hexdigest()
+    day_hash = hashlib.sha256(day_text.encode()).hexdigest()
+    fourth = hashlib.sha256((third + day_hash).encode()).hexdigest()
+    assert [digest, hour_hash, third, day_hash, fourth] == \
+        [hashes[0], hashes[1], hashes[3], hashes[4], hashes[5]]
+    (form1_hour, form1_sub), _ = _doc_blocks()  # it follows the form 1 example's 2nd link
+    first = hashlib.sha256((chain.GENESIS + hashlib.sha256(form1_hour.encode()).hexdigest())
+                           .encode()).hexdigest()
+    assert hashes[2] == hashlib.sha256(
+        (first + hashlib.sha256(form1_sub.encode()).hexdigest()).encode()).hexdigest()
+
+
+def test_the_code_produces_the_documented_form_2() -> None:
+    (minutes_text, hour_text, day_text), _ = _form2_blocks()
+    minute = {"channel": "outlet-analyzer.n2o", "n_valid": 12, "n_expected": 12, "flag": "N",
+              "reason": None, "unit": "ppm", "revision": 0, "supersedes": None,
+              "audit_id": None}
+    minutes = [  # given out of order: the digest orders them
+        SimpleNamespace(**minute, id=2, ts=_at("2026-05-31T21:59"), value=2175.6,
+                        minimum=2150.0, maximum=2199.75,
+                        created_at=_at("2026-05-31T22:00:00.5")),
+        SimpleNamespace(**minute, id=1, ts=_at("2026-05-31T21:58"), value=2101.5,
+                        minimum=2087.25, maximum=2120.0,
+                        created_at=_at("2026-05-31T21:59:00.5"))]
+    hour = SimpleNamespace(
+        channel="outlet-analyzer.n2o", ts=_at("2026-05-31T21:00"), value=2138.55,
+        minimum=2087.25, maximum=2199.75, n_valid=2, n_expected=60, flag="B", unit="ppm",
+        reason="2 of 60 minutes valid, 45 needed; B no data: 58", revision=0,
+        supersedes=None, audit_id=None, created_at=_at("2026-05-31T22:00:01"))
+    under = {(hour.channel, hour.ts): minutes}
+    digest = chain.hour_minutes_digest(hour, under)
+    assert digest == hashlib.sha256(minutes_text.encode()).hexdigest()
+    hours = chain.KINDS["hours"]
+    assert chain.canonical_json(chain.canonical_document(hours, hour, 2, digest)) == hour_text
+    assert chain.hash_record(hours, hour, 2, under) == \
+        hashlib.sha256(hour_text.encode()).hexdigest()
+    late = SimpleNamespace(**{**vars(minutes[0]), "id": 3, "revision": 1,
+                              "created_at": _at("2026-06-01T09:00")})
+    assert chain.hour_minutes_digest(hour, {(hour.channel, hour.ts): [*minutes, late]}) == \
+        digest  # a minute written after the hour is not under its seal
+    day = SimpleNamespace(day=date(2026, 6, 1), tonnes=401.5, revision=1, supersedes=8,
+                          source="import:production-2026-06.csv", audit_id=17,
+                          created_at=_at("2026-06-02T01:30"))
+    assert chain.canonical_json(chain.canonical_document(
+        chain.KINDS["production_days"], day, 2)) == day_text
+    with pytest.raises(chain.Malformed):  # production days have no form 1
+        chain.canonical_document(chain.KINDS["production_days"], day, 1)
