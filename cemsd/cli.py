@@ -7,7 +7,7 @@ import signal
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -96,8 +96,11 @@ def check_config(config_file: str) -> None:
               help="Stop at this time: ISO, or +DURATION after the start (e.g. +24h).")
 @click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
               help="Publish the simulated time here for a simulator process.")
+@click.option("--accept-new-database", is_flag=True,
+              help="Start even though the database lacks the chain head this state directory "
+                   "recorded (it was emptied or replaced on purpose); audited.")
 def run(config_file: str, accelerate: str | None, start: str | None, until: str | None,
-        clock_file: str | None) -> None:
+        clock_file: str | None, accept_new_database: bool) -> None:
     """Run the daemon (wall clock unless --accelerate). SIGTERM/SIGINT stop it in order,
     SIGHUP reloads the configuration file (a bad file is refused, the daemon runs on)."""
     from cemsd.daemon import Daemon
@@ -106,7 +109,8 @@ def run(config_file: str, accelerate: str | None, start: str | None, until: str 
     config = _load_config(config_file)
     clock, name, t0 = _make_clock(accelerate, start, clock_file)
     end = _parse_until(until, t0)
-    service = Service(config, lambda c: Daemon(c, clock, clock_name=name, until=end))
+    service = Service(config, lambda c: Daemon(c, clock, clock_name=name, until=end,
+                                               accept_new_database=accept_new_database))
     sys.exit(_run_service(service))
 
 
@@ -310,43 +314,61 @@ def serve(config_file: str, host: str | None, port: int | None) -> None:
 
 @main.command()
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
-def verify(config_file: str) -> None:
-    """Check every sealed record and link of the hash chain; exit 1 naming the first break."""
-    from cemsd import chain
+@click.option("--pinned", "pinned_file", default=None, type=click.Path(dir_okay=False),
+              help="JSON list of chain heads {seq, hash, time} a registry recorded earlier")
+def verify(config_file: str, pinned_file: str | None) -> None:
+    """Check the hash chain: every sealed record and link, the heads recorded outside the
+    database (the daemon's head file, --pinned), that every final record is sealed and
+    every revision audited. Exit 1 naming each finding, 2 if it cannot check."""
+    from cemsd import chain, chaincheck
+    from cemsd.chainhead import load_pins, read_head
     from cemsd.periods import local_label
 
     config = _load_config(config_file)
     tz = config.plant.tz
     db = _open_existing_db(config, exit_code=2)
     try:
-        report = chain.verify(db)
-        unsealed = chain.unsealed_count(db)
+        recorded = read_head(config.storage.state_dir)
+        pins = [*([recorded] if recorded else []),
+                *(load_pins(Path(pinned_file)) if pinned_file else [])]
+        report = chaincheck.check(db, config.storage.finalise_after_hours, pins)
+        unsealed = chain.unsealed_count(db) if report.ok else 0
     except CemsdError as exc:
         click.echo(f"cemsd verify: cannot check: {exc}", err=True)
         sys.exit(2)
     finally:
         db.close()
-
-    def where(b: chain.Break) -> str:
-        what = "hour" if b.record_table == "hours" else f"{b.record_table} record for hour"
-        return (f"{what} {local_label(b.ts.timestamp(), tz)} {b.channel} "
-                f"({b.record_table} id {b.record_id})")
-
     if not report.ok:
-        first = report.breaks[0]
-        click.echo(f"chain BROKEN at link {first.seq}: {where(first)}: {first.problem}: "
-                   f"{first.detail}")
-        for more in report.breaks[1:10]:
-            click.echo(f"  also link {more.seq}: {where(more)}: {more.problem}")
-        click.echo(f"{len(report.breaks)} broken link(s) among {report.links}")
+        _echo_breaks(report.breaks, report.links, tz)
         sys.exit(1)
     counts = ", ".join(f"{n} {t}" for t, n in sorted(report.by_table.items())) or "none"
     click.echo(f"chain OK: {report.links} sealed record(s) ({counts}); "
-               f"{unsealed} stored record(s) not sealed yet")
+               f"{unsealed} stored record(s) not sealed yet; "
+               f"{len(pins)} recorded head(s) on the chain")
     if report.head is not None:
         click.echo(f"head: link {report.head.seq} chain_hash {report.head.chain_hash} "
                    f"({report.head.record_table} {report.head.channel} "
                    f"{local_label(report.head.ts.timestamp(), tz)})")
+
+
+def _echo_breaks(breaks: list[Any], links: int, tz: Any) -> None:
+    from cemsd.periods import local_label
+
+    def where(b: Any) -> str:
+        what = ("hour" if b.record_table == "hours" else "minutes of hour"
+                if b.record_table == "minutes" else f"{b.record_table} record for hour")
+        at = "?" if b.ts is None else local_label(b.ts.timestamp(), tz)
+        record = "" if b.record_id is None else f" ({b.record_table} id {b.record_id})"
+        return "the chain" if b.record_table == "chain" else f"{what} {at} {b.channel}{record}"
+
+    def at_link(b: Any) -> str:
+        return f" at link {b.seq}" if b.seq is not None else ""
+
+    first = breaks[0]
+    click.echo(f"chain BROKEN{at_link(first)}: {where(first)}: {first.problem}: {first.detail}")
+    for more in breaks[1:20]:
+        click.echo(f"  also{at_link(more) or ':'} {where(more)}: {more.problem}: {more.detail}")
+    click.echo(f"{len(breaks)} finding(s); {links} link(s) checked")
 
 
 @main.group()

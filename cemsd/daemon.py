@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from cemsd import __version__
 from cemsd.acquisition import BusOwner, RequestObserver
+from cemsd.chainhead import accept_new_database, check_known_database
 from cemsd.clock import Clock
 from cemsd.closer import Closer, PeriodListener
 from cemsd.config import Config, SerialBus
@@ -84,6 +85,7 @@ class Daemon:
         transport_factory: TransportFactory = modbus_transport,
         components: list[Component] | None = None,
         restart_policy: RestartPolicy | None = None,
+        accept_new_database: bool = False,
     ) -> None:
         from cemsd.components import configured_components
 
@@ -92,6 +94,7 @@ class Daemon:
         self.clock_name = clock_name
         self.until = until
         self.transport_factory = transport_factory
+        self.accept_new_database = accept_new_database
         self.plan: Plan = compile_plan(config)
         self.components = configured_components(config) if components is None else components
         self.period_listeners: list[PeriodListener] = []
@@ -126,12 +129,17 @@ class Daemon:
             lock.release()
 
     async def _run(self) -> None:
-        db = Database(self.config.storage.database_url)
+        storage = self.config.storage
+        given_up = await asyncio.to_thread(check_known_database, storage.database_url,
+                                           storage.state_dir, self.accept_new_database)
+        db = Database(storage.database_url)
         await asyncio.to_thread(db.upgrade)
-        self.store = store = Store(db, self.config.storage.batch_seconds,
-                                   self.config.storage.max_pending_readings)
+        self.store = store = Store(db, storage.batch_seconds, storage.max_pending_readings)
         run_id = await store.call(db.start_run, self.clock.now(), self.clock_name, __version__,
                                   str(self.config.source), _sha256(self.config.source))
+        if given_up is not None:
+            await store.call(accept_new_database, db, storage.state_dir, given_up,
+                             self.clock.now())
         await store.call(audit_config, db, self.clock.now(), Path(self.config.source))
         self.pipeline = Pipeline(store)
         self.plant_state = await load_plant_state(self.config, self.plan, store, self.clock.now())

@@ -88,6 +88,8 @@ class Snapshot:
     readings_dropped: int = 0
     mqtt_connected: bool | None = None  # None: no MQTT output configured
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # Supervisor.report()
+    chain_refused: int = 0  # rows due for sealing that the daemon refuses (unaudited)
+    chain_head_seq: int = 0
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Metrics:
             readings_dropped=daemon.store.dropped_readings,
             mqtt_connected=mqtt_connected(daemon),
             tasks=daemon.supervisor.report(),
+            **chain_state(daemon),
         )
         hour_start = hour_floor(now, tz)
         try:
@@ -220,6 +223,14 @@ def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
 def mqtt_connected(daemon: Daemon) -> bool | None:
     publisher = next((c for c in daemon.components if c.name == "mqtt"), None)
     return None if publisher is None else bool(getattr(publisher, "connected", False))
+
+
+def chain_state(daemon: Daemon) -> dict[str, int]:
+    sealer = next((c for c in daemon.components if c.name == "sealing"), None)
+    if sealer is None:
+        return {}
+    return {"chain_refused": len(getattr(sealer, "refused", ())),
+            "chain_head_seq": int(getattr(sealer, "head_seq", 0))}
 
 
 def read_database_state(db: Database, hour_start: float, now: float) -> DatabaseState:
@@ -303,6 +314,12 @@ class _StateCollector:
                                   "Readings dropped because the queue was full while the "
                                   "database refused writes", value=float(snap.readings_dropped))
         yield from _task_metrics(snap.tasks)
+        yield GaugeMetricFamily("cemsd_chain_refused_records",
+                                "Records due for sealing that cemsd refuses to seal (a "
+                                "revision without an audited correction): an alarm",
+                                value=float(snap.chain_refused))
+        yield GaugeMetricFamily("cemsd_chain_head_seq", "Sequence number of the chain head",
+                                value=float(snap.chain_head_seq))
         if snap.mqtt_connected is not None:
             yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
                                     value=float(snap.mqtt_connected))

@@ -150,6 +150,8 @@ def read_password(settings: MqttConfig, config: Config) -> str | None:
 
 # --- the topic scheme and payloads (docs/MQTT.md) --------------------------------------------
 
+CHAIN_HEAD_EVENT = "chain.head"  # cemsd/sealing.py publishes it after each sealing pass
+
 
 class Topics:
     def __init__(self, prefix: str, plant_id: str, tz: ZoneInfo) -> None:
@@ -190,6 +192,12 @@ class Topics:
         level = _TOPIC_LEVEL_UNSAFE.sub("_", kind) or "_"
         return OutboxMessage(f"{self.prefix}/events/{level}", _json({
             "plant": self.plant_id, "kind": kind, "at": utc_label(now), "data": payload}))
+
+    def chain_head_message(self, head: dict[str, Any]) -> OutboxMessage:
+        """`<prefix>/chain/head`, retained: the newest chain head {seq, hash, time}, kept by
+        the broker where a database writer cannot reach back (docs/TAMPER-EVIDENCE.md)."""
+        return OutboxMessage(f"{self.prefix}/chain/head", _json({"plant": self.plant_id, **head}),
+                             retain=True)
 
     def status_payload(self, state: str, now: float | None = None, reason: str = "") -> str:
         body: dict[str, Any] = {"state": state, "plant": self.plant_id}
@@ -320,6 +328,9 @@ class MqttPublisher:
                 log.debug("pruned sent mqtt messages", extra={"rows": pruned})
 
     async def on_event(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind == CHAIN_HEAD_EVENT:
+            await self._append([self.topics.chain_head_message(payload)])
+            return
         await self._append([self.topics.event_message(kind, payload, self._now())])
 
     async def _append(self, messages: Sequence[OutboxMessage]) -> None:

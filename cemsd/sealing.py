@@ -4,6 +4,12 @@ once it ended `[storage] finalise_after_hours` ago (cemsd/chain.py, docs/TAMPER-
 Always on, whether or not the API is served: a record's tamper evidence does not depend on
 who reads it. Not a clock participant: a closed hour only sets an event, and sealing runs
 in its own task through the daemon's store, so it never holds up acquisition.
+
+After each pass the chain head goes where a database writer cannot reach back: the head
+file in the state directory (cemsd/chainhead.py), a log line (the journal), and the
+`chain.head` event (MQTT publishes it retained). A revision above 0 without an audited
+correction is never sealed: an alarm (ERROR log, `cemsd_chain_refused_records`, the
+`chain.refused` event) names it at the first pass that meets it.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from cemsd import chain
+from cemsd.chainhead import head_pin, write_head
 from cemsd.config import Config
 from cemsd.errors import StorageError
+from cemsd.periods import local_label
 
 if TYPE_CHECKING:
     from cemsd.daemon import Daemon
@@ -28,8 +36,12 @@ class Sealer:
 
     def __init__(self, config: Config) -> None:
         self.finalise_after_hours = config.storage.finalise_after_hours
+        self.state_dir = config.storage.state_dir
         self.daemon: Daemon | None = None
         self.sealed = 0
+        self.head_seq = 0
+        self.refused: list[chain.Refused] = []  # rows due but not sealable, as of the last pass
+        self._alarmed: set[tuple[str, int]] = set()
         self._hour_closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -50,13 +62,16 @@ class Sealer:
             await self.seal_now()
 
     async def seal_now(self) -> int:
-        """Seal every record that is final at the daemon's current time."""
-        assert self.daemon is not None and self.daemon.store is not None
-        now = self.daemon.clock.now()
+        """Seal every record that is final at the daemon's current time; then record the
+        head outside the database and raise the alarm for refused rows."""
+        daemon = self.daemon
+        assert daemon is not None and daemon.store is not None
+        store, now = daemon.store, daemon.clock.now()
         through = chain.due_before(now, self.finalise_after_hours)
         try:
-            sealed = await self.daemon.store.call(chain.seal_due, self.daemon.store.db,
-                                                  through, now)
+            sealed = await store.call(chain.seal_due, store.db, through, now)
+            refused = await store.call(chain.refused, store.db, through)
+            link = await store.call(chain.head, store.db)
         except StorageError as exc:  # tried again at the next hour
             log.error("sealing failed", extra={"error": str(exc)})
             return 0
@@ -66,7 +81,42 @@ class Sealer:
         if sealed:
             self.sealed += sealed
             log.info("sealed", extra={"records": sealed, "through": through})
+        await self._record_head(link, store.db.location)
+        await self._alarm(refused)
         return sealed
+
+    async def _record_head(self, link: object | None, database: str) -> None:
+        """Head file, journal and event: only when the head moved (and at start)."""
+        pin = head_pin(link)
+        if link is None or (pin.seq == self.head_seq and self.head_seq):
+            return
+        try:
+            await asyncio.to_thread(write_head, self.state_dir, pin, database)
+        except OSError as exc:
+            log.error("chain head not recorded", extra={"error": str(exc),
+                                                         "state_dir": str(self.state_dir)})
+        self.head_seq = pin.seq
+        log.info("chain head", extra={"seq": pin.seq, "hash": pin.hash, "time": pin.time})
+        assert self.daemon is not None
+        await self.daemon.publish_event("chain.head", pin.as_json())
+
+    async def _alarm(self, refused: list[chain.Refused]) -> None:
+        self.refused = refused
+        new = [r for r in refused if (r.table, r.record_id) not in self._alarmed]
+        if not new:
+            return
+        assert self.daemon is not None
+        tz = self.daemon.config.plant.tz
+        for row in new:
+            self._alarmed.add((row.table, row.record_id))
+            log.error("refusing to seal: revision without an audited correction", extra={
+                "table": row.table, "id": row.record_id, "channel": row.channel,
+                "hour": None if row.ts is None else local_label(row.ts.timestamp(), tz),
+                "revision": row.revision, "why": row.why})
+        await self.daemon.publish_event("chain.refused", {
+            "records": len(refused),
+            "new": [{"table": r.table, "id": r.record_id, "channel": r.channel,
+                     "ts": None if r.ts is None else chain.utc_text(r.ts)} for r in new]})
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -303,9 +303,9 @@ def test_a_correction_supersedes_and_the_old_row_stays(db: Database, table: str)
     [original] = db.aggregates_between(tbl, T0, T0 + 1, ["inlet.n2o_kg_h"])
     assert original.revision == 0
 
-    fix = superseding(original, T0 + 5 * H, flag="D", n_valid=0, reason="out of control")
-    assert (fix["revision"], fix["supersedes"], fix["ts"], fix["value"]) == (
-        1, original.id, T0, 5.0)
+    fix = superseding(original, T0 + 5 * H, 7, flag="D", n_valid=0, reason="out of control")
+    assert (fix["revision"], fix["supersedes"], fix["ts"], fix["value"], fix["audit_id"]) == (
+        1, original.id, T0, 5.0, 7)
     db.insert_aggregates(tbl, [fix])
 
     current = db.aggregates_between(tbl, T0, T0 + 2 * H)
@@ -321,7 +321,7 @@ def test_a_correction_supersedes_and_the_old_row_stays(db: Database, table: str)
 
     # the same correction again is not a second revision; a further one is
     db.insert_aggregates(tbl, [{**fix, "flag": "M"}])
-    db.insert_aggregates(tbl, [superseding(current[0], T0 + 6 * H, value=4.5, flag="N")])
+    db.insert_aggregates(tbl, [superseding(current[0], T0 + 6 * H, 8, value=4.5, flag="N")])
     rows = db.aggregates_between(tbl, T0, T0 + 1, ["inlet.n2o_kg_h"], current=False)
     assert [(r.flag, r.value, r.revision) for r in rows] == [
         ("N", 5.0, 0), ("D", 5.0, 1), ("N", 4.5, 2)]

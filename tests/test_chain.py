@@ -8,7 +8,7 @@ import hashlib
 import itertools
 import json
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,6 +18,7 @@ from sqlalchemy import delete, insert, select, update
 
 from cemsd import chain
 from cemsd.cli import main
+from cemsd.qaqc.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import REPO, tampering, write_config
@@ -30,8 +31,8 @@ DOC = REPO / "docs" / "TAMPER-EVIDENCE.md"
 
 
 def _hour(channel: str, ts: float, value: float | None, revision: int = 0,
-          supersedes: int | None = None) -> dict:
-    return {"channel": channel, "ts": ts, "value": value, "minimum": value,
+          supersedes: int | None = None, audit_id: int | None = None) -> dict:
+    return {"audit_id": audit_id, "channel": channel, "ts": ts, "value": value, "minimum": value,
             "maximum": None if value is None else value * 1.1, "n_valid": 60,
             "n_expected": 60, "flag": "N", "reason": None, "unit": "ppm",
             "created_at": ts + HOUR, "revision": revision, "supersedes": supersedes}
@@ -135,14 +136,23 @@ def test_seal_due_seals_final_records_once_in_order(db: Database) -> None:
     # a late correction of hour 0 is appended after what is already sealed
     first = db.fetch(select(schema.hours).where(schema.hours.c.channel == "a.n2o")
                      .order_by(schema.hours.c.ts))[0]
-    db.insert_aggregates(schema.hours, [_hour("a.n2o", T0, 99.0, revision=1,
-                                              supersedes=first.id)])
-    assert chain.seal_due(db, through, sealed_at=T0 + 7 * HOUR) == 1
-    last = _links(db)[-1]
+    unaudited = _hour("a.n2o", T0, 99.0, revision=1, supersedes=first.id)
+    db.insert_aggregates(schema.hours, [unaudited])
+    assert chain.seal_due(db, through, sealed_at=T0 + 7 * HOUR) == 0  # refused: who? why?
+    [refused] = chain.refused(db, through)
+    assert (refused.table, refused.channel, refused.ts.timestamp()) == ("hours", "a.n2o", T0)
+    with tampering(db) as conn:
+        conn.execute(delete(schema.hours).where(schema.hours.c.revision == 1))
+    audit_id = audit(db, T0 + 7 * HOUR, "tester", "correction.invalidate", "a.n2o", "test")
+    db.insert_aggregates(schema.hours, [{**unaudited, "audit_id": audit_id,
+                                         "created_at": T0 + 7 * HOUR}])
+    assert chain.refused(db, through) == []
+    assert chain.seal_due(db, through, sealed_at=T0 + 7 * HOUR) == 2  # and the audit entry
+    last = _links(db)[-2]
     assert (last.seq, last.channel, last.ts.timestamp()) == (sealed + 1, "a.n2o", T0)
     report = chain.verify(db)
-    assert report.ok and report.links == sealed + 1
-    assert report.by_table == {"hours": sealed, "substitutions": 1}
+    assert report.ok and report.links == sealed + 2
+    assert report.by_table == {"hours": sealed, "substitutions": 1, "audit_log": 1}
     assert chain.unsealed_count(db) == 2 * len(CHANNELS)  # hours 3 and 4
 
 
@@ -192,7 +202,7 @@ def test_verify_names_a_deleted_record(db: Database) -> None:
 def test_verify_detects_a_reordered_chain(db: Database) -> None:
     _sealed(db)
     c = schema.chain.c
-    with db.transaction() as conn:  # swap links 3 and 4
+    with tampering(db) as conn:  # swap links 3 and 4
         conn.execute(update(schema.chain).where(c.seq == 3).values(seq=-1))
         conn.execute(update(schema.chain).where(c.seq == 4).values(seq=3))
         conn.execute(update(schema.chain).where(c.seq == -1).values(seq=4))
@@ -211,7 +221,7 @@ def test_verify_detects_a_removed_link_and_a_rewritten_record_hash(db: Database)
         conn.execute(update(schema.hours).where(schema.hours.c.id == victim.record_id)
                      .values(flag="C"))
     row = db.fetch(select(schema.hours).where(schema.hours.c.id == victim.record_id))[0]
-    with db.transaction() as conn:
+    with tampering(db) as conn:
         conn.execute(update(schema.chain).where(c.seq == victim.seq).values(
             record_hash=chain.record_hash(chain.KINDS["hours"], row)))
     report = chain.verify(db)
@@ -243,4 +253,70 @@ def test_cli_verify_names_the_first_broken_hour_in_plant_time(tmp_path: Path) ->
     assert first.startswith("chain BROKEN at link ")
     assert "hour 2026-06-01T02:00+08:00 b.n2o" in first and "record changed" in first
     assert "hour 2026-06-01T03:00+08:00 a.n2o" in broken.output
-    assert "2 broken link(s)" in broken.output
+    assert "2 finding(s)" in broken.output
+
+
+# --- canonical form 2 (docs/TAMPER-EVIDENCE.md, "Worked example, form 2") ------------------------
+
+
+def _form2_blocks() -> tuple[list[str], list[str]]:
+    section = DOC.read_text().split("### Worked example, form 2", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```text\n(.*)\n```", section), re.findall(r"`([0-9a-f]{64})`", section)
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def test_form_2_worked_example_hashes_as_documented() -> None:
+    (minutes_text, hour_text, day_text), hashes = _form2_blocks()
+    digest = hashlib.sha256(minutes_text.encode()).hexdigest()
+    assert f'"minutes_sha256":"{digest}"' in hour_text
+    hour_hash = hashlib.sha256(hour_text.encode()).hexdigest()
+    third = hashlib.sha256((hashes[2] + hour_hash).encode()).hexdigest()
+    day_hash = hashlib.sha256(day_text.encode()).hexdigest()
+    fourth = hashlib.sha256((third + day_hash).encode()).hexdigest()
+    assert [digest, hour_hash, third, day_hash, fourth] == \
+        [hashes[0], hashes[1], hashes[3], hashes[4], hashes[5]]
+    (form1_hour, form1_sub), _ = _doc_blocks()  # it follows the form 1 example's 2nd link
+    first = hashlib.sha256((chain.GENESIS + hashlib.sha256(form1_hour.encode()).hexdigest())
+                           .encode()).hexdigest()
+    assert hashes[2] == hashlib.sha256(
+        (first + hashlib.sha256(form1_sub.encode()).hexdigest()).encode()).hexdigest()
+
+
+def test_the_code_produces_the_documented_form_2() -> None:
+    (minutes_text, hour_text, day_text), _ = _form2_blocks()
+    minute = {"channel": "outlet-analyzer.n2o", "n_valid": 12, "n_expected": 12, "flag": "N",
+              "reason": None, "unit": "ppm", "revision": 0, "supersedes": None,
+              "audit_id": None}
+    minutes = [  # given out of order: the digest orders them
+        SimpleNamespace(**minute, id=2, ts=_at("2026-05-31T21:59"), value=2175.6,
+                        minimum=2150.0, maximum=2199.75,
+                        created_at=_at("2026-05-31T22:00:00.5")),
+        SimpleNamespace(**minute, id=1, ts=_at("2026-05-31T21:58"), value=2101.5,
+                        minimum=2087.25, maximum=2120.0,
+                        created_at=_at("2026-05-31T21:59:00.5"))]
+    hour = SimpleNamespace(
+        channel="outlet-analyzer.n2o", ts=_at("2026-05-31T21:00"), value=2138.55,
+        minimum=2087.25, maximum=2199.75, n_valid=2, n_expected=60, flag="B", unit="ppm",
+        reason="2 of 60 minutes valid, 45 needed; B no data: 58", revision=0,
+        supersedes=None, audit_id=None, created_at=_at("2026-05-31T22:00:01"))
+    under = {(hour.channel, hour.ts): minutes}
+    digest = chain.hour_minutes_digest(hour, under)
+    assert digest == hashlib.sha256(minutes_text.encode()).hexdigest()
+    hours = chain.KINDS["hours"]
+    assert chain.canonical_json(chain.canonical_document(hours, hour, 2, digest)) == hour_text
+    assert chain.hash_record(hours, hour, 2, under) == \
+        hashlib.sha256(hour_text.encode()).hexdigest()
+    late = SimpleNamespace(**{**vars(minutes[0]), "id": 3, "revision": 1,
+                              "created_at": _at("2026-06-01T09:00")})
+    assert chain.hour_minutes_digest(hour, {(hour.channel, hour.ts): [*minutes, late]}) == \
+        digest  # a minute written after the hour is not under its seal
+    day = SimpleNamespace(day=date(2026, 6, 1), tonnes=401.5, revision=1, supersedes=8,
+                          source="import:production-2026-06.csv", audit_id=17,
+                          created_at=_at("2026-06-02T01:30"))
+    assert chain.canonical_json(chain.canonical_document(
+        chain.KINDS["production_days"], day, 2)) == day_text
+    with pytest.raises(chain.Malformed):  # production days have no form 1
+        chain.canonical_document(chain.KINDS["production_days"], day, 1)

@@ -131,12 +131,19 @@ def control_periods(db: Database, channel: str | None = None) -> list[Any]:
 def audit(db: Database, at: float, actor: str, action: str, target: str | None = None,
           reason: str | None = None, before: Any = None, after: Any = None) -> int:
     """Append one entry to the audit log: who, when, what, why, before and after."""
-    return _insert(db, schema.audit_log, {
+    return _insert(db, schema.audit_log, audit_row(at, actor, action, target, reason, before,
+                                                   after))
+
+
+def audit_row(at: float, actor: str, action: str, target: str | None, reason: str | None,
+              before: Any, after: Any) -> dict[str, Any]:
+    """An audit-log row (for a caller that writes it in its own transaction)."""
+    return {
         "at": at, "actor": actor, "action": action, "target": target, "reason": reason,
         "before": None if before is None else json.dumps(before, sort_keys=True, default=str),
         "after": None if after is None else json.dumps(after, sort_keys=True, default=str),
         "host": socket.gethostname(),
-    })
+    }
 
 
 def audit_entries(db: Database, action: str | None = None) -> list[Any]:

@@ -10,6 +10,8 @@
                              windows, bypass events
     data/audit.jsonl         the audit log of the period, and every configuration record
     config/cemsd.toml        the configuration in force at the end of the period
+    chain/head.json          the hash chain's head when the bundle was made {seq, hash, time}
+                             (a pin for `cemsd verify --pinned`, docs/TAMPER-EVIDENCE.md)
 
 `cemsd report --from-bundle FILE` checks every file against the manifest (a changed,
 missing or extra file is named and refused), then recomputes the report from inputs/ alone
@@ -32,6 +34,8 @@ from typing import Any
 from sqlalchemy import Table, select
 
 from cemsd import __version__
+from cemsd.chain import head as chain_head
+from cemsd.chainhead import head_pin
 from cemsd.config import Config
 from cemsd.errors import CemsdError
 from cemsd.qaqc.records import CONFIG_ACTIONS
@@ -71,6 +75,7 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
         "inputs/parameters.json": json.dumps(report["parameters"], indent=1, sort_keys=True),
         "config/cemsd.toml": _config_in_force(db, config, t1),
         "data/audit.jsonl": _audit(db, t0, t1),
+        "chain/head.json": json.dumps(head_pin(chain_head(db)).as_json(), sort_keys=True),
     }
     for table in (schema.hours, schema.substitutions, schema.calibrations,
                   schema.control_periods, schema.maintenance, schema.bypass_events):

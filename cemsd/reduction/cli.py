@@ -140,7 +140,7 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
     @click.argument("csv_file", type=click.Path(dir_okay=False, exists=True))
     def production_import(config_file: str, actor: str | None, csv_file: str) -> None:
         """Import daily production (CSV with columns date,tonnes)."""
-        from cemsd.qaqc.records import audit, default_actor
+        from cemsd.qaqc.records import default_actor
         from cemsd.reduction.production import import_days, read_csv_file
         from cemsd.store.database import Database
 
@@ -154,11 +154,8 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
         try:
             db.upgrade()
             now = time.time()
-            counts = import_days(db, rows, f"import:{path.name}", now)
-            audit(db, now, actor or default_actor(), "production.import", path.name, None,
-                  None, {**counts, "days": len(rows),
-                         "first": str(min(d for d, _ in rows)) if rows else None,
-                         "last": str(max(d for d, _ in rows)) if rows else None})
+            counts = import_days(db, rows, f"import:{path.name}", now,
+                                 actor or default_actor())
         except CemsdError as exc:
             raise click.ClickException(str(exc)) from None
         finally:

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from cemsd.config import Config
 from cemsd.errors import CemsdError
+from cemsd.qaqc.records import audit_row
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.units import Role
@@ -65,23 +66,28 @@ def parse_csv(text: str, name: str) -> list[tuple[date, float]]:
     return rows
 
 
-def import_days(db: Database, rows: Iterable[tuple[date, float]], source: str, now: float
-                ) -> dict[str, int]:
-    """Store the days; a changed figure is a new revision of its day, an equal one is kept."""
-    added = changed = 0
+def import_days(db: Database, rows: Iterable[tuple[date, float]], source: str, now: float,
+                actor: str = "cemsd") -> dict[str, int]:
+    """Store the days; a changed figure is a new revision of its day, an equal one is kept.
+    One transaction: the audit record (who imported what) first, every row naming it."""
+    rows = list(rows)
     with db.transaction() as conn:
         current = _current(conn.execute(select(schema.production_days)).all())
-        for day, tonnes in rows:
-            old = current.get(day)
-            if old is not None and old.tonnes == tonnes:
-                continue
+        new = [(day, tonnes, current.get(day)) for day, tonnes in rows
+               if current.get(day) is None or current[day].tonnes != tonnes]
+        counts = {"added": sum(old is None for *_, old in new),
+                  "changed": sum(old is not None for *_, old in new)}
+        audit_id = conn.execute(insert(schema.audit_log).values(audit_row(
+            now, actor, "production.import", source.removeprefix("import:"), None, None,
+            {**counts, "days": len(rows),
+             "first": str(min(d for d, _ in rows)) if rows else None,
+             "last": str(max(d for d, _ in rows)) if rows else None}))).inserted_primary_key[0]
+        for day, tonnes, old in new:
             conn.execute(schema.production_days.insert().values(
-                day=day, tonnes=tonnes, source=source, created_at=now,
+                day=day, tonnes=tonnes, source=source, created_at=now, audit_id=audit_id,
                 revision=0 if old is None else old.revision + 1,
                 supersedes=None if old is None else old.id))
-            added += old is None
-            changed += old is not None
-    return {"added": added, "changed": changed}
+    return counts
 
 
 def imported(db: Database, days: list[date]) -> dict[date, float]:

@@ -97,6 +97,7 @@ def _aggregate_table(name: str) -> Table:
         Column("created_at", UTCDateTime, nullable=False),
         Column("revision", Integer, nullable=False, server_default="0"),
         Column("supersedes", Identifier),  # id of the row this correction replaces
+        Column("audit_id", Identifier),  # the audited correction behind a revision above 0
         UniqueConstraint("channel", "ts", "revision"),
         Index(None, "ts"),
     )
@@ -208,6 +209,7 @@ substitutions = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("revision", Integer, nullable=False, server_default="0"),
     Column("supersedes", Identifier),
+    Column("audit_id", Identifier),  # the audited correction behind a revision above 0
     UniqueConstraint("channel", "ts", "revision"),
     Index(None, "ts"),
 )
@@ -280,7 +282,8 @@ chain = Table(
     "chain",
     metadata,
     Column("seq", Identifier, primary_key=True, autoincrement=False),  # 1, 2, 3, ...
-    Column("record_table", String(32), nullable=False),  # hours | substitutions
+    # hours | substitutions | production_days | audit_log (docs/TAMPER-EVIDENCE.md)
+    Column("record_table", String(32), nullable=False),
     Column("record_id", Identifier, nullable=False),
     Column("channel", String(100), nullable=False),  # copies, to name a deleted record
     Column("ts", UTCDateTime, nullable=False),
@@ -289,6 +292,9 @@ chain = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("chain_hash", String(64), nullable=False),
     Column("sealed_at", UTCDateTime, nullable=False),
+    # form 2 hours: the digest of the minutes under the hour, also inside record_hash; kept
+    # here so that verify can tell "minutes changed" from "record changed"
+    Column("minutes_sha256", String(64)),
     UniqueConstraint("record_table", "record_id"),  # each record is sealed exactly once
 )
 
@@ -320,5 +326,6 @@ production_days = Table(
     Column("created_at", UTCDateTime, nullable=False),
     Column("revision", Integer, nullable=False, server_default="0"),
     Column("supersedes", Identifier),
+    Column("audit_id", Identifier),  # the audited import or correction that wrote it
     UniqueConstraint("day", "revision"),
 )
