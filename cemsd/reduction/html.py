@@ -68,8 +68,14 @@ def _summary(report: dict[str, Any]) -> str:
         ("Emission reduction", r["er_t"], "t N2O"),
         (f"Emission reduction (GWP {p['gwp']:g}: {p['gwp_source']})", r["er_co2e_t"], "t CO2e"),
         ("Credited", r["credited_co2e_t"], "t CO2e"),
-        ("Estimated or substituted share of project emissions", _pct(r["alternative_share"]),
-         f"limit {p['share_limit']:.0%}"),
+        ("Project side: substituted outlet share of project emissions",
+         _pct(r.get("outlet_substituted_share")), ""),
+        ("Project side: estimated bypass share of project emissions",
+         _pct(r.get("bypass_estimated_share")), ""),
+        ("Project side: estimated or substituted share (25 % rule)",
+         _pct(r["alternative_share"]), f"limit {p['share_limit']:.0%}"),
+        ("Baseline side: substituted inlet share of N2O generated (25 % rule)",
+         _pct(r.get("inlet_substituted_share")), f"limit {p['share_limit']:.0%}"),
     ]
     body = "".join(f"<tr><td>{escape(a)}</td><td>{b if isinstance(b, str) else _num(b)}</td>"
                    f"<td>{escape(c)}</td></tr>" for a, b, c in rows)

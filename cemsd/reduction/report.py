@@ -48,6 +48,13 @@ def parameters_of(config: Config) -> dict[str, Any]:
         "bypass_point": r.bypass_point,
         "vent_lookback_hours": r.bypass.vent_lookback_hours,
         "standard_state": config.processing.standard_state,
+        "baseline_substitution": config.qaqc.baseline_substitution,
+        "baseline_substitution_source": "interpretation [U] of quantification.md §1.3, "
+                                        "decision 0170",
+        "capture_rate_window": config.qaqc.capture_rate_window,
+        "capture_rate_window_hours": int(standards.CAPTURE_RATE_WINDOW.value)
+        if config.qaqc.capture_rate_window == "trailing" else None,
+        "capture_rate_window_source": standards.CAPTURE_RATE_WINDOW.source,
     }
 
 
