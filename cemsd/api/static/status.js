@@ -242,6 +242,7 @@ function renderOutputs(s) {
       : s.outputs.mqtt_connected ? "connected" : "not connected"],
     ["database writes", s.database.write_failing ? `FAILING: ${s.database.error}` : "ok"],
     ["readings queued", s.database.queued_readings],
+    ["bundle signing key", s.signing ? `${s.signing.algorithm} ${s.signing.fingerprint}` : "–"],
   ];
   replaceChildren($("outputs"), facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
