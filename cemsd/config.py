@@ -420,7 +420,8 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
     file = str(config.source)
     return [*hj212_warnings(config),
             *(ConfigProblem(file, f"reduction.{key}", message)
-              for key, message in reduction_warnings(config.reduction))]
+              for key, message in reduction_warnings(config.reduction.installation_date,
+                                                     config.reduction.production_cap_t_per_year))]
 
 
 def _check_unique(values: list[str], section: str, key: str, problem: Any) -> None:

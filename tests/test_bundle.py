@@ -26,8 +26,7 @@ from cemsd.qaqc.substitution import plan_substitutions, substitution_rows
 from cemsd.reduction.bundle import export_bundle, open_bundle, recompute
 from cemsd.reduction.production import import_days
 from cemsd.store import schema
-from cemsd.store.database import Database
-from helpers import write_config
+from helpers import reduction_plant
 
 TZ = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 6, 1, tzinfo=TZ).timestamp()
@@ -47,17 +46,7 @@ def _hours(channel: str, values: list[float | None], start: float) -> list[dict]
 @pytest.fixture(scope="module")
 def plant(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("bundle")
-    config = write_config(tmp, {
-        "plant": {"id": "aa1", "name": "Adipic 1", "timezone": "Asia/Shanghai"},
-        "points": {"inlet": {"flow_basis": "standard_dry"},
-                   "outlet": {"flow_basis": "standard_dry"}},
-        "reduction": {"installation_date": "2025-01-01", "production_cap_t_per_year": 150000},
-        "buses": [{"name": "b", "transport": "tcp", "host": "127.0.0.1", "port": 1}],
-        "devices": [{"name": "a", "bus": "b", "device_id": 1, "profile": "n2o-analyzer-percent",
-                     "poll_interval": 5.0}],
-    })
-    db = Database(config.storage.database_url)
-    db.upgrade()
+    config, db = reduction_plant(tmp)
     before = T0 - 48 * H  # two days measured before, so the chain starts earlier
     inlet = [4700.0 + 3 * i for i in range(48 + 24 + 6)]
     outlet = [50.0 + (i % 5) for i in range(48 + 24 + 6)]

@@ -48,13 +48,13 @@ class ReductionSettings(_Strict):
     bypass: BypassSettings = BypassSettings()
 
 
-def reduction_warnings(settings: ReductionSettings) -> list[tuple[str, str]]:
+def reduction_warnings(installation_date: object, cap: object) -> list[tuple[str, str]]:
     """(key, message) for each setting a report needs but the configuration lacks."""
     out = []
-    if settings.installation_date is None:
+    if installation_date is None:
         out.append(("installation_date", "not set: the start-up test period cannot be told "
                     "apart, every hour is treated as after it"))
-    if settings.production_cap_t_per_year is None:
+    if cap is None:
         out.append(("production_cap_t_per_year", "not set: credited production is not "
                     "capped (cap factor 1)"))
     return out
