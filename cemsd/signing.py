@@ -25,7 +25,7 @@ KEY_FILE = "bundle-signing-ed25519.pem"
 ALGORITHM = "Ed25519"
 
 
-class KeyError_(CemsdError):
+class SigningKeyError(CemsdError):
     """A key that cannot be read or created."""
 
 
@@ -51,13 +51,13 @@ def load_or_create(state_dir: Path) -> Ed25519PrivateKey:
         except FileExistsError:
             tmp.unlink(missing_ok=True)
         except OSError as exc:
-            raise KeyError_(f"cannot create the signing key {path}: {exc}") from None
+            raise SigningKeyError(f"cannot create the signing key {path}: {exc}") from None
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
-        raise KeyError_(f"cannot read the signing key {path}: {exc}") from None
+        raise SigningKeyError(f"cannot read the signing key {path}: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"{path} is not an Ed25519 private key")
+        raise SigningKeyError(f"{path} is not an Ed25519 private key")
     return key
 
 
@@ -97,7 +97,7 @@ def load_public(text: str) -> Ed25519PublicKey:
             base64.b64decode(candidate, validate=True)
         return Ed25519PublicKey.from_public_bytes(data)
     except ValueError as exc:
-        raise KeyError_(f"cannot read the public key {text[:80]!r}: {exc}") from None
+        raise SigningKeyError(f"cannot read the public key {text[:80]!r}: {exc}") from None
 
 
 def verifies(public: Ed25519PublicKey, signature: bytes, data: bytes) -> bool:

@@ -69,7 +69,7 @@ def _signature(bundle: Bundle, public_key: str | None) -> Check:
     try:
         signature = base64.b64decode(bundle.files[SIGNATURE].strip(), validate=True)
         key = signing.load_public(public_key or named.get("public_key_hex", ""))
-    except (binascii.Error, signing.KeyError_) as exc:
+    except (binascii.Error, signing.SigningKeyError) as exc:
         check.problems.append(f"{SIGNATURE}: {exc}")
         return check
     given = signing.fingerprint(key)
