@@ -68,7 +68,7 @@ _register_commands()
 @click.argument("config_file", type=click.Path(dir_okay=False))
 def check_config(config_file: str) -> None:
     """Validate CONFIG_FILE; print every problem and exit non-zero if there is one."""
-    from cemsd.config import load_config
+    from cemsd.config import config_warnings, load_config
     from cemsd.plan import compile_plan
 
     try:
@@ -85,6 +85,8 @@ def check_config(config_file: str) -> None:
         blocks = ", ".join(b.describe() for b in device.blocks)
         click.echo(f"  {device.bus}/{device.name} id {device.device_id} every "
                    f"{device.poll_interval:g} s: {blocks}")
+    for warning in config_warnings(config):
+        click.echo(f"warning: {warning}")
 
 
 @main.command()

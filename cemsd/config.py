@@ -25,7 +25,7 @@ from cemsd import standards
 from cemsd.api.settings import ApiConfig, api_problems
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
-from cemsd.hj212.config import Hj212Platform, hj212_problems
+from cemsd.hj212.config import Hj212Platform, hj212_problems, hj212_warnings
 from cemsd.metrics import MetricsConfig
 from cemsd.mqtt import MqttConfig, mqtt_problems
 from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
@@ -410,6 +410,18 @@ def cross_check(config: Config) -> list[ConfigProblem]:
             problem(path, message)
     problems.extend(hj212_problems(config, check_references=not problems))
     return problems
+
+
+def config_warnings(config: Config) -> list[ConfigProblem]:
+    """What a valid configuration may still get wrong: printed by check-config (and the
+    reduction's on every report), never refused."""
+    from cemsd.reduction.settings import reduction_warnings
+
+    file = str(config.source)
+    return [*hj212_warnings(config),
+            *(ConfigProblem(file, f"reduction.{key}", message)
+              for key, message in reduction_warnings(config.reduction.installation_date,
+                                                     config.reduction.production_cap_t_per_year))]
 
 
 def _check_unique(values: list[str], section: str, key: str, problem: Any) -> None:

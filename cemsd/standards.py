@@ -103,6 +103,10 @@ CAPTURE_RATE_HIGH = StandardValue(
 CAPTURE_RATE_LOW = StandardValue(
     0.75, "fraction", "HJ 75-2017 §12 [U]: below this rate no substitution rule is given"
 )
+CAPTURE_RATE_WINDOW = StandardValue(
+    2160, "operating h", "HJ 75-2017 §12 [U]: a quarter's hours (90 d x 24 h), taken as the "
+    "trailing window ending with the gap (interpretation, decision 0171)"
+)
 SHORT_PERIOD_HOURS = StandardValue(24, "h", "HJ 75-2017 §12 [U]: short vs long periods")
 LOOKBACK_OUT_OF_CONTROL_SHORT = StandardValue(
     180, "valid h", "HJ 75-2017 §12 [U]: max over the 180 valid hours before the last calibration"

@@ -285,3 +285,22 @@ def analyzer_and_flow_plant(plant_id: str, port: int, **sections: Any) -> dict[s
                           ("temperature", "pressure", "moisture", "volume_flow")}},
         ],
     }
+
+
+def reduction_plant(tmp: Path, reduction: dict[str, Any] | None = None,
+                    plant_id: str = "aa1") -> tuple[Config, Database]:
+    """A plant with an inlet and an outlet point (hours are stored by the test, nothing is
+    polled) and its migrated SQLite database: for reports and bundles."""
+    config = write_config(tmp, {
+        "plant": {"id": plant_id, "name": "Adipic 1", "timezone": "Asia/Shanghai"},
+        "points": {"inlet": {"flow_basis": "standard_dry"},
+                   "outlet": {"flow_basis": "standard_dry"}},
+        "reduction": {"installation_date": "2025-01-01", "production_cap_t_per_year": 160000}
+        if reduction is None else reduction,
+        "buses": [{"name": "b", "transport": "tcp", "host": "127.0.0.1", "port": 1}],
+        "devices": [{"name": "a", "bus": "b", "device_id": 1, "profile": "n2o-analyzer-percent",
+                     "poll_interval": 5.0}],
+    })
+    db = Database(config.storage.database_url)
+    db.upgrade()
+    return config, db

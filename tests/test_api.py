@@ -36,7 +36,7 @@ from test_api_columns import assert_columns_match_hours
 from test_cli import _plant as cli_plant
 from test_cli import _scenario as cli_scenario
 
-from cemsd import chain
+from cemsd import chain, signing
 from cemsd.api.tokens import create_token
 from cemsd.cli import main
 from cemsd.config import Config
@@ -65,6 +65,8 @@ def _plant(port: int, api_port: int) -> dict:
     plant = {k: v for k, v in cli_plant(port, {}).items() if k != "storage"}
     return {**plant, "plant": {"id": "registry", "timezone": "Asia/Shanghai"},
             "storage": {"finalise_after_hours": FINALISE_AFTER_HOURS},
+            # the test stores its own substitution of the 02:00 gap (and its correction)
+            "qaqc": {**plant.get("qaqc", {}), "substitute": []},
             "api": {"port": api_port, "default_page_size": 50, "max_page_size": 200}}
 
 
@@ -682,3 +684,12 @@ def test_a_taken_port_leaves_acquisition_and_sealing_running(tmp_path: Path,
     db.close()
     assert len(hours) == 2  # 00:00 and 01:00 closed
     assert len(links) == 2  # and sealed: finalise_after_hours = 0
+
+
+def test_the_bundle_signing_key_is_published(plant: Plant, client: httpx.Client) -> None:
+    answer = client.get("/v1/keys")
+    assert answer.status_code == 200
+    key = signing.load_or_create(plant.config.storage.state_dir).public_key()
+    assert answer.json() == {"bundle_signing": signing.public_info(key)}
+    assert answer.json()["bundle_signing"]["fingerprint"].startswith("SHA256:")
+    assert httpx.get(f"{plant.base_url}/v1/keys").status_code == 401

@@ -38,20 +38,20 @@ TZ = ZoneInfo("Asia/Shanghai")
 MN = "010000A8900016F000169DC0"
 PW = "123456"
 CODES = {
-    "outlet.n2o_mg_m3": "n2o_out",  # N2O: no code in HJ 212-2017, agreed with the platform
-    "outlet.n2o_kg_h": "n2o_kgh",
+    "outlet.n2o_mg_m3": "a99001",  # N2O: no code in HJ 212-2017, agreed with the platform
+    "outlet.n2o_kg_h": "a99003",
     "outlet.flow_nm3_h": "a00000",
-    "outlet-analyzer.n2o": "n2o_ppm",
+    "outlet-analyzer.n2o": "a99004",
     "outlet-flow.velocity": "a01011",
     "outlet-flow.temperature": "a01012",
     "outlet-flow.pressure": "a01013",
     "outlet-flow.moisture": "a01014",
-    "outlet-flow.volume_flow": "vflow",
-    "plant.bypass_position": "bypass",
-    "plant.production_counter": "prod_t",
-    "plant.abatement_running": "abate",
-    "plant.production_running": "prod_on",
-    "plant.bypass_open": "bypass_sw",
+    "outlet-flow.volume_flow": "a99005",
+    "plant.bypass_position": "a99006",
+    "plant.production_counter": "a99007",
+    "plant.abatement_running": "a99008",
+    "plant.production_running": "a99009",
+    "plant.bypass_open": "a99010",
 }
 BYPASS = ("30m", "40m")  # 22:30-22:40 the bypass valve is open
 
@@ -248,7 +248,7 @@ def test_hourly_values_equal_the_stored_hours(outage_run: dict[str, Any]) -> Non
         checked += 1
     kg = {r.ts.timestamp(): r.value for r in rows if r.channel == "outlet.n2o_kg_h"}
     for t, value in kg.items():  # an hour's N2O total is its mean kg/h x 1 h
-        assert _number_close(messages[_label(t)]["n2o_out-Cou"], value)
+        assert _number_close(messages[_label(t)]["a99001-Cou"], value)
     assert checked == 2 * len(CODES)
 
 
@@ -272,8 +272,8 @@ def test_day_from_stored_hours_needs_twenty_valid_ones(outage_run: dict[str, Any
     hours = [r for r in _stored(outage_run["config"], schema.hours)
              if r.channel == "outlet.n2o_mg_m3"]
     assert [h.flag for h in hours] == ["N", "N"]
-    assert day["n2o_out-Flag"] == "B"  # 2 of 24 hours: 22 never stored, counted as B
-    assert _number_close(day["n2o_out-Avg"], sum(h.value for h in hours) / 2)
+    assert day["a99001-Flag"] == "B"  # 2 of 24 hours: 22 never stored, counted as B
+    assert _number_close(day["a99001-Avg"], sum(h.value for h in hours) / 2)
 
 
 def test_realtime_and_abatement_state(outage_run: dict[str, Any]) -> None:
@@ -282,8 +282,8 @@ def test_realtime_and_abatement_state(outage_run: dict[str, Any]) -> None:
     realtime = platform.uploads(2011)
     assert len(realtime) >= 60  # every minute while the link was up
     fields = realtime[-1].fields
-    assert fields["n2o_ppm-Flag"] == "N" and 1000 < float(fields["n2o_ppm-Rtd"]) < 2500
-    assert "n2o_out-Rtd" not in fields  # derived series exist per minute only
+    assert fields["a99004-Flag"] == "N" and 1000 < float(fields["a99004-Rtd"]) < 2500
+    assert "a99001-Rtd" not in fields  # derived series exist per minute only
     states = {r.data_time: r.fields for r in platform.uploads(2021)}
     open_from, open_to = _label(epoch + 30 * 60), _label(epoch + 40 * 60)
     inside = [f for t, f in states.items() if open_from < t < open_to]
@@ -399,11 +399,11 @@ def requests_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                     2051, f"BeginTime={_label(epoch)};EndTime={_label(epoch + 240)}")
                 qn["empty"] = await platform.request(
                     2061, "BeginTime=20200101000000;EndTime=20200101235959")
-                qn["time"] = await platform.request(1011, "PolId=n2o_out")
+                qn["time"] = await platform.request(1011, "PolId=a99001")
                 qn["timeout"] = await platform.request(1000, "OverTime=5;ReCount=3")
                 qn["bad_time"] = await platform.request(2051, "BeginTime=2026;EndTime=x")
                 qn["unknown"] = await platform.request(1234)
-                qn["unsupported"] = await platform.request(3011, "PolId=n2o_out")
+                qn["unsupported"] = await platform.request(3011, "PolId=a99001")
                 qn["wrong_pw"] = await platform.request(2051, pw="999999")
                 qn["wrong_mn"] = await platform.request(2051, mn="X" * 24)
                 await _hold(rd, lambda: all(platform.answers(q) for q in qn.values())
@@ -442,7 +442,7 @@ def test_history_request_gets_9011_the_data_and_9012(requests_run: dict[str, Any
     stored = {r.ts.timestamp(): r for r in _stored(requests_run["config"], schema.minutes)
               if r.channel == "outlet.n2o_mg_m3"}
     for i, fields in enumerate(data.values()):
-        assert _number_close(fields["n2o_out-Avg"], stored[epoch + 60 * i].value)
+        assert _number_close(fields["a99001-Avg"], stored[epoch + 60 * i].value)
         assert {k.split("-")[0] for k in fields if k != "DataTime"} == set(CODES.values())
     assert all(r.flag & 1 == 0 for r in answered)  # answers ask for no acknowledgement
     assert all(r.st == 91 for r in answered if r.cn in (9011, 9012))
@@ -457,7 +457,7 @@ def test_time_request_gets_the_logger_time(requests_run: dict[str, Any]) -> None
     replies = _replies(requests_run, "time")
     assert [cn for cn, _ in replies] == [9011, 1011, 9012]
     answer = replies[1][1]
-    assert answer["PolId"] == "n2o_out"
+    assert answer["PolId"] == "a99001"
     sent = datetime.strptime(answer["SystemTime"], "%Y%m%d%H%M%S").replace(tzinfo=TZ)
     assert abs(sent.timestamp() - requests_run["asked_at"]) < 120  # simulated time moves on
 

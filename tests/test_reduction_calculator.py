@@ -155,3 +155,30 @@ def test_missing_outlet_without_substitute_blocks_crediting() -> None:
     r = compute(hours, Parameters(), 13_000, 12_500)
     assert not r.creditable
     assert "1 hours of outlet N2O are missing" in r.reasons[0]
+
+
+def test_shares_of_both_sides(result) -> None:
+    """The worked example: no inlet substituted; the project side is the outlet's 0.850 %."""
+    assert result.inlet_substituted_share == 0
+    assert result.outlet_substituted_share == pytest.approx(0.70691 / 83.17974, rel=1e-5)
+    assert result.bypass_estimated_share == 0
+    estimated = compute(example_hours(estimated=True), Parameters(), 13_000, 12_500)
+    assert estimated.bypass_estimated_share == pytest.approx(47.12733 / 83.17974, rel=1e-5)
+    assert estimated.outlet_substituted_share + estimated.bypass_estimated_share == \
+        pytest.approx(estimated.alternative_share)
+
+
+@pytest.mark.parametrize(("substituted", "creditable"), [(150, True), (181, False), (200, False)])
+def test_substituted_inlet_counts_in_the_25_percent_rule(substituted: int,
+                                                         creditable: bool) -> None:
+    """Substituted inlet mass over N2O generated: 150 / 720 passes, 181 / 720 (over 25 %) and
+    200 / 720 do not."""
+    hours = [dataclasses.replace(h, inlet_method="hj75.missing.min_720h_before")
+             if i < substituted else h for i, h in enumerate(example_hours())]
+    r = compute(hours, Parameters(), 13_000, 12_500)
+    assert r.totals.inlet_substituted_t == pytest.approx(substituted * M_IN / 1000, rel=REL)
+    assert r.inlet_substituted_share == pytest.approx(substituted / 720, rel=REL)
+    assert r.alternative_share == pytest.approx(0.00850, abs=5e-6)  # the project side alone
+    assert r.creditable is creditable
+    assert any("substituted inlet N2O" in reason for reason in r.reasons) is not creditable
+    assert r.er_t == pytest.approx(246.2856, rel=REL)

@@ -13,6 +13,8 @@ import pytest
 
 from cemsd.flags import Flag
 from cemsd.plan import compile_plan
+from cemsd.points import PointCalculator
+from cemsd.qaqc.substitution import series_rules
 from cemsd.readings import Reading
 from cemsd.reduction.bypass import BypassMonitor
 from cemsd.reduction.inputs import hour_inputs, startup_end
@@ -258,3 +260,38 @@ def test_a_stopped_unit_is_no_bypass_while_production_is_stopped(tmp_path: Path)
         return _queued(monitor)
 
     assert asyncio.run(run()) == [("open", T0 + 5, ["abatement_stopped"])]
+
+
+# --- which side a substituted series feeds -----------------------------------------------------
+
+
+def test_the_inlet_feeds_the_baseline_and_the_outlet_project_emissions(tmp_path: Path) -> None:
+    config = _config(tmp_path, {"inlet_point": "inlet", "outlet_point": "outlet"})
+    plan = compile_plan(config)
+    derived = PointCalculator(config, plan).derived
+    names = [d.name for d in derived] + ["a.n2o"]
+    rules = series_rules(config, derived, names)
+    inlet_inputs = {i for d in derived if d.point == "inlet" for i in d.inputs}
+    assert inlet_inputs, "the inlet point has measured inputs"
+    for name in names:
+        baseline = name.startswith("inlet.") or name in inlet_inputs
+        assert rules[name].side == ("baseline" if baseline else "project"), name
+    assert {r.baseline for r in rules.values()} == {"lowest"}
+    assert {r.window for r in rules.values()} == {"trailing"}
+
+
+def test_inlet_substitutes_of_the_wrong_side_are_not_used(tmp_path: Path, db: Database) -> None:
+    """An HJ 75 maximum stored for the inlet (before the baseline side existed) would raise
+    the baseline: the hour counts as missing instead; a lower-side one is used."""
+    config = _config(tmp_path)
+    inlet = "inlet.n2o_kg_h"
+    db.insert_aggregates(schema.hours, _rows(schema.hours, inlet, T0, [100.0, None, None], H))
+    db.insert_aggregates(schema.substitutions, [
+        {"channel": inlet, "ts": T0 + i * H, "value": value, "unit": "kg/h", "flag": "S",
+         "method": method, "period_kind": "missing", "period_start": T0 + H,
+         "period_hours": 2, "capture_rate": 0.95, "source_hours": "[]", "created_at": T0}
+        for i, value, method in ((1, 500.0, "hj75.missing.before_after_mean"),
+                                 (2, 80.0, "hj75.missing.before_after_min"))])
+    hours, _, _ = hour_inputs(db, config, T0, T0 + 3 * H, T0 + 3 * H)
+    assert [(h.inlet_kg, h.inlet_method) for h in hours] == [
+        (100.0, "measured"), (None, "missing"), (80.0, "hj75.missing.before_after_min")]

@@ -66,7 +66,7 @@ def test_sigterm_mid_hour_stops_in_order_and_the_restart_loses_no_minute(
         "mqtt": {"host": "127.0.0.1", "port": free_port(), "backoff_max": 0.5},  # no broker
         "hj212": [{"name": "epb", "host": "127.0.0.1", "port": free_port(),  # no platform
                    "mn": "MN" + "0" * 22, "pw": "123456", "reconnect_max_s": 1.0,
-                   "codes": {"inlet.n2o_kg_h": "n2o_in"}}],
+                   "codes": {"inlet.n2o_kg_h": "a99002"}}],
     }
     config_path = write_toml(tmp_path / "cemsd.toml",
                              plant(tmp_path, live_port, dead_port, **outputs))

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from cemsd import signing
 from cemsd.api.tokens import create_token
 from cemsd.periods import HOUR, MINUTE
 from cemsd.store.database import Database
@@ -130,6 +131,10 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     # Calibration state of the gas analyzers; the outbox; bypass events live and stored.
     assert seen["calibration"]["analyzer.n2o"] == "in control"
     assert "0 message(s) waiting" in seen["outputs"]
+    # The bundle-signing key's fingerprint, as the API publishes it and the key file holds.
+    key = signing.load_or_create(config.storage.state_dir).public_key()
+    assert status["signing"]["fingerprint"] == signing.fingerprint(key)
+    assert f"Ed25519 {signing.fingerprint(key)}" in seen["outputs"]
     # The valve opened at 02:05 and, debounced by a minute, the event opened then; the
     # 00:30-00:40 event is closed with its figures; at 02:18 both are closed.
     assert seen["bypass_state"] == "OPEN"

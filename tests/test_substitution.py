@@ -22,8 +22,10 @@ from sqlalchemy import select
 from cemsd.periods import utc_label
 from cemsd.qaqc import records
 from cemsd.qaqc.substitution import (
+    BASELINE,
     Hour,
     Period,
+    Rules,
     capture_rate,
     find_periods,
     plan_substitutions,
@@ -31,6 +33,7 @@ from cemsd.qaqc.substitution import (
     share_report,
     substitute,
     substitution_rows,
+    trailing_capture_rate,
 )
 from cemsd.store import schema
 from cemsd.store.database import Database
@@ -89,10 +92,17 @@ GAPS = (100, 500, 1500)  # 6 non-valid hours inside each window
 AFTER = 30.0  # the valid hour just after the period
 
 
-def history(kind: str, n: int) -> tuple[list[Hour], Period, list[float]]:
+# the baseline side's markers: each window's lowest value sits at its far edge, a lower one
+# just outside; the invalid hours inside (value 1.0) are lower still and must not count
+LOW_MARKERS = {2160: 2.0, 721: 3.0, 720: 4.0, 181: 5.0, 180: 6.0, 1: 20.0}
+LOW_OUTSIDE = 1.5
+
+
+def history(kind: str, n: int, markers: dict[int, float] = MARKERS, outside: float = 999.0
+            ) -> tuple[list[Hour], Period, list[float]]:
     b = Build()
-    b.valid(999.0)
-    window = b.block(2160, MARKERS, GAPS)
+    b.valid(outside)
+    window = b.block(2160, markers, GAPS)
     period_hours = b.invalid(n, "D", ooc=kind == "out_of_control")
     b.valid(AFTER, 900.0)  # a larger value after the period never counts
     found = {period_hours[0]: period_hours[0]} if kind == "out_of_control" else None
@@ -125,14 +135,88 @@ def history(kind: str, n: int) -> tuple[list[Hour], Period, list[float]]:
 def test_maximum_rules(kind: str, n: int, alpha: float, expected: float, method: str,
                        look_back: int) -> None:
     series, period, window = history(kind, n)
-    subs = substitute(period, series, alpha)
+    check_substitutes(substitute(period, series, alpha), period, (expected, method, alpha),
+                      window[-look_back:])
+    assert len(window[-look_back:]) == look_back
+
+
+def check_substitutes(subs: list | None, period: Period, same: tuple, sources: list[float]
+                      ) -> None:
+    """One substitute per hour of the period, each with the same (value, method, rate)."""
     assert subs is not None
     assert [s.ts for s in subs] == list(period.hours)
-    assert {s.value for s in subs} == {expected}
-    assert {s.method for s in subs} == {method}
-    assert {s.capture_rate for s in subs} == {alpha}
-    assert {s.source_hours for s in subs} == {tuple(window[-look_back:])}
-    assert len(window[-look_back:]) == look_back
+    assert {(s.value, s.method, s.capture_rate) for s in subs} == {same}
+    assert {s.source_hours for s in subs} == {tuple(sources)}
+
+
+@pytest.mark.parametrize(("kind", "n", "alpha", "expected", "method", "look_back"), [
+    ("out_of_control", 1, 0.95, 6.0, "hj75.out_of_control.min_180h_before_check", 180),
+    ("out_of_control", 24, 0.95, 6.0, "hj75.out_of_control.min_180h_before_check", 180),
+    ("out_of_control", 25, 0.95, 4.0, "hj75.out_of_control.min_720h_before", 720),
+    ("missing", 25, 0.95, 4.0, "hj75.missing.min_720h_before", 720),
+    ("missing", 200, 0.90, 4.0, "hj75.missing.min_720h_before", 720),
+    ("out_of_control", 3, 0.80, 2.0, "hj75.out_of_control.min_2160h_before", 2160),
+    ("out_of_control", 30, 0.80, 2.0, "hj75.out_of_control.min_2160h_before", 2160),
+    ("missing", 3, 0.8999, 2.0, "hj75.missing.min_2160h_before", 2160),
+    ("missing", 30, 0.75, 2.0, "hj75.missing.min_2160h_before", 2160),
+])
+def test_baseline_side_takes_the_lowest_hour_of_the_tiers_look_back(
+        kind: str, n: int, alpha: float, expected: float, method: str, look_back: int) -> None:
+    """The same tiers as the maxima, the lower side: a series feeding the baseline."""
+    series, period, window = history(kind, n, LOW_MARKERS, LOW_OUTSIDE)
+    check_substitutes(substitute(period, series, alpha, BASELINE), period,
+                      (expected, method, alpha), window[-look_back:])
+    # the project side of the same history takes the maximum (20, the last valid hour)
+    project = substitute(period, series, alpha)
+    assert project is not None and {s.value for s in project} == {20.0}
+
+
+@pytest.mark.parametrize(("after", "expected"), [(30.0, 20.0), (7.0, 7.0)])
+def test_baseline_side_short_gap_takes_the_lower_neighbour(after: float,
+                                                           expected: float) -> None:
+    b = Build()
+    b.valid(3.0, 20.0)
+    gap = b.invalid(4, "M")
+    b.valid(after, 1.0)
+    [(period, _)] = find_periods(b.hours)
+    subs = substitute(period, b.hours, 0.95, BASELINE)
+    assert subs is not None
+    assert [(s.ts, s.value, s.method) for s in subs] == [
+        (t, expected, "hj75.missing.before_after_min") for t in gap]
+    assert {s.source_hours for s in subs} == {(T0 + H, period.end)}
+
+
+@pytest.mark.parametrize("alpha", [0.7499, 0.3])
+def test_baseline_side_below_75_percent_is_zero(alpha: float) -> None:
+    for kind, n in (("out_of_control", 3), ("missing", 3), ("missing", 30)):
+        series, period, _ = history(kind, n)
+        assert substitute(period, series, alpha) is None  # the project side: no rule
+        subs = substitute(period, series, alpha, BASELINE)
+        assert subs is not None
+        assert {(s.value, s.method, s.source_hours) for s in subs} == {
+            (0.0, "zero.capture_rate_below_75", ())}
+
+
+def test_baseline_side_without_a_valid_hour_before_is_zero() -> None:
+    b = Build()
+    b.stop(3)
+    gap = b.invalid(30, "D")
+    b.valid(5.0)
+    [(period, _)] = find_periods(b.hours)
+    subs = substitute(period, b.hours, 0.95, BASELINE)
+    assert subs is not None
+    assert [(s.ts, s.value, s.method) for s in subs] == [
+        (t, 0.0, "zero.no_valid_hour_before") for t in gap]
+
+
+@pytest.mark.parametrize(("kind", "n", "alpha"), [("missing", 3, 0.95), ("missing", 30, 0.8),
+                                                   ("out_of_control", 3, 0.95)])
+def test_baseline_rule_zero_substitutes_every_gap_with_zero(kind: str, n: int,
+                                                            alpha: float) -> None:
+    series, period, _ = history(kind, n, LOW_MARKERS, LOW_OUTSIDE)
+    subs = substitute(period, series, alpha, BASELINE, baseline="zero")
+    assert subs is not None
+    assert {(s.value, s.method) for s in subs} == {(0.0, "zero.configured")}
 
 
 @pytest.mark.parametrize("n", [1, 24])
@@ -322,6 +406,19 @@ def test_capture_rate_excludes_stop_hours_and_counts_only_its_window() -> None:
     assert capture_rate(b.hours, T0 + 3 * H, T0 + 5 * H) is None  # all stopped
 
 
+def test_trailing_capture_rate_counts_the_last_operating_hours() -> None:
+    b = Build()
+    b.valid(1.0, 1.0, 1.0, 1.0, 1.0)  # 0..4
+    b.stop(3)  # 5..7
+    b.invalid(2, "D")  # 8, 9
+    end = b.t
+    assert trailing_capture_rate(b.hours, end, 4) == pytest.approx(2 / 4)
+    assert trailing_capture_rate(b.hours, end, 7) == pytest.approx(5 / 7)
+    assert trailing_capture_rate(b.hours, end, 100) == pytest.approx(5 / 7)
+    assert trailing_capture_rate(b.hours, T0 + 9 * H, 2) == pytest.approx(1 / 2)
+    assert trailing_capture_rate(b.hours, T0, 4) is None
+
+
 def test_quarter_start_is_the_plant_local_calendar_quarter() -> None:
     def at(text: str) -> float:
         return datetime.fromisoformat(text).timestamp()
@@ -359,8 +456,8 @@ def stored(db: Database) -> list:
     return db._fetch(select(schema.substitutions).order_by(s.ts, s.revision))
 
 
-def run_plan(db: Database, now: float) -> tuple[list, list]:
-    subs, unruled = plan_substitutions(db, CHANNEL, [INPUT], now, TZ)
+def run_plan(db: Database, now: float, rules: Rules | None = None) -> tuple[list, list]:
+    subs, unruled = plan_substitutions(db, CHANNEL, [INPUT], now, TZ, rules or Rules())
     db.insert_aggregates(schema.substitutions, substitution_rows(CHANNEL, UNIT, subs, now))
     return subs, unruled
 
@@ -467,15 +564,15 @@ def test_substitutions_are_planned_stored_once_and_leave_measured_hours(db: Data
 
 
 def test_capture_rate_from_the_local_quarter_start_without_stop_hours(db: Database) -> None:
-    """March is fully valid; in April, 20 valid and 2 stop hours come before a 3-hour gap:
-    a = 20 / 23 (75 - 90 %): max of the valid hours before, March included (9 at -50 h).
-    Counting March in the rate would make it >= 90 % (the mean 7); counting stop hours
-    would give 20 / 25, a UTC quarter start 12 / 15."""
+    """The quarter-to-date option. March is fully valid; in April, 20 valid and 2 stop
+    hours come before a 3-hour gap: a = 20 / 23 (75 - 90 %): max of the valid hours before,
+    March included (9 at -50 h). Counting March in the rate would make it >= 90 % (the mean
+    7); counting stop hours would give 20 / 25, a UTC quarter start 12 / 15."""
     march = [(9.0 if i == 250 else 5.0, "N") for i in range(300)]
     april = [(7.0, "N")] * 10 + [(None, "F")] * 2 + [(7.0, "N")] * 10
     april += [(None, "D")] * 3 + [(7.0, "N")]
     store_hours(db, Q2 - 300 * H, march + april)
-    subs, unruled = run_plan(db, Q2 + 26 * H)
+    subs, unruled = run_plan(db, Q2 + 26 * H, Rules(window="quarter"))
     assert unruled == []
     assert [(round((s.ts - Q2) / H), s.value) for s in subs] == [(22, 9.0), (23, 9.0),
                                                                   (24, 9.0)]
@@ -485,6 +582,40 @@ def test_capture_rate_from_the_local_quarter_start_without_stop_hours(db: Databa
     sources = [Q2 + i * H for i in range(-300, 22) if i not in (10, 11)]
     assert len(sources) == 320  # fewer than 2160: all of them, listed
     assert json.loads(rows[0].source_hours) == [utc_label(t) for t in sources]
+
+
+def first_day_of_a_quarter(db: Database) -> None:
+    """A full first quarter (2160 valid hours, 1 Jan to 1 Apr), then 00:00 on 1 April
+    measured (8), 01:00 missing, 02:00 measured (12)."""
+    q1 = [(5.0, "N")] * 2160
+    store_hours(db, Q2 - 2160 * H, [*q1, (8.0, "N"), (None, "B"), (12.0, "N")])
+
+
+@pytest.mark.parametrize(("side", "value", "method"), [
+    ("project", 10.0, "hj75.missing.before_after_mean"),
+    (BASELINE, 8.0, "hj75.missing.before_after_min"),
+])
+def test_a_one_hour_gap_on_the_first_day_of_a_quarter_is_substituted(
+        db: Database, side: str, value: float, method: str) -> None:
+    """The trailing window (default) sees the full previous quarter: a = 2159 / 2160."""
+    first_day_of_a_quarter(db)
+    subs, unruled = run_plan(db, Q2 + 3 * H, Rules(side=side))
+    assert unruled == []
+    assert [(s.ts, s.value, s.method, s.capture_rate) for s in subs] == [
+        (Q2 + H, value, method, pytest.approx(2159 / 2160))]
+
+
+def test_the_quarter_window_leaves_that_gap_unsubstituted(db: Database) -> None:
+    """Quarter to date (the option): 1 valid hour of 2, no rule on the project side; the
+    baseline side takes zero."""
+    first_day_of_a_quarter(db)
+    subs, unruled = run_plan(db, Q2 + 3 * H, Rules(window="quarter"))
+    assert subs == [] and [(p.start, len(p.hours)) for p in unruled] == [(Q2 + H, 1)]
+    subs, unruled = plan_substitutions(db, CHANNEL, [INPUT], Q2 + 3 * H, TZ,
+                                       Rules(BASELINE, window="quarter"))
+    assert unruled == []
+    assert [(s.ts, s.value, s.method, s.capture_rate) for s in subs] == [
+        (Q2 + H, 0.0, "zero.capture_rate_below_75", pytest.approx(0.5))]
 
 
 def test_below_75_percent_nothing_is_stored_and_the_period_is_reported(db: Database) -> None:

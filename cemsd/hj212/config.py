@@ -9,14 +9,18 @@
     uploads = [2011, 2051, 2061, 2031, 2021]
     abatement_code = "SB1"            # 2021: SB1-RS from the abatement_running channel
     [hj212.codes]                     # series -> pollutant code (agreed with the platform)
-    "outlet.n2o_mg_m3" = "n2o_out"    # HJ 212-2017 has no N2O code: no default
+    "outlet.n2o_mg_m3" = "a99001"     # HJ 212-2017 has no N2O code: no default
     "outlet.flow_nm3_h" = "a00000"
 
-Timeout and resends default to CN 1000's 10 s x 3.
+Codes must have the standard's form (a letter and five digits; SB and a number for a
+treatment unit) unless the platform agreed others: `custom_codes = true`, which
+`cemsd check-config` warns about (decision 0172). Timeout and resends default to CN
+1000's 10 s x 3.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Literal
@@ -71,7 +75,17 @@ class Hj212Platform(BaseModel):
     abatement_code: Code | None = None  # SBxxx: its -RS from the abatement_running channel
     bypass_code: Code | None = None  # the bypass as a device state: -RS 1 open, 0 closed
     bypass_open_above: float = 0.0  # a bypass_valve value above this counts as open
+    custom_codes: bool = False  # the platform agreed codes not of the standard's form
     enabled: bool = True
+
+    def nonstandard_codes(self) -> list[tuple[str, str]]:
+        """(key path below the platform, code) of every code not of the standard's form."""
+        out = [(f'codes."{series}"', code) for series, code in self.codes.items()
+               if not re.match(p.STANDARD_CODE, code)]
+        out += [(key, code) for key in ("abatement_code", "bypass_code")
+                if (code := getattr(self, key)) is not None
+                and not re.match(p.STANDARD_DEVICE_CODE, code)]
+        return out
 
 
 def hj212_problems(config: Config, check_references: bool = True) -> list[ConfigProblem]:
@@ -94,8 +108,25 @@ def hj212_problems(config: Config, check_references: bool = True) -> list[Config
     return problems
 
 
+def hj212_warnings(config: Config) -> list[ConfigProblem]:
+    """Codes a platform agreed outside the standard's form (custom_codes = true): allowed,
+    but other receivers and third-party parsers may refuse them."""
+    file = str(config.source)
+    return [ConfigProblem(file, f"hj212[{i}].{key}",
+                          f"code {code!r} is not of HJ 212's form (a letter and five digits, "
+                          "e.g. a21026; SB and a number for a unit): allowed by custom_codes, "
+                          "but other platforms and parsers may reject it")
+            for i, platform in enumerate(config.hj212) if platform.custom_codes
+            for key, code in platform.nonstandard_codes()]
+
+
 def _check_platform(platform: Hj212Platform, path: str, units: dict[str, str] | None,
                     roles: set[Role], problem: Callable[[str, str], None]) -> None:
+    if not platform.custom_codes:
+        for key, code in platform.nonstandard_codes():
+            problem(f"{path}.{key}", f"code {code!r} is not of HJ 212's form (a letter and five "
+                                     "digits, e.g. a21026; SB and a number for a unit); if the "
+                                     "platform agreed it, set custom_codes = true")
     if platform.reconnect_min_s > platform.reconnect_max_s:
         problem(f"{path}.reconnect_min_s", "must not exceed reconnect_max_s")
     if len(set(platform.uploads)) != len(platform.uploads):

@@ -145,6 +145,13 @@ class RunState(IntEnum):
 
 # Annex B.2 flue-gas codes whose unit the standard fixes: values in another stored unit
 # are converted on the way out (see cemsd.hj212.messages). Cou of a00000 is m3.
+# Code tables (Annex B; codes from HJ 524-2009): a pollutant or parameter code is one
+# lower-case letter (a air, w water, i instrument information, ...) and five digits, e.g.
+# a21026; a treatment-unit code in CN 2021 is SB and its number (SBxxx-RS). Third-party
+# parsers hold codes to this form (one rejects any longer than 6 characters).
+STANDARD_CODE = r"^[a-z][0-9]{5}$"
+STANDARD_DEVICE_CODE = r"^SB[0-9]{1,3}$"
+
 CODE_UNITS: dict[str, str] = {
     "a00000": "m3/s",  # flue-gas flow
     "a01011": "m/s",  # velocity

@@ -86,3 +86,9 @@ class QaqcSettings(_Strict):
     production_signal_max_age_s: Annotated[float, Field(gt=0)] = 60.0
     consistency_outlet_share: Annotated[float, Field(gt=0)] = 1.0  # outlet >= share x inlet
     substitute: list[str] | None = None  # series to substitute; default each point's kg/h
+    # gaps of series feeding the baseline (the reduction's inlet point): the lowest valid
+    # hour of the HJ 75 tier's look-back (zero where none), or always zero (decision 0170)
+    baseline_substitution: Literal["lowest", "zero"] = "lowest"
+    # the capture rate picking the HJ 75 tier: the trailing 2160 operating hours ending
+    # with the gap, or the calendar quarter to date (decision 0171)
+    capture_rate_window: Literal["trailing", "quarter"] = "trailing"

@@ -7,8 +7,10 @@ consecutive such hours, of one of two kinds:
 - out_of_control: the channel was out of control or its calibration overdue;
 - missing: any other reason (no data, fault, calibration, maintenance, ...).
 
-The quarter's capture rate a = valid hours / (hours - stop hours), over the plant-local
-calendar quarter from its start to the end of the period, picks the rule:
+The capture rate a = valid hours / (hours - stop hours) picks the rule. By default it is
+taken over the trailing 2160 operating hours ending with the period (so a gap early in a
+quarter is judged on a full window, decision 0171); `[qaqc] capture_rate_window =
+"quarter"` takes it from the start of the plant-local calendar quarter instead.
 
 | a          | out of control, N h                  | missing, N h                           |
 |------------|--------------------------------------|----------------------------------------|
@@ -17,6 +19,14 @@ calendar quarter from its start to the end of the period, picks the rule:
 |            | > 24: max of the 720 valid h before  | > 24: max of the 720 valid h before    |
 | 75 - 90 %  | max of the 2160 valid h before       | max of the 2160 valid h before         |
 | < 75 %     | no rule: left unsubstituted, and reported as such                     |
+
+The table's maxima are conservative for a series feeding project emissions (outlet,
+bypass: the PROJECT side). For a series feeding the baseline (the inlet's N2O mass, so
+N2O generated: the BASELINE side) a maximum would inflate credits, so the same tier takes
+the lower side (interpretation [U], decision 0170, docs/SUBSTITUTION.md): the lowest valid
+hour of the look-back the tier names (the lower of the two neighbours for the short-gap
+rule), and zero where no rule applies or no valid hour exists; `[qaqc]
+baseline_substitution = "zero"` substitutes every baseline gap with zero.
 
 A period is substituted once it has ended (a valid or stop hour follows it): its length,
 and for short gaps the hour after it, are known only then. Substitutes are stored in
@@ -30,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -44,7 +54,9 @@ from cemsd.store import schema
 from cemsd.store.database import Database, as_epoch
 
 if TYPE_CHECKING:
+    from cemsd.config import Config
     from cemsd.daemon import Daemon
+    from cemsd.points import DerivedChannel
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +64,24 @@ HIGH = standards.CAPTURE_RATE_HIGH.value
 LOW = standards.CAPTURE_RATE_LOW.value
 SHORT = standards.SHORT_PERIOD_HOURS.value
 HISTORY_HOURS = int(standards.LOOKBACK_LOW_TIER.value) + 92 * 24  # a low-tier look-back + a quarter
+WINDOW_HOURS = int(standards.CAPTURE_RATE_WINDOW.value)
+
+PROJECT = "project"  # feeds project emissions (outlet, bypass): the HJ 75 maxima
+BASELINE = "baseline"  # feeds the baseline (inlet, N2O generated): the lower side
+
+
+def baseline_safe(method: str) -> bool:
+    """A substitute of the lower side (or zero): one a baseline-side series may use."""
+    return method.startswith("zero.") or ".min_" in method or method.endswith("_min")
+
+
+@dataclass(frozen=True)
+class Rules:
+    """How a series is substituted: its side, the baseline rule, the capture-rate window."""
+
+    side: str = PROJECT
+    baseline: str = "lowest"  # lowest | zero ([qaqc] baseline_substitution)
+    window: str = "trailing"  # trailing | quarter ([qaqc] capture_rate_window)
 
 
 @dataclass(frozen=True)
@@ -124,6 +154,23 @@ def capture_rate(series: Sequence[Hour], t0: float, t1: float) -> float | None:
     return sum(h.valid for h in operating) / len(operating)
 
 
+def trailing_capture_rate(series: Sequence[Hour], t1: float, count: int = WINDOW_HOURS
+                          ) -> float | None:
+    """Valid hours / operating hours over the last `count` operating hours before t1."""
+    operating = [h for h in series if h.ts < t1 and not h.stopped][-count:]
+    if not operating:
+        return None
+    return sum(h.valid for h in operating) / len(operating)
+
+
+def period_capture_rate(series: Sequence[Hour], period: Period, window: str, tz: ZoneInfo
+                        ) -> float | None:
+    """The capture rate that picks a period's tier, over the window the rules name."""
+    if window == "quarter":
+        return capture_rate(series, quarter_start(period.start, tz), period.end)
+    return trailing_capture_rate(series, period.end)
+
+
 def quarter_start(t: float, tz: ZoneInfo) -> float:
     local = datetime.fromtimestamp(t, tz)
     month = 3 * ((local.month - 1) // 3) + 1
@@ -131,46 +178,68 @@ def quarter_start(t: float, tz: ZoneInfo) -> float:
                          ).timestamp()
 
 
-def substitute(period: Period, series: Sequence[Hour], alpha: float) -> list[Substitute] | None:
-    """The HJ 75 substitutes of one ended period, or None where no rule applies."""
+def substitute(period: Period, series: Sequence[Hour], alpha: float,
+               side: str = PROJECT, baseline: str = "lowest") -> list[Substitute] | None:
+    """The substitutes of one ended period, or None where no rule applies (project side
+    only: the baseline side then takes zero)."""
+    if side == BASELINE and baseline == "zero":
+        return _fill(period, alpha, 0.0, "zero.configured", ())
     if alpha < LOW:
-        return None
-    n = len(period.hours)
-    if alpha < HIGH:
-        value, sources = _max_before(series, period.start, int(standards.LOOKBACK_LOW_TIER.value))
-        method = f"hj75.{period.kind}.max_2160h_before"
-    elif period.kind == "out_of_control" and n <= SHORT:
-        ref = period.found_at if period.found_at is not None else period.start
-        value, sources = _max_before(series, ref,
-                                     int(standards.LOOKBACK_OUT_OF_CONTROL_SHORT.value))
-        method = "hj75.out_of_control.max_180h_before_check"
-    elif n > SHORT:
-        value, sources = _max_before(series, period.start, int(standards.LOOKBACK_LONG.value))
-        method = f"hj75.{period.kind}.max_720h_before"
+        return None if side == PROJECT else _fill(period, alpha, 0.0,
+                                                  "zero.capture_rate_below_75", ())
+    name, ref, count = _tier(period, alpha)
+    if count is None:
+        value, sources = _around(series, period, side)
+        method = f"hj75.{period.kind}.{name}_{'mean' if side == PROJECT else 'min'}"
     else:
-        value, sources = _mean_around(series, period)
-        method = "hj75.missing.before_after_mean"
+        value, sources = _extreme_before(series, ref, count, max if side == PROJECT else min)
+        method = f"hj75.{period.kind}.{'max' if side == PROJECT else 'min'}_{name}"
     if value is None:
-        return None
+        return None if side == PROJECT else _fill(period, alpha, 0.0,
+                                                  "zero.no_valid_hour_before", ())
+    return _fill(period, alpha, value, method, sources)
+
+
+def _fill(period: Period, alpha: float, value: float, method: str,
+          sources: tuple[float, ...]) -> list[Substitute]:
     return [Substitute(ts, value, method, period, alpha, sources) for ts in period.hours]
 
 
-def _max_before(series: Sequence[Hour], before: float, count: int
-                ) -> tuple[float | None, tuple[float, ...]]:
+def _tier(period: Period, alpha: float) -> tuple[str, float, int | None]:
+    """The HJ 75 tier: its name, where its look-back ends and how many valid hours it
+    names (None: the valid hours just before and just after the period)."""
+    n = len(period.hours)
+    if alpha < HIGH:
+        return "2160h_before", period.start, int(standards.LOOKBACK_LOW_TIER.value)
+    if period.kind == "out_of_control" and n <= SHORT:
+        ref = period.found_at if period.found_at is not None else period.start
+        return "180h_before_check", ref, int(standards.LOOKBACK_OUT_OF_CONTROL_SHORT.value)
+    if n > SHORT:
+        return "720h_before", period.start, int(standards.LOOKBACK_LONG.value)
+    return "before_after", period.start, None
+
+
+def _extreme_before(series: Sequence[Hour], before: float, count: int,
+                    pick: Callable[[list[float]], float]
+                    ) -> tuple[float | None, tuple[float, ...]]:
     valid = [h for h in series if h.ts + HOUR <= before and h.valid][-count:]
     if not valid:
         return None, ()
-    return max(h.value for h in valid), tuple(h.ts for h in valid)  # type: ignore[type-var]
+    return pick([h.value for h in valid]), tuple(h.ts for h in valid)  # type: ignore[misc]
 
 
-def _mean_around(series: Sequence[Hour], period: Period
-                 ) -> tuple[float | None, tuple[float, ...]]:
+def _around(series: Sequence[Hour], period: Period, side: str
+            ) -> tuple[float | None, tuple[float, ...]]:
+    """The mean (project side) or the lower (baseline side) of the valid hours just before
+    and just after the period."""
     before = next((h for h in reversed(series) if h.ts < period.start and h.valid), None)
     after = next((h for h in series if h.ts >= period.end and h.valid), None)
     used = [h for h in (before, after) if h is not None]
     if not used:
         return None, ()
-    return sum(h.value for h in used) / len(used), tuple(h.ts for h in used)  # type: ignore[misc]
+    values: list[float] = [h.value for h in used]  # type: ignore[misc]
+    value = sum(values) / len(values) if side == PROJECT else min(values)
+    return value, tuple(h.ts for h in used)
 
 
 # --- the database side ----------------------------------------------------------------------
@@ -228,9 +297,10 @@ def substitution_rows(channel: str, unit: str, substitutes: list[Substitute], no
 
 
 def plan_substitutions(db: Database, channel: str, inputs: Sequence[str], now: float,
-                       tz: ZoneInfo) -> tuple[list[Substitute], list[Period]]:
+                       tz: ZoneInfo, rules: Rules = Rules()
+                       ) -> tuple[list[Substitute], list[Period]]:
     """Substitutes for every ended, not yet substituted period; and periods left without
-    a rule (capture rate below 75 %)."""
+    a rule (project side, capture rate below 75 %)."""
     since = history_start(db, channel, now, tz)
     series, found = load_series(db, channel, inputs, since, now)
     done = stored_substitutions(db, channel, since, now)
@@ -239,10 +309,11 @@ def plan_substitutions(db: Database, channel: str, inputs: Sequence[str], now: f
     for period, ended in find_periods(series, found):
         if not ended or all(ts in done for ts in period.hours):
             continue
-        alpha = capture_rate(series, quarter_start(period.start, tz), period.end)
+        alpha = period_capture_rate(series, period, rules.window, tz)
         if _awaits_hour_after(period, series, alpha):
             continue
-        subs = substitute(period, series, alpha if alpha is not None else 0.0)
+        subs = substitute(period, series, alpha if alpha is not None else 0.0, rules.side,
+                          rules.baseline)
         if subs is None:
             unruled.append(period)
         else:
@@ -275,6 +346,17 @@ def history_start(db: Database, channel: str, now: float, tz: ZoneInfo) -> float
     return min(recent, deepest, quarter_start(recent, tz))
 
 
+def series_rules(config: Config, derived: Iterable[DerivedChannel], names: Iterable[str]
+                 ) -> dict[str, Rules]:
+    """Each series' rules: the baseline side for the reduction's inlet point (its derived
+    series and their measured inputs), the project side for everything else."""
+    inlet = config.reduction.inlet_point
+    baseline = {n for d in derived if d.point == inlet for n in (d.name, *d.inputs)}
+    qaqc = config.qaqc
+    return {name: Rules(BASELINE if name in baseline else PROJECT, qaqc.baseline_substitution,
+                        qaqc.capture_rate_window) for name in names}
+
+
 class Substituter:
     """Substitutes ended periods of the configured series each time hours close."""
 
@@ -289,6 +371,7 @@ class Substituter:
                    derived[name].inputs if name in derived else ())
             for name in names if name in daemon.closer.series
         }
+        self.rules = series_rules(daemon.config, derived.values(), self.series)
         self._reported: set[tuple[str, float]] = set()
 
     async def on_hours(self, rows: list[dict[str, Any]]) -> None:
@@ -297,7 +380,7 @@ class Substituter:
         now = self.daemon.clock.now()
         for channel, (unit, inputs) in self.series.items():
             subs, unruled = await store.call(plan_substitutions, store.db, channel, inputs, now,
-                                             self.daemon.config.plant.tz)
+                                             self.daemon.config.plant.tz, self.rules[channel])
             if subs:
                 await store.call(store.db.insert_aggregates, schema.substitutions,
                                  substitution_rows(channel, unit, subs, now))

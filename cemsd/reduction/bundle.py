@@ -1,25 +1,35 @@
-"""The verification bundle: one archive for the third-party verifier.
+"""The verification bundle: one archive a third-party verifier checks offline.
 
-    manifest.json            SHA-256 of every other file, the plant, the period, the version
+    README.md                what is here and how to check it (`cemsd verify-bundle`)
+    DATA-DICTIONARY.md       every file and column, units, flags, methods, the time zone
+    manifest.json            SHA-256 of every other file, the plant, the period, the
+                             version, the chain range and the signing key's public half
+    manifest.sig             Ed25519 signature of manifest.json (base64), plant key
     report.json/.html/.csv   the report
     inputs/hours.csv         the hourly inputs of the calculation (what is recomputed)
     inputs/production.csv    daily production
     inputs/parameters.json   the parameters
     data/*.csv               the period's stored hours (every channel, every revision),
                              substitutions, calibrations, control periods, maintenance
-                             windows, bypass events
+                             windows, bypass events; each time in UTC with its plant-time
+                             column (`<name>_local`) beside it
     data/audit.jsonl         the audit log of the period, and every configuration record
+    chain/links.csv          the hash-chain links from the first to the last sealed record
+                             of the period, unbroken: every sealed row of data/hours.csv
+                             and data/substitutions.csv hashes to its link
     config/cemsd.toml        the configuration in force at the end of the period
     chain/head.json          the hash chain's head when the bundle was made {seq, hash, time}
                              (a pin for `cemsd verify --pinned`, docs/TAMPER-EVIDENCE.md)
 
 `cemsd report --from-bundle FILE` checks every file against the manifest (a changed,
 missing or extra file is named and refused), then recomputes the report from inputs/ alone
-and compares it with report.json.
+and compares it with report.json; `cemsd verify-bundle` (verify.py) also checks the
+signature, the rows against the chain and pinned chain heads.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import hashlib
 import io
@@ -33,18 +43,25 @@ from typing import Any
 
 from sqlalchemy import Table, select
 
-from cemsd import __version__
+from cemsd import __version__, signing
+from cemsd.chain import KINDS
 from cemsd.chain import head as chain_head
 from cemsd.chainhead import head_pin
 from cemsd.config import Config
 from cemsd.errors import CemsdError
+from cemsd.periods import local_label
 from cemsd.qaqc.records import CONFIG_ACTIONS
+from cemsd.reduction.dictionary import data_dictionary, readme
 from cemsd.reduction.html import to_html
 from cemsd.reduction.report import build_report, calculation, hours_from_rows, to_csv, to_json
 from cemsd.store import schema
 from cemsd.store.database import Database
+from cemsd.store.schema import UTCDateTime
 
 MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+LINKS = "chain/links.csv"
+LOCAL = "_local"  # suffix of the plant-time column beside each UTC time
 
 
 class BundleError(CemsdError):
@@ -67,6 +84,8 @@ class Bundle:
 def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float,
                   path: Path) -> dict[str, Any]:
     report = build_report(db, config, t0, t1, now)
+    key = signing.load_or_create(config.storage.state_dir)
+    tz = config.plant.tz
     files = {
         "report.json": to_json(report), "report.html": to_html(report),
         "report.csv": to_csv(report),
@@ -79,14 +98,24 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
     }
     for table in (schema.hours, schema.substitutions, schema.calibrations,
                   schema.control_periods, schema.maintenance, schema.bypass_events):
-        files[f"data/{table.name}.csv"] = _table_csv(db, table, t0, t1)
+        files[f"data/{table.name}.csv"] = _table_csv(db, table, t0, t1, tz)
+    links = chain_links(db, t0, t1)
+    files[LINKS] = _rows_csv(schema.chain, links, tz)
+    files.update(_explained(files, report, key))
     encoded = {name: text.encode() for name, text in files.items()}
+    public = key.public_key()
     manifest = {
-        "format": 1, "cemsd": __version__, "plant": report["plant"], "period": report["period"],
+        "format": 2, "cemsd": __version__, "plant": report["plant"], "period": report["period"],
         "inputs_sha256": report["inputs_sha256"],
+        "chain": {"first_seq": int(links[0].seq) if links else None,
+                  "last_seq": int(links[-1].seq) if links else None,
+                  "last_chain_hash": links[-1].chain_hash if links else None},
+        "signing": {k: v for k, v in signing.public_info(public).items()
+                    if k != "public_key_pem"},
         "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(encoded.items())},
     }
     encoded[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
+    encoded[SIGNATURE] = base64.b64encode(key.sign(encoded[MANIFEST])) + b"\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     with tarfile.open(path, "w:gz") as archive:
         for name, data in sorted(encoded.items()):
@@ -96,8 +125,8 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
     return manifest
 
 
-def open_bundle(path: Path) -> Bundle:
-    """Read a bundle and check it: every file must be in the manifest with its hash."""
+def read_bundle(path: Path) -> Bundle:
+    """A bundle's files, unchecked."""
     try:
         with tarfile.open(path, "r:gz") as archive:
             files = {m.name: archive.extractfile(m).read()  # type: ignore[union-attr]
@@ -106,17 +135,32 @@ def open_bundle(path: Path) -> Bundle:
         raise BundleError(f"cannot read bundle {path}: {exc}") from None
     if MANIFEST not in files:
         raise BundleError(f"{path}: no {MANIFEST}")
-    manifest = json.loads(files[MANIFEST])
-    listed = manifest.get("files", {})
+    try:
+        manifest = json.loads(files[MANIFEST])
+    except ValueError as exc:
+        raise BundleError(f"{path}: {MANIFEST} is not JSON: {exc}") from None
+    return Bundle(files, manifest)
+
+
+def file_problems(bundle: Bundle) -> list[str]:
+    """Files that differ from the manifest: changed, missing, or not listed."""
+    files, listed = bundle.files, bundle.manifest.get("files", {})
     problems = [f"{name}: changed (SHA-256 differs from the manifest)"
                 for name, digest in listed.items()
                 if name in files and hashlib.sha256(files[name]).hexdigest() != digest]
     problems += [f"{name}: missing" for name in listed if name not in files]
     problems += [f"{name}: not in the manifest" for name in files
-                 if name not in listed and name != MANIFEST]
+                 if name not in listed and name not in (MANIFEST, SIGNATURE)]
+    return sorted(problems)
+
+
+def open_bundle(path: Path) -> Bundle:
+    """Read a bundle and check it: every file must be in the manifest with its hash."""
+    bundle = read_bundle(path)
+    problems = file_problems(bundle)
     if problems:
-        raise BundleError(f"{path} cannot be trusted:\n" + "\n".join(sorted(problems)))
-    return Bundle(files, manifest)
+        raise BundleError(f"{path} cannot be trusted:\n" + "\n".join(problems))
+    return bundle
 
 
 def recompute(bundle: Bundle) -> dict[str, Any]:
@@ -140,7 +184,7 @@ def _production_csv(report: dict[str, Any]) -> str:
 CALIBRATIONS_BEFORE_S = 31 * 86400  # the checks the period's first hours rest on
 
 
-def _table_csv(db: Database, table: Table, t0: float, t1: float) -> str:
+def _table_csv(db: Database, table: Table, t0: float, t1: float, tz: Any) -> str:
     """Rows of the period: hours by start; windows that overlap it; recent calibrations."""
     c = table.c
     if "ts" in c:
@@ -149,13 +193,43 @@ def _table_csv(db: Database, table: Table, t0: float, t1: float) -> str:
         where = (c.started_at >= t0 - CALIBRATIONS_BEFORE_S) & (c.started_at < t1)
     else:
         where = (c.started_at < t1) & (c.ended_at.is_(None) | (c.ended_at > t0))
-    rows = db.fetch(select(table).where(where).order_by(c.id))
+    return _rows_csv(table, db.fetch(select(table).where(where).order_by(c.id)), tz)
+
+
+def _rows_csv(table: Table, rows: list[Any], tz: Any) -> str:
+    """Rows as stored, each UTC time followed by its plant-time column."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(table.c.keys())
+    times = {c.name for c in table.c if isinstance(c.type, UTCDateTime)}
+    names = [c.name for c in table.c]
+    writer.writerow([h for c in names for h in ([c, c + LOCAL] if c in times else [c])])
     for row in rows:
-        writer.writerow([_cell(v) for v in row])
+        cells = []
+        for name, value in zip(names, row, strict=True):
+            cells.append(_cell(value))
+            if name in times:
+                cells.append(local_label(value.timestamp(), tz) if value is not None else "")
+        writer.writerow(cells)
     return out.getvalue()
+
+
+def chain_links(db: Database, t0: float, t1: float) -> list[Any]:
+    """Every link from the first to the last one sealing a record of [t0, t1) (hours and
+    substitutions), so the bundle's rows can be checked and the links follow unbroken."""
+    c = schema.chain.c
+    bounds = db.fetch(select(c.seq).where(c.record_table.in_(list(KINDS)), c.ts >= t0,
+                                          c.ts < t1).order_by(c.seq))
+    if not bounds:
+        return []
+    first, last = int(bounds[0][0]), int(bounds[-1][0])
+    return db.fetch(select(schema.chain).where(c.seq >= first, c.seq <= last).order_by(c.seq))
+
+
+def _explained(files: dict[str, str], report: dict[str, Any], key: Any) -> dict[str, str]:
+    """README.md and DATA-DICTIONARY.md, describing the files they sit beside."""
+    public = signing.public_info(key.public_key())
+    return {"README.md": readme(report, sorted([*files, MANIFEST, SIGNATURE]), public),
+            "DATA-DICTIONARY.md": data_dictionary(files, report)}
 
 
 def _cell(value: Any) -> str:

@@ -18,8 +18,11 @@ estimated). Over the period:
     ER       = max(0, ER_raw x f_cap)            proportional cap (default)
              = max(0, BE x f_cap - PE)           cap on the baseline only
     credited = ER x GWP (t CO2e), 0 where the period cannot be credited (start-up test,
-               gate not reached, alternative-method share at or above the limit, outlet
-               hours missing without substitute)
+               gate not reached, alternative-method share of either side at or above the
+               limit, outlet hours missing without substitute)
+
+The 25 % rule counts both sides: substituted outlet plus estimated bypass N2O over PE (the
+project side), and substituted inlet N2O over N2O generated (the baseline side).
 
 Hours of the start-up test period are computed and shown but not credited; stop hours (the
 source stopped) are excluded.
@@ -113,7 +116,10 @@ class Result:
     er_raw_t: float = 0.0
     cap_factor: float = 1.0
     er_t: float = 0.0
-    alternative_share: float | None = None
+    alternative_share: float | None = None  # project side: substituted + estimated / PE
+    outlet_substituted_share: float | None = None  # of PE
+    bypass_estimated_share: float | None = None  # of PE
+    inlet_substituted_share: float | None = None  # baseline side: of N2O generated
     emission_factor_t_per_t: float | None = None
     creditable: bool = True
     reasons: list[str] = field(default_factory=list)
@@ -138,6 +144,9 @@ class Result:
             "er_co2e_t": self.er_co2e_t, "credited_co2e_t": self.credited_co2e_t,
             "creditable": self.creditable, "reasons": self.reasons,
             "alternative_share": self.alternative_share,
+            "outlet_substituted_share": self.outlet_substituted_share,
+            "bypass_estimated_share": self.bypass_estimated_share,
+            "inlet_substituted_share": self.inlet_substituted_share,
             "emission_factor_t_per_t": self.emission_factor_t_per_t,
             "warnings": self.warnings,
         }
@@ -179,8 +188,11 @@ def _reduce(r: Result) -> None:
     else:
         r.er_t = max(0.0, r.baseline_t * r.cap_factor - r.project_emissions_t)
     if r.project_emissions_t > 0:
-        r.alternative_share = (t.outlet_substituted_t + t.bypass_estimated_t) / \
-            r.project_emissions_t
+        r.outlet_substituted_share = t.outlet_substituted_t / r.project_emissions_t
+        r.bypass_estimated_share = t.bypass_estimated_t / r.project_emissions_t
+        r.alternative_share = r.outlet_substituted_share + r.bypass_estimated_share
+    if t.n2o_generated_t > 0:
+        r.inlet_substituted_share = t.inlet_substituted_t / t.n2o_generated_t
     if r.production_t:
         r.emission_factor_t_per_t = t.n2o_generated_t / r.production_t
 
@@ -199,6 +211,10 @@ def _judge(r: Result) -> None:
     if r.alternative_share is not None and r.alternative_share >= p.share_limit:
         r.reasons.append(f"estimated or substituted N2O is {_pct(r.alternative_share)} of "
                          f"project emissions, at or above the {p.share_limit:.0%} limit")
+    if r.inlet_substituted_share is not None and r.inlet_substituted_share >= p.share_limit:
+        r.reasons.append(f"substituted inlet N2O is {_pct(r.inlet_substituted_share)} of N2O "
+                         f"generated (the baseline side), at or above the "
+                         f"{p.share_limit:.0%} limit")
     if t.missing_outlet_hours:
         r.reasons.append(f"{t.missing_outlet_hours} hours of outlet N2O are missing and were "
                          "not substituted")

@@ -130,6 +130,35 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
         click.echo(f"{path}: {len(manifest['files'])} files, inputs SHA-256 "
                    f"{manifest['inputs_sha256']}")
 
+    @main.command("verify-bundle")
+    @click.argument("bundle_file", type=click.Path(dir_okay=False, exists=True))
+    @click.option("--public-key", default=None,
+                  help="the plant's public key: hex, base64 or a PEM file (GET /v1/keys)")
+    @click.option("--pinned", default=None, type=click.Path(dir_okay=False, exists=True),
+                  help="chain heads pinned earlier (GET /v1/chain/head answers; a list or "
+                       "JSON lines)")
+    def verify_bundle_command(bundle_file: str, public_key: str | None,
+                              pinned: str | None) -> None:
+        """Check a verification bundle offline: files, signature, chain, rows, pinned heads,
+        and the report recomputed. Exits 1 naming every problem."""
+        from cemsd.reduction.verify import verify_bundle
+
+        try:
+            checks = verify_bundle(Path(bundle_file), public_key, pinned)
+        except CemsdError as exc:
+            raise click.ClickException(str(exc)) from None
+        for check in checks:
+            click.echo(f"{check.name}: {'OK' if check.ok else 'FAILED'}")
+            for line in check.problems:
+                click.echo(f"  ! {line}")
+            for line in check.notes:
+                click.echo(f"  - {line}")
+        failed = sum(len(c.problems) for c in checks)
+        click.echo(f"{bundle_file}: " + ("verified; the recomputed report equals report.json"
+                                         if not failed else f"NOT verified: {failed} problem(s)"))
+        if failed:
+            sys.exit(1)
+
     @main.group("production")
     def production_group() -> None:
         """Adipic acid production per day."""

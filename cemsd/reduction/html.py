@@ -1,18 +1,24 @@
 """The report as one self-contained HTML page: summary, reasons, parameters, a chart of
-hourly inlet and outlet N2O mass with bypass events and substituted hours marked, and the
-hourly table. No scripts, no external files: it prints and archives as it is."""
+hourly inlet and outlet N2O mass (chart.py: missing hours shaded, bypass marked,
+substituted hours labelled S), a legend of flags and methods, and the hourly table. No
+scripts, no external files: it prints and archives as it is."""
 
 from __future__ import annotations
 
 from html import escape
 from typing import Any
 
-WIDTH, PANEL, GAP, LEFT = 960, 170, 50, 70
+from cemsd.reduction.chart import substituted, svg_chart
+from cemsd.reduction.legend import FLAGS, method_meaning, methods_in
+
+HOURS_SHOWN_OPEN = 31 * 24 + 1  # a longer hourly table starts folded
 
 
 def to_html(report: dict[str, Any]) -> str:
     r, period, plant = report["result"], report["period"], report["plant"]
-    title = f"N2O emission reductions, {plant['name'] or plant['id']}, {period['from'][:10]}"
+    draft = period.get("draft")
+    title = (f"N2O emission reductions, {plant['name'] or plant['id']}, "
+             f"{period.get('name') or period['from'][:10]}{' (DRAFT)' if draft else ''}")
     status = ("creditable" if r["creditable"] else "NOT creditable: " + "; ".join(r["reasons"]))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>
@@ -22,15 +28,19 @@ table{{border-collapse:collapse;margin:1em 0}} td,th{{border:1px solid #ccc;padd
 text-align:right}} th{{background:#f3f3f3}} td:first-child,th:first-child{{text-align:left}}
 .bad{{color:#a00;font-weight:bold}} .ok{{color:#070;font-weight:bold}}
 .hours td{{font-size:12px}} .S{{background:#fff3c4}} .byp{{background:#fde0e0}}
+.draft{{border:3px solid #a00;color:#a00;padding:.4em 1em;font-size:18px;font-weight:bold}}
 </style></head><body>
 <h1>{escape(title)}</h1>
+{_draft(period)}
 <p>Period {escape(period['from'])} to {escape(period['to'])} ({period['hours']} hours),
 plant time {escape(plant['timezone'])}. cemsd {escape(report['software']['cemsd'])}.
 Inputs SHA-256 <code>{escape(report['inputs_sha256'])}</code>.</p>
 <p class="{'ok' if r['creditable'] else 'bad'}">{escape(status)}</p>
 {_summary(report)}
 {_warnings(r)}
-{_chart(report)}
+<h2>Hourly N2O mass</h2>
+{svg_chart(report["hours"])}
+{_legend(report)}
 {_events(report)}
 {_parameters(report)}
 {_hours(report)}
@@ -68,8 +78,14 @@ def _summary(report: dict[str, Any]) -> str:
         ("Emission reduction", r["er_t"], "t N2O"),
         (f"Emission reduction (GWP {p['gwp']:g}: {p['gwp_source']})", r["er_co2e_t"], "t CO2e"),
         ("Credited", r["credited_co2e_t"], "t CO2e"),
-        ("Estimated or substituted share of project emissions", _pct(r["alternative_share"]),
-         f"limit {p['share_limit']:.0%}"),
+        ("Project side: substituted outlet share of project emissions",
+         _pct(r.get("outlet_substituted_share")), ""),
+        ("Project side: estimated bypass share of project emissions",
+         _pct(r.get("bypass_estimated_share")), ""),
+        ("Project side: estimated or substituted share (25 % rule)",
+         _pct(r["alternative_share"]), f"limit {p['share_limit']:.0%}"),
+        ("Baseline side: substituted inlet share of N2O generated (25 % rule)",
+         _pct(r.get("inlet_substituted_share")), f"limit {p['share_limit']:.0%}"),
     ]
     body = "".join(f"<tr><td>{escape(a)}</td><td>{b if isinstance(b, str) else _num(b)}</td>"
                    f"<td>{escape(c)}</td></tr>" for a, b, c in rows)
@@ -82,62 +98,23 @@ def _warnings(r: dict[str, Any]) -> str:
     return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
-def _chart(report: dict[str, Any]) -> str:
-    hours = report["hours"]
-    if not hours:
+def _draft(period: dict[str, Any]) -> str:
+    if not period.get("draft"):
         return ""
-    n = len(hours)
-    plot = WIDTH - LEFT - 20
+    return (f'<p class="draft">DRAFT: {escape(period["from"])} to {escape(period["to"])} '
+            f'only, of the period to {escape(period.get("asked_to", period["to"]))}; '
+            "production is incomplete. Not creditable.</p>")
 
-    def x(i: float) -> float:
-        return LEFT + plot * i / n
 
-    parts = []
-    for k, (key, label) in enumerate((("inlet_kg", "inlet N2O, kg/h"),
-                                      ("outlet_kg", "outlet N2O, kg/h"))):
-        top = 20 + k * (PANEL + GAP)
-        values = [h[key] for h in hours]
-        peak = max((v for v in values if v is not None), default=1.0) or 1.0
-        parts.append(f'<text x="4" y="{top - 6}" font-size="12">{label} '
-                     f'(max {peak:,.1f})</text>')
-        parts.append(f'<rect x="{LEFT}" y="{top}" width="{plot}" height="{PANEL}" '
-                     'fill="none" stroke="#999"/>')
-        parts.append(f'<text x="{LEFT - 4}" y="{top + 10}" font-size="10" '
-                     f'text-anchor="end">{peak:,.0f}</text>'
-                     f'<text x="{LEFT - 4}" y="{top + PANEL}" font-size="10" '
-                     'text-anchor="end">0</text>')
-        for i in range(0, n, 6):
-            parts.append(f'<line x1="{x(i):.1f}" y1="{top + PANEL}" x2="{x(i):.1f}" '
-                         f'y2="{top + PANEL + 4}" stroke="#999"/><text x="{x(i):.1f}" '
-                         f'y="{top + PANEL + 14}" font-size="10" text-anchor="middle">'
-                         f'{escape(hours[i]["hour"][5:16].replace("T", " "))}</text>')
-        for i, h in enumerate(hours):
-            if h["bypass_kg"] or h["vent_kg"]:
-                parts.append(f'<rect x="{x(i):.1f}" y="{top}" width="{plot / n:.2f}" '
-                             f'height="{PANEL}" fill="#f4b6b6"/>')
-        points, marks = [], []
-        method = "inlet_method" if key == "inlet_kg" else "outlet_method"
-        for i, (h, v) in enumerate(zip(hours, values, strict=True)):
-            if v is None:
-                continue
-            y = top + PANEL - PANEL * v / peak
-            points.append(f"{x(i + 0.5):.1f},{y:.1f}")
-            if h[method] not in ("measured", "missing"):
-                marks.append(f'<circle cx="{x(i + 0.5):.1f}" cy="{y:.1f}" r="2.5" '
-                             'fill="#d08a00"/>')
-        parts.append(f'<polyline fill="none" stroke="#1f5fa8" stroke-width="1.2" '
-                     f'points="{" ".join(points)}"/>')
-        parts.extend(marks)
-    legend_y = 20 + 2 * (PANEL + GAP) - 10
-    parts.append(f'<text x="{LEFT}" y="{legend_y}" font-size="12">'
-                 '<tspan fill="#1f5fa8">&#9644; measured or substituted hourly mass</tspan>'
-                 '  <tspan fill="#d08a00">&#9679; substituted hour</tspan>'
-                 '  <tspan fill="#c05050">&#9632; bypass or venting</tspan>'
-                 f'  {escape(hours[0]["hour"])} to {escape(hours[-1]["hour"])}</text>')
-    height = legend_y + 10
-    return (f'<h2>Hourly N2O mass</h2><svg xmlns="http://www.w3.org/2000/svg" '
-            f'width="{WIDTH}" height="{height}" viewBox="0 0 {WIDTH} {height}" '
-            f'role="img">{"".join(parts)}</svg>')
+def _legend(report: dict[str, Any]) -> str:
+    flags = "".join(f"<tr><td>{escape(f)}</td><td>{escape(t)}</td></tr>"
+                    for f, t in FLAGS.items())
+    methods = "".join(f"<tr><td><code>{escape(m)}</code></td><td>{escape(method_meaning(m))}"
+                      "</td></tr>" for m in methods_in(report))
+    return ("<h2>Legend</h2><div class='legend'><table><tr><th>flag</th><th>meaning</th>"
+            f"</tr>{flags}<tr><td>S</td><td>in the hourly table: the hour was substituted "
+            "(its stored flag in brackets)</td></tr></table>"
+            f"<table><tr><th>method</th><th>meaning</th></tr>{methods}</table></div>")
 
 
 def _events(report: dict[str, Any]) -> str:
@@ -169,12 +146,22 @@ def _hours(report: dict[str, Any]) -> str:
     for h in report["hours"]:
         note = "stopped" if h["stopped"] else ("start-up" if h["startup"] else "")
         cls = "byp" if (h["bypass_kg"] or h["vent_kg"]) else (
-            "S" if "hj75" in h["inlet_method"] + h["outlet_method"] else "")
+            "S" if substituted(h["inlet_method"]) or substituted(h["outlet_method"]) else "")
         rows.append(
             f"<tr class='{cls}'><td>{escape(h['hour'])}</td><td>{_num(h['inlet_kg'], 3)}</td>"
-            f"<td>{h['inlet_flag']}</td><td>{escape(h['inlet_method'])}</td>"
-            f"<td>{_num(h['outlet_kg'], 3)}</td><td>{h['outlet_flag']}</td>"
+            f"<td>{_flag(h['inlet_flag'], h['inlet_method'])}</td>"
+            f"<td>{escape(h['inlet_method'])}</td>"
+            f"<td>{_num(h['outlet_kg'], 3)}</td>"
+            f"<td>{_flag(h['outlet_flag'], h['outlet_method'])}</td>"
             f"<td>{escape(h['outlet_method'])}</td><td>{_num(h['bypass_kg'], 3)}</td>"
             f"<td>{_num(h['vent_kg'], 3)}</td><td>{'on' if h['unit_running'] else 'bypassed'}"
             f"</td><td>{note}</td></tr>")
-    return f"<h2>Hours</h2><table class='hours'>{head}{''.join(rows)}</table>"
+    table = f"<table class='hours'>{head}{''.join(rows)}</table>"
+    shown = " open" if len(report["hours"]) <= HOURS_SHOWN_OPEN else ""
+    return (f"<h2>Hours</h2><details{shown}><summary>{len(report['hours'])} hours</summary>"
+            f"{table}</details>")
+
+
+def _flag(stored: str, method: str) -> str:
+    """S for a substituted hour, with the flag stored for the measurement."""
+    return f"S ({escape(stored)})" if substituted(method) else escape(stored)

@@ -2,7 +2,10 @@
 
 For each plant-local hour of the period:
 - inlet and outlet N2O mass: the current hour of `<point>.n2o_kg_h` when valid (N:
-  "measured"), else its HJ 75 substitute (the method), else missing;
+  "measured"), else its substitute (the method), else missing. The inlet feeds the
+  baseline: only a lower-side substitute counts there (qaqc/substitution.py); an HJ 75
+  maximum stored for it (by a version before decision 0170) is not used and the hour is
+  missing, so counted as 0;
 - bypassed N2O: the bypass events overlapping the hour, recomputed minute by minute for the
   hour (masses.py), split into measured and estimated;
 - whether the unit ran (an hour fully covered by a bypass event did not treat gas);
@@ -20,7 +23,7 @@ from sqlalchemy import or_, select
 
 from cemsd.config import Config
 from cemsd.periods import HOUR
-from cemsd.qaqc.substitution import stored_substitutions
+from cemsd.qaqc.substitution import baseline_safe, stored_substitutions
 from cemsd.reduction.calculator import MEASURED, MISSING, HourInput
 from cemsd.reduction.masses import BypassMass, bypass_mass
 from cemsd.store import schema
@@ -71,7 +74,9 @@ def hour_inputs(db: Database, config: Config, t0: float, t1: float, now: float
     hours, details = [], []
     h = t0
     while h < t1:
-        in_kg, in_method, in_flag = _mass(rows.get((inlet, h)), subs[inlet].get(h))
+        in_sub = subs[inlet].get(h)
+        in_kg, in_method, in_flag = _mass(rows.get((inlet, h)), in_sub if in_sub is None
+                                          or baseline_safe(in_sub.method) else None)
         out_kg, out_method, out_flag = _mass(rows.get((outlet, h)), subs[outlet].get(h))
         bypass, covered, ids = _bypass(db, config, events, h, now)
         measured = bypass.n2o_kg - bypass.n2o_estimated_kg

@@ -12,10 +12,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import itertools
 import json
 from dataclasses import asdict, fields
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from cemsd import __version__, standards
 from cemsd.config import Config
@@ -23,7 +25,16 @@ from cemsd.periods import local_label, utc_label
 from cemsd.qaqc.substitution import share_report
 from cemsd.reduction.calculator import HourInput, Parameters, compute
 from cemsd.reduction.inputs import HourDetail, hour_inputs, startup_end
-from cemsd.reduction.production import period_production, prorated_cap
+from cemsd.reduction.production import (
+    ProductionError,
+    days_of,
+    from_counter,
+    imported,
+    midnight,
+    period_production,
+    prorated_cap,
+)
+from cemsd.reduction.settings import reduction_warnings
 from cemsd.store.database import Database
 
 FORMAT_VERSION = 1
@@ -48,6 +59,13 @@ def parameters_of(config: Config) -> dict[str, Any]:
         "bypass_point": r.bypass_point,
         "vent_lookback_hours": r.bypass.vent_lookback_hours,
         "standard_state": config.processing.standard_state,
+        "baseline_substitution": config.qaqc.baseline_substitution,
+        "baseline_substitution_source": "interpretation [U] of quantification.md §1.3, "
+                                        "decision 0170",
+        "capture_rate_window": config.qaqc.capture_rate_window,
+        "capture_rate_window_hours": int(standards.CAPTURE_RATE_WINDOW.value)
+        if config.qaqc.capture_rate_window == "trailing" else None,
+        "capture_rate_window_source": standards.CAPTURE_RATE_WINDOW.source,
     }
 
 
@@ -65,8 +83,54 @@ def calculation(hours: list[HourInput], production: dict[date, float],
     result = compute(hours, Parameters(params["gwp"], params["baseline"],
                                        params["baseline_destruction"], params["cap_mode"],
                                        params["share_limit"]), total, cap_t)
+    if params.get("draft"):
+        result.reasons.insert(0, f"DRAFT: {params['draft']}")
+        result.creditable = False
+    result.warnings += [f"[reduction] {key} {message}" for key, message in
+                        reduction_warnings(params["installation_date"], cap)]
     return {"result": result.to_dict(), "production_t": total, "cap_t": cap_t,
             "inputs_sha256": digest(hours, production, params)}
+
+
+def period_name(t0: float, t1: float, tz: ZoneInfo) -> str:
+    """The period as people name it: 2026-06-01 (a day), 2026-06 (a month), 2026-Q2, 2026,
+    else first day to last day."""
+    a, b = datetime.fromtimestamp(t0, tz), datetime.fromtimestamp(t1, tz)
+    last = (b - timedelta(days=1)).date()
+    midnight = a.time() == b.time() == time(0)
+    if midnight and a.day == 1 and b.day == 1:
+        months = (b.year - a.year) * 12 + b.month - a.month
+        if months == 1:
+            return f"{a:%Y-%m}"
+        if months == 3 and a.month % 3 == 1:
+            return f"{a.year}-Q{(a.month + 2) // 3}"
+        if months == 12 and a.month == 1:
+            return f"{a.year}"
+    if midnight and last == a.date():
+        return f"{a:%Y-%m-%d}"
+    return f"{a:%Y-%m-%d} to {last:%Y-%m-%d}" if midnight else \
+        f"{local_label(t0, tz)} to {local_label(t1, tz)}"
+
+
+def month_to_date(db: Database, config: Config, t0: float, t1: float
+                  ) -> tuple[float, dict[date, float], str | None]:
+    """The period's end and production: all of it, or when days lack production, the days
+    up to the first of them (a month-to-date DRAFT, not creditable) with why; a period whose
+    first day lacks production is refused (ProductionError)."""
+    try:
+        return t1, period_production(db, config, t0, t1), None
+    except ProductionError:
+        days = days_of(t0, t1, config.plant.tz)
+        known = imported(db, days) if config.reduction.production == "imported" else \
+            from_counter(db, config, days)
+        run = list(itertools.takewhile(lambda d: d in known, days))
+        if not run:
+            raise
+        end = midnight(run[-1] + timedelta(days=1), config.plant.tz)
+        missing = [d for d in days if d not in known]
+        why = (f"production is known only to {run[-1]} ({len(missing)} day(s) of the period "
+               f"missing, first {missing[0]}): a report to date, not creditable")
+        return end, {d: known[d] for d in run}, why
 
 
 def digest(hours: list[HourInput], production: dict[date, float],
@@ -82,17 +146,20 @@ def digest(hours: list[HourInput], production: dict[date, float],
 def build_report(db: Database, config: Config, t0: float, t1: float, now: float
                  ) -> dict[str, Any]:
     tz = config.plant.tz
-    production = period_production(db, config, t0, t1)
+    asked = t1
+    t1, production, draft = month_to_date(db, config, t0, t1)
     hours, details, events = hour_inputs(db, config, t0, t1, now)
-    params = parameters_of(config)
+    params = {**parameters_of(config), "draft": draft}
     calc = calculation(hours, production, params)
     r = config.reduction
     return {
         "report": "cemsd N2O emission reductions", "format_version": FORMAT_VERSION,
         "plant": {"id": config.plant.id, "name": config.plant.name,
                   "timezone": config.plant.timezone},
-        "period": {"from": local_label(t0, tz), "to": local_label(t1, tz),
-                   "from_utc": utc_label(t0), "to_utc": utc_label(t1), "hours": len(hours)},
+        "period": {"name": period_name(t0, asked, tz), "draft": draft is not None,
+                   "from": local_label(t0, tz), "to": local_label(t1, tz),
+                   "from_utc": utc_label(t0), "to_utc": utc_label(t1), "hours": len(hours),
+                   "asked_to": local_label(asked, tz)},
         "software": {"cemsd": __version__},
         "parameters": params,
         "production": {"days": [{"date": str(d), "tonnes": t} for d, t in production.items()],

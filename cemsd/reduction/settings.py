@@ -46,3 +46,15 @@ class ReductionSettings(_Strict):
     share_limit: Annotated[float, Field(gt=0, le=1)] = standards.ALTERNATIVE_SHARE_LIMIT.value
     production: Literal["counter", "imported"] = "imported"  # daily tonnes of adipic acid
     bypass: BypassSettings = BypassSettings()
+
+
+def reduction_warnings(installation_date: object, cap: object) -> list[tuple[str, str]]:
+    """(key, message) for each setting a report needs but the configuration lacks."""
+    out = []
+    if installation_date is None:
+        out.append(("installation_date", "not set: the start-up test period cannot be told "
+                    "apart, every hour is treated as after it"))
+    if cap is None:
+        out.append(("production_cap_t_per_year", "not set: credited production is not "
+                    "capped (cap factor 1)"))
+    return out

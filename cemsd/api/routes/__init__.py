@@ -4,7 +4,7 @@ as it is stored needs only `listing.table_listing`."""
 
 from __future__ import annotations
 
-from cemsd.api.routes import chain, channels, columns, periods, qaqc, reduction, status
+from cemsd.api.routes import chain, channels, columns, keys, periods, qaqc, reduction, status
 
 ROUTES = (channels.routes, columns.routes, periods.routes, qaqc.routes, reduction.routes,
-          chain.routes, status.routes)
+          chain.routes, status.routes, keys.routes)

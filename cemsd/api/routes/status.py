@@ -68,6 +68,9 @@ def routes(settings: ApiConfig) -> APIRouter:
             data = await live.collect(request.app.state.api.db)
         except StorageError as exc:
             raise HTTPException(status_code=503, detail=str(exc)) from exc
+        from cemsd.api.routes.keys import signing_info
+
+        data["signing"] = signing_info(request)
         return JSONResponse(data, headers={"Cache-Control": "no-store"})
 
     return router

@@ -250,6 +250,7 @@ function renderOutputs(s) {
     ["database writes", s.database.write_failing ? `FAILING: ${s.database.error}` : "ok"],
     ["readings queued", s.database.queued_readings],
     ["tasks", failingTasks(s.tasks || {})],
+    ["bundle signing key", s.signing ? `${s.signing.algorithm} ${s.signing.fingerprint}` : "–"],
   ];
   replaceChildren($("outputs"), facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
 }
