@@ -1,8 +1,9 @@
 """Regulatory test vectors kept as data in tests/cases/ (see tests/cases/README.md).
 
 A topic is a folder; every `*.toml` file in it holds `[[case]]` tables. Each case has a
-`name`, the `clause` it comes from, its inputs and what is expected. The test module of a
-topic turns the cases into pytest parameters with `cases(topic)`.
+`name`, the `clause` it comes from, its inputs and what is expected. A file's `[defaults]`
+table is merged under each of its cases (what they share, such as a worked example's
+hours). The test module of a topic turns the cases into pytest parameters with `cases(topic)`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ def load(topic: str) -> list[tuple[str, dict[str, Any]]]:
     found = []
     for path in sorted((CASES / topic).glob("*.toml")):
         with path.open("rb") as f:
-            for case in tomllib.load(f).get("case", []):
+            data = tomllib.load(f)
+            for case in (data.get("defaults", {}) | c for c in data.get("case", [])):
                 missing = [key for key in REQUIRED if key not in case]
                 if missing:
                     raise ValueError(f"{path.name}: a case lacks {', '.join(missing)}: {case}")

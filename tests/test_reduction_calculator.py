@@ -1,9 +1,6 @@
-"""The worked example of quantification.md §5, reproduced to a relative 1e-6.
-
-720 h: 600 h normal (outlet 2,000 ppm), 100 h normal (3,000 ppm), 10 h outlet out of
-control (substituted with the largest valid hourly outlet mass), 10 h bypass (vented,
-inlet monitored). Inlet 240,000 ppm at 10,000 Nm3/h, outlet flow 12,000 Nm3/h, all dry at
-273.15 K / 101.325 kPa. P_actual 13,000 t, P_cap 12,500 t.
+"""The reduction calculator around the worked example of quantification.md §5: start-up and
+stop hours, a missing outlet, shares of both sides. The example's figures themselves are cases
+in tests/cases/reduction/ (tests/test_cases_reduction.py), and so are its hours.
 """
 
 from __future__ import annotations
@@ -13,118 +10,25 @@ import dataclasses
 import pytest
 
 from cemsd.reduction.calculator import HourInput, Parameters, compute
+from reduction_example import worked_example
 
-K = 44.013 / 22.414  # mg/m3 per ppm
 REL = 1e-6
-
-
-def kg(ppm: float, flow: float) -> float:
-    return ppm * K * flow * 1e-6  # mg/m3 x m3/h x 1e-6 = kg/h, one hour
-
-
-M_IN = kg(240_000, 10_000)
-M_OUT_2000 = kg(2_000, 12_000)
-M_OUT_3000 = kg(3_000, 12_000)
+M_IN = worked_example()[0].inlet_kg  # 240,000 ppm x 10,000 Nm3/h: 4712.733 kg
 
 
 def example_hours(estimated: bool = False) -> list[HourInput]:
-    hours = []
-    for i in range(720):
-        if i < 600:
-            outlet, method = M_OUT_2000, "measured"
-        elif i < 700:
-            outlet, method = M_OUT_3000, "measured"
-        elif i < 710:
-            outlet, method = M_OUT_3000, "hj75.out_of_control.max_720h_before"
-        else:
-            bypass = {"vent_kg": M_IN, "vent_method": "estimated_max_hourly_inlet_720h"} \
-                if estimated else {"bypass_kg": M_IN, "bypass_method": "measured_inlet"}
-            hours.append(HourInput(i * 3600.0, M_IN, "measured", None, "missing",
-                                   unit_running=False, **bypass))
-            continue
-        hours.append(HourInput(i * 3600.0, M_IN, "measured", outlet, method))
-    return hours
+    """The 720 hours; `estimated`: the bypass of the last 10 was not monitored but estimated."""
+    hours = worked_example()
+    if not estimated:
+        return hours
+    return [dataclasses.replace(h, bypass_kg=0.0, bypass_method="", vent_kg=h.bypass_kg,
+                                vent_method="estimated_max_hourly_inlet_720h")
+            if h.bypass_kg else h for h in hours]
 
 
 @pytest.fixture
 def result():
     return compute(example_hours(), Parameters(), production_t=13_000, cap_t=12_500)
-
-
-def test_hourly_masses(result) -> None:
-    assert pytest.approx(4.712733, rel=REL) == M_IN / 1000
-    assert pytest.approx(0.04712733, rel=REL) == M_OUT_2000 / 1000
-    assert pytest.approx(0.07069100, rel=REL) == M_OUT_3000 / 1000
-
-
-def test_totals(result) -> None:
-    t = result.totals
-    assert t.hours == 720
-    assert t.n2o_generated_t == pytest.approx(3_393.168, rel=REL)
-    assert result.emission_factor_t_per_t == pytest.approx(0.261013, rel=REL)
-    assert t.n2o_outlet_t == pytest.approx(36.05241, rel=REL)
-    assert t.n2o_bypass_t == pytest.approx(47.12733, rel=REL)
-    assert result.project_emissions_t == pytest.approx(83.17974, rel=REL)
-
-
-def test_destruction_efficiencies_exactly(result) -> None:
-    assert result.de_unit == pytest.approx(1 - 1.836e10 / 1.704e12, rel=1e-12)
-    assert result.de_unit == pytest.approx(0.9892254, rel=REL)
-    assert result.de_overall == pytest.approx(1 - 4.236e10 / 1.728e12, rel=1e-12)
-    assert result.de_overall == pytest.approx(0.9754861, rel=REL)
-
-
-def test_baseline_and_reductions(result) -> None:
-    assert result.baseline_t == pytest.approx(339.3168, rel=REL)
-    assert result.er_raw_t == pytest.approx(256.1370, rel=REL)
-    assert result.cap_factor == pytest.approx(0.9615385, rel=REL)
-    assert result.er_t == pytest.approx(246.2856, rel=REL)
-    assert result.er_co2e_t == pytest.approx(65_265.69, rel=REL)
-    assert result.creditable and result.credited_co2e_t == result.er_co2e_t
-    assert result.parameters.gwp == 265
-
-
-@pytest.mark.parametrize(("gwp", "expected"), [(273, 67_235.97), (298, 73_393.11)])
-def test_other_gwp(gwp: float, expected: float) -> None:
-    r = compute(example_hours(), Parameters(gwp=gwp), production_t=13_000, cap_t=12_500)
-    assert r.er_co2e_t == pytest.approx(expected, rel=REL)
-
-
-def test_cap_on_the_baseline_only() -> None:
-    r = compute(example_hours(), Parameters(cap_mode="baseline_only"), 13_000, 12_500)
-    assert r.er_t == pytest.approx(243.0864, rel=REL)
-    assert r.er_co2e_t == pytest.approx(64_417.90, rel=REL)
-
-
-def test_gate_reading_of_the_90_percent_rule() -> None:
-    r = compute(example_hours(), Parameters(baseline="gate"), 13_000, 12_500)
-    assert r.er_t == pytest.approx(3_182.681, rel=REL)
-    assert r.er_co2e_t == pytest.approx(843_410.4, rel=REL)
-    assert r.creditable
-
-
-def test_substitution_share_passes(result) -> None:
-    assert result.alternative_share == pytest.approx(0.00850, abs=5e-6)
-    assert result.totals.outlet_substituted_t == pytest.approx(10 * 0.07069100, rel=REL)
-
-
-def test_estimated_bypass_breaches_the_25_percent_share() -> None:
-    r = compute(example_hours(estimated=True), Parameters(), 13_000, 12_500)
-    assert r.alternative_share == pytest.approx(0.5751, abs=5e-5)
-    assert pytest.approx(r.alternative_share, rel=1e-5) == (47.12733 + 0.70691) / 83.17974
-    assert not r.creditable and r.credited_co2e_t == 0
-    assert any("at or above the 25% limit" in reason for reason in r.reasons)
-    assert r.er_t == pytest.approx(246.2856, rel=REL)  # computed and shown, not credited
-
-
-def test_negative_hour_is_credited_as_zero() -> None:
-    hour = HourInput(0.0, M_IN, "measured", 600.0, "measured")
-    r = compute([hour], Parameters())
-    assert r.de_overall == pytest.approx(0.872685, rel=REL)
-    assert r.baseline_t == pytest.approx(0.4712733, rel=REL)
-    assert r.er_raw_t == pytest.approx(-0.1287267, rel=REL)
-    assert r.er_t == 0 and r.credited_co2e_t == 0
-    assert any("credited as 0" in w for w in r.warnings)
 
 
 def test_gate_below_90_percent_earns_nothing() -> None:

@@ -1,18 +1,13 @@
-"""HJ 75-2017 §12 substitution of invalid hours: one hand-computed vector per branch of the
-table, the quarterly capture rate, how periods are found, a young system's short
-look-back; then the database side on SQLite and PostgreSQL (planned, stored once, measured
-hours untouched, the share report).
-
-The look-back histories put a distinct value at each window's edge, just inside and just
-outside, and put fault and stop hours inside every window, so a wrong window size, a
-window counted in clock hours instead of valid hours, or a wrong rule all give a different
-answer from the expected one.
+"""HJ 75-2017 §12 substitution of invalid hours: how look-backs start, how periods are
+found, the capture rate; then the database side on SQLite and PostgreSQL (planned, stored
+once, measured hours untouched, the share report). The vectors of each branch of the table,
+on both sides, are cases in tests/cases/substitution/.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -23,8 +18,6 @@ from cemsd.periods import utc_label
 from cemsd.qaqc import records
 from cemsd.qaqc.substitution import (
     BASELINE,
-    Hour,
-    Period,
     Rules,
     capture_rate,
     find_periods,
@@ -37,9 +30,8 @@ from cemsd.qaqc.substitution import (
 )
 from cemsd.store import schema
 from cemsd.store.database import Database
+from substitution_series import T0, Build, H
 
-H = 3600.0
-T0 = datetime(2026, 1, 5, tzinfo=UTC).timestamp()
 TZ = ZoneInfo("Asia/Shanghai")
 Q2 = datetime(2026, 4, 1, tzinfo=TZ).timestamp()  # 2026-03-31T16:00Z
 CHANNEL = "outlet.n2o_kg_h"
@@ -47,210 +39,8 @@ INPUT = "outlet-analyzer.n2o"
 UNIT = "kg/h"
 
 
-class Build:
-    """An hourly series built hour by hour from `start`."""
-
-    def __init__(self, start: float = T0) -> None:
-        self.hours: list[Hour] = []
-        self.t = start
-
-    def add(self, value: float | None, flag: str = "N", ooc: bool = False) -> float:
-        ts = self.t
-        self.hours.append(Hour(ts, value, flag, ooc))
-        self.t += H
-        return ts
-
-    def valid(self, *values: float) -> list[float]:
-        return [self.add(v) for v in values]
-
-    def invalid(self, n: int, flag: str = "D", ooc: bool = False) -> list[float]:
-        return [self.add(1.0, flag, ooc) for _ in range(n)]
-
-    def stop(self, n: int) -> list[float]:
-        return [self.add(None, "F") for _ in range(n)]
-
-    def block(self, n: int, markers: dict[int, float], gaps_at: tuple[int, ...] = (),
-              base: float = 10.0) -> list[float]:
-        """n valid hours of `base`; markers[k] is the value of the k-th valid hour counted
-        back from the block's end (1 = the last). Before the valid hour k in `gaps_at`, 3
-        fault and 3 stop hours. Returns the valid hours' starts, oldest first."""
-        out = []
-        for k in range(n, 0, -1):
-            if k in gaps_at:
-                self.invalid(3, "D")
-                self.stop(3)
-            out.append(self.add(markers.get(k, base)))
-        return out
-
-
-# --- the table, one branch at a time ----------------------------------------------------------
-
-# 80 is the oldest of the 2160 valid hours before, 75/70 just outside/inside 720, 65/60
-# just outside/inside 180, 20 the last valid hour; 999 is the 2161st valid hour before.
-MARKERS = {2160: 80.0, 721: 75.0, 720: 70.0, 181: 65.0, 180: 60.0, 1: 20.0}
-GAPS = (100, 500, 1500)  # 6 non-valid hours inside each window
-AFTER = 30.0  # the valid hour just after the period
-
-
-# the baseline side's markers: each window's lowest value sits at its far edge, a lower one
-# just outside; the invalid hours inside (value 1.0) are lower still and must not count
-LOW_MARKERS = {2160: 2.0, 721: 3.0, 720: 4.0, 181: 5.0, 180: 6.0, 1: 20.0}
-LOW_OUTSIDE = 1.5
-
-
-def history(kind: str, n: int, markers: dict[int, float] = MARKERS, outside: float = 999.0
-            ) -> tuple[list[Hour], Period, list[float]]:
-    b = Build()
-    b.valid(outside)
-    window = b.block(2160, markers, GAPS)
-    period_hours = b.invalid(n, "D", ooc=kind == "out_of_control")
-    b.valid(AFTER, 900.0)  # a larger value after the period never counts
-    found = {period_hours[0]: period_hours[0]} if kind == "out_of_control" else None
-    [(period, ended), *rest] = [p for p in find_periods(b.hours, found)
-                                if p[0].start > window[-1]]
-    assert ended and not rest
-    assert period.hours == tuple(period_hours) and period.kind == kind
-    return b.hours, period, window
-
-
-@pytest.mark.parametrize(("kind", "n", "alpha", "expected", "method", "look_back"), [
-    # >= 90 %: out of control <= 24 h: max of the 180 valid hours before the check
-    ("out_of_control", 1, 0.95, 60.0, "hj75.out_of_control.max_180h_before_check", 180),
-    ("out_of_control", 24, 0.95, 60.0, "hj75.out_of_control.max_180h_before_check", 180),
-    # >= 90 %: out of control > 24 h: max of the 720 valid hours before
-    ("out_of_control", 25, 0.95, 70.0, "hj75.out_of_control.max_720h_before", 720),
-    # >= 90 %: missing > 24 h: max of the 720 valid hours before
-    ("missing", 25, 0.95, 70.0, "hj75.missing.max_720h_before", 720),
-    ("missing", 200, 0.99, 70.0, "hj75.missing.max_720h_before", 720),
-    # 75 - 90 %: max of the 2160 valid hours before, short or long, either kind
-    ("out_of_control", 3, 0.80, 80.0, "hj75.out_of_control.max_2160h_before", 2160),
-    ("out_of_control", 30, 0.80, 80.0, "hj75.out_of_control.max_2160h_before", 2160),
-    ("missing", 3, 0.80, 80.0, "hj75.missing.max_2160h_before", 2160),
-    ("missing", 30, 0.80, 80.0, "hj75.missing.max_2160h_before", 2160),
-    # the tier edges: 90 % is the upper tier, 75 % the lower one
-    ("missing", 30, 0.90, 70.0, "hj75.missing.max_720h_before", 720),
-    ("missing", 30, 0.8999, 80.0, "hj75.missing.max_2160h_before", 2160),
-    ("out_of_control", 3, 0.75, 80.0, "hj75.out_of_control.max_2160h_before", 2160),
-])
-def test_maximum_rules(kind: str, n: int, alpha: float, expected: float, method: str,
-                       look_back: int) -> None:
-    series, period, window = history(kind, n)
-    check_substitutes(substitute(period, series, alpha), period, (expected, method, alpha),
-                      window[-look_back:])
-    assert len(window[-look_back:]) == look_back
-
-
-def check_substitutes(subs: list | None, period: Period, same: tuple, sources: list[float]
-                      ) -> None:
-    """One substitute per hour of the period, each with the same (value, method, rate)."""
-    assert subs is not None
-    assert [s.ts for s in subs] == list(period.hours)
-    assert {(s.value, s.method, s.capture_rate) for s in subs} == {same}
-    assert {s.source_hours for s in subs} == {tuple(sources)}
-
-
-@pytest.mark.parametrize(("kind", "n", "alpha", "expected", "method", "look_back"), [
-    ("out_of_control", 1, 0.95, 6.0, "hj75.out_of_control.min_180h_before_check", 180),
-    ("out_of_control", 24, 0.95, 6.0, "hj75.out_of_control.min_180h_before_check", 180),
-    ("out_of_control", 25, 0.95, 4.0, "hj75.out_of_control.min_720h_before", 720),
-    ("missing", 25, 0.95, 4.0, "hj75.missing.min_720h_before", 720),
-    ("missing", 200, 0.90, 4.0, "hj75.missing.min_720h_before", 720),
-    ("out_of_control", 3, 0.80, 2.0, "hj75.out_of_control.min_2160h_before", 2160),
-    ("out_of_control", 30, 0.80, 2.0, "hj75.out_of_control.min_2160h_before", 2160),
-    ("missing", 3, 0.8999, 2.0, "hj75.missing.min_2160h_before", 2160),
-    ("missing", 30, 0.75, 2.0, "hj75.missing.min_2160h_before", 2160),
-])
-def test_baseline_side_takes_the_lowest_hour_of_the_tiers_look_back(
-        kind: str, n: int, alpha: float, expected: float, method: str, look_back: int) -> None:
-    """The same tiers as the maxima, the lower side: a series feeding the baseline."""
-    series, period, window = history(kind, n, LOW_MARKERS, LOW_OUTSIDE)
-    check_substitutes(substitute(period, series, alpha, BASELINE), period,
-                      (expected, method, alpha), window[-look_back:])
-    # the project side of the same history takes the maximum (20, the last valid hour)
-    project = substitute(period, series, alpha)
-    assert project is not None and {s.value for s in project} == {20.0}
-
-
-@pytest.mark.parametrize(("after", "expected"), [(30.0, 20.0), (7.0, 7.0)])
-def test_baseline_side_short_gap_takes_the_lower_neighbour(after: float,
-                                                           expected: float) -> None:
-    b = Build()
-    b.valid(3.0, 20.0)
-    gap = b.invalid(4, "M")
-    b.valid(after, 1.0)
-    [(period, _)] = find_periods(b.hours)
-    subs = substitute(period, b.hours, 0.95, BASELINE)
-    assert subs is not None
-    assert [(s.ts, s.value, s.method) for s in subs] == [
-        (t, expected, "hj75.missing.before_after_min") for t in gap]
-    assert {s.source_hours for s in subs} == {(T0 + H, period.end)}
-
-
-@pytest.mark.parametrize("alpha", [0.7499, 0.3])
-def test_baseline_side_below_75_percent_is_zero(alpha: float) -> None:
-    for kind, n in (("out_of_control", 3), ("missing", 3), ("missing", 30)):
-        series, period, _ = history(kind, n)
-        assert substitute(period, series, alpha) is None  # the project side: no rule
-        subs = substitute(period, series, alpha, BASELINE)
-        assert subs is not None
-        assert {(s.value, s.method, s.source_hours) for s in subs} == {
-            (0.0, "zero.capture_rate_below_75", ())}
-
-
-def test_baseline_side_without_a_valid_hour_before_is_zero() -> None:
-    b = Build()
-    b.stop(3)
-    gap = b.invalid(30, "D")
-    b.valid(5.0)
-    [(period, _)] = find_periods(b.hours)
-    subs = substitute(period, b.hours, 0.95, BASELINE)
-    assert subs is not None
-    assert [(s.ts, s.value, s.method) for s in subs] == [
-        (t, 0.0, "zero.no_valid_hour_before") for t in gap]
-
-
-@pytest.mark.parametrize(("kind", "n", "alpha"), [("missing", 3, 0.95), ("missing", 30, 0.8),
-                                                   ("out_of_control", 3, 0.95)])
-def test_baseline_rule_zero_substitutes_every_gap_with_zero(kind: str, n: int,
-                                                            alpha: float) -> None:
-    series, period, _ = history(kind, n, LOW_MARKERS, LOW_OUTSIDE)
-    subs = substitute(period, series, alpha, BASELINE, baseline="zero")
-    assert subs is not None
-    assert {(s.value, s.method) for s in subs} == {(0.0, "zero.configured")}
-
-
-@pytest.mark.parametrize("n", [1, 24])
-@pytest.mark.parametrize("alpha", [0.90, 0.97])
-def test_short_missing_gap_is_the_mean_of_the_hours_around_it(n: int, alpha: float) -> None:
-    series, period, window = history("missing", n)
-    subs = substitute(period, series, alpha)
-    assert subs is not None
-    assert {s.value for s in subs} == {(20.0 + AFTER) / 2}
-    assert {s.method for s in subs} == {"hj75.missing.before_after_mean"}
-    assert {s.source_hours for s in subs} == {(window[-1], period.end)}
-
-
-def test_short_missing_gap_looks_past_stop_hours_for_its_neighbours() -> None:
-    b = Build()
-    b.valid(50.0, 12.0)
-    b.stop(2)
-    gap = b.invalid(3, "M")
-    b.stop(1)
-    after = b.valid(16.0)
-    b.valid(70.0)
-    [(first, ended)] = find_periods(b.hours)
-    assert ended and first.hours == tuple(gap)
-    subs = substitute(first, b.hours, 0.95)
-    assert subs is not None
-    assert {s.value for s in subs} == {14.0}
-    assert {s.source_hours for s in subs} == {(T0 + H, after[0])}
-
-
-@pytest.mark.parametrize("alpha", [0.7499, 0.5, 0.0])
-def test_below_75_percent_no_rule_applies(alpha: float) -> None:
-    for kind, n in (("out_of_control", 3), ("missing", 3), ("missing", 30)):
-        series, period, _ = history(kind, n)
-        assert substitute(period, series, alpha) is None
+# --- the table's branches, on both sides, are cases in tests/cases/substitution/ ---------------
+# (tests/test_cases_substitution.py); what follows is how look-backs start and periods form.
 
 
 def test_short_out_of_control_looks_back_from_the_failing_check() -> None:
@@ -289,46 +79,6 @@ def test_out_of_control_without_a_failing_check_looks_back_from_its_start() -> N
 
 
 # --- a young system: fewer look-back hours than the rule names ----------------------------------
-
-
-@pytest.mark.parametrize(("kind", "n", "alpha"), [
-    ("out_of_control", 2, 0.95), ("missing", 30, 0.95), ("missing", 2, 0.8),
-])
-def test_a_young_system_uses_the_hours_it_has_and_lists_them(kind: str, n: int,
-                                                               alpha: float) -> None:
-    b = Build()
-    b.stop(5)
-    have = b.valid(3.0, 8.0, 5.0)
-    b.invalid(1, "B")
-    have += b.valid(6.0, 2.0)
-    period_hours = b.invalid(n, "D", ooc=kind == "out_of_control")
-    b.valid(100.0)
-    *_, (period, ended) = find_periods(b.hours)
-    assert ended and period.hours == tuple(period_hours)
-    subs = substitute(period, b.hours, alpha)
-    assert subs is not None
-    assert {s.value for s in subs} == {8.0}
-    assert {s.source_hours for s in subs} == {tuple(have)}
-
-
-def test_a_gap_at_the_very_start_takes_the_hour_after_it_alone() -> None:
-    b = Build()
-    gap = b.invalid(2, "B")
-    after = b.valid(12.0, 99.0)
-    [(period, _)] = find_periods(b.hours)
-    subs = substitute(period, b.hours, 0.95)
-    assert subs is not None
-    assert [(s.ts, s.value) for s in subs] == [(gap[0], 12.0), (gap[1], 12.0)]
-    assert subs[0].source_hours == (after[0],)
-
-
-def test_nothing_valid_before_leaves_a_max_rule_without_a_value() -> None:
-    b = Build()
-    b.stop(3)
-    b.invalid(30, "D")
-    b.valid(5.0)
-    [(period, _)] = find_periods(b.hours)
-    assert substitute(period, b.hours, 0.95) is None
 
 
 # --- periods ------------------------------------------------------------------------------------
