@@ -30,6 +30,7 @@ class Sealer:
         self.finalise_after_hours = config.storage.finalise_after_hours
         self.daemon: Daemon | None = None
         self.sealed = 0
+        self.failing = False  # the last attempt to seal failed (cemsd_sealing_failing)
         self._hour_closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -58,11 +59,14 @@ class Sealer:
             sealed = await self.daemon.store.call(chain.seal_due, self.daemon.store.db,
                                                   through, now)
         except StorageError as exc:  # tried again at the next hour
+            self.failing = True
             log.error("sealing failed", extra={"error": str(exc)})
             return 0
         except Exception:  # a fault here must not end sealing for the rest of the run
+            self.failing = True
             log.exception("sealing failed")
             return 0
+        self.failing = False
         if sealed:
             self.sealed += sealed
             log.info("sealed", extra={"records": sealed, "through": through})

@@ -86,3 +86,7 @@ class QaqcSettings(_Strict):
     production_signal_max_age_s: Annotated[float, Field(gt=0)] = 60.0
     consistency_outlet_share: Annotated[float, Field(gt=0)] = 1.0  # outlet >= share x inlet
     substitute: list[str] | None = None  # series to substitute; default each point's kg/h
+    # A maintenance window closes by itself after its planned duration (a forgotten `stop`
+    # must not flag data M for days); a warning is logged this long before it closes.
+    maintenance_hours: Annotated[float, Field(gt=0, le=24 * 31)] = 4.0
+    maintenance_warn_minutes: Annotated[float, Field(ge=0)] = 15.0
