@@ -7,14 +7,18 @@ and closed. Screenshots go to test-output/."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hj212_platform import Platform
 
 from cemsd.api.tokens import create_token
+from cemsd.control import request_async
 from cemsd.periods import HOUR, MINUTE
 from cemsd.store.database import Database
 from helpers import RunningDaemon, free_port, write_config, write_scenario
@@ -24,6 +28,7 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--disable-dev-shm-usage"]
 LOOK_AT = 2 * HOUR + 10 * 60 + 1  # 02:10:01 plant time: between two polls (every 2 s)
+MN = "010000A8900016F000169DC0"
 BYPASS_OPEN = [(30 * MINUTE, 40 * MINUTE), (2 * HOUR + 5 * MINUTE, 2 * HOUR + 15 * MINUTE)]
 AFTER_SECOND_BYPASS = 2 * HOUR + 18 * MINUTE
 
@@ -43,6 +48,12 @@ def with_bypass_valve(data: dict[str, Any], scene: dict[str, Any]) -> None:
                         for start, end in BYPASS_OPEN]
 
 
+def _uplink(name: str, port: int) -> dict[str, Any]:
+    return {"name": name, "host": "127.0.0.1", "port": port, "mn": MN, "pw": "123456",
+            "timeout_s": 0.3, "retries": 1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.4,
+            "uploads": [2051, 2061], "codes": {"analyzer.n2o": "n2o", "inlet.n2o_kg_h": "n2okg"}}
+
+
 def _parse(text: str) -> float:
     return float(text.replace(",", ""))
 
@@ -54,10 +65,14 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
 
     caplog.set_level(logging.INFO, logger="cemsd.acquisition")
     live_port, dead_port, api_port = free_port(), free_port(), free_port()
-    data = plant(tmp_path, live_port, dead_port, api={"port": api_port})
+    platform = Platform(MN, "123456")
+    platform_port = await platform.start()
+    data = plant(tmp_path, live_port, dead_port, api={"port": api_port},
+                 hj212=[_uplink("city", platform_port), _uplink("province", free_port())])
     data["buses"][1]["timeout"] = 0.05  # the dead device costs less wall time
     scene_data = scenario(live_port, dead_port)
     with_bypass_valve(data, scene_data)
+    scene_data["devices"][0]["calibration"] = {"channel": "n2o", "zero_gas": 0.0}
     config = write_config(tmp_path, data)
     scene = write_scenario(tmp_path, scene_data)
     t0 = scene.epoch
@@ -81,10 +96,26 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
                     seen = await _look(browser, base, token, output_dir, daemon)
                     latest = {name: (r.value, r.flag.value)
                               for name, r in daemon.pipeline.latest.items()}
+                    # a zero check starts a minute before we look again (stabilising 120 s)
+                    await run.clock.sleep_until(t0 + AFTER_SECOND_BYPASS - 60)
+                    check = asyncio.ensure_future(request_async(
+                        config.storage.state_dir / "cemsd.sock", {
+                            "op": "calibrate", "channel": "analyzer.n2o", "kind": "zero",
+                            "reference": 0.0, "technician": "Li Wei"}))
                     await run.clock.sleep_until(t0 + AFTER_SECOND_BYPASS)
-                    seen["after_close"] = await _refresh_and_read_bypass(seen.pop("page"))
+                    page = seen.pop("page")
+                    seen["after_close"] = await _refresh_and_read_bypass(page)
+                    seen["check"] = await page.text_content("#checks li.check")
+                    seen["uplinks"] = await page.eval_on_selector_all(
+                        "#uplinks .uplink", """cards => Object.fromEntries(cards.map(c =>
+                            [c.dataset.platform, c.textContent]))""")
+                    seen["updated"] = await page.text_content("#updated")
+                    await page.screenshot(path=str(output_dir / "status-calibrating.png"),
+                                          full_page=True)
                 finally:
                     await browser.close()
+        await check  # time runs again: the check ends
+    await platform.stop()
 
     # The shell is public and holds nothing; the data needs the token.
     assert page_html.status_code == 200
@@ -141,8 +172,27 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     assert seen["after_close"]["state"] == "closed"
     assert seen["after_close"]["open_texts"] == []
     assert len(seen["after_close"]["recent_texts"]) == 2
-    for shot in ("status.png", "status-phone.png", "status-large.png"):
+    for shot in ("status.png", "status-phone.png", "status-large.png",
+                 "status-calibrating.png"):
         assert (output_dir / shot).stat().st_size > 10_000
+
+    # A running check counts down with the analyzer's current reading (zero gas, C).
+    countdown = re.fullmatch(r"C analyzer\.n2o: stabilising, (\d+) s left"
+                             r"now analyzer\.n2o = (\S+) %vol \(C\)", seen["check"])
+    assert countdown, seen["check"]
+    assert 0 < int(countdown[1]) <= 60  # 60 s left when the page polled, ticking since
+    reading = float(countdown[2])
+    assert abs(reading) < 0.5 and rows["analyzer.n2o"]["value"] != countdown[2]  # zero gas,
+    assert _parse(rows["analyzer.n2o"]["value"]) > 5  # not the sample read before
+    # The uplinks: the platform that answers has everything; the other has a backlog of
+    # every minute since the start (the first minute it saw) and never acknowledged.
+    city, province = seen["uplinks"]["city"], seen["uplinks"]["province"]
+    assert "CONNECTED" in city and "backlog 0 period(s)" in city and "never" not in city
+    minutes = int(AFTER_SECOND_BYPASS // MINUTE)  # closed minutes since 00:00
+    assert "DISCONNECTED" in province and "cannot connect to 127.0.0.1:" in province
+    assert f"backlog {minutes + 2} period(s), oldest 06-01 00:00" in province  # + 2 hours
+    assert "last acknowledgement never" in province
+    assert seen["updated"] == "updated 02:18"  # plant time, whatever the browser's zone
 
 
 async def _look(browser: Any, base: str, token: str, output_dir: Path,
