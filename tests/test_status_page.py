@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hj212_platform import Platform
+from hj212_platform import OPS_MN, OPS_PW, Platform, ops_uplink
 
 from cemsd.api.tokens import create_token
 from cemsd.control import request_async
@@ -28,7 +28,6 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first
                   "--disable-background-networking", "--disable-component-update",
                   "--disable-sync", "--disable-dev-shm-usage"]
 LOOK_AT = 2 * HOUR + 10 * 60 + 1  # 02:10:01 plant time: between two polls (every 2 s)
-MN = "010000A8900016F000169DC0"
 BYPASS_OPEN = [(30 * MINUTE, 40 * MINUTE), (2 * HOUR + 5 * MINUTE, 2 * HOUR + 15 * MINUTE)]
 AFTER_SECOND_BYPASS = 2 * HOUR + 18 * MINUTE
 
@@ -48,12 +47,6 @@ def with_bypass_valve(data: dict[str, Any], scene: dict[str, Any]) -> None:
                         for start, end in BYPASS_OPEN]
 
 
-def _uplink(name: str, port: int) -> dict[str, Any]:
-    return {"name": name, "host": "127.0.0.1", "port": port, "mn": MN, "pw": "123456",
-            "timeout_s": 0.3, "retries": 1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.4,
-            "uploads": [2051, 2061], "codes": {"analyzer.n2o": "n2o", "inlet.n2o_kg_h": "n2okg"}}
-
-
 def _parse(text: str) -> float:
     return float(text.replace(",", ""))
 
@@ -65,10 +58,10 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
 
     caplog.set_level(logging.INFO, logger="cemsd.acquisition")
     live_port, dead_port, api_port = free_port(), free_port(), free_port()
-    platform = Platform(MN, "123456")
+    platform = Platform(OPS_MN, OPS_PW)
     platform_port = await platform.start()
     data = plant(tmp_path, live_port, dead_port, api={"port": api_port},
-                 hj212=[_uplink("city", platform_port), _uplink("province", free_port())])
+                 hj212=[ops_uplink("city", platform_port), ops_uplink("province", free_port())])
     data["buses"][1]["timeout"] = 0.05  # the dead device costs less wall time
     scene_data = scenario(live_port, dead_port)
     with_bypass_valve(data, scene_data)
