@@ -57,6 +57,7 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     from playwright.async_api import async_playwright
 
     caplog.set_level(logging.INFO, logger="cemsd.acquisition")
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
     live_port, dead_port, api_port = free_port(), free_port(), free_port()
     platform = Platform(OPS_MN, OPS_PW)
     platform_port = await platform.start()
@@ -103,6 +104,9 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
                         "#uplinks .uplink", """cards => Object.fromEntries(cards.map(c =>
                             [c.dataset.platform, c.textContent]))""")
                     seen["updated"] = await page.text_content("#updated")
+                    seen["lost"] = await page.eval_on_selector_all(
+                        "#channels tbody tr", """rows => rows.filter(r =>
+                            r.cells[3].querySelector('.pill.lost')).map(r => r.dataset.channel)""")
                     await page.screenshot(path=str(output_dir / "status-calibrating.png"),
                                           full_page=True)
                 finally:
@@ -186,6 +190,12 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     assert f"backlog {minutes + 2} period(s), oldest 06-01 00:00" in province  # + 2 hours
     assert "last acknowledgement never" in province
     assert seen["updated"] == "updated 02:18"  # plant time, whatever the browser's zone
+    # At 02:18 the dead analyzer has 0 valid minutes and 42 to come: its hour is lost. At
+    # 02:10 (0 + 50) it was not yet; the live one never is.
+    assert sorted(seen["lost"]) == ["outlet.n2o_mg_m3", "stack.n2o", "stack.status"]
+    assert "hour lost" not in rows["stack.n2o"]["valid"]
+    # no line per request from uvicorn (`[api] access_log` is off by default)
+    assert not [r for r in caplog.records if r.name == "uvicorn.access"]
 
 
 async def _look(browser: Any, base: str, token: str, output_dir: Path,
