@@ -307,3 +307,13 @@ def test_acting_without_a_daemon_is_a_clear_error(config: Config, db: Database,
                   schema.control_periods):
         assert db._fetch(table.select()) == [], table.name
     assert not socket_path.exists()
+
+
+def test_a_maintenance_duration_that_cannot_be_read_is_refused(config: Config,
+                                                               db: Database) -> None:
+    result = cli(config, "maintenance", "start", "--device", "analyzer", "--reason", "filter",
+                 "--duration", "four hours")
+    assert result.exit_code == 2, result.output
+    assert "--duration" in result.output and "cannot read time offset 'four hours'" in \
+        result.output
+    assert db._fetch(schema.maintenance.select()) == []

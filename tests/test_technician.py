@@ -80,7 +80,7 @@ def _unhook(handler: SimTimeLog, *names: str) -> None:
 # --- calibrate: a live countdown ------------------------------------------------------------
 
 
-def _calibrate_via_cli(tmp: Path, offset_ppm: float = 0.0) -> tuple[Any, float, list]:
+def _calibrate_via_cli(tmp: Path, offset_ppm: float = 0.0) -> tuple[Any, float, list, Any]:
     config, scenario = _plant(tmp, offset_ppm)
     epoch = scenario.epoch
     outcome: dict[str, Any] = {}
@@ -100,6 +100,9 @@ def _calibrate_via_cli(tmp: Path, offset_ppm: float = 0.0) -> tuple[Any, float, 
                     await clock.sleep_until(epoch + 300)
                     cli = asyncio.ensure_future(asyncio.to_thread(run_cli))
                     await asyncio.sleep(0.5)  # the request reaches the daemon first
+                    await clock.sleep_until(epoch + 335)  # half way through stabilising
+                    outcome["status"] = await asyncio.to_thread(
+                        CliRunner().invoke, main, ["status", "--config", str(config.source)])
                 outcome["result"] = await cli
                 await running.finished()
             finally:
@@ -107,16 +110,16 @@ def _calibrate_via_cli(tmp: Path, offset_ppm: float = 0.0) -> tuple[Any, float, 
             outcome["log"] = handler.records
 
     asyncio.run(scenario_run())
-    return outcome["result"], epoch, outcome["log"]
+    return outcome["result"], epoch, outcome["log"], outcome["status"]
 
 
 @pytest.fixture(scope="module")
-def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, float, list]:
+def calibrated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, float, list, Any]:
     return _calibrate_via_cli(tmp_path_factory.mktemp("calibrate"))
 
 
 def test_calibrate_counts_down_with_the_current_reading(calibrated: tuple) -> None:
-    result, _, _ = calibrated
+    result, _, _, _ = calibrated
     assert result.exit_code == 0, result.output
     lines = [line.strip() for line in result.stdout.splitlines()]
     stabilising = [line for line in lines if line.startswith("stabilising:")]
@@ -142,14 +145,27 @@ def test_calibrate_counts_down_with_the_current_reading(calibrated: tuple) -> No
     assert lines[-1].startswith("calibration #1: pass (drift ")
 
 
+def test_cemsd_status_shows_the_running_check(calibrated: tuple) -> None:
+    status = calibrated[3]
+    assert status.exit_code == 0, status.output
+    lines = status.stdout.splitlines()
+    assert lines[0] == "plant time 2026-06-01T08:05+08:00"
+    assert "devices: 1/1 up" in lines
+    check = next(line for line in lines if line.startswith("calibrating "))
+    assert re.fullmatch(r"calibrating analyzer\.n2o: stabilising, 25 s left; "
+                        r"analyzer\.n2o = -?\d+(\.\d+)? ppm \(C\)", check), check
+    assert any(line.strip().startswith("C  zero check of analyzer.n2o in progress")
+               for line in lines)
+
+
 def test_a_passing_check_is_logged_at_info(calibrated: tuple) -> None:
-    _, _, log = calibrated
+    _, _, log, _ = calibrated
     assert [(level, message) for _, level, message in log
             if message.startswith("calibration ")] == [(logging.INFO, "calibration pass")]
 
 
 def test_out_of_control_is_logged_at_warning(tmp_path: Path) -> None:
-    result, _, log = _calibrate_via_cli(tmp_path, offset_ppm=400.0)  # 8 % F.S. > 5 %
+    result, _, log, _ = _calibrate_via_cli(tmp_path, offset_ppm=400.0)  # 8 % F.S. > 5 %
     assert result.exit_code == 3, result.output
     assert "out_of_control" in result.stdout
     assert [(level, message) for _, level, message in log
