@@ -8,6 +8,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 import click
 
@@ -93,9 +94,11 @@ def check_config(config_file: str) -> None:
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
 @click.option("--accelerate", default=None,
               help="Run on a simulated clock: a speed factor (e.g. 1000) or 'max'.")
-@click.option("--start", default=None, help="Simulated start time (ISO, with offset).")
+@click.option("--start", default=None,
+              help="Simulated start time (ISO; plant time unless it has an offset).")
 @click.option("--until", default=None,
-              help="Stop at this time: ISO, or +DURATION after the start (e.g. +24h).")
+              help="Stop at this time: ISO (plant time unless offset), or +DURATION after "
+                   "the start (e.g. +24h).")
 @click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
               help="Publish the simulated time here for a simulator process.")
 @click.option("--accept-new-database", is_flag=True,
@@ -109,15 +112,25 @@ def run(config_file: str, accelerate: str | None, start: str | None, until: str 
     from cemsd.service import Service
 
     config = _load_config(config_file)
-    clock, name, t0 = _make_clock(accelerate, start, clock_file)
-    end = _parse_until(until, t0)
+    clock, name, t0 = _make_clock(accelerate, start, clock_file, config.plant.tz)
+    end = _parse_until(until, t0, config.plant.tz)
     service = Service(config, lambda c: Daemon(c, clock, clock_name=name, until=end,
                                                accept_new_database=accept_new_database))
     sys.exit(_run_service(service))
 
 
-def _make_clock(accelerate: str | None, start: str | None, clock_file: str | None
-                ) -> tuple[Clock, str, float]:
+def _plant_time(text: str, tz: ZoneInfo, option: str) -> float:
+    """As `hours --from` reads it: without an offset, in the plant's zone."""
+    from cemsd import hourly
+
+    try:
+        return hourly.parse_time(text, tz)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def _make_clock(accelerate: str | None, start: str | None, clock_file: str | None,
+                tz: ZoneInfo) -> tuple[Clock, str, float]:
     if accelerate is None:
         if start or clock_file:
             raise click.UsageError("--start and --clock-file need --accelerate")
@@ -125,19 +138,19 @@ def _make_clock(accelerate: str | None, start: str | None, clock_file: str | Non
     speed = None if accelerate == "max" else float(accelerate)
     if speed is not None and speed <= 0:
         raise click.UsageError("--accelerate takes a positive factor or 'max'")
-    t0 = datetime.fromisoformat(start).timestamp() if start else datetime.now().timestamp()
+    t0 = _plant_time(start, tz, "--start") if start else datetime.now().timestamp()
     shared = SharedClockFile(Path(clock_file), create=True) if clock_file else None
     return VirtualClock(t0, speed=speed, shared_file=shared), f"virtual x{accelerate}", t0
 
 
-def _parse_until(until: str | None, t0: float) -> float | None:
+def _parse_until(until: str | None, t0: float, tz: ZoneInfo) -> float | None:
     if until is None:
         return None
     if until.startswith("+"):
         from simulators.scenario import parse_offset
 
         return t0 + parse_offset(until[1:])
-    return datetime.fromisoformat(until).timestamp()
+    return _plant_time(until, tz, "--until")
 
 
 def _run_service(service) -> int:  # type: ignore[no-untyped-def]

@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import click
+import tomli_w
 
 from cemsd.clock import SharedClockFile, VirtualClock
 from cemsd.config import Config, load_config
@@ -50,6 +52,13 @@ def run_demo(config_file: str, scenario_file: str, hours: float, speed: str) -> 
     state.mkdir(parents=True, exist_ok=True)
     for old in state.glob("cemsd.db*"):
         old.unlink()  # a fresh day each time
+    try:
+        config, scenario_file, ports_copy = _free_ports(config, scenario, scenario_file)
+        if ports_copy is not None:
+            scenario = load_scenario(scenario_file)
+    except OSError as exc:
+        click.echo(f"demo: {exc}", err=True)
+        return 2
     clock_path = state / "clock"
     shared = SharedClockFile(clock_path, create=True)
     start, end = scenario.epoch, scenario.epoch + hours * 3600
@@ -76,6 +85,8 @@ def run_demo(config_file: str, scenario_file: str, hours: float, speed: str) -> 
         if sim.poll() is None:
             sim.kill()
         shared.close()
+        if ports_copy is not None:
+            ports_copy.unlink(missing_ok=True)
     db = Database(config.storage.database_url)
     rows = query_hours(db, start, end, config.plant.tz, list(SHOWN))
     click.echo(to_table(rows, SHOWN))
@@ -120,6 +131,54 @@ def _afterwards(db: Database, config: Config, config_file: str, start: float, en
 
 def hours_in(start: float, end: float) -> float:
     return (end - start) / 3600
+
+
+def _free_ports(config: Config, scenario: Scenario, scenario_file: str
+                ) -> tuple[Config, str, Path | None]:
+    """The simulator's TCP ports, moved to free ones where another process holds them
+    (else the simulator fails and the daemon might poll a stranger). The scenario is copied
+    beside the original (its relative paths stay right) with the new ports; the daemon's
+    buses on those ports follow. OSError naming the port when that cannot be done."""
+    moved: dict[int, int] = {}
+    for bus in scenario.buses:
+        if bus.transport == "tcp" and not _can_listen(bus.host, int(bus.port)):
+            moved[int(bus.port)] = _any_free_port(bus.host)
+            click.echo(f"demo: port {bus.port} on {bus.host} (bus {bus.name}) is in use by "
+                       f"another process; the demo uses port {moved[int(bus.port)]} instead")
+    if not moved:
+        return config, scenario_file, None
+    original = Path(scenario_file)
+    data = tomllib.loads(original.read_text())
+    for bus in data["buses"]:
+        if bus.get("transport") == "tcp" and bus.get("port") in moved:
+            bus["port"] = moved[bus["port"]]
+    copy = original.with_name(f".{original.stem}-free-ports.toml")
+    busy = ", ".join(str(p) for p in moved)
+    try:
+        copy.write_text(tomli_w.dumps(data))
+    except OSError as exc:
+        raise OSError(f"port(s) {busy} in use by another process, and no copy of "
+                      f"{original} with free ports could be written ({exc}): stop that "
+                      f"process or change the port in {original} and {config.source}") from None
+    buses = [b.model_copy(update={"port": moved[b.port]})
+             if b.transport == "tcp" and b.port in moved else b for b in config.buses]
+    return config.model_copy(update={"buses": buses}), str(copy), copy
+
+
+def _can_listen(host: str, port: int) -> bool:
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a server binds
+        try:
+            probe.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _any_free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
 
 
 def _wait_ready(scenario: Scenario, sim: subprocess.Popen[bytes], timeout: float = 30) -> None:

@@ -35,7 +35,7 @@ from cemsd import __version__
 from cemsd.errors import StorageError
 from cemsd.flags import Flag
 from cemsd.logs import Episode
-from cemsd.periods import HOUR, hour_floor
+from cemsd.periods import HOUR, MINUTE, hour_floor
 from cemsd.readings import Reading
 from cemsd.store import schema
 from cemsd.store.database import Database
@@ -90,6 +90,10 @@ class Snapshot:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)  # Supervisor.report()
     chain_refused: int = 0  # rows due for sealing that the daemon refuses (unaudited)
     chain_head_seq: int = 0
+    open_minutes: int = 0  # minutes of the current hour not yet closed
+    sealing_failing: bool = False
+    uplinks: list[Any] = field(default_factory=list)  # hj212.uplink.UplinkState per platform
+    now: float = 0.0
 
 
 @dataclass
@@ -171,7 +175,12 @@ class Metrics:
             **chain_state(daemon),
         )
         hour_start = hour_floor(now, tz)
+        snap.now = now
+        snap.sealing_failing = any(getattr(c, "failing", False) for c in daemon.components
+                                   if c.name == "sealing")
+        snap.open_minutes = open_minutes(daemon, hour_start)
         try:
+            snap.uplinks = await uplink_states(daemon)
             db = await daemon.store.call(read_database_state, daemon.store.db, hour_start, now)
         except (StorageError, RuntimeError) as exc:  # RuntimeError: the store is closing
             self._database_fault.failed(error=str(exc))
@@ -179,6 +188,7 @@ class Metrics:
             snap.valid_minutes = self.last_snapshot.valid_minutes
             snap.calibration_age = self.last_snapshot.calibration_age
             snap.calibration_state = self.last_snapshot.calibration_state
+            snap.uplinks = self.last_snapshot.uplinks
         else:
             self._database_fault.recovered("metrics: database state available again")
             snap.outbox_messages = db.outbox_messages
@@ -211,6 +221,20 @@ def calibration_states(plan: Plan, db: DatabaseState) -> dict[str, str]:
     return {ch: next((s for s in CALIBRATION_STATES if s in db.open_control_periods.get(ch, ())),
                      "in_control")
             for ch in channels}
+
+
+def open_minutes(daemon: Daemon, hour_start: float) -> int:
+    """Minutes of the current plant hour not closed yet: valid ones can still come."""
+    assert daemon.closer is not None
+    closed_through = daemon.closer.next_minute or hour_start
+    return max(0, round((hour_start + HOUR - max(closed_through, hour_start)) / MINUTE))
+
+
+async def uplink_states(daemon: Daemon) -> list[Any]:
+    """Each HJ 212 platform's link and backlog (reads the database through the store)."""
+    from cemsd.hj212.uplink import uplinks  # the uplink imports the configuration
+
+    return [await uplink.state() for uplink in uplinks(daemon)]
 
 
 def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
@@ -285,9 +309,12 @@ class _StateCollector:
         yield _labelled("cemsd_last_reading_age_seconds",
                         "Daemon time since the channel's last reading with a value",
                         "channel", snap.reading_age)
-        yield _labelled("cemsd_valid_minutes_current_hour",
+        yield _labelled("cemsd_current_hour_valid_minute_periods",
                         "Valid minutes stored so far in the current plant-local hour",
                         "channel", {k: float(v) for k, v in snap.valid_minutes.items()})
+        yield GaugeMetricFamily("cemsd_current_hour_open_minute_periods",
+                                "Minutes of the current plant-local hour not closed yet",
+                                value=float(snap.open_minutes))
         yield _labelled("cemsd_calibration_age_seconds",
                         "Daemon time since the channel's last completed calibration",
                         "channel", snap.calibration_age)
@@ -323,6 +350,30 @@ class _StateCollector:
         if snap.mqtt_connected is not None:
             yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
                                     value=float(snap.mqtt_connected))
+        yield GaugeMetricFamily("cemsd_sealing_failing",
+                                "1 while sealing hours into the hash chain fails",
+                                value=float(snap.sealing_failing))
+        yield from _uplink_metrics(snap)
+
+
+def _uplink_metrics(snap: Snapshot) -> Iterator[Metric]:
+    """Per HJ 212 platform: what the regulator receives."""
+    states = snap.uplinks
+    yield _labelled("cemsd_hj212_connected", "1 while connected to the HJ 212 platform",
+                    "platform", {u.platform: float(u.connected) for u in states})
+    yield _labelled("cemsd_hj212_backlog_periods",
+                    "Stored periods (minutes, hours, days) the platform has not acknowledged",
+                    "platform", {u.platform: float(u.backlog) for u in states})
+    yield _labelled("cemsd_hj212_oldest_unacknowledged_age_seconds",
+                    "Daemon time since the start of the oldest unacknowledged period "
+                    "(absent with no backlog)", "platform",
+                    {u.platform: max(0.0, snap.now - u.oldest_unacknowledged) for u in states
+                     if u.oldest_unacknowledged is not None})
+    yield _labelled("cemsd_hj212_last_acknowledgement_age_seconds",
+                    "Daemon time since the platform last acknowledged a period (absent "
+                    "before the first)", "platform",
+                    {u.platform: max(0.0, snap.now - u.last_acknowledged) for u in states
+                     if u.last_acknowledged is not None})
 
 
 def _task_metrics(tasks: dict[str, dict[str, Any]]) -> Iterator[Metric]:

@@ -42,6 +42,7 @@ class Sealer:
         self.head_seq = 0
         self.refused: list[chain.Refused] = []  # rows due but not sealable, as of the last pass
         self._alarmed: set[tuple[str, int]] = set()
+        self.failing = False  # the last attempt to seal failed (cemsd_sealing_failing)
         self._hour_closed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -73,11 +74,14 @@ class Sealer:
             refused = await store.call(chain.refused, store.db, through)
             link = await store.call(chain.head, store.db)
         except StorageError as exc:  # tried again at the next hour
+            self.failing = True
             log.error("sealing failed", extra={"error": str(exc)})
             return 0
         except Exception:  # a fault here must not end sealing for the rest of the run
+            self.failing = True
             log.exception("sealing failed")
             return 0
+        self.failing = False
         if sealed:
             self.sealed += sealed
             log.info("sealed", extra={"records": sealed, "through": through})

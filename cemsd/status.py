@@ -21,13 +21,16 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, func, select
 
+from cemsd import standards
 from cemsd.errors import StorageError
 from cemsd.flags import Flag
 from cemsd.metrics import (
     DatabaseState,
     calibration_states,
     mqtt_connected,
+    open_minutes,
     read_database_state,
+    uplink_states,
 )
 from cemsd.periods import HOUR, MINUTE, hour_floor, local_label
 from cemsd.store import schema
@@ -159,6 +162,10 @@ class LiveStatus:
         stored = await asyncio.to_thread(read_stored, db, now, self.tz, chart_series(daemon),
                                          derived)
         _merge(status, stored, daemon, series, now)
+        try:
+            status["uplinks"] = [u.labels(self.tz) for u in await uplink_states(daemon)]
+        except (StorageError, RuntimeError):  # the store is closing; the page polls again
+            status["uplinks"] = []
         return status
 
     def _live(self, now: float) -> dict[str, Any]:
@@ -168,13 +175,17 @@ class LiveStatus:
         latest = daemon.pipeline.latest
         hour_start = hour_floor(now, tz)
         closed_through = daemon.closer.next_minute or hour_start
+        qaqc = next((c for c in daemon.components if c.name == "qaqc"), None)
         return {
             "plant": {"id": daemon.config.plant.id, "name": daemon.config.plant.name,
                       "timezone": daemon.config.plant.timezone},
             "now": now, "now_label": local_label(now, tz),
             "summary": "",
             "hour": {"start": hour_start, "label": local_label(hour_start, tz),
-                     "minutes_closed": max(0, round((closed_through - hour_start) / MINUTE))},
+                     "minutes_closed": max(0, round((closed_through - hour_start) / MINUTE)),
+                     "minutes_open": open_minutes(daemon, hour_start),
+                     "valid_needed": standards.HOUR_MIN_VALID_MINUTES.value},
+            "checks": [] if qaqc is None else qaqc.calibrator.checks(),  # type: ignore[attr-defined]
             "devices": [_device(owner.name, owner.plan.bus, d.name, owner.health[d.name], now, tz)
                         for owner in daemon.owners for d in owner.plan.devices],
             "channels": [_channel(c, latest.get(c.name), now) for c in daemon.plan.channels],
@@ -319,8 +330,11 @@ def _merge(status: dict[str, Any], stored: Stored, daemon: Daemon, series: list[
             "description": "derived, per minute", "derived": True, "value": row.value,
             "flag": flag.value, "meaning": flag.meaning, "reason": row.reason,
             "age_s": round(now - row.ts.timestamp(), 1)})
+    hour = status["hour"]
     for item in status["channels"]:
         item["valid_minutes"] = state.valid_minutes.get(item["name"], 0)
+        # fewer valid minutes than a valid hour needs are still possible: the hour is lost
+        item["hour_lost"] = item["valid_minutes"] + hour["minutes_open"] < hour["valid_needed"]
     status["hour"]["valid_minutes"] = {s: state.valid_minutes.get(s, 0) for s in series}
     calibrating = {c for w in status["windows"] if w["key"].startswith("calibration:")
                    for c in w["channels"]}

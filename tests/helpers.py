@@ -224,7 +224,7 @@ def metric_value(samples: MetricSamples, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
 
 
-async def scrape_metrics(port: int) -> MetricSamples:
+async def scrape_metrics_text(port: int) -> str:
     """A real scrape of the daemon's /metrics, as Prometheus does it, from a thread (the
     scrape waits for the daemon's loop: never block it)."""
     def get() -> str:
@@ -232,7 +232,12 @@ async def scrape_metrics(port: int) -> MetricSamples:
             assert reply.status == 200
             return reply.read().decode()
 
-    text = await asyncio.to_thread(get)
+    return await asyncio.to_thread(get)
+
+
+async def scrape_metrics(port: int) -> MetricSamples:
+    """A real scrape, parsed with the Prometheus text parser."""
+    text = await scrape_metrics_text(port)
     return {(s.name, frozenset(s.labels.items())): s.value
             for family in text_string_to_metric_families(text) for s in family.samples}
 

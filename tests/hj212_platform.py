@@ -13,6 +13,7 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 ACK_BIT, SPLIT_BIT, VERSION_2017 = 1, 2, 1
 
@@ -205,3 +206,15 @@ def _problem(line: bytes, mn: str, pw: str) -> str | None:
     if cp and any("=" not in f for item in cp.split(";") for f in item.split(",")):
         return "CP field without name=value"
     return None
+
+
+OPS_MN = "010000A8900016F000169DC0"
+OPS_PW = "123456"
+
+
+def ops_uplink(name: str, port: int) -> dict[str, Any]:
+    """An `[[hj212]]` table for the ops plant (tests/ops_helpers.py): minutes and hours of
+    the live analyzer and the inlet's N2O mass, short timeouts."""
+    return {"name": name, "host": "127.0.0.1", "port": port, "mn": OPS_MN, "pw": OPS_PW,
+            "timeout_s": 0.3, "retries": 1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.4,
+            "uploads": [2051, 2061], "codes": {"analyzer.n2o": "n2o", "inlet.n2o_kg_h": "n2okg"}}

@@ -8,6 +8,7 @@ import asyncio
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -154,3 +155,26 @@ def _periods(db, table) -> list[tuple]:
                 for r in db.aggregates_between(table, 0, 2e9)]
     finally:
         db.close()
+
+
+def test_run_start_without_an_offset_is_plant_time(tmp_path: Path) -> None:
+    """As `hours --from`: `run --start 2026-06-01T00:00` is midnight at the plant
+    (Asia/Shanghai), not on the machine's clock (UTC here)."""
+    config = write_config(tmp_path, _plant(free_port(), {"state_dir": str(tmp_path / "s")}))
+    done = subprocess.run(
+        [sys.executable, "-m", "cemsd", "--log-level", "ERROR", "run", "--config",
+         str(config.source), "--accelerate", "max", "--start", "2026-06-01T00:00",
+         "--until", "2026-06-01T00:02"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "TZ": "UTC"})
+    assert done.returncode == 0, done.stderr
+    db = database(config)
+    try:
+        minutes = db.aggregates_between(schema.minutes, 0, 4e9, ["analyzer.n2o"])
+    finally:
+        db.close()
+    plant_midnight = 1780243200.0  # 2026-06-01T00:00+08:00
+    assert [m.ts.timestamp() for m in minutes] == [plant_midnight, plant_midnight + 60]
+    bad = subprocess.run([sys.executable, "-m", "cemsd", "run", "--config", str(config.source),
+                          "--accelerate", "max", "--start", "midnight"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--start" in bad.stderr and "cannot read time" in bad.stderr

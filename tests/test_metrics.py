@@ -120,9 +120,10 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
             assert _value(samples, "cemsd_last_reading_age_seconds", channel="analyzer.n2o") == 2.5
             assert _names(samples, "cemsd_last_reading_age_seconds", "channel") == {
                 "analyzer.n2o", "analyzer.status"}
-            assert _value(samples, "cemsd_valid_minutes_current_hour",
+            assert _value(samples, "cemsd_current_hour_valid_minute_periods",
                           channel="analyzer.n2o") == 10
-            assert _value(samples, "cemsd_valid_minutes_current_hour", channel="spare.n2o") == 0
+            assert _value(samples, "cemsd_current_hour_valid_minute_periods",
+                          channel="spare.n2o") == 0
             # Every closed minute is one MQTT message, none sent: there is no broker.
             minutes = await store.call(_count_minutes, store.db)
             unsent = await store.call(Outbox(store.db).unsent_count)
@@ -152,7 +153,7 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
             samples = await scrape_metrics(server.port)
             assert _value(samples, "cemsd_modbus_requests_total", device="analyzer",
                           result="ok") == (second - t0) // POLL + 1
-            assert _value(samples, "cemsd_valid_minutes_current_hour",
+            assert _value(samples, "cemsd_current_hour_valid_minute_periods",
                           channel="analyzer.n2o") == 15
             assert _value(samples, "cemsd_calibration_age_seconds",
                           channel="analyzer.n2o") == 100 + (second - first)

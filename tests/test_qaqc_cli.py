@@ -105,14 +105,19 @@ def test_calibrations_as_json_with_the_drift_trend(config: Config, db: Database)
     # span: days 0, 1, 3 and drifts 0.5, 1.0, 2.5; means 4/3 and 4/3;
     # Sxy = 57/18, Sxx = 84/18 -> slope 57/84 % F.S. per day
     assert trends[("analyzer.n2o", "span")] == {
-        "channel": "analyzer.n2o", "kind": "span", "checks": 3, "last_drift_pct_fs": 2.5,
-        "slope_pct_fs_per_day": pytest.approx(57 / 84, rel=1e-6)}
-    # zero: 0.2 then -0.1 two days later (the aborted check has no drift)
-    assert trends[("analyzer.n2o", "zero")]["checks"] == 2
-    assert trends[("analyzer.n2o", "zero")]["slope_pct_fs_per_day"] == pytest.approx(
-        -0.15, rel=1e-6)
+        "channel": "analyzer.n2o", "kind": "span", "checks": 3, "days": 3.0,
+        "last_drift_pct_fs": 2.5, "slope_pct_fs_per_day": pytest.approx(57 / 84, rel=1e-6),
+        "note": None}
+    # zero: 0.2 then -0.1 two days later (the aborted check has no drift): two checks
+    # are not a trend
+    zero = trends[("analyzer.n2o", "zero")]
+    assert (zero["checks"], zero["slope_pct_fs_per_day"]) == (2, None)
+    assert zero["note"] == "not enough data (needs 3 checks over 2 days)"
     assert trends[("flow.velocity", "zero")]["slope_pct_fs_per_day"] is None  # one check
     assert len(trends) == 3
+    # every record carries the limits it was judged against
+    assert {(c["pass_limit_pct"], c["control_limit_pct"]) for c in out["calibrations"]} == \
+        {(2.5, 5.0)}
 
     only = json.loads(cli(config, "calibrations", "--format", "json",
                           "--channel", "flow.velocity").stdout)
@@ -124,16 +129,20 @@ def test_calibrations_as_a_table(config: Config, db: Database) -> None:
     result = cli(config, "calibrations")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert len(lines) == 7 + 3
-    first = lines[0]
-    assert first.startswith("#1 ") and "2026-05-01T08:00+08:00" in first
-    assert "analyzer.n2o" in first and "+0.50 % F.S." in first and "pass" in first
-    assert lines[6].split("drift")[1].split("% F.S.")[0].strip() == "-"  # aborted: no drift
-    assert "trend analyzer.n2o span: 3 checks, last +2.50 % F.S., slope +0.68 % F.S./day" \
-        in lines
-    assert "trend analyzer.n2o zero: 2 checks, last -0.10 % F.S., slope -0.15 % F.S./day" \
-        in lines
-    assert "trend flow.velocity zero: 1 checks, last +0.30 % F.S., slope - % F.S./day" in lines
+    assert len(lines) == 1 + 7 + 3
+    assert lines[0].split() == ["id", "started", "(plant", "time)", "channel", "kind", "mode",
+                                "drift", "%", "F.S.", "pass/control", "±%", "result",
+                                "technician"]
+    first = lines[1]
+    assert first.split() == ["#1", "2026-05-01T08:00+08:00", "analyzer.n2o", "span", "manual",
+                             "+0.50", "2.5/5", "pass", "wang"]
+    assert lines[7].split()[5:8] == ["-", "2.5/5", "aborted"]  # aborted: no drift
+    assert "trend analyzer.n2o span: 3 checks over 3 days, last +2.50 % F.S., " \
+        "slope +0.68 % F.S./day" in lines
+    assert "trend analyzer.n2o zero: 2 checks over 2 days, last -0.10 % F.S., " \
+        "not enough data (needs 3 checks over 2 days)" in lines
+    assert "trend flow.velocity zero: 1 checks over 0 days, last +0.30 % F.S., " \
+        "not enough data (needs 3 checks over 2 days)" in lines
 
 
 # --- substitutions ------------------------------------------------------------------------------
@@ -218,8 +227,8 @@ def test_audit_filtered_by_action(config: Config, db: Database) -> None:
                   None, {"id": 1})
     records.audit(db, at + 120, "wang", "calibration.record", "analyzer.n2o", None)
     records.audit(db, at + 3600, "zhao", "maintenance.stop", "analyzer", "done",
-                  {"id": 1, "ended_at": None}, {"id": 1, "ended_at": "09:01"})
-    result = cli(config, "audit", "--action", "maintenance")
+                  {"id": 1, "ended_at": None}, {"id": 1, "ended_at": at + 3660})
+    result = cli(config, "audit", "--action", "maintenance", "--json")
     assert result.exit_code == 0, result.output
     entries = [json.loads(line) for line in result.stdout.splitlines()]
     assert entries == [
@@ -228,10 +237,21 @@ def test_audit_filtered_by_action(config: Config, db: Database) -> None:
          "before": None, "after": {"id": 1}},
         {"id": 4, "at": "2026-05-01T09:00+08:00", "actor": "zhao",
          "action": "maintenance.stop", "target": "analyzer", "reason": "done",
-         "before": {"id": 1, "ended_at": None}, "after": {"id": 1, "ended_at": "09:01"}},
+         "before": {"id": 1, "ended_at": None},
+         "after": {"id": 1, "ended_at": "2026-05-01T09:01+08:00"}},  # epochs in plant time
     ]
-    everything = cli(config, "audit")
+    everything = cli(config, "audit", "--json")
     assert [json.loads(line)["id"] for line in everything.stdout.splitlines()] == [1, 2, 3, 4]
+    # by default: one readable line each, plant time, who, what, on what, why, what changed
+    lines = cli(config, "audit").stdout.splitlines()
+    assert [line.split()[:4] for line in lines] == [
+        ["#1", "2026-05-01T08:00+08:00", "cemsd", "config.load"],
+        ["#2", "2026-05-01T08:01+08:00", "zhao", "maintenance.start"],
+        ["#3", "2026-05-01T08:02+08:00", "wang", "calibration.record"],
+        ["#4", "2026-05-01T09:00+08:00", "zhao", "maintenance.stop"]]
+    assert lines[1].endswith("analyzer: filter change")
+    assert lines[3].endswith("analyzer: done  [ended_at: - -> 2026-05-01T09:01+08:00]")
+    assert lines[0].endswith("cemsd.toml  [sha256=ab]")
 
 
 def test_maintenance_list(config: Config, db: Database) -> None:
@@ -287,3 +307,13 @@ def test_acting_without_a_daemon_is_a_clear_error(config: Config, db: Database,
                   schema.control_periods):
         assert db._fetch(table.select()) == [], table.name
     assert not socket_path.exists()
+
+
+def test_a_maintenance_duration_that_cannot_be_read_is_refused(config: Config,
+                                                               db: Database) -> None:
+    result = cli(config, "maintenance", "start", "--device", "analyzer", "--reason", "filter",
+                 "--duration", "four hours")
+    assert result.exit_code == 2, result.output
+    assert "--duration" in result.output and "cannot read time offset 'four hours'" in \
+        result.output
+    assert db._fetch(schema.maintenance.select()) == []

@@ -7,15 +7,19 @@ and closed. Screenshots go to test-output/."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from hj212_platform import OPS_MN, OPS_PW, Platform, ops_uplink
 
 from cemsd import signing
 from cemsd.api.tokens import create_token
+from cemsd.control import request_async
 from cemsd.periods import HOUR, MINUTE
 from cemsd.store.database import Database
 from helpers import RunningDaemon, free_port, write_config, write_scenario
@@ -54,11 +58,16 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     from playwright.async_api import async_playwright
 
     caplog.set_level(logging.INFO, logger="cemsd.acquisition")
+    caplog.set_level(logging.INFO, logger="uvicorn.access")
     live_port, dead_port, api_port = free_port(), free_port(), free_port()
-    data = plant(tmp_path, live_port, dead_port, api={"port": api_port})
+    platform = Platform(OPS_MN, OPS_PW)
+    platform_port = await platform.start()
+    data = plant(tmp_path, live_port, dead_port, api={"port": api_port},
+                 hj212=[ops_uplink("city", platform_port), ops_uplink("province", free_port())])
     data["buses"][1]["timeout"] = 0.05  # the dead device costs less wall time
     scene_data = scenario(live_port, dead_port)
     with_bypass_valve(data, scene_data)
+    scene_data["devices"][0]["calibration"] = {"channel": "n2o", "zero_gas": 0.0}
     config = write_config(tmp_path, data)
     scene = write_scenario(tmp_path, scene_data)
     t0 = scene.epoch
@@ -82,10 +91,29 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
                     seen = await _look(browser, base, token, output_dir, daemon)
                     latest = {name: (r.value, r.flag.value)
                               for name, r in daemon.pipeline.latest.items()}
+                    # a zero check starts a minute before we look again (stabilising 120 s)
+                    await run.clock.sleep_until(t0 + AFTER_SECOND_BYPASS - 60)
+                    check = asyncio.ensure_future(request_async(
+                        config.storage.state_dir / "cemsd.sock", {
+                            "op": "calibrate", "channel": "analyzer.n2o", "kind": "zero",
+                            "reference": 0.0, "technician": "Li Wei"}))
                     await run.clock.sleep_until(t0 + AFTER_SECOND_BYPASS)
-                    seen["after_close"] = await _refresh_and_read_bypass(seen.pop("page"))
+                    page = seen.pop("page")
+                    seen["after_close"] = await _refresh_and_read_bypass(page)
+                    seen["check"] = await page.text_content("#checks li.check")
+                    seen["uplinks"] = await page.eval_on_selector_all(
+                        "#uplinks .uplink", """cards => Object.fromEntries(cards.map(c =>
+                            [c.dataset.platform, c.textContent]))""")
+                    seen["updated"] = await page.text_content("#updated")
+                    seen["lost"] = await page.eval_on_selector_all(
+                        "#channels tbody tr", """rows => rows.filter(r =>
+                            r.cells[3].querySelector('.pill.lost')).map(r => r.dataset.channel)""")
+                    await page.screenshot(path=str(output_dir / "status-calibrating.png"),
+                                          full_page=True)
                 finally:
                     await browser.close()
+        await check  # time runs again: the check ends
+    await platform.stop()
 
     # The shell is public and holds nothing; the data needs the token.
     assert page_html.status_code == 200
@@ -146,8 +174,33 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     assert seen["after_close"]["state"] == "closed"
     assert seen["after_close"]["open_texts"] == []
     assert len(seen["after_close"]["recent_texts"]) == 2
-    for shot in ("status.png", "status-phone.png", "status-large.png"):
+    for shot in ("status.png", "status-phone.png", "status-large.png",
+                 "status-calibrating.png"):
         assert (output_dir / shot).stat().st_size > 10_000
+
+    # A running check counts down with the analyzer's current reading (zero gas, C).
+    countdown = re.fullmatch(r"C analyzer\.n2o: stabilising, (\d+) s left"
+                             r"now analyzer\.n2o = (\S+) %vol \(C\)", seen["check"])
+    assert countdown, seen["check"]
+    assert 0 < int(countdown[1]) <= 60  # 60 s left when the page polled, ticking since
+    reading = float(countdown[2])
+    assert abs(reading) < 0.5 and rows["analyzer.n2o"]["value"] != countdown[2]  # zero gas,
+    assert _parse(rows["analyzer.n2o"]["value"]) > 5  # not the sample read before
+    # The uplinks: the platform that answers has everything; the other has a backlog of
+    # every minute since the start (the first minute it saw) and never acknowledged.
+    city, province = seen["uplinks"]["city"], seen["uplinks"]["province"]
+    assert "CONNECTED" in city and "backlog 0 period(s)" in city and "never" not in city
+    minutes = int(AFTER_SECOND_BYPASS // MINUTE)  # closed minutes since 00:00
+    assert "DISCONNECTED" in province and "cannot connect to 127.0.0.1:" in province
+    assert f"backlog {minutes + 2} period(s), oldest 06-01 00:00" in province  # + 2 hours
+    assert "last acknowledgement never" in province
+    assert seen["updated"] == "updated 02:18"  # plant time, whatever the browser's zone
+    # At 02:18 the dead analyzer has 0 valid minutes and 42 to come: its hour is lost. At
+    # 02:10 (0 + 50) it was not yet; the live one never is.
+    assert sorted(seen["lost"]) == ["outlet.n2o_mg_m3", "stack.n2o", "stack.status"]
+    assert "hour lost" not in rows["stack.n2o"]["valid"]
+    # no line per request from uvicorn (`[api] access_log` is off by default)
+    assert not [r for r in caplog.records if r.name == "uvicorn.access"]
 
 
 async def _look(browser: Any, base: str, token: str, output_dir: Path,

@@ -61,7 +61,7 @@ def build_server(config: Config, db: Database, settings: ApiConfig,
         tls = {"ssl_certfile": str(settings.tls_certfile),
                "ssl_keyfile": str(settings.tls_keyfile)}
     return ApiServer(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                    log_config=None, access_log=True, lifespan="off",
+                                    log_config=None, access_log=settings.access_log, lifespan="off",
                                     server_header=False, **tls))
 
 

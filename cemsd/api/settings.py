@@ -24,6 +24,9 @@ class ApiConfig(BaseModel):
     tls_keyfile: Path | None = None
     default_page_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     max_page_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    # uvicorn's line per request: off by default (a status screen polling every few seconds
+    # wrote ~17k journal lines a day); errors are logged either way
+    access_log: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -67,6 +67,20 @@ def last_start(db: Database, table: Table, channels: Sequence[str]) -> float | N
     return rows[0].ts.timestamp() if rows else None
 
 
+def pending_starts(db: Database, table: Table, after: float,
+                   channels: Sequence[str]) -> tuple[int, float | None]:
+    """How many periods of these series start at or after `after`, and the first start."""
+    c = table.c
+    query = select(func.count(func.distinct(c.ts)), func.min(c.ts)).where(
+        c.ts >= after, c.channel.in_(list(channels)))
+    count, first = _fetch(db, query)[0]
+    if first is not None and not isinstance(first, datetime):  # SQLite: min() gives text
+        first = datetime.fromisoformat(first)
+    if first is not None and first.tzinfo is None:
+        first = first.replace(tzinfo=UTC)
+    return int(count or 0), None if first is None else first.timestamp()
+
+
 def period_rows(db: Database, table: Table, t0: float, t1: float,
                 channels: Sequence[str]) -> list[PeriodValue]:
     """Periods starting in [t0, t1), the highest revision of each (a correction wins)."""
@@ -132,6 +146,21 @@ class PeriodSource:
             uploads.append(self.builder.day(start, end, rows))
             t0 = end
         return uploads
+
+    async def pending(self, cn: int, t0: float) -> tuple[int, float | None]:
+        """Stored periods of `cn` from t0 on that are complete (the backlog), and the
+        start of the first."""
+        if cn != p.Cn.DAY_DATA:
+            table, _ = PERIOD_TABLES[cn]
+            return await self.store.call(pending_starts, self.db, table, t0, self.channels)
+        last = await self.store.call(last_start, self.db, schema.hours, self.channels)
+        first = await self.store.call(next_start, self.db, schema.hours, t0, self.channels)
+        if last is None or first is None:
+            return 0, None
+        count, start = 0, day_bounds(first, self.tz)[0]
+        while (end := day_bounds(start, self.tz)[1]) - HOUR <= last:
+            count, start = count + 1, end
+        return count, None if count == 0 else day_bounds(first, self.tz)[0]
 
     async def between(self, cn: int, t0: float, t1: float, batch: int = 60) -> list[Upload]:
         """Every period of `cn` starting in [t0, t1] (a platform's history request)."""

@@ -53,7 +53,7 @@ from cemsd.hj212.packet import (
     split_packets,
 )
 from cemsd.hj212.store import PeriodSource, load_cursors, save_cursor
-from cemsd.periods import hour_floor, minute_floor
+from cemsd.periods import hour_floor, local_label, minute_floor
 from cemsd.readings import Reading
 from cemsd.units import Role
 
@@ -82,6 +82,31 @@ class LinkStats:
     retransmissions: int = 0  # messages sent again after an acknowledgement timeout
     requests: int = 0  # requests received from the platform
     invalid_received: int = 0  # packets from the platform dropped for CRC or framing
+
+
+@dataclass(frozen=True)
+class UplinkState:
+    platform: str
+    endpoint: str
+    connected: bool
+    backlog: int  # stored periods (minutes, hours, days uploaded) not yet acknowledged
+    oldest_unacknowledged: float | None  # start of the oldest of them
+    last_acknowledged: float | None  # daemon time of the last acknowledgement
+    last_error: str | None
+
+    def labels(self, tz: Any) -> dict[str, Any]:
+        """For people: times as plant-time labels."""
+        def label(t: float | None) -> str | None:
+            return None if t is None else local_label(t, tz)
+        return {"platform": self.platform, "endpoint": self.endpoint,
+                "connected": self.connected, "backlog": self.backlog,
+                "oldest_unacknowledged": label(self.oldest_unacknowledged),
+                "last_acknowledged": label(self.last_acknowledged),
+                "last_error": self.last_error}
+
+
+def uplinks(daemon: Daemon) -> list[PlatformUplink]:
+    return [c for c in daemon.components if isinstance(c, PlatformUplink)]
 
 
 class Connection:
@@ -203,6 +228,8 @@ class PlatformUplink:
         self._stopping = False
         self._down_since: float | None = None
         self._progress = False  # something was delivered on the current connection
+        self.last_ack_at: float | None = None  # daemon time of the last acknowledged period
+        self.last_error: str | None = None  # why the link is down (while it is)
         self._tasks: list[asyncio.Task[None]] = []
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -272,6 +299,24 @@ class PlatformUplink:
         self._idle.clear()
         self._wake.set()
 
+    # --- what operators see (metrics, status page, `cemsd status`) -----------------------
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None and not self.connection.closed.is_set()
+
+    async def state(self) -> UplinkState:
+        """Connection, backlog (stored periods not yet acknowledged) and its oldest start;
+        reads the database through the store."""
+        backlog, oldest = 0, None
+        for cn in self._period_cns if hasattr(self, "source") else ():  # not started yet
+            count, first = await self.source.pending(cn, self.cursors[cn])
+            backlog += count
+            if first is not None and (oldest is None or first < oldest):
+                oldest = first
+        return UplinkState(self.platform.name, f"{self.platform.host}:{self.platform.port}",
+                           self.connected, backlog, oldest, self.last_ack_at, self.last_error)
+
     # --- the connection ------------------------------------------------------------------
 
     async def _supervise(self) -> None:
@@ -313,6 +358,7 @@ class PlatformUplink:
             await connection.close()
 
     def _fault(self, reason: str) -> None:
+        self.last_error = reason
         if self._down_since is None:
             self._down_since = asyncio.get_running_loop().time()
             log.warning("HJ 212 link down", extra={"platform": self.platform.name,
@@ -323,6 +369,7 @@ class PlatformUplink:
 
     def _link_up(self) -> None:
         self._progress = True
+        self.last_error = None
         if self._down_since is not None:
             log.info("HJ 212 link up", extra={
                 "platform": self.platform.name,
@@ -346,6 +393,7 @@ class PlatformUplink:
         backlog = self._backlog[upload.cn]
         backlog.popleft()
         self.cursors[upload.cn] = upload.end
+        self.last_ack_at = self.clock.now()
         await self.store.call(save_cursor, self.store.db, self.platform.name, upload.cn,
                               upload.end)
         if not backlog:

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 Kind = Literal["zero", "span"]
 SAMPLE_PATH_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET, Role.O2})  # one gas path
 Progress = Callable[[str], Awaitable[None]]
+PROGRESS_EVERY_S = 10.0  # how often a running check tells where it is (daemon time)
 
 
 class CalibrationError(CemsdError):
@@ -64,6 +65,17 @@ class CalibrationRequest:
     note: str | None = None
     manual_reading: float | None = None  # manual mode: the value read off the display
     scheduled: bool = False  # an automatic check started by the schedule
+
+
+@dataclass
+class CheckProgress:
+    """Where a running check is, for the status page (the CLI gets the same as text)."""
+
+    channel: str
+    phase: str  # stabilising | averaging | purging
+    ends_at: float | None  # end of a timed phase (averaging ends with its readings)
+    readings: int = 0  # averaging: arrived so far
+    needed: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +112,7 @@ class Calibrator:
         self.config = daemon.config
         self.channels = {c.name: c for c in daemon.plan.channels}
         self.busy: dict[str, str] = {}  # device -> channel being checked
+        self.progress: dict[str, CheckProgress] = {}  # device -> where its check is
 
     # --- checking a request -----------------------------------------------------------------
 
@@ -163,11 +176,12 @@ class Calibrator:
                 row = await self._record(request, channel, settings, mode, started, ended,
                                          measured, n, error, say)
             if ended > clock.now():
-                await say(f"back on sample; purging {settings.purge_s:g} s")
-                await clock.sleep_until(ended)
+                await say("back on sample")
+                await self._countdown(channel, "purging", ended, say)
             return row
         finally:
             self.busy.pop(channel.device, None)
+            self.progress.pop(channel.device, None)
 
     async def _measure(self, channel: ChannelPlan, settings: CalibrationSettings, kind: Kind,
                        say: Progress) -> tuple[float, float | None, int, str | None]:
@@ -185,9 +199,10 @@ class Calibrator:
         measured, n, error = None, 0, None
         try:
             await owner.write_coil(channel.device, coil, True)
-            await say(f"{kind} gas on; stabilising {settings.stabilisation_s:g} s")
-            await clock.sleep_until(clock.now() + settings.stabilisation_s)
-            values = await self._collect(channel, settings)
+            await say(f"{kind} gas on")
+            await self._countdown(channel, "stabilising",
+                                  clock.now() + settings.stabilisation_s, say)
+            values = await self._collect(channel, settings, say)
             n = len(values)
             if n < settings.readings:
                 error = f"only {n} of {settings.readings} readings arrived"
@@ -215,7 +230,36 @@ class Calibrator:
                          if c.device == channel.device and c.spec.kind == "analog"
                          and c.role in path) | {channel.name}
 
-    async def _collect(self, channel: ChannelPlan, settings: CalibrationSettings) -> list[float]:
+    # --- progress: what the technician sees while a check runs ----------------------------------
+
+    def checks(self) -> list[dict[str, Any]]:
+        """Running checks for the status page and `cemsd status`."""
+        now = self.daemon.clock.now()
+        return [{"channel": p.channel, "phase": p.phase, "readings": p.readings,
+                 "needed": p.needed, "current": self.current(self.channels[p.channel]),
+                 "seconds_left": None if p.ends_at is None else max(0.0, p.ends_at - now)}
+                for p in self.progress.values()]
+
+    async def _countdown(self, channel: ChannelPlan, phase: str, until: float,
+                         say: Progress) -> None:
+        """Wait until `until`, telling the phase, the seconds left and the current reading
+        every PROGRESS_EVERY_S."""
+        clock = self.daemon.clock
+        self.progress[channel.device] = CheckProgress(channel.name, phase, until)
+        while (left := until - clock.now()) > 0:
+            await say(f"{phase}: {left:.0f} s left, {self.current(channel)}")
+            await clock.sleep_until(min(until, clock.now() + PROGRESS_EVERY_S))
+
+    def current(self, channel: ChannelPlan) -> str:
+        """The channel's latest reading, as the technician would read it off the display."""
+        assert self.daemon.pipeline is not None
+        reading = self.daemon.pipeline.latest.get(channel.name)
+        if reading is None or reading.value is None:
+            return f"{channel.name} no reading yet"
+        return f"{channel.name} = {reading.value:.6g} {channel.unit} ({reading.flag.value})"
+
+    async def _collect(self, channel: ChannelPlan, settings: CalibrationSettings,
+                       say: Progress) -> list[float]:
         """The next `readings` values of the channel, or what arrived before a deadline."""
         assert self.daemon.pipeline is not None
         device = next(d for d in self.daemon.plan.devices if d.name == channel.device)
@@ -233,13 +277,22 @@ class Calibrator:
         listeners.append(listen)
         clock = self.daemon.clock
         deadline = clock.now() + device.poll_interval * settings.readings * 3 + 60
-        timer = asyncio.ensure_future(clock.sleep_until(deadline))
-        waiter = asyncio.ensure_future(enough.wait())
+        progress = CheckProgress(channel.name, "averaging", None, 0, settings.readings)
+        self.progress[channel.device] = progress
         try:
-            await asyncio.wait({timer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            while not enough.is_set() and clock.now() < deadline:
+                await say(f"averaging: {len(values)} of {settings.readings} readings, "
+                          f"{self.current(channel)}")
+                step = min(deadline, clock.now() + PROGRESS_EVERY_S)
+                timer = asyncio.ensure_future(clock.sleep_until(step))
+                waiter = asyncio.ensure_future(enough.wait())
+                try:
+                    await asyncio.wait({timer, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    for task in (timer, waiter):
+                        task.cancel()
+                progress.readings = min(len(values), settings.readings)
         finally:
-            for task in (timer, waiter):
-                task.cancel()
             listeners.remove(listen)
         return values[: settings.readings]
 
@@ -282,8 +335,13 @@ class Calibrator:
         await self._control(channel, settings, row)
         await say(_summary(row, channel))
         await self.daemon.publish_event("calibration", row)
-        log.info("calibration recorded", extra={"channel": channel.name, "kind": request.kind,
-                                                "result": result, "drift_pct_fs": drift})
+        # out of control or aborted: data are invalid or the check is missing, which
+        # `journalctl -p warning` must show
+        level = logging.INFO if result in ("pass", "adjust") else logging.WARNING
+        log.log(level, f"calibration {result}", extra={
+            "channel": channel.name, "kind": request.kind, "result": result,
+            "drift_pct_fs": drift, "pass_limit_pct": row["pass_limit_pct"],
+            "control_limit_pct": row["control_limit_pct"], "technician": row["technician"]})
         return row
 
     async def _adjust(self, channel: ChannelPlan, say: Progress) -> None:
@@ -346,7 +404,8 @@ def _summary(row: dict[str, Any], channel: ChannelPlan) -> str:
         return f"{row['kind']} check of {channel.name} aborted: {row['note']}"
     return (f"{row['kind']} check #{row['id']} of {channel.name}: reference "
             f"{row['reference']:g}, measured {row['measured']:g} {channel.unit}, drift "
-            f"{row['drift_pct_fs']:+.2f} % F.S. -> {row['result']}")
+            f"{row['drift_pct_fs']:+.2f} % F.S. (pass within ±{row['pass_limit_pct']:g}, "
+            f"out of control beyond ±{row['control_limit_pct']:g}) -> {row['result']}")
 
 
 async def _quiet(message: str) -> None:

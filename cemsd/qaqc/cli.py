@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import numpy as np
 
 from cemsd.config import Config
 from cemsd.control import ControlError, request
@@ -20,6 +19,15 @@ from cemsd.errors import CemsdError
 from cemsd.periods import local_label
 from cemsd.qaqc.records import audit_entries, calibrations, default_actor, maintenance_windows
 from cemsd.qaqc.substitution import quarter_start, share_report
+from cemsd.qaqc.trend import drift_trends
+from cemsd.qaqc.views import (
+    CALIBRATION_HEADER,
+    audit_line,
+    calibration_line,
+    fmt_drift,
+    plant_times,
+    status_lines,
+)
 from cemsd.store.database import open_existing
 
 _QUARTER = re.compile(r"^(\d{4})Q([1-4])$")
@@ -69,7 +77,9 @@ def register(main: click.Group, load_config: Any) -> None:
                                "reference": reference, "technician": technician,
                                "note": note, "manual_reading": reading})
         click.echo(f"calibration #{result['id']}: {result['result']} "
-                   f"(drift {_fmt(result['drift_pct_fs'])} % F.S.)")
+                   f"(drift {fmt_drift(result['drift_pct_fs'])} % F.S.; pass within "
+                   f"±{result['pass_limit_pct']:g}, out of control beyond "
+                   f"±{result['control_limit_pct']:g} % F.S.)")
         if result["result"] in ("out_of_control", "aborted"):
             sys.exit(3)
 
@@ -78,27 +88,30 @@ def register(main: click.Group, load_config: Any) -> None:
     @click.option("--channel", default=None)
     @click.option("--format", "fmt", default="table", type=click.Choice(["table", "json"]))
     def list_calibrations(config_file: str, channel: str | None, fmt: str) -> None:
-        """Calibration records and each channel's drift trend."""
+        """Calibration records, the limits each was judged against, each channel's drift
+        trend."""
         config = load_config(config_file)
         rows = _read(config, calibrations, channel)
         tz = config.plant.tz
         records = [{
             "id": r.id, "channel": r.channel, "kind": r.kind, "mode": r.mode,
             "started": local_label(r.started_at.timestamp(), tz), "reference": r.reference,
-            "measured": r.measured, "drift_pct_fs": r.drift_pct_fs, "result": r.result,
-            "technician": r.technician, "note": r.note} for r in rows]
+            "measured": r.measured, "drift_pct_fs": r.drift_pct_fs,
+            "pass_limit_pct": r.pass_limit_pct, "control_limit_pct": r.control_limit_pct,
+            "result": r.result, "technician": r.technician, "note": r.note} for r in rows]
         trends = drift_trends(rows)
         if fmt == "json":
             click.echo(json.dumps({"calibrations": records, "trends": trends}, indent=1))
             return
+        click.echo(CALIBRATION_HEADER)
         for r in records:
-            click.echo(f"#{r['id']:<4} {r['started']}  {r['channel']:<24} {r['kind']:<4} "
-                       f"{r['mode']:<9} drift {_fmt(r['drift_pct_fs']):>7} % F.S.  "
-                       f"{r['result']:<14} {r['technician']}")
+            click.echo(calibration_line(r))
         for t in trends:
-            click.echo(f"trend {t['channel']} {t['kind']}: {t['checks']} checks, last "
-                       f"{_fmt(t['last_drift_pct_fs'])} % F.S., slope "
-                       f"{_fmt(t['slope_pct_fs_per_day'])} % F.S./day")
+            slope = (f"slope {fmt_drift(t['slope_pct_fs_per_day'])} % F.S./day"
+                     if t["note"] is None else t["note"])
+            click.echo(f"trend {t['channel']} {t['kind']}: {t['checks']} checks over "
+                       f"{t['days']:g} days, last {fmt_drift(t['last_drift_pct_fs'])} % F.S., "
+                       f"{slope}")
 
     @main.group("maintenance")
     def maintenance_group() -> None:
@@ -114,13 +127,25 @@ def register(main: click.Group, load_config: Any) -> None:
     @maintenance_group.command("start")
     @_target_options
     @click.option("--reason", required=True)
+    @click.option("--duration", default=None, metavar="DURATION",
+                  help="planned length, e.g. 4h or 90m; the window closes by itself then "
+                       "[default: [qaqc] maintenance_hours]")
     def maintenance_start(config_file: str, device: str | None, channel: str | None,
-                          technician: str, reason: str) -> None:
-        """Open a maintenance window now."""
-        result = send(load_config(config_file), {"op": "maintenance.start", "device": device,
-                                                 "channel": channel, "reason": reason,
-                                                 "technician": technician})
-        click.echo(f"maintenance #{result['id']} started")
+                          technician: str, reason: str, duration: str | None) -> None:
+        """Open a maintenance window now, for a planned duration."""
+        from simulators.scenario import parse_offset
+
+        try:
+            seconds = None if duration is None else parse_offset(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--duration") from None
+        config = load_config(config_file)
+        result = send(config, {"op": "maintenance.start", "device": device,
+                               "channel": channel, "reason": reason,
+                               "technician": technician, "duration_s": seconds})
+        end = local_label(result["planned_end_at"], config.plant.tz)
+        click.echo(f"maintenance #{result['id']} started; closes by itself at {end} "
+                   "(plant time) unless stopped before")
 
     @maintenance_group.command("stop")
     @_target_options
@@ -141,6 +166,8 @@ def register(main: click.Group, load_config: Any) -> None:
         tz = config.plant.tz
         for r in _read(config, maintenance_windows):
             end = local_label(r.ended_at.timestamp(), tz) if r.ended_at else "open"
+            if r.ended_at is None and r.planned_end_at is not None:
+                end += f" (until {local_label(r.planned_end_at.timestamp(), tz)})"
             click.echo(f"#{r.id:<4} {r.device or r.channel:<24} "
                        f"{local_label(r.started_at.timestamp(), tz)} .. {end}  "
                        f"{r.technician}: {r.reason}")
@@ -179,21 +206,30 @@ def register(main: click.Group, load_config: Any) -> None:
     @main.command("audit")
     @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
     @click.option("--action", default=None, help="only actions starting with this")
-    def audit(config_file: str, action: str | None) -> None:
-        """The append-only log of manual actions and configuration changes."""
+    @click.option("--json", "as_json", is_flag=True, help="one JSON object a line (JSONL)")
+    def audit(config_file: str, action: str | None, as_json: bool) -> None:
+        """The append-only log of manual actions and configuration changes (plant time)."""
         config = load_config(config_file)
+        tz = config.plant.tz
         for r in _read(config, audit_entries, action):
-            click.echo(json.dumps({
-                "id": r.id, "at": local_label(r.at.timestamp(), config.plant.tz),
+            entry = {
+                "id": r.id, "at": local_label(r.at.timestamp(), tz),
                 "actor": r.actor, "action": r.action, "target": r.target, "reason": r.reason,
-                "before": json.loads(r.before) if r.before else None,
-                "after": json.loads(r.after) if r.after else None}, ensure_ascii=False))
+                "before": plant_times(json.loads(r.before), tz) if r.before else None,
+                "after": plant_times(json.loads(r.after), tz) if r.after else None}
+            click.echo(json.dumps(entry, ensure_ascii=False) if as_json
+                       else audit_line(entry))
 
     @main.command("status")
     @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
-    def status(config_file: str) -> None:
-        """What the running daemon reports: devices, open windows, calibration due times."""
-        click.echo(json.dumps(send(load_config(config_file), {"op": "status"}), indent=1))
+    @click.option("--json", "as_json", is_flag=True, help="the daemon's answer as JSON")
+    def status(config_file: str, as_json: bool) -> None:
+        """What the running daemon reports: devices, open windows, calibrations, uplinks."""
+        result = send(load_config(config_file), {"op": "status"})
+        if as_json:
+            click.echo(json.dumps(result, indent=1, ensure_ascii=False))
+        else:
+            click.echo("\n".join(status_lines(result)))
 
 
 def _read(config: Config, fn: Any, *args: Any) -> Any:
@@ -207,24 +243,3 @@ def _read(config: Config, fn: Any, *args: Any) -> Any:
         raise click.ClickException(str(exc)) from None
     finally:
         db.close()
-
-
-def drift_trends(rows: list[Any]) -> list[dict[str, Any]]:
-    """Per channel and kind: number of checks, last drift, least-squares slope per day."""
-    groups: dict[tuple[str, str], list[Any]] = {}
-    for r in rows:
-        if r.drift_pct_fs is not None:
-            groups.setdefault((r.channel, r.kind), []).append(r)
-    out = []
-    for (channel, kind), items in sorted(groups.items()):
-        days = np.array([r.started_at.timestamp() / 86400 for r in items])
-        drifts = np.array([r.drift_pct_fs for r in items])
-        slope = float(np.polyfit(days, drifts, 1)[0]) if len(items) >= 2 and np.ptp(days) > 0 \
-            else None
-        out.append({"channel": channel, "kind": kind, "checks": len(items),
-                    "last_drift_pct_fs": float(drifts[-1]), "slope_pct_fs_per_day": slope})
-    return out
-
-
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:+.2f}"

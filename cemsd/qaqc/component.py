@@ -17,6 +17,7 @@ import contextlib
 import functools
 import logging
 from datetime import datetime
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.triggers.cron import CronTrigger
@@ -24,6 +25,7 @@ from apscheduler.triggers.cron import CronTrigger
 from cemsd.config import Config
 from cemsd.control import ControlServer, Reply
 from cemsd.errors import CemsdError
+from cemsd.metrics import uplink_states
 from cemsd.periods import local_label
 from cemsd.qaqc import maintenance, records
 from cemsd.qaqc.calibration import CalibrationRequest, Calibrator
@@ -51,8 +53,12 @@ class Qaqc:
         self.daemon = daemon
         self.calibrator = Calibrator(daemon)
         self.substituter = Substituter(daemon)
+        self.expiry = maintenance.Expiry(daemon)
         store = daemon.store
         assert store is not None
+        for row in await store.call(records.open_maintenance, store.db, daemon.clock.now()):
+            if row.ended_at is None:
+                self.expiry.follow(row)
         self._overdue_open = {p.channel for p in await store.call(
             records.open_control_periods, store.db) if p.kind == "calibration_overdue"}
         self.server = ControlServer(self.socket_path, {
@@ -84,6 +90,7 @@ class Qaqc:
 
     async def stop(self) -> None:
         await self.drain()
+        await self.expiry.stop()
         await self.server.stop()
 
     # --- control socket ops ----------------------------------------------------------------
@@ -98,28 +105,40 @@ class Qaqc:
         return await self.calibrator.run(calibration, reply)
 
     async def _maintenance_start(self, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        return await maintenance.start(self.daemon, request.get("device"), request.get("channel"),
-                                       str(request.get("reason", "")),
-                                       str(request.get("technician", "")))
+        duration = request.get("duration_s")
+        row = await maintenance.start(self.daemon, request.get("device"), request.get("channel"),
+                                      str(request.get("reason", "")),
+                                      str(request.get("technician", "")),
+                                      None if duration is None else float(duration))
+        self.expiry.follow(SimpleNamespace(**row))
+        return row
 
     async def _maintenance_stop(self, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
-        return await maintenance.stop(self.daemon, request.get("device"), request.get("channel"),
-                                      str(request.get("technician", "")), request.get("note"))
+        result = await maintenance.stop(self.daemon, request.get("device"),
+                                        request.get("channel"),
+                                        str(request.get("technician", "")), request.get("note"))
+        self.expiry.forget(result["id"])
+        return result
 
     async def _status(self, request: dict[str, Any], reply: Reply) -> dict[str, Any]:
         state, tz = self.daemon.plant_state, self.config.plant.tz
         assert state is not None
+        planned = self.expiry.planned_ends()
         return {
             "now": local_label(self.daemon.clock.now(), tz),
             "devices": {name: {"up": h.up, "last_error": h.last_error}
                         for o in self.daemon.owners for name, h in o.health.items()},
             "windows": [{"key": w.key, "flag": w.flag.value, "reason": w.reason,
-                         "since": local_label(w.start, tz)}
+                         "since": local_label(w.start, tz),
+                         "until": None if w.key not in planned
+                         else local_label(planned[w.key], tz)}
                         for w in state.windows.values() if w.end is None],
             "calibration_due": {c: local_label(d, tz)
                                 for c, (d, _) in state.calibration_due.items()},
             "calibrating": dict(self.calibrator.busy),
             "tasks": self.daemon.supervisor.report(),
+            "checks": self.calibrator.checks(),
+            "uplinks": [u.labels(tz) for u in await uplink_states(self.daemon)],
         }
 
     # --- schedule --------------------------------------------------------------------------

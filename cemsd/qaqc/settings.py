@@ -92,3 +92,7 @@ class QaqcSettings(_Strict):
     # the capture rate picking the HJ 75 tier: the trailing 2160 operating hours ending
     # with the gap, or the calendar quarter to date (decision 0171)
     capture_rate_window: Literal["trailing", "quarter"] = "trailing"
+    # A maintenance window closes by itself after its planned duration (a forgotten `stop`
+    # must not flag data M for days); a warning is logged this long before it closes.
+    maintenance_hours: Annotated[float, Field(gt=0, le=24 * 31)] = 4.0
+    maintenance_warn_minutes: Annotated[float, Field(ge=0)] = 15.0

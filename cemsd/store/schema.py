@@ -174,6 +174,7 @@ maintenance = Table(
     Column("reason", Text, nullable=False),
     Column("technician", String(100), nullable=False),
     Column("created_at", UTCDateTime, nullable=False),
+    Column("planned_end_at", UTCDateTime),  # closes by itself then (NULL: only by hand)
 )
 
 control_periods = Table(

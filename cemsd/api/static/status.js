@@ -48,6 +48,10 @@ function shortTime(label) {  // "2026-06-01T05:00+08:00" -> "06-01 05:00"
   return label ? label.slice(5, 16).replace("T", " ") : "–";
 }
 
+function plantTime(label) {  // "2026-06-01T05:00:07+08:00" -> "05:00:07" (the daemon's zone)
+  return label ? label.slice(11).replace(/[+-]\d\d:\d\d$|Z$/, "") : "–";
+}
+
 function replaceChildren(node, children) {
   node.replaceChildren(...children);
 }
@@ -91,10 +95,9 @@ async function poll() {
     }
     if (!reply.ok) throw new Error(`${reply.status} ${(await reply.json()).detail || ""}`);
     render(await reply.json());
-    lastOk = new Date();
     $("stale").hidden = true;
   } catch (err) {
-    const since = lastOk ? ` Last update ${lastOk.toLocaleTimeString()}.` : "";
+    const since = lastOk ? ` Last update ${plantTime(lastOk)} plant time.` : "";
     $("stale").textContent = `No answer from cemsd: ${err.message}.${since}`;
     $("stale").hidden = false;
   }
@@ -108,14 +111,56 @@ function render(s) {
   $("plant").textContent = s.plant.name || s.plant.id;
   $("now").textContent = `${s.now_label} (${s.plant.timezone})`;
   $("summary").textContent = s.summary;
-  $("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
+  $("updated").textContent = `updated ${plantTime(s.now_label)}`;  // plant time, not the browser's
+  lastOk = s.now_label;
   document.title = `cemsd ${s.plant.id}: ${s.summary}`;
   renderDevices(s.devices);
   renderChannels(s);
   renderCharts(s.history);
   renderCalibration(s.calibration, s.windows);
+  renderChecks(s.checks);
+  renderUplinks(s.uplinks || []);
   renderBypass(s.bypass);
   renderOutputs(s);
+}
+
+// A running check: its phase and a countdown that ticks between polls.
+let checkTicker = null;
+function renderChecks(checks) {
+  clearInterval(checkTicker);
+  const received = performance.now();
+  const draw = () => listOrEmpty($("checks"), checks.map((c) => {
+    let where;
+    if (c.seconds_left === null) where = `averaging, ${c.readings} of ${c.needed} readings`;
+    else {
+      const left = Math.max(0, c.seconds_left - (performance.now() - received) / 1000);
+      where = `${c.phase}, ${Math.ceil(left)} s left`;
+    }
+    return el("li", { "data-channel": c.channel, class: "check" },
+      pill("C", "C", "calibration in progress"), ` ${c.channel}: `,
+      el("span", { class: "phase" }, where), el("div", { class: "muted" }, `now ${c.current}`));
+  }), "no check running");
+  draw();
+  if (checks.length) checkTicker = setInterval(draw, 1000);
+}
+
+function renderUplinks(uplinks) {
+  const cards = uplinks.map((u) => {
+    const state = u.connected ? "up" : "down";
+    const lines = [
+      el("div", { class: "detail" }, u.endpoint),
+      el("div", { class: "backlog" }, `backlog ${u.backlog} period(s)`
+        + (u.oldest_unacknowledged ? `, oldest ${shortTime(u.oldest_unacknowledged)}` : "")),
+      el("div", { class: "detail" }, `last acknowledgement ${u.last_acknowledged
+        ? shortTime(u.last_acknowledged) : "never"}`),
+    ];
+    if (!u.connected && u.last_error) lines.push(el("div", { class: "detail" }, u.last_error));
+    return el("div", { class: `card uplink ${state}`, "data-platform": u.platform },
+      el("div", {}, el("span", { class: "name" }, u.platform), " ",
+        pill(u.connected ? "CONNECTED" : "DISCONNECTED", state)), ...lines);
+  });
+  replaceChildren($("uplinks"), cards.length ? cards
+    : [el("p", { class: "muted" }, "no HJ 212 platform configured")]);
 }
 
 function renderDevices(devices) {
@@ -136,7 +181,8 @@ function renderDevices(devices) {
 
 function renderChannels(s) {
   const closed = s.hour.minutes_closed;
-  $("hour").textContent = `hour from ${shortTime(s.hour.label)}, ${closed} minute(s) closed`;
+  $("hour").textContent = `hour from ${shortTime(s.hour.label)} (plant time), ${closed} minute(s)`
+    + ` closed; ${s.hour.valid_needed} valid make the hour`;
   const rows = s.channels.map((c) => {
     const flag = c.flag ? pill(c.flag, c.flag, c.meaning) : "–";
     const meaning = c.flag && c.flag !== "N" ? ` ${c.meaning}` : "";
@@ -145,7 +191,9 @@ function renderChannels(s) {
       el("td", { class: "num" }, el("span", { class: "value" }, fmtValue(c.value)),
         el("span", { class: "unit" }, ` ${c.unit}`)),
       el("td", {}, flag, el("span", { class: "meaning" }, meaning)),
-      el("td", { class: "num" }, `${c.valid_minutes} / ${closed}`),
+      el("td", { class: "num" }, `${c.valid_minutes} / ${closed}`, c.hour_lost
+        ? pill("hour lost", "lost", `fewer than ${s.hour.valid_needed} valid minutes are still possible`)
+        : null),
       el("td", { class: "num age" }, fmtAge(c.age_s)),
       el("td", { class: "reason" }, c.reason || ""));
   });
