@@ -217,4 +217,5 @@ def ops_uplink(name: str, port: int) -> dict[str, Any]:
     the live analyzer and the inlet's N2O mass, short timeouts."""
     return {"name": name, "host": "127.0.0.1", "port": port, "mn": OPS_MN, "pw": OPS_PW,
             "timeout_s": 0.3, "retries": 1, "reconnect_min_s": 0.05, "reconnect_max_s": 0.4,
-            "uploads": [2051, 2061], "codes": {"analyzer.n2o": "n2o", "inlet.n2o_kg_h": "n2okg"}}
+            "uploads": [2051, 2061],
+            "codes": {"analyzer.n2o": "a99001", "inlet.n2o_kg_h": "a99002"}}

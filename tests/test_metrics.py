@@ -93,6 +93,14 @@ def _count_minutes(db: Database) -> int:
         return int(conn.execute(select(func.count()).select_from(schema.minutes)).scalar_one())
 
 
+def _count_head_messages(db: Database) -> int:
+    """The retained chain head, published when the head moves (the start's audit record)."""
+    o = schema.mqtt_outbox.c
+    with db.engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(o.topic.like("%/chain/head")))
+                   .scalar_one())
+
+
 async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
     config, scenario = _plant(tmp_path)
     t0 = scenario.epoch
@@ -124,10 +132,13 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
                           channel="analyzer.n2o") == 10
             assert _value(samples, "cemsd_current_hour_valid_minute_periods",
                           channel="spare.n2o") == 0
-            # Every closed minute is one MQTT message, none sent: there is no broker.
+            # Every closed minute is one MQTT message, and each chain head one; none sent:
+            # there is no broker.
             minutes = await store.call(_count_minutes, store.db)
+            heads = await store.call(_count_head_messages, store.db)
             unsent = await store.call(Outbox(store.db).unsent_count)
-            assert _value(samples, "cemsd_outbox_messages") == unsent == minutes > 0
+            assert _value(samples, "cemsd_outbox_messages") == unsent == minutes + heads
+            assert minutes > 0
             assert _value(samples, "cemsd_mqtt_connected") == 0
             assert _value(samples, "cemsd_database_write_failing") == 0
             assert _value(samples, "cemsd_readings_dropped_total") == 0
