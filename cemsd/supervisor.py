@@ -161,10 +161,9 @@ class Supervisor:
         if stand_in is not None:
             try:
                 return await stand_in(cause, until)
-            except Exception as exc:  # the real task is restarted all the same
+            except Exception as exc:  # then the plain wait: the back-off holds all the same
                 log.error("stand-in failed", exc_info=exc,
                           extra={"task": health.name, "error": describe(exc)})
-                return not self._stopping
         # A participant while it waits (not while it runs): on a simulated clock the restart
         # comes at its time, not whenever the buses let time pass.
         task = asyncio.current_task()
