@@ -123,7 +123,10 @@ class Supervisor:
             cause = describe(failure)
             delay = self._failed(health, failure)
             if on_failure is not None:
-                on_failure(cause)
+                try:
+                    on_failure(cause)
+                except Exception:  # showing the failure must not end the supervision
+                    log.exception("failure handler failed", extra={"task": health.name})
             if not await self._pause(health, cause, delay, stand_in):
                 health.state = STOPPED
                 return
