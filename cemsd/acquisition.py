@@ -198,7 +198,7 @@ class BusOwner:
         finally:
             if steps is not None:
                 steps.remove(self._clock_stepped)
-            if self._sleep.stopping:
+            if self._sleep.stopping or not self.plan.devices:  # nothing more will come
                 self._set_watermark(math.inf)
             self._refuse_queued(f"bus {self.name} stopped")
             await self.transport.close()

@@ -11,7 +11,8 @@ pattern).
 
 Components plug in without touching this file's flow: they get the daemon in start()
 and subscribe to what they need (period_listeners, pipeline.live_listeners,
-request_observers, event_listeners), and start their own tasks.
+request_observers, event_listeners), and start their own tasks through
+`daemon.supervisor.spawn` (never bare create_task: a task that fails is logged and restarted).
 """
 
 from __future__ import annotations
@@ -56,7 +57,8 @@ class Component(Protocol):
     name: str
 
     async def start(self, daemon: Daemon) -> None:
-        """Subscribe to the daemon's hooks and start any tasks; must not block."""
+        """Subscribe to the daemon's hooks and start any tasks (daemon.supervisor.spawn);
+        must not block."""
 
     async def stop(self) -> None:
         """Flush and close; bounded by the daemon's stop deadline.

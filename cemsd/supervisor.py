@@ -123,7 +123,10 @@ class Supervisor:
             cause = describe(failure)
             delay = self._failed(health, failure)
             if on_failure is not None:
-                on_failure(cause)
+                try:
+                    on_failure(cause)
+                except Exception:  # showing the failure must not end the supervision
+                    log.exception("failure handler failed", extra={"task": health.name})
             if not await self._pause(health, cause, delay, stand_in):
                 health.state = STOPPED
                 return
@@ -161,10 +164,9 @@ class Supervisor:
         if stand_in is not None:
             try:
                 return await stand_in(cause, until)
-            except Exception as exc:  # the real task is restarted all the same
+            except Exception as exc:  # then the plain wait: the back-off holds all the same
                 log.error("stand-in failed", exc_info=exc,
                           extra={"task": health.name, "error": describe(exc)})
-                return not self._stopping
         # A participant while it waits (not while it runs): on a simulated clock the restart
         # comes at its time, not whenever the buses let time pass.
         task = asyncio.current_task()

@@ -25,7 +25,7 @@ from cemsd.periods import MINUTE
 from cemsd.plan import compile_plan
 from cemsd.store import schema
 from cemsd.store.database import Database
-from cemsd.store.lock import WriterLockError, lock_path
+from cemsd.store.lock import WriterLockError, acquire_writer_lock, lock_path
 from cemsd.store.writer import Store
 from helpers import RunningDaemon, database, free_port, write_config, write_scenario
 
@@ -198,3 +198,24 @@ def test_the_closer_publishes_only_the_rows_it_inserted(tmp_path: Path) -> None:
     published, series = asyncio.run(run_then_close_again())
     # minutes 0-2 were stored by the daemon: only minute 3 is new
     assert published == [("minute", series)]
+
+
+def test_the_lock_file_names_its_holder_and_is_free_after_release(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'state' / 'cemsd.db'}"
+    held = acquire_writer_lock(url, "p", "/etc/cemsd/a.toml")
+    with pytest.raises(WriterLockError, match=r"pid \d+ on .* since .* with /etc/cemsd/a.toml"):
+        acquire_writer_lock(f"sqlite:///{tmp_path / 'state' / '..' / 'state' / 'cemsd.db'}",
+                            "p")
+    held.release()
+    held.release()  # idempotent
+    acquire_writer_lock(url, "p").release()
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("mysql://cemsd@db/cemsd", "unsupported database 'mysql'"),
+    ("not a url", "not a database URL"),
+    ("postgresql+psycopg://nobody@127.0.0.1:1/none", "cannot take the writer lock"),
+])
+def test_a_lock_that_cannot_be_taken_is_a_clear_error(url: str, message: str) -> None:
+    with pytest.raises(WriterLockError, match=message):
+        acquire_writer_lock(url, "p")

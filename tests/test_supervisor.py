@@ -141,3 +141,34 @@ def test_system_exit_is_not_caught() -> None:
 
     with pytest.raises(SystemExit):
         asyncio.run(main())
+
+
+def test_a_failing_stand_in_does_not_shorten_the_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    starts: list[float] = []
+    failures: list[str] = []
+
+    async def main() -> None:
+        clock = VirtualClock(T0)
+        supervisor = Supervisor(clock, POLICY)
+
+        async def run() -> None:
+            starts.append(clock.now() - T0)
+            if len(starts) < 3:
+                raise ValueError("poll failed")
+            await asyncio.Event().wait()
+
+        async def stand_in(cause: str, until: float) -> bool:
+            raise RuntimeError("the sink fails too")
+
+        task = supervisor.spawn("bus:a", run, on_failure=failures.append, stand_in=stand_in)
+        await _advance(clock, 10)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert starts == [0.0, 1.0, 3.0]
+    assert failures == ["ValueError: poll failed"] * 2
+    assert [r.error for r in caplog.records if r.getMessage() == "stand-in failed"] == [
+        "RuntimeError: the sink fails too"] * 2

@@ -56,13 +56,20 @@ class WriterLock:
 
 def acquire_writer_lock(url: str, plant_id: str, config_path: str = "") -> WriterLock:
     """The database's writer lock for this process, or WriterLockError naming the holder."""
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
+    try:
+        parsed = make_url(url)
+    except SQLAlchemyError as exc:
+        raise WriterLockError(f"[storage] url is not a database URL: {exc}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
         path = parsed.database or ""
         if path in ("", ":memory:"):
             return WriterLock(":memory:", None)  # private to this process anyway
         return _lock_file(Path(path), config_path)
-    return _advisory_lock(url, plant_id, config_path)
+    if backend == "postgresql":
+        return _advisory_lock(url, plant_id, config_path)
+    raise WriterLockError(f"[storage] url: unsupported database {backend!r} (cemsd stores in "
+                          "SQLite or PostgreSQL)")
 
 
 def _holder(config_path: str) -> dict[str, Any]:
