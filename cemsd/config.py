@@ -596,7 +596,7 @@ def _check_sampling(config: Config, device: Device, path: str, problem: Any) -> 
 def _check_roles(config: Config, problem: Any) -> None:
     """At most one channel per (point, role), and unit needs of each point."""
     where: dict[tuple[str | None, Role], str] = {}
-    skipped = {Role.STATUS, *(UNIT_SIGNAL_ROLES if config.units else ())}
+    skipped = {Role.STATUS, *(UNIT_SIGNAL_ROLES.values() if config.units else ())}
     for i, device in enumerate(config.devices):
         for key, ch in device.channels.items():
             if ch.role is None or ch.role in skipped:  # unit signals: _check_units
