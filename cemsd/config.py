@@ -116,6 +116,30 @@ class Point(Strict):
     moisture_default_pct: Annotated[float, Field(ge=0, lt=100)] | None = None
 
 
+class AbatementUnit(Strict):
+    """An abatement unit (a decomposition unit, an adipic-acid line): the point where gas
+    enters it, the point where it leaves, and the signals that say whether it treats gas."""
+
+    name: Name
+    description: str = ""
+    inlet: Name  # a point under [points]
+    outlet: Name
+    running: str | None = None  # channel <device>.<key> with role abatement_running
+    bypass: str | list[str] = []  # channel(s) with role bypass_valve
+    bypass_point: Name | None = None  # a point with a flow meter in this unit's bypass duct
+
+    @property
+    def bypass_channels(self) -> tuple[str, ...]:
+        return (self.bypass,) if isinstance(self.bypass, str) else tuple(self.bypass)
+
+    @property
+    def points(self) -> tuple[str, str]:
+        return self.inlet, self.outlet
+
+
+IMPLICIT_UNIT = "main"  # the one unit of a configuration without [[units]]
+
+
 # --- Buses ---------------------------------------------------------------------------------
 
 
@@ -223,6 +247,7 @@ class Config(Strict):
     storage: Storage = Storage()
     processing: Processing = Processing()
     points: dict[Name, Point] = {}
+    units: list[AbatementUnit] = []
     qaqc: QaqcSettings = QaqcSettings()
     reduction: ReductionSettings = ReductionSettings()
     buses: list[Bus]
@@ -243,11 +268,41 @@ class Config(Strict):
         return [(d, k, c) for d in self.devices for k, c in d.channels.items()]
 
     def channel_point(self, device: Device, channel: Channel) -> str | None:
-        if channel.point:
-            return channel.point
-        if channel.role and channel.role.implied_point:
-            return channel.role.implied_point
-        return device.point if channel.role in GAS_ROLES else None
+        stated = channel.point or (device.point if channel.role in GAS_ROLES else None)
+        return stated or self.default_point(channel.role)
+
+    def default_point(self, role: Role | None) -> str | None:
+        """Where an N2O analyzer measures when its point is not stated: the inlet or
+        outlet of the plant's only abatement unit (none when there are several)."""
+        if role not in (Role.N2O_INLET, Role.N2O_OUTLET):
+            return None
+        if len(self.units) > 1:
+            return None
+        if self.units:
+            inlet, outlet = self.units[0].points
+        else:
+            inlet, outlet = self.reduction.inlet_point, self.reduction.outlet_point
+        return inlet if role is Role.N2O_INLET else outlet
+
+    def channels_by_name(self) -> dict[str, Channel]:
+        return {self.channel_name(d, k): c for d, k, c in self.all_channels()}
+
+    def abatement_units(self) -> list[AbatementUnit]:
+        """The units as configured, or the one implicit unit of a configuration without
+        [[units]]: points from [reduction] (inlet, outlet), every abatement_running and
+        bypass_valve channel of the plant."""
+        if self.units:
+            return list(self.units)
+        r = self.reduction
+        by_role = [(name, ch.role) for name, ch in self.channels_by_name().items()]
+        running = next((n for n, role in by_role if role is Role.ABATEMENT_RUNNING), None)
+        return [AbatementUnit(
+            name=IMPLICIT_UNIT, inlet=r.inlet_point, outlet=r.outlet_point, running=running,
+            bypass=[n for n, role in by_role if role is Role.BYPASS_VALVE],
+            bypass_point=r.bypass_point)]
+
+    def unit_of_point(self, point: str) -> AbatementUnit | None:
+        return next((u for u in self.abatement_units() if point in u.points), None)
 
 
 # --- Loading ----------------------------------------------------------------------------------
@@ -400,6 +455,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
             )
         seen_ids.setdefault(key, i)
     _check_roles(config, problem)
+    _check_units(config, problem)
     problems.extend(mqtt_problems(config))
     problems += api_problems(config)
     if not problems:  # the plan needs consistent references
@@ -477,10 +533,7 @@ def _check_channel(
         allowed = ", ".join(sorted(u.value or "''" for u in ROLE_UNITS[ch.role]))
         problem(f"{path}.unit", f"unit {ch.unit.value!r} does not fit role {ch.role}: {allowed}")
     point = config.channel_point(device, ch)
-    implied = ch.role.implied_point if ch.role else None
-    stated = ch.point or device.point
-    if implied and stated and stated != implied:
-        problem(f"{path}.point", f"role {ch.role} measures at point {implied!r}, not {stated!r}")
+    _check_n2o_point(config, ch, point, path, problem)
     if ch.role in GAS_ROLES:
         if point is None:
             problem(f"{path}.point", f"role {ch.role} needs a point (set it here or on the device)")
@@ -490,6 +543,19 @@ def _check_channel(
         problem(f"{path}.range", "a measured gas value needs its measuring range (full scale)")
     if ch.calibration is not None:
         _check_calibration(device, ch, f"{path}.calibration", problem)
+
+
+def _check_n2o_point(config: Config, ch: Channel, point: str | None, path: str,
+                     problem: Any) -> None:
+    """An inlet analyzer measures at a unit's inlet point, an outlet analyzer at an outlet."""
+    if ch.role not in (Role.N2O_INLET, Role.N2O_OUTLET) or point is None:
+        return
+    side = 0 if ch.role is Role.N2O_INLET else 1
+    allowed = [u.points[side] for u in config.abatement_units()]
+    if point not in allowed:
+        where = "inlet" if side == 0 else "outlet"
+        problem(f"{path}.point", f"role {ch.role} measures at an abatement unit's {where} "
+                                 f"({', '.join(map(repr, allowed))}), not {point!r}")
 
 
 def _check_calibration(device: Device, ch: Channel, path: str, problem: Any) -> None:
@@ -542,9 +608,10 @@ def _check_sampling(config: Config, device: Device, path: str, problem: Any) -> 
 def _check_roles(config: Config, problem: Any) -> None:
     """At most one channel per (point, role), and unit needs of each point."""
     where: dict[tuple[str | None, Role], str] = {}
+    skipped = {Role.STATUS, *(UNIT_SIGNAL_ROLES.values() if config.units else ())}
     for i, device in enumerate(config.devices):
         for key, ch in device.channels.items():
-            if ch.role is None or ch.role is Role.STATUS:
+            if ch.role is None or ch.role in skipped:  # unit signals: _check_units
                 continue
             point = config.channel_point(device, ch)
             slot = (point, ch.role)
@@ -560,3 +627,47 @@ def _check_roles(config: Config, problem: Any) -> None:
                     f"flow {config.channel_name(device, key)} is a velocity (m/s); "
                     "the point needs duct_area_m2",
                 )
+
+
+UNIT_SIGNAL_ROLES = {"running": Role.ABATEMENT_RUNNING, "bypass": Role.BYPASS_VALVE}
+
+
+def _check_units(config: Config, problem: Any) -> None:
+    """[[units]]: points and signals exist, have the right roles and belong to one unit."""
+    if not config.units:
+        return
+    _check_unique([u.name for u in config.units], "units", "name", problem)
+    r = config.reduction
+    for key in ("inlet_point", "outlet_point", "bypass_point"):
+        if key in r.model_fields_set:
+            problem(f"reduction.{key}", "with [[units]] each unit names its points: "
+                                        f"remove {key} here")
+    channels = config.channels_by_name()
+    owner: dict[str, str] = {}  # point or signal channel -> units[i]
+    for i, unit in enumerate(config.units):
+        path = f"units[{i}]"
+        for key in ("inlet", "outlet", "bypass_point"):
+            point = getattr(unit, key)
+            if point is None:
+                continue
+            if point not in config.points:
+                problem(f"{path}.{key}", f"no point named {point!r} under [points]")
+            elif point in owner:
+                problem(f"{path}.{key}", f"point {point!r} already belongs to {owner[point]}")
+            owner.setdefault(point, path)
+        signals = [("running", unit.running)] if unit.running else []
+        signals += [("bypass", name) for name in unit.bypass_channels]
+        for key, name in signals:
+            role = UNIT_SIGNAL_ROLES[key]
+            ch = channels.get(name)
+            if ch is None:
+                problem(f"{path}.{key}", f"no channel {name!r} (channels are <device>.<key>)")
+            elif ch.role is not role:
+                problem(f"{path}.{key}", f"channel {name!r} needs role {role.value!r}")
+            elif name in owner:
+                problem(f"{path}.{key}", f"channel {name!r} already belongs to {owner[name]}")
+            owner.setdefault(name, path)
+    for name, ch in channels.items():
+        if ch.role in UNIT_SIGNAL_ROLES.values() and name not in owner:
+            problem("units", f"channel {name!r} (role {ch.role}) belongs to no unit: name it "
+                             "as a unit's running or bypass signal")

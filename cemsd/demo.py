@@ -13,6 +13,7 @@ import sys
 import time
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import click
 import tomli_w
@@ -39,6 +40,13 @@ SHOWN = (
     "outlet.n2o_kg_h",
     "plant.bypass_position",
 )
+
+
+def shown(config: Config) -> tuple[str, ...]:
+    """The demo plant's columns, or each unit's N2O mass at its inlet and outlet."""
+    if not config.units:
+        return SHOWN
+    return tuple(f"{point}.n2o_kg_h" for u in config.units for point in u.points)
 
 
 def run_demo(config_file: str, scenario_file: str, hours: float, speed: str) -> int:
@@ -88,9 +96,11 @@ def run_demo(config_file: str, scenario_file: str, hours: float, speed: str) -> 
         if ports_copy is not None:
             ports_copy.unlink(missing_ok=True)
     db = Database(config.storage.database_url)
-    rows = query_hours(db, start, end, config.plant.tz, list(SHOWN))
-    click.echo(to_table(rows, SHOWN))
-    valid = sum(1 for r in rows if r["channel"] == "inlet.n2o_kg_h" and r["flag"] == "N")
+    columns = shown(config)
+    rows = query_hours(db, start, end, config.plant.tz, list(columns))
+    click.echo(to_table(rows, columns))
+    inlets = {f"{u.inlet}.n2o_kg_h" for u in config.abatement_units()}
+    valid = sum(1 for r in rows if r["channel"] in inlets and r["flag"] == "N")
     click.echo(f"\n{hours:g} simulated hours in {wall:.0f} s of wall time; "
                f"{valid} valid hours of inlet N2O mass.")
     _afterwards(db, config, config_file, start, end)
@@ -106,12 +116,15 @@ def _afterwards(db: Database, config: Config, config_file: str, start: float, en
     tz = config.plant.tz
     for e in bypass_events(db, start, end):
         finish = local_label(e.ended_at.timestamp(), tz)[11:] if e.ended_at else "open"
-        click.echo(f"bypass event #{e.id}: {local_label(e.started_at.timestamp(), tz)} to "
+        unit = f" ({e.unit})" if config.units else ""
+        click.echo(f"bypass event #{e.id}{unit}: {local_label(e.started_at.timestamp(), tz)} to "
                    f"{finish}, {e.n2o_kg or 0:.0f} kg N2O ({e.method})")
     for s in db.fetch(schema.substitutions.select()):
         click.echo(f"substituted {s.channel} {local_label(s.ts.timestamp(), tz)}: "
                    f"{s.value:.2f} {s.unit} ({s.method})")
-    production = Path(config_file).with_name("demo-production.csv")
+    production = Path(config_file).with_name(f"{Path(config_file).stem}-production.csv")
+    if not production.exists():
+        production = Path(config_file).with_name("demo-production.csv")
     if hours_in(start, end) < 24 or not production.exists():
         return
     import_days(db, read_csv_file(production), f"import:{production.name}", time.time())
@@ -120,13 +133,18 @@ def _afterwards(db: Database, config: Config, config_file: str, start: float, en
     except CemsdError as exc:
         click.echo(f"no report: {exc}")
         return
-    r = report["result"]
-    click.echo(f"reductions of the day: N2O generated {r['totals']['n2o_generated_t']:.2f} t, "
+    for name, unit in report["units"].items() if config.units else ():
+        _reductions(f"unit {name}", unit["result"], report)
+    _reductions("the plant" if config.units else "the day", report["result"], report)
+    click.echo(f"full report: cemsd report --config {config_file} --from 2026-06-01 "
+               "--to 2026-06-02 --format html --output demo-report.html")
+
+
+def _reductions(what: str, r: dict[str, Any], report: dict[str, Any]) -> None:
+    click.echo(f"reductions of {what}: N2O generated {r['totals']['n2o_generated_t']:.2f} t, "
                f"project emissions {r['project_emissions_t']:.3f} t, destruction "
                f"{r['de_overall']:.2%}, credited {r['credited_co2e_t']:,.0f} t CO2e "
                f"(GWP {report['parameters']['gwp']:g})")
-    click.echo(f"full report: cemsd report --config {config_file} --from 2026-06-01 "
-               "--to 2026-06-02 --format html --output demo-report.html")
 
 
 def hours_in(start: float, end: float) -> float:

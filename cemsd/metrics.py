@@ -150,8 +150,8 @@ class Metrics:
                 self.last_value_at[reading.channel] = reading.ts
 
     async def observe_event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind == BYPASS_EVENT and "active" in payload:
-            self.bypass_active = bool(payload["active"])
+        if kind == BYPASS_EVENT and "active" in payload:  # any unit's bypass
+            self.bypass_active = bool(payload.get("plant_active", payload["active"]))
 
     # --- read at scrape time ------------------------------------------------------------------
 

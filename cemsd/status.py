@@ -46,7 +46,7 @@ HISTORY_HOURS = 24
 RECENT_BYPASS_EVENTS = 20
 CHART_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET})
 MAX_CHART_SERIES = 6
-_BYPASS_SHOWN = ("id", "started_at", "ended_at", "triggers", "gas_volume_nm3", "n2o_kg",
+_BYPASS_SHOWN = ("id", "unit", "started_at", "ended_at", "triggers", "gas_volume_nm3", "n2o_kg",
                  "n2o_estimated_kg", "method")
 
 

@@ -40,10 +40,6 @@ class Role(StrEnum):
     STATUS = "status"
 
     @property
-    def implied_point(self) -> str | None:
-        return {Role.N2O_INLET: "inlet", Role.N2O_OUTLET: "outlet"}.get(self)
-
-    @property
     def is_gas_property(self) -> bool:
         """Roles whose values feed the standard-conditions and mass calculation."""
         return self in GAS_ROLES

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
+import hashlib
 import io
 import json
 import tarfile
@@ -21,6 +23,7 @@ from click.testing import CliRunner
 
 from cemsd.cli import main
 from cemsd.reduction.bundle import BundleError, export_bundle, open_bundle, recompute
+from cemsd.reduction.calculator import HourInput
 from cemsd.reduction.report import build_report
 from cemsd.store import schema
 from helpers import (
@@ -168,6 +171,23 @@ def test_report_totals_equal_a_hand_calculation(day: dict) -> None:
         pytest.approx(cap, rel=REL)
     assert [h["unit_running"] for h in report["hours"]].count(False) == 1
     assert report["hours"][18]["outlet_method"] == "hj75.missing.before_after_mean"
+
+
+def test_a_plant_without_units_reports_as_before(day: dict) -> None:
+    """One implicit unit: the plant's result is the unit's, and the inputs digest is the
+    one reports and bundles had before units existed (hours without a unit name)."""
+    report = day["report"]
+    assert list(report["units"]) == ["main"]
+    assert report["units"]["main"]["result"] == report["result"]
+    assert report["parameters"]["inlet_series"] == "inlet.n2o_kg_h"
+    assert "units" not in report["parameters"]
+    fields = [f.name for f in dataclasses.fields(HourInput)]
+    canonical = json.dumps({
+        "hours": [[h[f] for f in fields] for h in report["hours"]],
+        "production": [[d["date"], d["tonnes"]] for d in report["production"]["days"]],
+        "parameters": report["parameters"],
+    }, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    assert report["inputs_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def test_cli_report_formats(day: dict) -> None:

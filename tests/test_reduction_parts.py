@@ -174,7 +174,8 @@ def test_bypass_mass_from_a_bypass_duct_meter(tmp_path: Path, db: Database) -> N
     config = _config(tmp_path, {"bypass_point": "duct"}, bypass_point=True)
     _minutes(db, "inlet.n2o_mg_m3", [400_000.0] * 10)
     _minutes(db, "duct.flow_nm3_h", [6000.0] * 10)
-    mass = bypass_mass(db, config.reduction, T0 + 30, T0 + 5 * 60 + 30)  # 5 minutes, ragged
+    mass = bypass_mass(db, config.reduction, config.abatement_units()[0], T0 + 30,
+                       T0 + 5 * 60 + 30)  # 5 minutes, ragged
     assert mass.n2o_kg == pytest.approx(400_000 * 6000 * 1e-6 * 5 / 60)
     assert mass.gas_volume_nm3 == pytest.approx(6000 * 5 / 60)
     assert mass.method == "measured_inlet_x_bypass_flow: 5 min" and mass.n2o_estimated_kg == 0
@@ -189,7 +190,7 @@ def test_bypass_mass_falls_back_to_the_inlet_then_to_the_estimate(tmp_path: Path
     db.insert_aggregates(schema.hours, _rows(schema.hours, "inlet.n2o_kg_h", T0 - 30 * H,
                                              hours, H))
     _minutes(db, "inlet.n2o_kg_h", [4500.0] * 3 + [None] * 3)
-    mass = bypass_mass(db, config.reduction, T0, T0 + 6 * 60)
+    mass = bypass_mass(db, config.reduction, config.abatement_units()[0], T0, T0 + 6 * 60)
     assert mass.n2o_kg == pytest.approx(4500 * 3 / 60 + 5000 * 3 / 60)
     assert mass.n2o_estimated_kg == pytest.approx(5000 * 3 / 60)
     assert mass.method == ("estimated_max_hourly_inlet_720h: 3 min; measured_inlet: 3 min")
@@ -202,7 +203,7 @@ def test_the_estimate_looks_back_only_as_far_as_configured(tmp_path: Path,
     hours[20] = 5000.0  # 10 hours before: outside a 5-hour look-back
     db.insert_aggregates(schema.hours, _rows(schema.hours, "inlet.n2o_kg_h", T0 - 30 * H,
                                              hours, H))
-    mass = bypass_mass(db, config.reduction, T0, T0 + 60)
+    mass = bypass_mass(db, config.reduction, config.abatement_units()[0], T0, T0 + 60)
     assert mass.n2o_estimated_kg == pytest.approx(4000 / 60)
 
 

@@ -76,6 +76,9 @@ class Hj212Platform(BaseModel):
     bypass_code: Code | None = None  # the bypass as a device state: -RS 1 open, 0 closed
     bypass_open_above: float = 0.0  # a bypass_valve value above this counts as open
     custom_codes: bool = False  # the platform agreed codes not of the standard's form
+    # the abatement unit ([[units]]) this platform watches: 2021 from its signals, codes
+    # only from its points; none: the plant (2021 needs a unit when there are several)
+    unit: str | None = None
     enabled: bool = True
 
     def nonstandard_codes(self) -> list[tuple[str, str]]:
@@ -105,6 +108,8 @@ def hj212_problems(config: Config, check_references: bool = True) -> list[Config
     units, roles = _catalog(config) if check_references and config.hj212 else (None, set())
     for i, platform in enumerate(config.hj212):
         _check_platform(platform, f"hj212[{i}]", units, roles, problem)
+        if units is not None:
+            _check_unit(config, platform, f"hj212[{i}]", problem)
     return problems
 
 
@@ -118,6 +123,33 @@ def hj212_warnings(config: Config) -> list[ConfigProblem]:
                           "but other platforms and parsers may reject it")
             for i, platform in enumerate(config.hj212) if platform.custom_codes
             for key, code in platform.nonstandard_codes()]
+
+
+def _check_unit(config: Config, platform: Hj212Platform, path: str,
+                problem: Callable[[str, str], None]) -> None:
+    """A platform of one abatement unit: the unit exists and the codes name its series."""
+    abatement = {u.name: u for u in config.abatement_units()}
+    if platform.unit is None:
+        if len(abatement) > 1 and (platform.abatement_code or platform.bypass_code):
+            problem(f"{path}.unit", "the plant has several abatement units: name the one "
+                                    f"whose state 2021 reports ({', '.join(abatement)})")
+        return
+    unit = abatement.get(platform.unit)
+    if unit is None:
+        problem(f"{path}.unit", f"no abatement unit {platform.unit!r} "
+                                f"(units: {', '.join(abatement)})")
+        return
+    if platform.abatement_code and not unit.running:
+        problem(f"{path}.abatement_code", f"unit {unit.name!r} has no running signal")
+    if platform.bypass_code and not unit.bypass_channels:
+        problem(f"{path}.bypass_code", f"unit {unit.name!r} has no bypass signal")
+    others = {p for u in abatement.values() if u is not unit
+              for p in (*u.points, u.bypass_point) if p}
+    for series in platform.codes:
+        point = series.split(".", 1)[0]
+        if point in others:
+            problem(f'{path}.codes."{series}"', f"{point!r} is another unit's point; this "
+                                                f"platform reports unit {unit.name!r}")
 
 
 def _check_platform(platform: Hj212Platform, path: str, units: dict[str, str] | None,

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from cemsd.config import Config
 from cemsd.errors import StorageError
+from cemsd.flags import Flag
 from cemsd.hj212 import protocol as p
 from cemsd.hj212.config import MAX_SECONDS, Hj212Platform
 from cemsd.hj212.messages import MessageBuilder, Upload, day_bounds
@@ -55,7 +56,6 @@ from cemsd.hj212.packet import (
 from cemsd.hj212.store import PeriodSource, load_cursors, save_cursor
 from cemsd.periods import hour_floor, local_label, minute_floor
 from cemsd.readings import Reading
-from cemsd.units import Role
 
 if TYPE_CHECKING:
     from cemsd.daemon import Daemon
@@ -282,15 +282,17 @@ class PlatformUplink:
             cursors[cn] = stored.get(cn, first[cn])
         return cursors
 
-    def _find_state_channels(self, daemon: Daemon) -> list[tuple[str, str, float]]:
-        """(device code, channel, value above which the state is 1) for CN 2021."""
-        by_role = {ch.role: ch.name for ch in daemon.plan.channels if ch.role is not None}
+    def _find_state_channels(self, daemon: Daemon) -> list[tuple[str, tuple[str, ...], float]]:
+        """(device code, its channels, value above which the state is 1) for CN 2021, from
+        the platform's abatement unit (the plant's only one when it names none)."""
+        units = daemon.config.abatement_units()
+        unit = next((u for u in units if u.name == self.platform.unit), units[0])
         states = []
-        if self.platform.abatement_code:
-            states.append((self.platform.abatement_code, by_role[Role.ABATEMENT_RUNNING],
+        if self.platform.abatement_code and unit.running:
+            states.append((self.platform.abatement_code, (unit.running,),
                            ABATEMENT_RUNNING_ABOVE))
-        if self.platform.bypass_code:
-            states.append((self.platform.bypass_code, by_role[Role.BYPASS_VALVE],
+        if self.platform.bypass_code and unit.bypass_channels:
+            states.append((self.platform.bypass_code, unit.bypass_channels,
                            self.platform.bypass_open_above))
         return states
 
@@ -468,8 +470,8 @@ class PlatformUplink:
             uploads.append(self.builder.realtime(latest))
         if p.Cn.ABATEMENT_STATE in self.platform.uploads:
             states: list[tuple[str, Reading | None, float]] = [
-                (code, latest.get(channel), above)
-                for code, channel, above in self._state_channels]
+                (code, _most_open([latest.get(c) for c in channels]), above)
+                for code, channels, above in self._state_channels]
             uploads.append(self.builder.state(states))
         return [u for u in uploads if u is not None]
 
@@ -567,3 +569,10 @@ class PlatformUplink:
         connection.write([Packet(qn=request.qn, st=p.St.SYSTEM, cn=cn, pw=self.platform.pw,
                                  mn=self.platform.mn, flag=flag_value(ack=False),
                                  cp=(((key, str(int(code))),),))])
+
+
+def _most_open(readings: list[Reading | None]) -> Reading | None:
+    """Of a unit's signals for one state (several bypass valves), the valid one with the
+    highest value: one open valve is a bypass."""
+    valid = [r for r in readings if r is not None and r.flag is Flag.N and r.value is not None]
+    return max(valid, key=lambda r: r.value or 0.0) if valid else None

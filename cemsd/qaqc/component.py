@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.triggers.cron import CronTrigger
 
-from cemsd.config import Config
+from cemsd.config import AbatementUnit, Config
 from cemsd.control import ControlServer, Reply
 from cemsd.errors import CemsdError
 from cemsd.metrics import uplink_states
@@ -30,7 +30,6 @@ from cemsd.periods import local_label
 from cemsd.qaqc import maintenance, records
 from cemsd.qaqc.calibration import CalibrationRequest, Calibrator
 from cemsd.qaqc.substitution import Substituter
-from cemsd.units import Role
 
 if TYPE_CHECKING:
     from cemsd.daemon import Daemon
@@ -47,7 +46,7 @@ class Qaqc:
         self._tasks: list[asyncio.Task[None]] = []
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._overdue_open: set[str] = set()
-        self._inconsistent = False
+        self._inconsistent: set[str] = set()  # abatement units whose outlet >= inlet
 
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -198,25 +197,24 @@ class Qaqc:
             log.warning("calibration overdue", extra={"channel": channel})
 
     async def _check_consistency(self, rows: list[dict[str, Any]]) -> None:
-        """Outlet N2O mass at or above the inlet's while the abatement unit runs."""
-        plan = self.daemon.plan
-        points = {c.role: c.point for c in plan.channels if c.role in (Role.N2O_INLET,
-                                                                       Role.N2O_OUTLET)}
-        running = next((c.name for c in plan.channels if c.role is Role.ABATEMENT_RUNNING), None)
-        if len(points) < 2 or running is None:
-            return
+        """Outlet N2O mass at or above the inlet's while an abatement unit runs."""
         by_channel = {r["channel"]: r for r in rows}
-        inlet = by_channel.get(f"{points[Role.N2O_INLET]}.n2o_kg_h")
-        outlet = by_channel.get(f"{points[Role.N2O_OUTLET]}.n2o_kg_h")
-        unit = by_channel.get(running)
-        if not (inlet and outlet and unit) or inlet["flag"] != "N" or outlet["flag"] != "N":
+        for unit in self.config.abatement_units():
+            await self._check_unit_consistency(unit, by_channel)
+
+    async def _check_unit_consistency(self, unit: AbatementUnit,
+                                      by_channel: dict[str, dict[str, Any]]) -> None:
+        inlet = by_channel.get(f"{unit.inlet}.n2o_kg_h")
+        outlet = by_channel.get(f"{unit.outlet}.n2o_kg_h")
+        running = by_channel.get(unit.running) if unit.running else None
+        if not (inlet and outlet and running) or inlet["flag"] != "N" or outlet["flag"] != "N":
             return
         share = self.config.qaqc.consistency_outlet_share
-        bad = (unit["value"] or 0) >= 0.5 and outlet["value"] >= share * inlet["value"]
-        if bad != self._inconsistent:
-            self._inconsistent = bad
-            payload = {"minute": inlet["ts"], "inlet_kg_h": inlet["value"],
-                       "outlet_kg_h": outlet["value"], "abatement_running": unit["value"],
+        bad = (running["value"] or 0) >= 0.5 and outlet["value"] >= share * inlet["value"]
+        if bad != (unit.name in self._inconsistent):
+            self._inconsistent ^= {unit.name}
+            payload = {"minute": inlet["ts"], "unit": unit.name, "inlet_kg_h": inlet["value"],
+                       "outlet_kg_h": outlet["value"], "abatement_running": running["value"],
                        "active": bad}
             if bad:
                 log.warning("outlet N2O at or above inlet while the unit runs", extra=payload)

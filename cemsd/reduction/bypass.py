@@ -1,15 +1,16 @@
-"""Bypass events: gas that skips the N2O abatement unit, or is vented.
+"""Bypass events: gas that skips an N2O abatement unit, or is vented.
 
-Triggers, each from configured signals (roles) and each optional:
+Each abatement unit (config [[units]], or the plant's one implicit unit) has its own
+events, from its own signals. Triggers, each optional:
 
-- valve: the bypass valve or damper (role bypass_valve) is open: a position above
+- valve: one of the unit's bypass valves or dampers (role bypass_valve) is open: a position above
   `valve_open_above` %, or an on/off signal at 1;
-- abatement_stopped: the abatement unit (role abatement_running) is not running while
-  production (role production_running, if present) runs: the gas is vented;
-- bypass_flow: the flow in the bypass duct (role flow at `bypass_point`) is above
+- abatement_stopped: the unit (its running signal, role abatement_running) is not running
+  while production (the plant's role production_running, if present) runs: vented;
+- bypass_flow: the flow in the unit's bypass duct (role flow at its `bypass_point`) is above
   `bypass_flow_above`;
-- consistency: the QA/QC warning that outlet N2O is at or above the inlet's while the unit
-  is said to run.
+- consistency: the QA/QC warning that the unit's outlet N2O is at or above its inlet's
+  while the unit is said to run.
 
 The monitor follows the live readings: a bypass starts at the first reading where any
 trigger holds, once it has held for `debounce_s`, and ends at the first reading where none
@@ -24,12 +25,13 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
 
-from cemsd.config import Config
+from cemsd.config import IMPLICIT_UNIT, AbatementUnit, Config
 from cemsd.periods import MINUTE, local_label, minute_floor
 from cemsd.readings import Reading
 from cemsd.reduction.masses import bypass_mass
@@ -49,6 +51,17 @@ class OpenEvent:
     id: int | None
     start: float
     triggers: set[str] = field(default_factory=set)
+    unit: str = IMPLICIT_UNIT
+
+
+@dataclass
+class UnitSignals:
+    """One abatement unit's triggers, its open event and a change waiting out the debounce."""
+
+    unit: AbatementUnit
+    triggers: dict[str, bool] = field(default_factory=dict)
+    event: OpenEvent | None = None
+    since: float | None = None  # when the pending change was first seen
 
 
 def open_events(db: Database) -> list[Any]:
@@ -56,10 +69,11 @@ def open_events(db: Database) -> list[Any]:
     return db.fetch(select(schema.bypass_events).where(b.ended_at.is_(None)).order_by(b.id))
 
 
-def insert_event(db: Database, start: float, triggers: list[str], now: float) -> int:
+def insert_event(db: Database, start: float, triggers: list[str], now: float,
+                 unit: str | None = None) -> int:
     with db.transaction() as conn:
         result = conn.execute(insert(schema.bypass_events).values(
-            started_at=start, triggers=json.dumps(triggers), created_at=now))
+            started_at=start, triggers=json.dumps(triggers), created_at=now, unit=unit))
         return int(result.inserted_primary_key[0])
 
 
@@ -71,18 +85,21 @@ def close_event(db: Database, event_id: int, end: float, triggers: list[str],
                      .values(ended_at=end, **figures))
 
 
+Signal = tuple[UnitSignals, str, Callable[[float], bool]]
+
+
 class BypassMonitor:
+    """Follows every abatement unit's signals; each unit has its own events."""
+
     name = "bypass"
 
     def __init__(self, config: Config) -> None:
         self.config = config
         self.settings = config.reduction
-        self.triggers: dict[str, bool] = {}
-        self.event: OpenEvent | None = None
-        self._since: float | None = None  # when the pending change was first seen
+        self.units = [UnitSignals(u) for u in config.abatement_units()]
         self._work: asyncio.Queue[tuple[str, OpenEvent, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._channels: dict[str, tuple[str, Any]] = {}
+        self._channels: dict[str, list[Signal]] = {}
         self._stopping = False
 
     async def start(self, daemon: Daemon) -> None:
@@ -91,11 +108,16 @@ class BypassMonitor:
         store = daemon.store
         assert store is not None and daemon.pipeline is not None
         for row in await store.call(open_events, store.db):  # left open by the last run
-            self.event = OpenEvent(row.id, row.started_at.timestamp(),
-                                   set(json.loads(row.triggers)))
+            state = self._unit_state(row.unit)
+            state.event = OpenEvent(row.id, row.started_at.timestamp(),
+                                    set(json.loads(row.triggers)), state.unit.name)
         daemon.pipeline.live_listeners.append(self._observe)
         daemon.event_listeners.append(self._on_event)
         self._task = daemon.supervisor.spawn("bypass", self._worker)
+
+    def _unit_state(self, name: str | None) -> UnitSignals:
+        """A unit by name; events stored before units existed belong to the first."""
+        return next((u for u in self.units if u.unit.name == name), self.units[0])
 
     async def stop(self) -> None:
         """Store what is queued; an event still open stays open for the next run."""
@@ -110,69 +132,80 @@ class BypassMonitor:
     @property
     def monitors_bypass(self) -> bool:
         """Whether a configured signal can open an event (production alone cannot)."""
-        return any(trigger != "production_running" for trigger, _ in self._channels.values())
+        return any(trigger != "production_running"
+                   for signals in self._channels.values() for _, trigger, _ in signals)
 
-    def _signal_channels(self, daemon: Daemon) -> dict[str, tuple[str, Any]]:
-        """Channel name -> (trigger, how to read its value)."""
+    @property
+    def any_open(self) -> bool:
+        return any(u.event is not None for u in self.units)
+
+    def _signal_channels(self, daemon: Daemon) -> dict[str, list[Signal]]:
+        """Channel name -> the units it speaks for, its trigger and how to read it."""
         s = self.settings.bypass
-        out: dict[str, tuple[str, Any]] = {}
+        out: dict[str, list[Signal]] = {}
         for ch in daemon.plan.channels:
-            if ch.role is Role.BYPASS_VALVE:
-                limit = 0.5 if ch.unit is Unit.BOOL else s.valve_open_above
-                out[ch.name] = ("valve", lambda v, limit=limit: v > limit)
-            elif ch.role is Role.ABATEMENT_RUNNING and s.abatement_stopped:
-                out[ch.name] = ("abatement_stopped", lambda v: v < 0.5)
-            elif ch.role is Role.PRODUCTION_RUNNING:
-                out[ch.name] = ("production_running", lambda v: v >= 0.5)
-            elif (ch.role is Role.FLOW and ch.point == self.settings.bypass_point
-                  and s.bypass_flow_above is not None):
-                out[ch.name] = ("bypass_flow", lambda v, a=s.bypass_flow_above: v > a)
+            for state in self.units:
+                unit = state.unit
+                signal: tuple[str, Callable[[float], bool]] | None = None
+                if ch.name in unit.bypass_channels:
+                    limit = 0.5 if ch.unit is Unit.BOOL else s.valve_open_above
+                    signal = ("valve", lambda v, limit=limit: v > limit)
+                elif ch.name == unit.running and s.abatement_stopped:
+                    signal = ("abatement_stopped", lambda v: v < 0.5)
+                elif ch.role is Role.PRODUCTION_RUNNING:  # the plant's: every unit's
+                    signal = ("production_running", lambda v: v >= 0.5)
+                elif (ch.role is Role.FLOW and unit.bypass_point is not None
+                      and ch.point == unit.bypass_point and s.bypass_flow_above is not None):
+                    signal = ("bypass_flow", lambda v, a=s.bypass_flow_above: v > a)
+                if signal is not None:
+                    out.setdefault(ch.name, []).append((state, *signal))
         return out
 
     # --- following the signals ----------------------------------------------------------------
 
     def _observe(self, readings: list[Reading]) -> None:
-        changed_at = None
+        changed: dict[int, tuple[UnitSignals, float]] = {}
         for reading in readings:
-            signal = self._channels.get(reading.channel)
-            if signal is None or reading.value is None:
+            if reading.value is None:
                 continue  # no value: keep what the signal last said
-            name, test = signal
-            self.triggers[name] = bool(test(reading.value))
-            changed_at = reading.ts
-        if changed_at is not None:
-            self._evaluate(changed_at)
+            for state, name, test in self._channels.get(reading.channel, ()):
+                state.triggers[name] = bool(test(reading.value))
+                changed[id(state)] = (state, reading.ts)
+        for state, ts in changed.values():
+            self._evaluate(state, ts)
 
     async def _on_event(self, kind: str, payload: dict[str, Any]) -> None:
         if kind == "consistency" and self.settings.bypass.consistency:
-            self.triggers["consistency"] = bool(payload.get("active"))
-            self._evaluate(self.daemon.clock.now())
+            state = self._unit_state(payload.get("unit"))
+            state.triggers["consistency"] = bool(payload.get("active"))
+            self._evaluate(state, self.daemon.clock.now())
 
-    def active_triggers(self) -> set[str]:
-        on = {k for k, v in self.triggers.items() if v and k != "production_running"}
-        if "abatement_stopped" in on and self.triggers.get("production_running") is False:
+    @staticmethod
+    def active_triggers(state: UnitSignals) -> set[str]:
+        on = {k for k, v in state.triggers.items() if v and k != "production_running"}
+        if "abatement_stopped" in on and state.triggers.get("production_running") is False:
             on.discard("abatement_stopped")  # nothing is produced: nothing is vented
         return on
 
-    def _evaluate(self, ts: float) -> None:
-        on = self.active_triggers()
-        changing = bool(on) != (self.event is not None)
+    def _evaluate(self, state: UnitSignals, ts: float) -> None:
+        on = self.active_triggers(state)
+        changing = bool(on) != (state.event is not None)
         if not changing:
-            self._since = None
-            if self.event is not None:
-                self.event.triggers |= on
+            state.since = None
+            if state.event is not None:
+                state.event.triggers |= on
             return
-        if self._since is None:
-            self._since = ts
-        if ts - self._since < self.settings.bypass.debounce_s:
+        if state.since is None:
+            state.since = ts
+        if ts - state.since < self.settings.bypass.debounce_s:
             return
-        if self.event is None:
-            self.event = OpenEvent(None, self._since, set(on))
-            self._work.put_nowait(("open", self.event, sorted(on)))
+        if state.event is None:
+            state.event = OpenEvent(None, state.since, set(on), state.unit.name)
+            self._work.put_nowait(("open", state.event, sorted(on)))
         else:
-            self._work.put_nowait(("close", self.event, self._since))
-            self.event = None
-        self._since = None
+            self._work.put_nowait(("close", state.event, state.since))
+            state.event = None
+        state.since = None
 
     # --- storing ------------------------------------------------------------------------------
 
@@ -193,12 +226,14 @@ class BypassMonitor:
         store = self.daemon.store
         assert store is not None
         event.id = await store.call(insert_event, store.db, event.start, triggers,
-                                    self.daemon.clock.now())
+                                    self.daemon.clock.now(), event.unit)
         log.warning("bypass started", extra={
-            "event": event.id, "since": local_label(event.start, self.config.plant.tz),
+            "event": event.id, "unit": event.unit,
+            "since": local_label(event.start, self.config.plant.tz),
             "triggers": ",".join(triggers)})
         await self.daemon.publish_event("bypass", {
-            "active": True, "id": event.id, "started_at": event.start, "triggers": triggers})
+            "active": True, "plant_active": True, "unit": event.unit, "id": event.id,
+            "started_at": event.start, "triggers": triggers})
 
     async def _close(self, event: OpenEvent, end: float) -> None:
         store, closer, clock = self.daemon.store, self.daemon.closer, self.daemon.clock
@@ -207,14 +242,17 @@ class BypassMonitor:
         while (not self._stopping and closer.next_minute is not None
                and closer.next_minute < minute_floor(end) + MINUTE):
             await clock.sleep_until(closer.next_minute + MINUTE + 1)  # its minutes stored
-        mass = await store.call(bypass_mass, store.db, self.settings, event.start, end)
+        unit = self._unit_state(event.unit).unit
+        mass = await store.call(bypass_mass, store.db, self.settings, unit, event.start, end)
         figures = {"gas_volume_nm3": mass.gas_volume_nm3, "n2o_kg": mass.n2o_kg,
                    "n2o_estimated_kg": mass.n2o_estimated_kg, "method": mass.method,
                    "triggers": json.dumps(sorted(event.triggers))}
         await store.call(close_event, store.db, event.id, end, sorted(event.triggers), figures)
         log.warning("bypass ended", extra={
-            "event": event.id, "duration_min": round((end - event.start) / 60, 1),
+            "event": event.id, "unit": event.unit,
+            "duration_min": round((end - event.start) / 60, 1),
             "n2o_kg": round(mass.n2o_kg, 3), "method": mass.method})
         await self.daemon.publish_event("bypass", {
-            "active": False, "id": event.id, "started_at": event.start, "ended_at": end,
+            "active": False, "plant_active": self.any_open, "unit": event.unit,
+            "id": event.id, "started_at": event.start, "ended_at": end,
             **figures, "triggers": sorted(event.triggers)})

@@ -100,7 +100,9 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
                 and again["inputs_sha256"] == original["inputs_sha256"])
         click.echo(f"{path}: manifest verified; recomputed report "
                    f"{'equals' if same else 'DIFFERS FROM'} report.json", err=True)
-        _emit({**original, **again}, fmt, output)
+        units = {name: {**unit, **again["units"].get(name, {})}
+                 for name, unit in original.get("units", {}).items()}
+        _emit({**original, **again, "units": units}, fmt, output)
         if not same:
             sys.exit(1)
 
@@ -207,7 +209,8 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
         try:
             for e in bypass_events(db, t0, t1):
                 click.echo(json.dumps({
-                    "id": e.id, "start": local_label(e.started_at.timestamp(), config.plant.tz),
+                    "id": e.id, "unit": e.unit,
+                    "start": local_label(e.started_at.timestamp(), config.plant.tz),
                     "end": local_label(e.ended_at.timestamp(), config.plant.tz)
                     if e.ended_at else None, "triggers": json.loads(e.triggers),
                     "gas_volume_nm3": e.gas_volume_nm3, "n2o_kg": e.n2o_kg,

@@ -38,8 +38,8 @@ Inputs SHA-256 <code>{escape(report['inputs_sha256'])}</code>.</p>
 <p class="{'ok' if r['creditable'] else 'bad'}">{escape(status)}</p>
 {_summary(report)}
 {_warnings(r)}
-<h2>Hourly N2O mass</h2>
-{svg_chart(report["hours"])}
+{_units(report)}
+{_charts(report)}
 {_legend(report)}
 {_events(report)}
 {_parameters(report)}
@@ -98,6 +98,36 @@ def _warnings(r: dict[str, Any]) -> str:
     return f"<ul>{''.join(items)}</ul>" if items else ""
 
 
+def _units(report: dict[str, Any]) -> str:
+    """Each abatement unit's figures beside the plant's (plants of several units)."""
+    units = report.get("units", {})
+    if len(units) < 2:
+        return ""
+    head = ("<tr><th>unit</th><th>inlet / outlet</th><th>generated, t</th><th>outlet, t</th>"
+            "<th>bypassed, t</th><th>DE unit</th><th>reduction, t N2O</th><th>creditable</th>"
+            "</tr>")
+    rows = []
+    for name, u in [*units.items(), ("plant", {"result": report["result"]})]:
+        r, t = u["result"], u["result"]["totals"]
+        points = f"{u['inlet']} / {u['outlet']}" if "inlet" in u else "sum of the units"
+        rows.append(f"<tr><td>{escape(name)}</td><td>{escape(points)}</td>"
+                    f"<td>{_num(t['n2o_generated_t'])}</td><td>{_num(t['n2o_outlet_t'])}</td>"
+                    f"<td>{_num(t['n2o_bypass_t'])}</td><td>{_pct(r['de_unit'])}</td>"
+                    f"<td>{_num(r['er_t'])}</td><td>{'yes' if r['creditable'] else 'no'}</td>"
+                    "</tr>")
+    return f"<h2>Abatement units</h2><table>{head}{''.join(rows)}</table>"
+
+
+def _charts(report: dict[str, Any]) -> str:
+    """The hourly chart: one for the plant, or one per abatement unit."""
+    units = list(report.get("units", {}))
+    if len(units) < 2:
+        return f"<h2>Hourly N2O mass</h2>\n{svg_chart(report['hours'])}"
+    return "".join(f"<h2>Hourly N2O mass, {escape(name)}</h2>\n"
+                   f"{svg_chart([h for h in report['hours'] if h.get('unit') == name])}"
+                   for name in units)
+
+
 def _draft(period: dict[str, Any]) -> str:
     if not period.get("draft"):
         return ""
@@ -121,10 +151,12 @@ def _events(report: dict[str, Any]) -> str:
     events = report["bypass_events"]
     if not events:
         return "<h2>Bypass events</h2><p>None in this period.</p>"
-    head = "<tr><th>#</th><th>start</th><th>end</th><th>min</th><th>triggers</th>" \
-           "<th>gas, m3</th><th>N2O, kg</th><th>estimated, kg</th><th>method</th></tr>"
+    head = "<tr><th>#</th><th>abatement unit</th><th>start</th><th>end</th><th>min</th>" \
+           "<th>triggers</th><th>gas, m3</th><th>N2O, kg</th><th>estimated, kg</th>" \
+           "<th>method</th></tr>"
     rows = "".join(
-        f"<tr><td>{e['id']}</td><td>{escape(e['start'])}</td><td>{escape(e['end'] or 'open')}"
+        f"<tr><td>{e['id']}</td><td>{escape(e.get('unit') or '')}</td>"
+        f"<td>{escape(e['start'])}</td><td>{escape(e['end'] or 'open')}"
         f"</td><td>{_num(e['duration_min'], 1)}</td><td>{escape(', '.join(e['triggers']))}</td>"
         f"<td>{_num(e['gas_volume_nm3'], 1)}</td><td>{_num(e['n2o_kg'], 3)}</td>"
         f"<td>{_num(e['n2o_estimated_kg'], 3)}</td><td>{escape(e['method'] or '')}</td></tr>"
@@ -139,8 +171,9 @@ def _parameters(report: dict[str, Any]) -> str:
 
 
 def _hours(report: dict[str, Any]) -> str:
-    head = ("<tr><th>hour</th><th>inlet kg</th><th>flag</th><th>method</th><th>outlet kg</th>"
-            "<th>flag</th><th>method</th><th>bypass kg</th><th>vent kg</th><th>unit</th>"
+    head = ("<tr><th>abatement unit</th><th>hour</th><th>inlet kg</th><th>flag</th>"
+            "<th>method</th><th>outlet kg</th><th>flag</th><th>method</th><th>bypass kg</th>"
+            "<th>vent kg</th><th>unit</th>"
             "<th>note</th></tr>")
     rows = []
     for h in report["hours"]:
@@ -148,7 +181,8 @@ def _hours(report: dict[str, Any]) -> str:
         cls = "byp" if (h["bypass_kg"] or h["vent_kg"]) else (
             "S" if substituted(h["inlet_method"]) or substituted(h["outlet_method"]) else "")
         rows.append(
-            f"<tr class='{cls}'><td>{escape(h['hour'])}</td><td>{_num(h['inlet_kg'], 3)}</td>"
+            f"<tr class='{cls}'><td>{escape(h.get('unit', ''))}</td><td>{escape(h['hour'])}</td>"
+            f"<td>{_num(h['inlet_kg'], 3)}</td>"
             f"<td>{_flag(h['inlet_flag'], h['inlet_method'])}</td>"
             f"<td>{escape(h['inlet_method'])}</td>"
             f"<td>{_num(h['outlet_kg'], 3)}</td>"

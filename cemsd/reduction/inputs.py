@@ -1,6 +1,7 @@
 """The hourly inputs of a reduction calculation, assembled from stored records.
 
-For each plant-local hour of the period:
+Per abatement unit (config [[units]], or the plant's one implicit unit), from its own
+points and its own bypass events, for each plant-local hour of the period:
 - inlet and outlet N2O mass: the current hour of `<point>.n2o_kg_h` when valid (N:
   "measured"), else its substitute (the method), else missing. The inlet feeds the
   baseline: only a lower-side substitute counts there (qaqc/substitution.py); an HJ 75
@@ -21,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from cemsd.config import Config
+from cemsd.config import AbatementUnit, Config
 from cemsd.periods import HOUR
 from cemsd.qaqc.substitution import baseline_safe, stored_substitutions
 from cemsd.reduction.calculator import MEASURED, MISSING, HourInput
@@ -55,21 +56,37 @@ def _days_in_month(first: date) -> int:
     return (nxt - first).days
 
 
-def bypass_events(db: Database, t0: float, t1: float) -> list[Any]:
+def bypass_events(db: Database, t0: float, t1: float, config: Config | None = None,
+                  unit: AbatementUnit | None = None) -> list[Any]:
+    """Events overlapping [t0, t1): all of them, or one unit's. Events stored before units
+    existed (no unit) belong to the first unit; with one unit every event is its own."""
     b = schema.bypass_events.c
-    return db.fetch(select(schema.bypass_events).where(
-        b.started_at < t1, or_(b.ended_at.is_(None), b.ended_at > t0)).order_by(b.started_at))
+    query = select(schema.bypass_events).where(
+        b.started_at < t1, or_(b.ended_at.is_(None), b.ended_at > t0))
+    units = config.abatement_units() if config is not None else []
+    if unit is not None and len(units) > 1:
+        mine = b.unit == unit.name
+        query = query.where(or_(mine, b.unit.is_(None)) if unit == units[0] else mine)
+    return db.fetch(query.order_by(b.started_at))
 
 
-def hour_inputs(db: Database, config: Config, t0: float, t1: float, now: float
+def units_inputs(db: Database, config: Config, t0: float, t1: float, now: float
+                 ) -> dict[str, tuple[list[HourInput], list[HourDetail], list[Any]]]:
+    """hour_inputs of every abatement unit, by unit name, in the configuration's order."""
+    return {u.name: hour_inputs(db, config, t0, t1, now, u) for u in config.abatement_units()}
+
+
+def hour_inputs(db: Database, config: Config, t0: float, t1: float, now: float,
+                unit: AbatementUnit | None = None
                 ) -> tuple[list[HourInput], list[HourDetail], list[Any]]:
-    settings = config.reduction
-    inlet = f"{settings.inlet_point}.n2o_kg_h"
-    outlet = f"{settings.outlet_point}.n2o_kg_h"
+    """One unit's hours (default: the first unit), their details and its bypass events."""
+    unit = unit or config.abatement_units()[0]
+    inlet = f"{unit.inlet}.n2o_kg_h"
+    outlet = f"{unit.outlet}.n2o_kg_h"
     rows = {(r.channel, r.ts.timestamp()): r
             for r in db.aggregates_between(schema.hours, t0, t1, [inlet, outlet])}
     subs = {name: stored_substitutions(db, name, t0, t1) for name in (inlet, outlet)}
-    events = bypass_events(db, t0, t1)
+    events = bypass_events(db, t0, t1, config, unit)
     startup = startup_end(config)
     hours, details = [], []
     h = t0
@@ -78,7 +95,7 @@ def hour_inputs(db: Database, config: Config, t0: float, t1: float, now: float
         in_kg, in_method, in_flag = _mass(rows.get((inlet, h)), in_sub if in_sub is None
                                           or baseline_safe(in_sub.method) else None)
         out_kg, out_method, out_flag = _mass(rows.get((outlet, h)), subs[outlet].get(h))
-        bypass, covered, ids = _bypass(db, config, events, h, now)
+        bypass, covered, ids = _bypass(db, config, unit, events, h, now)
         measured = bypass.n2o_kg - bypass.n2o_estimated_kg
         estimated_method = next((m for m in bypass.minutes if m.startswith("estimated")), "")
         hours.append(HourInput(
@@ -104,8 +121,8 @@ def _mass(row: Any, substitute: Any) -> tuple[float | None, str, str]:
     return None, MISSING, row.flag
 
 
-def _bypass(db: Database, config: Config, events: list[Any], h: float, now: float
-            ) -> tuple[BypassMass, float, tuple[int, ...]]:
+def _bypass(db: Database, config: Config, unit: AbatementUnit, events: list[Any], h: float,
+            now: float) -> tuple[BypassMass, float, tuple[int, ...]]:
     total, covered, ids = BypassMass(), 0.0, []
     for event in events:
         start = event.started_at.timestamp()
@@ -113,7 +130,7 @@ def _bypass(db: Database, config: Config, events: list[Any], h: float, now: floa
         a, b = max(start, h), min(end, h + HOUR)
         if b <= a:
             continue
-        total.add(bypass_mass(db, config.reduction, a, b, estimate_before=start))
+        total.add(bypass_mass(db, config.reduction, unit, a, b, estimate_before=start))
         covered += b - a
         ids.append(event.id)
     return total, covered, tuple(ids)

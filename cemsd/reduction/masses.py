@@ -2,14 +2,15 @@
 
 Minute by minute (partial minutes at the edges count pro rata), in this order:
 
-1. measured_inlet_x_bypass_flow: a flow meter in the bypass duct (the `bypass_point`)
-   and the inlet concentration, both valid: C [mg/m3] x Q [m3/h] / 60 min;
+1. measured_inlet_x_bypass_flow: a flow meter in the unit's bypass duct (its
+   `bypass_point`) and the unit's inlet concentration, both valid: C [mg/m3] x Q [m3/h] / 60 min;
 2. measured_inlet: the whole inlet stream is counted as bypassed (no bypass-duct meter,
    or it failed): conservative, since part of the gas may still have gone through the unit;
 3. estimated_max_hourly_inlet_<N>h: the inlet was not measured either (unmonitored
    venting): the largest valid hourly inlet N2O mass of the N hours before the window,
    an alternative method that counts toward the 25 % share.
 
+Each abatement unit is counted from its own points (config [[units]]).
 All masses in kg, volumes in m3 (dry, standard state).
 """
 
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
 
+from cemsd.config import AbatementUnit
 from cemsd.periods import MINUTE
 from cemsd.reduction.settings import ReductionSettings
 from cemsd.store import schema
@@ -45,8 +47,8 @@ class BypassMass:
         self.minutes.update(other.minutes)
 
 
-def series_names(settings: ReductionSettings) -> dict[str, str | None]:
-    inlet, bypass = settings.inlet_point, settings.bypass_point
+def series_names(unit: AbatementUnit) -> dict[str, str | None]:
+    inlet, bypass = unit.inlet, unit.bypass_point
     return {
         "inlet_conc": f"{inlet}.n2o_mg_m3",
         "inlet_mass": f"{inlet}.n2o_kg_h",
@@ -55,20 +57,22 @@ def series_names(settings: ReductionSettings) -> dict[str, str | None]:
     }
 
 
-def largest_inlet_hour(db: Database, settings: ReductionSettings, before: float) -> float | None:
-    """The largest valid hourly inlet N2O mass (kg/h) in the look-back before a time."""
+def largest_inlet_hour(db: Database, settings: ReductionSettings, unit: AbatementUnit,
+                       before: float) -> float | None:
+    """The largest valid hourly inlet N2O mass (kg/h) of a unit in the look-back before a
+    time."""
     h = schema.hours.c
     since = before - settings.bypass.vent_lookback_hours * 3600
     rows = db.fetch(select(func.max(h.value)).where(
-        h.channel == series_names(settings)["inlet_mass"], h.flag == "N", h.ts >= since,
+        h.channel == series_names(unit)["inlet_mass"], h.flag == "N", h.ts >= since,
         h.ts < before - 3600 + 1e-6))
     return rows[0][0] if rows and rows[0][0] is not None else None
 
 
-def bypass_mass(db: Database, settings: ReductionSettings, t0: float, t1: float,
-                estimate_before: float | None = None) -> BypassMass:
+def bypass_mass(db: Database, settings: ReductionSettings, unit: AbatementUnit, t0: float,
+                t1: float, estimate_before: float | None = None) -> BypassMass:
     """N2O that skipped the unit in [t0, t1), from the stored minutes."""
-    names = series_names(settings)
+    names = series_names(unit)
     wanted = [n for n in names.values() if n]
     first = math.floor(t0 / MINUTE) * MINUTE
     rows = db.aggregates_between(schema.minutes, first, t1, wanted)
@@ -96,7 +100,7 @@ def bypass_mass(db: Database, settings: ReductionSettings, t0: float, t1: float,
             out.minutes["measured_inlet"] += share
         else:
             if estimate is None:
-                estimate = largest_inlet_hour(db, settings, estimate_before or t0) or 0.0
+                estimate = largest_inlet_hour(db, settings, unit, estimate_before or t0) or 0.0
             out.n2o_kg += estimate * share / 60
             out.n2o_estimated_kg += estimate * share / 60
             out.minutes[f"estimated_max_hourly_inlet_{lookback}h"] += share

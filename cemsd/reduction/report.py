@@ -20,11 +20,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cemsd import __version__, standards
-from cemsd.config import Config
+from cemsd.config import IMPLICIT_UNIT, AbatementUnit, Config
 from cemsd.periods import local_label, utc_label
 from cemsd.qaqc.substitution import share_report
 from cemsd.reduction.calculator import HourInput, Parameters, compute
-from cemsd.reduction.inputs import HourDetail, hour_inputs, startup_end
+from cemsd.reduction.inputs import HourDetail, startup_end, units_inputs
 from cemsd.reduction.production import (
     ProductionError,
     days_of,
@@ -55,8 +55,7 @@ def parameters_of(config: Config) -> dict[str, Any]:
         "startup_months": r.startup_months,
         "startup_end_utc": utc_label(end) if end is not None else None,
         "production_source": r.production,
-        "inlet_series": f"{r.inlet_point}.n2o_kg_h", "outlet_series": f"{r.outlet_point}.n2o_kg_h",
-        "bypass_point": r.bypass_point,
+        **_unit_parameters(config),
         "vent_lookback_hours": r.bypass.vent_lookback_hours,
         "standard_state": config.processing.standard_state,
         "baseline_substitution": config.qaqc.baseline_substitution,
@@ -69,27 +68,50 @@ def parameters_of(config: Config) -> dict[str, Any]:
     }
 
 
+def _unit_parameters(config: Config) -> dict[str, Any]:
+    """Which series each unit is computed from (a plant without [[units]]: as before)."""
+    def series(unit: AbatementUnit) -> dict[str, Any]:
+        return {"inlet_series": f"{unit.inlet}.n2o_kg_h",
+                "outlet_series": f"{unit.outlet}.n2o_kg_h", "bypass_point": unit.bypass_point}
+
+    units = config.abatement_units()
+    if not config.units:
+        return series(units[0])
+    return {"units": [{"name": u.name, **series(u)} for u in units]}
+
+
 def _gwp_source(gwp: float) -> str:
     known = (standards.GWP_N2O_AR5, standards.GWP_N2O_AR6, standards.GWP_N2O_AR4)
     return next((g.source for g in known if g.value == gwp), "set in the configuration")
 
 
-def calculation(hours: list[HourInput], production: dict[date, float],
+def calculation(units: dict[str, list[HourInput]], production: dict[date, float],
                 params: dict[str, Any]) -> dict[str, Any]:
-    """Result and digest from inputs alone: what a verifier recomputes."""
+    """Result and digest from inputs alone: what a verifier recomputes.
+
+    Each unit is computed from its own hours; the plant from every unit's hours together,
+    so its totals are the units' sums; production and the cap are the plant's, so every
+    unit and the plant share one cap factor (docs/decisions/0140)."""
     total = sum(production.values())
     cap = params["production_cap_t_per_year"]
     cap_t = prorated_cap(cap, production) if cap is not None else None
-    result = compute(hours, Parameters(params["gwp"], params["baseline"],
-                                       params["baseline_destruction"], params["cap_mode"],
-                                       params["share_limit"]), total, cap_t)
-    if params.get("draft"):
-        result.reasons.insert(0, f"DRAFT: {params['draft']}")
-        result.creditable = False
-    result.warnings += [f"[reduction] {key} {message}" for key, message in
-                        reduction_warnings(params["installation_date"], cap)]
-    return {"result": result.to_dict(), "production_t": total, "cap_t": cap_t,
-            "inputs_sha256": digest(hours, production, params)}
+    parameters = Parameters(params["gwp"], params["baseline"], params["baseline_destruction"],
+                            params["cap_mode"], params["share_limit"])
+
+    def result(hours: list[HourInput]) -> dict[str, Any]:
+        r = compute(hours, parameters, total, cap_t)
+        if params.get("draft"):
+            r.reasons.insert(0, f"DRAFT: {params['draft']}")
+            r.creditable = False
+        r.warnings += [f"[reduction] {key} {message}" for key, message in
+                       reduction_warnings(params["installation_date"], cap)]
+        return r.to_dict()
+
+    every_hour = [h for hours in units.values() for h in hours]
+    return {"result": result(every_hour),
+            "units": {name: {"result": result(hours)} for name, hours in units.items()},
+            "production_t": total, "cap_t": cap_t,
+            "inputs_sha256": digest(units, production, params)}
 
 
 def period_name(t0: float, t1: float, tz: ZoneInfo) -> str:
@@ -133,10 +155,13 @@ def month_to_date(db: Database, config: Config, t0: float, t1: float
         return end, {d: known[d] for d in run}, why
 
 
-def digest(hours: list[HourInput], production: dict[date, float],
+def digest(units: dict[str, list[HourInput]], production: dict[date, float],
            params: dict[str, Any]) -> str:
+    """SHA-256 of the canonical inputs; a plant of one unit digests as before units."""
+    named = len(units) > 1
     canonical = json.dumps({
-        "hours": [[getattr(h, f) for f in HOUR_FIELDS] for h in hours],
+        "hours": [[*([name] if named else []), *(getattr(h, f) for f in HOUR_FIELDS)]
+                  for name, hours in units.items() for h in hours],
         "production": [[str(d), t] for d, t in sorted(production.items())],
         "parameters": params,
     }, sort_keys=True, separators=(",", ":"), allow_nan=False)
@@ -148,43 +173,56 @@ def build_report(db: Database, config: Config, t0: float, t1: float, now: float
     tz = config.plant.tz
     asked = t1
     t1, production, draft = month_to_date(db, config, t0, t1)
-    hours, details, events = hour_inputs(db, config, t0, t1, now)
+    inputs = units_inputs(db, config, t0, t1, now)
     params = {**parameters_of(config), "draft": draft}
-    calc = calculation(hours, production, params)
-    r = config.reduction
+    calc = calculation({name: hours for name, (hours, _, _) in inputs.items()}, production,
+                       params)
+    units = {u.name: u for u in config.abatement_units()}
+    events = {e.id: e for _, _, unit_events in inputs.values() for e in unit_events}
     return {
         "report": "cemsd N2O emission reductions", "format_version": FORMAT_VERSION,
         "plant": {"id": config.plant.id, "name": config.plant.name,
                   "timezone": config.plant.timezone},
         "period": {"name": period_name(t0, asked, tz), "draft": draft is not None,
                    "from": local_label(t0, tz), "to": local_label(t1, tz),
-                   "from_utc": utc_label(t0), "to_utc": utc_label(t1), "hours": len(hours),
+                   "from_utc": utc_label(t0), "to_utc": utc_label(t1),
+                   "hours": len(next(iter(inputs.values()))[0]),
                    "asked_to": local_label(asked, tz)},
         "software": {"cemsd": __version__},
         "parameters": params,
         "production": {"days": [{"date": str(d), "tonnes": t} for d, t in production.items()],
                        "total_t": calc["production_t"], "cap_t": calc["cap_t"]},
         **{k: calc[k] for k in ("result", "inputs_sha256")},
-        "hj75_substitution": {
-            side: share_report(db, f"{point}.n2o_kg_h", t0, t1)
-            for side, point in (("inlet", r.inlet_point), ("outlet", r.outlet_point))},
-        "bypass_events": [_event(e, tz) for e in events],
-        "hours": [_hour(h, d, tz) for h, d in zip(hours, details, strict=True)],
+        "hj75_substitution": _substitution(db, next(iter(units.values())), t0, t1),
+        "units": {name: {**calc["units"][name], "inlet": units[name].inlet,
+                         "outlet": units[name].outlet,
+                         "hj75_substitution": _substitution(db, units[name], t0, t1),
+                         "bypass_events": [e.id for e in unit_events]}
+                  for name, (_, _, unit_events) in inputs.items()},
+        "bypass_events": [_event(e, tz) for e in sorted(events.values(),
+                                                         key=lambda e: e.started_at)],
+        "hours": [_hour(name, h, d, tz) for name, (hours, details, _) in inputs.items()
+                  for h, d in zip(hours, details, strict=True)],
     }
+
+
+def _substitution(db: Database, unit: AbatementUnit, t0: float, t1: float) -> dict[str, Any]:
+    return {side: share_report(db, f"{point}.n2o_kg_h", t0, t1)
+            for side, point in (("inlet", unit.inlet), ("outlet", unit.outlet))}
 
 
 def _event(e: Any, tz: Any) -> dict[str, Any]:
     start = e.started_at.timestamp()
     end = e.ended_at.timestamp() if e.ended_at else None
-    return {"id": e.id, "start": local_label(start, tz),
+    return {"id": e.id, "unit": e.unit, "start": local_label(start, tz),
             "end": local_label(end, tz) if end else None,
             "duration_min": (end - start) / 60 if end else None,
             "triggers": json.loads(e.triggers), "gas_volume_nm3": e.gas_volume_nm3,
             "n2o_kg": e.n2o_kg, "n2o_estimated_kg": e.n2o_estimated_kg, "method": e.method}
 
 
-def _hour(h: HourInput, d: HourDetail, tz: Any) -> dict[str, Any]:
-    return {"hour": local_label(h.ts, tz), **asdict(h), "inlet_flag": d.inlet_flag,
+def _hour(unit: str, h: HourInput, d: HourDetail, tz: Any) -> dict[str, Any]:
+    return {"unit": unit, "hour": local_label(h.ts, tz), **asdict(h), "inlet_flag": d.inlet_flag,
             "outlet_flag": d.outlet_flag, "bypass_events": list(d.events)}
 
 
@@ -198,7 +236,7 @@ def to_json(report: dict[str, Any]) -> str:
 def to_csv(report: dict[str, Any]) -> str:
     """The hourly table, one row an hour, every input the calculation used."""
     buffer = io.StringIO()
-    columns = ["hour", *HOUR_FIELDS, "inlet_flag", "outlet_flag", "bypass_events"]
+    columns = ["unit", "hour", *HOUR_FIELDS, "inlet_flag", "outlet_flag", "bypass_events"]
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in report["hours"]:
@@ -206,9 +244,14 @@ def to_csv(report: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def hours_from_rows(rows: list[dict[str, Any]]) -> list[HourInput]:
-    """HourInputs back from report or CSV rows (a verifier's input)."""
-    return [HourInput(**{f: _typed(f, row[f]) for f in HOUR_FIELDS}) for row in rows]
+def hours_from_rows(rows: list[dict[str, Any]]) -> dict[str, list[HourInput]]:
+    """HourInputs by unit back from report or CSV rows (a verifier's input); rows without a
+    unit (written before units existed) are the implicit unit's."""
+    units: dict[str, list[HourInput]] = {}
+    for row in rows:
+        hour = HourInput(**{f: _typed(f, row[f]) for f in HOUR_FIELDS})
+        units.setdefault(row.get("unit") or IMPLICIT_UNIT, []).append(hour)
+    return units
 
 
 def _typed(name: str, value: Any) -> Any:

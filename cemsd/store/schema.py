@@ -314,6 +314,9 @@ bypass_events = Table(
     Column("n2o_estimated_kg", Double),  # the part estimated (unmonitored venting)
     Column("method", Text),  # how the mass was obtained, with minute counts
     Column("created_at", UTCDateTime, nullable=False),
+    # the abatement unit (config [[units]]); NULL: recorded before units existed, the
+    # plant's first unit
+    Column("unit", String(64)),
     Index(None, "started_at"),
 )
 
