@@ -127,7 +127,7 @@ def test_an_analyzer_without_a_point_needs_one_when_there_are_several_units(
 
 def _platform(**extra: Any) -> dict[str, Any]:
     return {"name": "prov", "host": "198.51.100.7", "port": 9000, "mn": MN, "pw": "123456",
-            "uploads": [2011, 2021], "codes": {"l1_out.n2o_mg_m3": "n2o_out"}, **extra}
+            "uploads": [2011, 2021], "codes": {"l1_out.n2o_mg_m3": "a99002"}, **extra}
 
 
 def test_an_hj212_platform_reports_one_unit(tmp_path: Path) -> None:
