@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import distinct, func, or_, select
 
 from cemsd import __version__
@@ -37,6 +37,7 @@ from cemsd.flags import Flag
 from cemsd.logs import Episode
 from cemsd.periods import HOUR, hour_floor
 from cemsd.readings import Reading
+from cemsd.settings_base import Host, SettingsModel
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.units import Role
@@ -63,12 +64,10 @@ CALIBRATION_STATES = ("out_of_control", "calibration_overdue", "in_control")
 BYPASS_EVENT = "bypass"  # event kind whose payload {"active": bool} sets cemsd_bypass_active
 
 
-class MetricsConfig(BaseModel):
+class MetricsConfig(SettingsModel):
     """[metrics]: where the Prometheus endpoint listens."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: str = "127.0.0.1"  # loopback by default: the endpoint has no authentication
+    address: Host = "127.0.0.1"  # loopback by default: the endpoint has no authentication
     port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0: any free port
 
 

@@ -26,12 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from cemsd import __version__
 from cemsd.errors import ConfigProblem, StorageError
 from cemsd.outbox import Outbox, OutboxMessage, PendingMessage
 from cemsd.periods import HOUR, MINUTE, local_label, utc_label
+from cemsd.settings_base import MAX_DAYS, Host, SettingsModel
 from cemsd.store import schema
 
 if TYPE_CHECKING:
@@ -57,21 +58,17 @@ PERIOD_SECONDS = {"minute": MINUTE, "hour": HOUR}
 # --- configuration ([mqtt]) --------------------------------------------------------------
 
 
-class MqttTls(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MqttTls(SettingsModel):
     ca_file: Path | None = None  # None: the system's trusted authorities
     cert_file: Path | None = None  # client certificate, with key_file
     key_file: Path | None = None
     insecure: bool = False  # skip the broker host name check (test benches only)
 
 
-class MqttConfig(BaseModel):
+class MqttConfig(SettingsModel):
     """[mqtt]: the broker, credentials, topics and the outbox's retention."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str
+    host: Host
     port: Annotated[int, Field(ge=1, le=65535)] | None = None  # default 1883, TLS 8883
     client_id: str | None = None  # default cemsd-<plant id>
     username: str | None = None
@@ -88,7 +85,7 @@ class MqttConfig(BaseModel):
     backoff_initial: Annotated[float, Field(gt=0, le=60)] = 1.0  # wall seconds
     backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100  # rows per drain step
-    retention_days: Annotated[float, Field(ge=0)] = 7.0  # sent rows kept (daemon clock)
+    retention_days: Annotated[float, Field(ge=0, le=MAX_DAYS)] = 7.0  # sent rows kept
 
     @property
     def broker_port(self) -> int:

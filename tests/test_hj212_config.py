@@ -82,9 +82,9 @@ def test_reference_and_consistency_problems(tmp_path: Path) -> None:
 def test_state_codes_need_their_channels(tmp_path: Path) -> None:
     problems = _problems(tmp_path, [_platform(uploads=[2021], abatement_code="SB1",
                                               bypass_code="SB2")], plant_io=False)
-    assert problems == {"hj212[0].abatement_code": "needs a channel with role "
+    assert problems == {"hj212[prov].abatement_code": "needs a channel with role "
                                                    "'abatement_running'",
-                        "hj212[0].bypass_code": "needs a channel with role 'bypass_valve'"}
+                        "hj212[prov].bypass_code": "needs a channel with role 'bypass_valve'"}
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -93,12 +93,12 @@ def test_state_codes_need_their_channels(tmp_path: Path) -> None:
     ("uploads", [2011, 9014]), ("port", 0), ("st", 100), ("surprise", 1)])
 def test_schema_problems_name_the_key(tmp_path: Path, key: str, value: Any) -> None:
     problems = _problems(tmp_path, [_platform(**{key: value})])
-    assert list(problems) and all(path.startswith(f"hj212[0].{key}") for path in problems)
+    assert list(problems) and all(path.startswith(f"hj212[prov].{key}") for path in problems)
 
 
 def test_pollutant_codes_may_not_hold_separators(tmp_path: Path) -> None:
     problems = _problems(tmp_path, [_platform(codes={"outlet.n2o_mg_m3": "n2o-out"})])
-    assert list(problems) == ['hj212[0].codes.outlet.n2o_mg_m3']
+    assert list(problems) == ['hj212[prov].codes.outlet.n2o_mg_m3']
 
 
 def test_the_example_plant_configuration_loads() -> None:
