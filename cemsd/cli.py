@@ -2,22 +2,101 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
-from datetime import datetime
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import click
 
-from cemsd import __version__
-from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock
-from cemsd.errors import CemsdError, ConfigError
+def _ignore_sighup_until_ready() -> None:
+    """SIGHUP reloads a running daemon, but its handler is installed only once `run` has
+    imported, read its configuration and prepared storage (seconds on a busy box). Until
+    then the default action would end the process, so the cemsd program ignores SIGHUP from
+    its first moment; every command but `run` restores the default (main below)."""
+    program = Path(sys.argv[0])
+    ours = program.name == "cemsd" or program.parent.name == "cemsd"  # script or -m cemsd
+    if ours and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+_ignore_sighup_until_ready()  # before the imports below, which take the time
+
+import asyncio  # noqa: E402
+import math  # noqa: E402
+from datetime import datetime  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+import click  # noqa: E402
+
+from cemsd import __version__  # noqa: E402
+from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock  # noqa: E402
+from cemsd.errors import CemsdError, ConfigError  # noqa: E402
 
 if TYPE_CHECKING:
     from cemsd.config import Config
     from cemsd.store.database import Database
+
+
+# --- arguments checked where they are read: a clean usage error, never a traceback ---------
+
+
+class Moment(click.ParamType):
+    """An ISO 8601 time (with an offset, or in this machine's zone) as epoch seconds."""
+
+    name = "ISO-TIME"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, float):
+            return value
+        try:
+            return datetime.fromisoformat(value).timestamp()
+        except (ValueError, OverflowError, OSError):
+            self.fail(f"{value!r} is not a time such as 2026-01-05T08:00+08:00", param, ctx)
+
+
+class Until(click.ParamType):
+    """A moment, or +DURATION after the start (checked here, added to the start later)."""
+
+    name = "ISO-TIME|+DURATION"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if not value.startswith("+"):
+            MOMENT.convert(value, param, ctx)
+            return value
+        from simulators.scenario import parse_offset
+
+        try:
+            seconds = parse_offset(value[1:])
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if not 0 < seconds <= MAX_RUN_SECONDS:
+            self.fail(f"{value!r}: a duration above 0 and at most {MAX_RUN_YEARS} years "
+                      "(e.g. +24h)", param, ctx)
+        return value
+
+
+class Speed(click.ParamType):
+    """A simulated clock's speed: a positive, finite factor, or 'max' (as infinity)."""
+
+    name = "FACTOR|max"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, float):
+            return value
+        if value == "max":
+            return math.inf
+        try:
+            speed = float(value)
+        except ValueError:
+            speed = math.nan
+        if not (math.isfinite(speed) and speed > 0):
+            self.fail(f"{value!r} is not a positive factor (e.g. 1000) or 'max'", param, ctx)
+        return speed
+
+
+MOMENT, UNTIL, SPEED = Moment(), Until(), Speed()
+MAX_RUN_YEARS = 100
+MAX_RUN_SECONDS = MAX_RUN_YEARS * 366 * 86400
 
 
 def _load_config(path: str):
@@ -31,25 +110,40 @@ def _load_config(path: str):
         sys.exit(2)
 
 
-def _open_existing_db(config: Config, exit_code: int = 1) -> Database:
-    """The database of a configuration for reading; never creates an empty one."""
+def _open_existing_db(config: Config, exit_code: int = 1, upgrade: bool = False) -> Database:
+    """The database of a configuration, which must exist: only `run` and `db-upgrade`
+    create one. `upgrade`: migrate it first (commands that write)."""
     from cemsd.store.database import open_existing
 
     try:
-        return open_existing(config.storage.database_url)
+        return open_existing(config.storage.database_url, upgrade=upgrade)
     except CemsdError as exc:
         click.echo(f"cemsd: {exc}", err=True)
         sys.exit(exit_code)
+
+
+def _prepare_storage(config: Config) -> None:
+    """For the commands that may create the database: its place is usable, or exit 1."""
+    from cemsd.store.location import prepare_storage
+
+    try:
+        prepare_storage(config.storage)
+    except CemsdError as exc:
+        click.echo(f"cemsd: {exc}; nothing was started.", err=True)
+        sys.exit(1)
 
 
 @click.group()
 @click.version_option(__version__, prog_name="cemsd")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
     """cemsd: CEMS data acquisition for N2O abatement units."""
     from cemsd.logs import setup_logging
 
+    if ctx.invoked_subcommand != "run" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     setup_logging(log_level)
 
 
@@ -65,11 +159,18 @@ _register_commands()
 
 
 @main.command("check-config")
-@click.argument("config_file", type=click.Path(dir_okay=False))
-def check_config(config_file: str) -> None:
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "config_option", default=None, type=click.Path(dir_okay=False),
+              help="The configuration file (or give it as the argument).")
+def check_config(config_file: str | None, config_option: str | None) -> None:
     """Validate CONFIG_FILE; print every problem and exit non-zero if there is one."""
     from cemsd.config import load_config
     from cemsd.plan import compile_plan
+
+    if (config_file is None) == (config_option is None):
+        raise click.UsageError("give the configuration file once: --config FILE or FILE")
+    config_file = config_file or config_option
+    assert config_file is not None
 
     try:
         config = load_config(config_file)
@@ -89,15 +190,16 @@ def check_config(config_file: str) -> None:
 
 @main.command()
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
-@click.option("--accelerate", default=None,
+@click.option("--accelerate", default=None, type=SPEED,
               help="Run on a simulated clock: a speed factor (e.g. 1000) or 'max'.")
-@click.option("--start", default=None, help="Simulated start time (ISO, with offset).")
-@click.option("--until", default=None,
+@click.option("--start", default=None, type=MOMENT,
+              help="Simulated start time (ISO, with offset).")
+@click.option("--until", default=None, type=UNTIL,
               help="Stop at this time: ISO, or +DURATION after the start (e.g. +24h).")
 @click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
               help="Publish the simulated time here for a simulator process.")
-def run(config_file: str, accelerate: str | None, start: str | None, until: str | None,
-        clock_file: str | None) -> None:
+def run(config_file: str, accelerate: float | None, start: float | None,
+        until: str | None, clock_file: str | None) -> None:
     """Run the daemon (wall clock unless --accelerate). SIGTERM/SIGINT stop it in order,
     SIGHUP reloads the configuration file (a bad file is refused, the daemon runs on)."""
     from cemsd.daemon import Daemon
@@ -106,32 +208,35 @@ def run(config_file: str, accelerate: str | None, start: str | None, until: str 
     config = _load_config(config_file)
     clock, name, t0 = _make_clock(accelerate, start, clock_file)
     end = _parse_until(until, t0)
+    if end is not None and end <= t0:
+        raise click.BadParameter("must be after the start", param_hint="'--until'")
+    _prepare_storage(config)
     service = Service(config, lambda c: Daemon(c, clock, clock_name=name, until=end))
     sys.exit(_run_service(service))
 
 
-def _make_clock(accelerate: str | None, start: str | None, clock_file: str | None
+def _make_clock(accelerate: float | None, start: float | None, clock_file: str | None
                 ) -> tuple[Clock, str, float]:
     if accelerate is None:
-        if start or clock_file:
+        if start is not None or clock_file:
             raise click.UsageError("--start and --clock-file need --accelerate")
         return WallClock(), "wall", datetime.now().timestamp()
-    speed = None if accelerate == "max" else float(accelerate)
-    if speed is not None and speed <= 0:
-        raise click.UsageError("--accelerate takes a positive factor or 'max'")
-    t0 = datetime.fromisoformat(start).timestamp() if start else datetime.now().timestamp()
+    speed = None if math.isinf(accelerate) else accelerate
+    t0 = datetime.now().timestamp() if start is None else start
     shared = SharedClockFile(Path(clock_file), create=True) if clock_file else None
-    return VirtualClock(t0, speed=speed, shared_file=shared), f"virtual x{accelerate}", t0
+    label = "max" if speed is None else f"{speed:g}"
+    return VirtualClock(t0, speed=speed, shared_file=shared), f"virtual x{label}", t0
 
 
 def _parse_until(until: str | None, t0: float) -> float | None:
+    """--until, already checked by UNTIL: a moment, or +DURATION after the start."""
     if until is None:
         return None
     if until.startswith("+"):
         from simulators.scenario import parse_offset
 
         return t0 + parse_offset(until[1:])
-    return datetime.fromisoformat(until).timestamp()
+    return MOMENT.convert(until, None, None)
 
 
 def _run_service(service) -> int:  # type: ignore[no-untyped-def]
@@ -230,8 +335,15 @@ def db_upgrade(config_file: str) -> None:
     from cemsd.store.database import Database
 
     config = _load_config(config_file)
+    _prepare_storage(config)
     db = Database(config.storage.database_url)
-    db.upgrade()
+    try:
+        db.upgrade()
+    except CemsdError as exc:
+        click.echo(f"cemsd db-upgrade: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        db.close()
     click.echo(f"database at {db.location} is up to date")
 
 
@@ -366,11 +478,7 @@ def _actor(actor: str | None) -> str:
 
 
 def _token_db(config_file: str):  # type: ignore[no-untyped-def]
-    from cemsd.store.database import Database
-
-    db = Database(_load_config(config_file).storage.database_url)
-    db.upgrade()
-    return db
+    return _open_existing_db(_load_config(config_file), exit_code=1, upgrade=True)
 
 
 @token.command("create")

@@ -34,6 +34,7 @@ from cemsd.qaqc.checks import ChannelChecks
 from cemsd.qaqc.records import audit_config, load_plant_state
 from cemsd.qaqc.state import PlantState
 from cemsd.store.database import Database
+from cemsd.store.location import prepare_storage
 from cemsd.store.writer import Store
 from cemsd.validity import DeviceValidator, over_range
 from drivers.base import Transport
@@ -110,6 +111,7 @@ class Daemon:
 
     async def run(self) -> None:
         log_plan(self.plan)
+        await asyncio.to_thread(prepare_storage, self.config.storage)  # or a clear refusal
         db = Database(self.config.storage.database_url)
         await asyncio.to_thread(db.upgrade)
         self.store = store = Store(db, self.config.storage.batch_seconds,

@@ -86,6 +86,7 @@ class Snapshot:
     readings_queued: int = 0
     readings_dropped: int = 0
     mqtt_connected: bool | None = None  # None: no MQTT output configured
+    mqtt_refused: bool = False  # the broker refuses the credentials
 
 
 @dataclass
@@ -163,6 +164,7 @@ class Metrics:
             readings_queued=daemon.store.pending,
             readings_dropped=daemon.store.dropped_readings,
             mqtt_connected=mqtt_connected(daemon),
+            mqtt_refused=mqtt_refused(daemon) is not None,
         )
         hour_start = hour_floor(now, tz)
         try:
@@ -217,6 +219,12 @@ def _running_in(loop: asyncio.AbstractEventLoop) -> bool:
 def mqtt_connected(daemon: Daemon) -> bool | None:
     publisher = next((c for c in daemon.components if c.name == "mqtt"), None)
     return None if publisher is None else bool(getattr(publisher, "connected", False))
+
+
+def mqtt_refused(daemon: Daemon) -> str | None:
+    """The broker's refusal of the credentials, while it lasts."""
+    publisher = next((c for c in daemon.components if c.name == "mqtt"), None)
+    return getattr(publisher, "refused", None)
 
 
 def read_database_state(db: Database, hour_start: float, now: float) -> DatabaseState:
@@ -302,6 +310,9 @@ class _StateCollector:
         if snap.mqtt_connected is not None:
             yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
                                     value=float(snap.mqtt_connected))
+            yield GaugeMetricFamily("cemsd_mqtt_credentials_refused",
+                                    "1 while the broker refuses the username or password",
+                                    value=float(snap.mqtt_refused))
 
 
 def _labelled(name: str, documentation: str, label: str, values: dict[str, float]) -> Metric:

@@ -53,6 +53,7 @@ DRAIN_ON_STOP_SECONDS = 5.0
 GOODBYE_SECONDS = 2.0
 _TOPIC_LEVEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 PERIOD_SECONDS = {"minute": MINUTE, "hour": HOUR}
+REFUSED_CREDENTIALS = frozenset({4, 5, 0x86, 0x87})
 
 
 # --- configuration ([mqtt]) --------------------------------------------------------------
@@ -84,6 +85,8 @@ class MqttConfig(SettingsModel):
     publish_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # wait for a PUBACK
     backoff_initial: Annotated[float, Field(gt=0, le=60)] = 1.0  # wall seconds
     backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # While the broker refuses the credentials, retry this seldom: fixing them takes a person.
+    refused_backoff: Annotated[float, Field(gt=0, le=86400)] = 600.0
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100  # rows per drain step
     retention_days: Annotated[float, Field(ge=0, le=MAX_DAYS)] = 7.0  # sent rows kept
 
@@ -237,6 +240,7 @@ class MqttPublisher:
         self.topics = Topics(topic_prefix(settings, config.plant.id), config.plant.id,
                              config.plant.tz)
         self.connected = False
+        self.refused: str | None = None  # the broker's refusal of our credentials, if any
         self.acknowledged = 0  # messages the broker acknowledged in this run
         self.connections = 0
         self._stopping = False
@@ -341,9 +345,17 @@ class MqttPublisher:
                         "broker": self.settings.host, "connection": self.connections,
                         "down_for_s": round(loop.time() - lost_since, 1) if lost_since else 0})
                     lost_since, delay = None, self.settings.backoff_initial
+                    self.refused = None
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
-                if lost_since is None:
+                if _refused_credentials(exc):
+                    self.refused, lost_since = str(exc), lost_since or loop.time()
+                    delay = self.settings.refused_backoff
+                    log.error("mqtt broker refused the credentials; retrying in "
+                              f"{delay:g} s", extra={"broker": self.settings.host,
+                                                     "username": self.settings.username,
+                                                     "error": str(exc)})
+                elif lost_since is None:
                     lost_since = loop.time()
                     log.warning("mqtt connection lost" if self.connected else
                                 "mqtt broker unreachable", extra={"error": str(exc)})
@@ -360,7 +372,8 @@ class MqttPublisher:
             if self._stopping:
                 break
             await self._pause(delay)
-            delay = min(delay * 2, self.settings.backoff_max)
+            if self.refused is None:
+                delay = min(delay * 2, self.settings.backoff_max)
 
     def _client(self) -> aiomqtt.Client:
         import aiomqtt
@@ -457,6 +470,13 @@ class MqttPublisher:
         """Back-off in wall time; returns early when the daemon stops."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), seconds)
+
+
+def _refused_credentials(exc: Exception) -> bool:
+    """CONNACK 'bad user name or password' or 'not authorized' (MQTT 3.1.1 codes 4 and 5,
+    MQTT 5 reason codes 0x86 and 0x87): nothing a reconnect alone will change."""
+    rc = getattr(exc, "rc", None)
+    return getattr(rc, "value", rc) in REFUSED_CREDENTIALS
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:

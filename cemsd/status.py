@@ -27,6 +27,7 @@ from cemsd.metrics import (
     DatabaseState,
     calibration_states,
     mqtt_connected,
+    mqtt_refused,
     read_database_state,
 )
 from cemsd.periods import HOUR, MINUTE, hour_floor, local_label
@@ -169,7 +170,8 @@ class LiveStatus:
                         for w in daemon.plant_state.windows.values() if w.end is None],
             "calibration_due": dict(daemon.plant_state.calibration_due),
             "bypass": {"monitored": bypass_monitored(daemon)},
-            "outputs": {"mqtt_connected": mqtt_connected(daemon)},
+            "outputs": {"mqtt_connected": mqtt_connected(daemon),
+                        "mqtt_refused": mqtt_refused(daemon)},
             "database": {"write_failing": daemon.store.failing_since is not None,
                          "error": daemon.store.last_error, "queued_readings": daemon.store.pending},
         }

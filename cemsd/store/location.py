@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,11 +53,11 @@ def directory_problems(path: Path) -> list[str]:
     if any(resolved == v or v in resolved.parents for v in VIRTUAL_FILESYSTEMS):
         return [f"{path} is on a virtual file system (/proc, /sys, /dev): nothing stored "
                 "there survives; use a directory on disk such as /var/lib/cemsd"]
-    existing = _nearest_existing(resolved)
-    if not existing.is_dir():
-        what = "a file" if existing.is_file() else "not a directory"
+    existing, mode = _nearest_existing(resolved)
+    if mode is not None and not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else "not a directory"
         return [f"{existing} is {what}: state_dir must be a directory"]
-    return []
+    return []  # None: hidden from this user; the user who runs cemsd may see it
 
 
 def url_problems(url: str) -> list[str]:
@@ -82,16 +83,34 @@ def url_problems(url: str) -> list[str]:
             return ["an in-memory SQLite database keeps nothing: give a file path "
                     "(sqlite:////var/lib/cemsd/cemsd.db)"]
         problems = directory_problems(Path(database).parent)
-        if not problems and Path(database).exists() and not Path(database).is_file():
+        found, mode = _nearest_existing(Path(database))
+        if not problems and found == Path(database) and mode is not None and \
+                not stat.S_ISREG(mode):
             problems.append(f"{database} is not a regular file")
         return problems
     return []
 
 
-def _nearest_existing(path: Path) -> Path:
-    while not path.exists() and path != path.parent:
-        path = path.parent
-    return path
+def _nearest_existing(path: Path) -> tuple[Path, int | None]:
+    """The path or its nearest existing parent, with its mode (None: not visible)."""
+    while True:
+        try:
+            return path, os.stat(path).st_mode
+        except FileNotFoundError:
+            if path == path.parent:
+                return path, None
+            path = path.parent
+        except OSError:  # permission denied, or a parent that is a file (ENOTDIR)
+            if path.parent != path and _is_file(path.parent):
+                return path.parent, stat.S_IFREG
+            return path, None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def sqlite_file(url: str) -> Path | None:
