@@ -23,6 +23,8 @@ from cemsd.config import Config, load_config
 from cemsd.errors import ConfigError, ConfigProblem
 from drivers.registry import load_profile
 from helpers import REPO, write_config, write_toml
+from helpers import all_of as _all
+from helpers import set_at as _set
 
 Data = dict[str, Any]
 
@@ -113,20 +115,6 @@ def test_demo_config_paths_are_relative_to_the_file() -> None:
 # --- malformed configurations --------------------------------------------------------------
 
 
-def _set(path: str, value: Any) -> Callable[[Data], None]:
-    """A mutation setting a dotted path (list indices as numbers): 'devices.0.device_id'."""
-    def mutate(data: Data) -> None:
-        *parents, last = path.split(".")
-        node: Any = data
-        for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return mutate
-
-
 def _del(path: str) -> Callable[[Data], None]:
     def mutate(data: Data) -> None:
         *parents, last = path.split(".")
@@ -146,13 +134,6 @@ def _add_device(**device: Any) -> Callable[[Data], None]:
 def _channel(device: int, key: str, **spec: Any) -> Callable[[Data], None]:
     def mutate(data: Data) -> None:
         data["devices"][device].setdefault("channels", {})[key] = spec
-    return mutate
-
-
-def _all(*mutations: Callable[[Data], None]) -> Callable[[Data], None]:
-    def mutate(data: Data) -> None:
-        for m in mutations:
-            m(data)
     return mutate
 
 

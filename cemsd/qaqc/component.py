@@ -23,6 +23,7 @@ from apscheduler.triggers.cron import CronTrigger
 from cemsd.config import Config
 from cemsd.control import ControlServer, Reply
 from cemsd.errors import CemsdError
+from cemsd.metrics import mqtt_connected, mqtt_refused
 from cemsd.periods import local_label
 from cemsd.qaqc import maintenance, records
 from cemsd.qaqc.calibration import CalibrationRequest, Calibrator
@@ -117,6 +118,8 @@ class Qaqc:
             "calibration_due": {c: local_label(d, tz)
                                 for c, (d, _) in state.calibration_due.items()},
             "calibrating": dict(self.calibrator.busy),
+            "outputs": {"mqtt_connected": mqtt_connected(self.daemon),
+                        "mqtt_refused": mqtt_refused(self.daemon)},
         }
 
     # --- schedule --------------------------------------------------------------------------

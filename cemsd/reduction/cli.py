@@ -142,17 +142,14 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
         """Import daily production (CSV with columns date,tonnes)."""
         from cemsd.qaqc.records import audit, default_actor
         from cemsd.reduction.production import import_days, read_csv_file
-        from cemsd.store.database import Database
-
         config = load_config(config_file)
         path = Path(csv_file)
         try:
             rows = read_csv_file(path)
         except CemsdError as exc:
             raise click.ClickException(str(exc)) from None
-        db = Database(config.storage.database_url)
+        db = open_db(config, exit_code=1, upgrade=True)
         try:
-            db.upgrade()
             now = time.time()
             counts = import_days(db, rows, f"import:{path.name}", now)
             audit(db, now, actor or default_actor(), "production.import", path.name, None,
