@@ -186,6 +186,10 @@ HOSTILE: list[tuple[str, Callable[[Data], None], str, str]] = [
      "hj212[epb].port", "this daemon's own metrics.port"),
     ("nesting-15-levels", at("points.outlet.description", [[[[[[[[[[[[["deep"]]]]]]]]]]]]]),
      "points.outlet.description" + "[0]" * 10, "nested deeper than 12 levels"),
+    ("control-socket-too-long", at("qaqc.control_socket", "/run/" + "s" * 120),
+     "qaqc.control_socket", "too long for the control socket"),
+    ("control-socket-in-a-file", at("qaqc.control_socket", "/etc/hostname/cemsd.sock"),
+     "qaqc.control_socket", "is a file"),
     ("mqtt-refused-backoff-zero", at("mqtt", {"host": "broker", "refused_backoff": 0}),
      "mqtt.refused_backoff", "greater than 0"),
 ]

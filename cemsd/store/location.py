@@ -35,10 +35,13 @@ def location_problems(storage: Storage, control_socket: Path | None) -> list[tup
     """(key, message) for each problem of [storage] that the configuration alone shows."""
     problems = [("storage.state_dir", m) for m in directory_problems(storage.state_dir)]
     socket = control_socket or storage.state_dir / SOCKET_NAME
-    if control_socket is None and len(str(socket)) > MAX_SOCKET_PATH:
-        problems.append(("storage.state_dir", f"too long for the control socket {socket} "
+    key = "storage.state_dir" if control_socket is None else "qaqc.control_socket"
+    if len(str(socket)) > MAX_SOCKET_PATH:
+        problems.append((key, f"too long for the control socket {socket} "
                          f"({len(str(socket))} > {MAX_SOCKET_PATH} characters): use a "
                          "shorter path or set [qaqc] control_socket"))
+    elif control_socket is not None:
+        problems += [(key, m) for m in directory_problems(control_socket.parent)]
     if storage.url is not None:
         problems += [("storage.url", m) for m in url_problems(storage.url)]
     return problems
