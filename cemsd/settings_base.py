@@ -48,7 +48,8 @@ class SettingsModel(BaseModel):
         marked = dict(data)
         for key, value in data.items():
             field = cls.model_fields.get(key)
-            if field is not None and not takes_bool(field.annotation):
+            if field is not None and takes_number(field.annotation) and \
+                    not takes_bool(field.annotation):
                 marked[key] = _mark_booleans(value)
         return marked
 
@@ -61,6 +62,20 @@ def _mark_booleans(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _mark_booleans(v) for k, v in value.items()}
     return value
+
+
+def takes_number(annotation: Any) -> bool:
+    """Whether a type admits an int or a float somewhere (where pydantic would take a
+    boolean for one); other types refuse a boolean with their own message."""
+    if annotation in (int, float):
+        return True
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(v, int | float) and not isinstance(v, bool)
+                   for v in get_args(annotation))
+    if origin is Annotated:
+        return takes_number(get_args(annotation)[0])
+    return any(takes_number(a) for a in get_args(annotation))
 
 
 def takes_bool(annotation: Any) -> bool:

@@ -190,6 +190,8 @@ HOSTILE: list[tuple[str, Callable[[Data], None], str, str]] = [
      "qaqc.control_socket", "too long for the control socket"),
     ("control-socket-in-a-file", at("qaqc.control_socket", "/etc/hostname/cemsd.sock"),
      "qaqc.control_socket", "is a file"),
+    ("mqtt-password-true", at("mqtt", {"host": "broker", "username": "u", "password": True}),
+     "mqtt.password", "valid string"),
     ("mqtt-refused-backoff-zero", at("mqtt", {"host": "broker", "refused_backoff": 0}),
      "mqtt.refused_backoff", "greater than 0"),
 ]
