@@ -75,26 +75,32 @@ class Until(click.ParamType):
         return value
 
 
-class Speed(click.ParamType):
-    """A simulated clock's speed: a positive, finite factor, or 'max' (as infinity)."""
+class Positive(click.ParamType):
+    """A positive, finite number up to `most`; with `max_word`, also 'max' (as infinity),
+    as a simulated clock's speed takes."""
 
-    name = "FACTOR|max"
+    def __init__(self, what: str, most: float = math.inf, max_word: bool = False) -> None:
+        self.what, self.most, self.max_word = what, most, max_word
+        self.name = f"{what.upper()}|max" if max_word else what.upper()
 
     def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
         if isinstance(value, float):
             return value
-        if value == "max":
+        if self.max_word and value == "max":
             return math.inf
         try:
-            speed = float(value)
+            number = float(value)
         except ValueError:
-            speed = math.nan
-        if not (math.isfinite(speed) and speed > 0):
-            self.fail(f"{value!r} is not a positive factor (e.g. 1000) or 'max'", param, ctx)
-        return speed
+            number = math.nan
+        if not (math.isfinite(number) and 0 < number <= self.most):
+            also = " or 'max'" if self.max_word else ""
+            self.fail(f"{value!r} is not a positive {self.what} (at most {self.most:g}){also}",
+                      param, ctx)
+        return number
 
 
-MOMENT, UNTIL, SPEED = Moment(), Until(), Speed()
+MOMENT, UNTIL = Moment(), Until()
+SPEED = Positive("factor", 1e9, max_word=True)
 MAX_RUN_YEARS = 100
 MAX_RUN_SECONDS = MAX_RUN_YEARS * 366 * 86400
 
@@ -318,14 +324,15 @@ def hours(config_file: str, start: str | None, end: str | None, channels: tuple[
 @click.option("--scenario", "scenario_file", default="config/demo-scenario.toml",
               show_default=True, type=click.Path(dir_okay=False))
 @click.option("--hours", "n_hours", default=24.0, show_default=True,
-              help="Simulated hours to run.")
-@click.option("--speed", default="max", show_default=True,
+              type=Positive("number of hours", 24 * 366), help="Simulated hours to run.")
+@click.option("--speed", default="max", show_default=True, type=SPEED,
               help="Speed factor of the simulated clock, or 'max'.")
-def demo(config_file: str, scenario_file: str, n_hours: float, speed: str) -> None:
+def demo(config_file: str, scenario_file: str, n_hours: float, speed: float) -> None:
     """Run the bundled simulators and the daemon for a simulated day; print the hours."""
     from cemsd.demo import run_demo
 
-    sys.exit(run_demo(config_file, scenario_file, n_hours, speed))
+    sys.exit(run_demo(config_file, scenario_file, n_hours,
+                      "max" if math.isinf(speed) else f"{speed:g}"))
 
 
 @main.command("db-upgrade")

@@ -328,6 +328,18 @@ BAD_RUN_ARGUMENTS = [
 ]
 
 
+@pytest.mark.parametrize(("arguments", "fragment"), [
+    (["--hours", "nan"], "'nan' is not a positive number of hours"),
+    (["--hours", "-1"], "'-1' is not a positive number of hours"),
+    (["--hours", "1e9"], "at most 8784"),
+    (["--speed", "fast"], "'fast' is not a positive factor"),
+    (["--speed", "inf"], "'inf' is not a positive factor"),
+], ids=["hours-nan", "hours-negative", "hours-absurd", "speed-words", "speed-inf"])
+def test_bad_demo_arguments_are_usage_errors(arguments: list[str], fragment: str) -> None:
+    result = CliRunner().invoke(main, ["demo", *arguments])
+    assert result.exit_code == 2 and fragment in result.output, result.output
+
+
 @pytest.mark.parametrize(("arguments", "fragment"), [c[1:] for c in BAD_RUN_ARGUMENTS],
                          ids=[c[0] for c in BAD_RUN_ARGUMENTS])
 def test_bad_run_arguments_are_usage_errors_and_create_nothing(
