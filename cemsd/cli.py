@@ -395,13 +395,20 @@ def hj212_cursors(config_file: str) -> None:
               help="Listen port (default: [api] port).")
 def serve(config_file: str, host: str | None, port: int | None) -> None:
     """Serve the registry API from the database, read-only (no acquisition, no sealing)."""
+    from pydantic import ValidationError
+
     from cemsd.api.server import build_server, listen, serve
     from cemsd.api.settings import ApiConfig
     from cemsd.api.tokens import list_tokens
 
     config = _load_config(config_file)
-    settings = (config.api or ApiConfig()).model_copy(
-        update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    try:  # validated like the file's [api]: a host name the resolver cannot take is refused
+        settings = ApiConfig.model_validate({**(config.api or ApiConfig()).model_dump(),
+                                             **given})
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"].removeprefix("Value error, "),
+                                 param_hint="'--host'") from None
     db = _open_existing_db(config, exit_code=1)
     try:
         list_tokens(db)

@@ -351,6 +351,18 @@ def test_bad_run_arguments_are_usage_errors_and_create_nothing(
     assert not (tmp_path / "state").exists()
 
 
+@pytest.mark.parametrize(("arguments", "fragment"), [
+    (["report", "--period", "0001-01"], "dates from 1970-01-02 to 9998-12-31"),
+    (["report", "--from", "0001-01-01", "--to", "9999-12-31"], "dates from 1970-01-02"),
+    (["serve", "--host", "gw..plant.local"], "not a valid host name"),
+    (["serve", "--port", "0"], "'--port'"),
+], ids=["report-year-1", "report-to-year-9999", "serve-host-not-idna", "serve-port-0"])
+def test_bad_arguments_of_reading_commands_are_usage_errors(
+        plant_file: Path, arguments: list[str], fragment: str) -> None:
+    result = CliRunner().invoke(main, [*arguments, "--config", str(plant_file)])
+    assert result.exit_code == 2 and fragment in result.output, result.output
+
+
 def test_check_config_takes_the_file_as_option_or_argument(plant_file: Path) -> None:
     for arguments in (["--config", str(plant_file)], [str(plant_file)]):
         result = CliRunner().invoke(main, ["check-config", *arguments])

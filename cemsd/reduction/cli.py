@@ -19,6 +19,7 @@ from cemsd.errors import CemsdError
 from cemsd.periods import local_label
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
 
 
 def period_bounds(config: Config, period: str | None, start: str | None, end: str | None
@@ -40,6 +41,9 @@ def period_bounds(config: Config, period: str | None, start: str | None, end: st
             raise click.BadParameter("--to must be after --from")
     else:
         raise click.UsageError("give --period YYYY-MM, or --from and --to dates")
+    if first < FIRST_DAY or after > LAST_DAY:  # time zones and date arithmetic end there
+        raise click.BadParameter(f"dates from {FIRST_DAY} to {LAST_DAY}",
+                                 param_hint="--period/--from/--to")
     return (datetime.combine(first, clock_time(0), tz).timestamp(),
             datetime.combine(after, clock_time(0), tz).timestamp())
 
