@@ -36,7 +36,9 @@ def location_problems(storage: Storage, control_socket: Path | None) -> list[tup
     problems = [("storage.state_dir", m) for m in directory_problems(storage.state_dir)]
     socket = control_socket or storage.state_dir / SOCKET_NAME
     key = "storage.state_dir" if control_socket is None else "qaqc.control_socket"
-    if len(str(socket)) > MAX_SOCKET_PATH:
+    if problems and control_socket is None:
+        pass  # the state_dir's own problem says it
+    elif len(str(socket)) > MAX_SOCKET_PATH:
         problems.append((key, f"too long for the control socket {socket} "
                          f"({len(str(socket))} > {MAX_SOCKET_PATH} characters): use a "
                          "shorter path or set [qaqc] control_socket"))
