@@ -2,23 +2,108 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import sys
-from datetime import datetime
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
 
-import click
 
-from cemsd import __version__
-from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock
-from cemsd.errors import CemsdError, ConfigError
+def _ignore_sighup_until_ready() -> None:
+    """SIGHUP reloads a running daemon, but its handler is installed only once `run` has
+    imported, read its configuration and prepared storage (seconds on a busy box). Until
+    then the default action would end the process, so the cemsd program ignores SIGHUP from
+    its first moment; every command but `run` restores the default (main below)."""
+    program = Path(sys.argv[0])
+    ours = program.name == "cemsd" or program.parent.name == "cemsd"  # script or -m cemsd
+    if ours and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+_ignore_sighup_until_ready()  # before the imports below, which take the time
+
+import asyncio  # noqa: E402
+import math  # noqa: E402
+from datetime import datetime  # noqa: E402
+from typing import TYPE_CHECKING, Any  # noqa: E402
+from zoneinfo import ZoneInfo  # noqa: E402
+
+import click  # noqa: E402
+
+from cemsd import __version__  # noqa: E402
+from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock  # noqa: E402
+from cemsd.errors import CemsdError, ConfigError  # noqa: E402
 
 if TYPE_CHECKING:
     from cemsd.config import Config
     from cemsd.store.database import Database
+
+
+# --- arguments checked where they are read: a clean usage error, never a traceback ---------
+
+
+class Moment(click.ParamType):
+    """An ISO 8601 time, checked here; returned as given, since a time without an offset is
+    plant time and the plant's zone is known only once the configuration is read."""
+
+    name = "ISO-TIME"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        try:
+            datetime.fromisoformat(value).timestamp()
+        except (ValueError, OverflowError, OSError):
+            self.fail(f"{value!r} is not a time such as 2026-01-05T08:00+08:00", param, ctx)
+        return value
+
+
+class Until(click.ParamType):
+    """A moment, or +DURATION after the start (checked here, added to the start later)."""
+
+    name = "ISO-TIME|+DURATION"
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if not value.startswith("+"):
+            MOMENT.convert(value, param, ctx)
+            return value
+        from simulators.scenario import parse_offset
+
+        try:
+            seconds = parse_offset(value[1:])
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        if not 0 < seconds <= MAX_RUN_SECONDS:
+            self.fail(f"{value!r}: a duration above 0 and at most {MAX_RUN_YEARS} years "
+                      "(e.g. +24h)", param, ctx)
+        return value
+
+
+class Positive(click.ParamType):
+    """A positive, finite number up to `most`; with `max_word`, also 'max' (as infinity),
+    as a simulated clock's speed takes."""
+
+    def __init__(self, what: str, most: float = math.inf, max_word: bool = False) -> None:
+        self.what, self.most, self.max_word = what, most, max_word
+        self.name = f"{what.upper()}|max" if max_word else what.upper()
+
+    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
+        if isinstance(value, float):
+            return value
+        if self.max_word and value == "max":
+            return math.inf
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not (math.isfinite(number) and 0 < number <= self.most):
+            also = " or 'max'" if self.max_word else ""
+            self.fail(f"{value!r} is not a positive {self.what} (at most {self.most:g}){also}",
+                      param, ctx)
+        return number
+
+
+MOMENT, UNTIL = Moment(), Until()
+SPEED = Positive("factor", 1e9, max_word=True)
+MAX_RUN_YEARS = 100
+MAX_RUN_SECONDS = MAX_RUN_YEARS * 366 * 86400
 
 
 def _load_config(path: str):
@@ -32,25 +117,40 @@ def _load_config(path: str):
         sys.exit(2)
 
 
-def _open_existing_db(config: Config, exit_code: int = 1) -> Database:
-    """The database of a configuration for reading; never creates an empty one."""
+def _open_existing_db(config: Config, exit_code: int = 1, upgrade: bool = False) -> Database:
+    """The database of a configuration, which must exist: only `run` and `db-upgrade`
+    create one. `upgrade`: migrate it first (commands that write)."""
     from cemsd.store.database import open_existing
 
     try:
-        return open_existing(config.storage.database_url)
+        return open_existing(config.storage.database_url, upgrade=upgrade)
     except CemsdError as exc:
         click.echo(f"cemsd: {exc}", err=True)
         sys.exit(exit_code)
+
+
+def _prepare_storage(config: Config) -> None:
+    """For the commands that may create the database: its place is usable, or exit 1."""
+    from cemsd.store.location import prepare_storage
+
+    try:
+        prepare_storage(config.storage)
+    except CemsdError as exc:
+        click.echo(f"cemsd: {exc}; nothing was started.", err=True)
+        sys.exit(1)
 
 
 @click.group()
 @click.version_option(__version__, prog_name="cemsd")
 @click.option("--log-level", default="INFO", show_default=True,
               type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
     """cemsd: CEMS data acquisition for N2O abatement units."""
     from cemsd.logs import setup_logging
 
+    if ctx.invoked_subcommand != "run" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     setup_logging(log_level)
 
 
@@ -66,11 +166,18 @@ _register_commands()
 
 
 @main.command("check-config")
-@click.argument("config_file", type=click.Path(dir_okay=False))
-def check_config(config_file: str) -> None:
+@click.argument("config_file", required=False, type=click.Path(dir_okay=False))
+@click.option("--config", "config_option", default=None, type=click.Path(dir_okay=False),
+              help="The configuration file (or give it as the argument).")
+def check_config(config_file: str | None, config_option: str | None) -> None:
     """Validate CONFIG_FILE; print every problem and exit non-zero if there is one."""
     from cemsd.config import config_warnings, load_config
     from cemsd.plan import compile_plan
+
+    if (config_file is None) == (config_option is None):
+        raise click.UsageError("give the configuration file once: --config FILE or FILE")
+    config_file = config_file or config_option
+    assert config_file is not None
 
     try:
         config = load_config(config_file)
@@ -92,11 +199,11 @@ def check_config(config_file: str) -> None:
 
 @main.command()
 @click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
-@click.option("--accelerate", default=None,
+@click.option("--accelerate", default=None, type=SPEED,
               help="Run on a simulated clock: a speed factor (e.g. 1000) or 'max'.")
-@click.option("--start", default=None,
+@click.option("--start", default=None, type=MOMENT,
               help="Simulated start time (ISO; plant time unless it has an offset).")
-@click.option("--until", default=None,
+@click.option("--until", default=None, type=UNTIL,
               help="Stop at this time: ISO (plant time unless offset), or +DURATION after "
                    "the start (e.g. +24h).")
 @click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
@@ -104,7 +211,7 @@ def check_config(config_file: str) -> None:
 @click.option("--accept-new-database", is_flag=True,
               help="Start even though the database lacks the chain head this state directory "
                    "recorded (it was emptied or replaced on purpose); audited.")
-def run(config_file: str, accelerate: str | None, start: str | None, until: str | None,
+def run(config_file: str, accelerate: float | None, start: str | None, until: str | None,
         clock_file: str | None, accept_new_database: bool) -> None:
     """Run the daemon (wall clock unless --accelerate). SIGTERM/SIGINT stop it in order,
     SIGHUP reloads the configuration file (a bad file is refused, the daemon runs on)."""
@@ -114,6 +221,9 @@ def run(config_file: str, accelerate: str | None, start: str | None, until: str 
     config = _load_config(config_file)
     clock, name, t0 = _make_clock(accelerate, start, clock_file, config.plant.tz)
     end = _parse_until(until, t0, config.plant.tz)
+    if end is not None and end <= t0:
+        raise click.BadParameter("must be after the start", param_hint="'--until'")
+    _prepare_storage(config)
     service = Service(config, lambda c: Daemon(c, clock, clock_name=name, until=end,
                                                accept_new_database=accept_new_database))
     sys.exit(_run_service(service))
@@ -129,21 +239,22 @@ def _plant_time(text: str, tz: ZoneInfo, option: str) -> float:
         raise click.BadParameter(str(exc), param_hint=option) from None
 
 
-def _make_clock(accelerate: str | None, start: str | None, clock_file: str | None,
+def _make_clock(accelerate: float | None, start: str | None, clock_file: str | None,
                 tz: ZoneInfo) -> tuple[Clock, str, float]:
     if accelerate is None:
-        if start or clock_file:
+        if start is not None or clock_file:
             raise click.UsageError("--start and --clock-file need --accelerate")
         return WallClock(), "wall", datetime.now().timestamp()
-    speed = None if accelerate == "max" else float(accelerate)
-    if speed is not None and speed <= 0:
-        raise click.UsageError("--accelerate takes a positive factor or 'max'")
-    t0 = _plant_time(start, tz, "--start") if start else datetime.now().timestamp()
+    speed = None if math.isinf(accelerate) else accelerate
+    t0 = datetime.now().timestamp() if start is None else _plant_time(start, tz, "--start")
     shared = SharedClockFile(Path(clock_file), create=True) if clock_file else None
-    return VirtualClock(t0, speed=speed, shared_file=shared), f"virtual x{accelerate}", t0
+    label = "max" if speed is None else f"{speed:g}"
+    return VirtualClock(t0, speed=speed, shared_file=shared), f"virtual x{label}", t0
 
 
 def _parse_until(until: str | None, t0: float, tz: ZoneInfo) -> float | None:
+    """--until, already checked by UNTIL: a moment (plant time unless offset), or +DURATION
+    after the start."""
     if until is None:
         return None
     if until.startswith("+"):
@@ -232,14 +343,15 @@ def hours(config_file: str, start: str | None, end: str | None, channels: tuple[
 @click.option("--scenario", "scenario_file", default="config/demo-scenario.toml",
               show_default=True, type=click.Path(dir_okay=False))
 @click.option("--hours", "n_hours", default=24.0, show_default=True,
-              help="Simulated hours to run.")
-@click.option("--speed", default="max", show_default=True,
+              type=Positive("number of hours", 24 * 366), help="Simulated hours to run.")
+@click.option("--speed", default="max", show_default=True, type=SPEED,
               help="Speed factor of the simulated clock, or 'max'.")
-def demo(config_file: str, scenario_file: str, n_hours: float, speed: str) -> None:
+def demo(config_file: str, scenario_file: str, n_hours: float, speed: float) -> None:
     """Run the bundled simulators and the daemon for a simulated day; print the hours."""
     from cemsd.demo import run_demo
 
-    sys.exit(run_demo(config_file, scenario_file, n_hours, speed))
+    sys.exit(run_demo(config_file, scenario_file, n_hours,
+                      "max" if math.isinf(speed) else f"{speed:g}"))
 
 
 @main.command("db-upgrade")
@@ -249,8 +361,15 @@ def db_upgrade(config_file: str) -> None:
     from cemsd.store.database import Database
 
     config = _load_config(config_file)
+    _prepare_storage(config)
     db = Database(config.storage.database_url)
-    db.upgrade()
+    try:
+        db.upgrade()
+    except CemsdError as exc:
+        click.echo(f"cemsd db-upgrade: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        db.close()
     click.echo(f"database at {db.location} is up to date")
 
 
@@ -295,13 +414,20 @@ def hj212_cursors(config_file: str) -> None:
               help="Listen port (default: [api] port).")
 def serve(config_file: str, host: str | None, port: int | None) -> None:
     """Serve the registry API from the database, read-only (no acquisition, no sealing)."""
+    from pydantic import ValidationError
+
     from cemsd.api.server import build_server, listen, serve
     from cemsd.api.settings import ApiConfig
     from cemsd.api.tokens import list_tokens
 
     config = _load_config(config_file)
-    settings = (config.api or ApiConfig()).model_copy(
-        update={k: v for k, v in (("host", host), ("port", port)) if v is not None})
+    given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}
+    try:  # validated like the file's [api]: a host name the resolver cannot take is refused
+        settings = ApiConfig.model_validate({**(config.api or ApiConfig()).model_dump(),
+                                             **given})
+    except ValidationError as exc:
+        raise click.BadParameter(exc.errors()[0]["msg"].removeprefix("Value error, "),
+                                 param_hint="'--host'") from None
     db = _open_existing_db(config, exit_code=1)
     try:
         list_tokens(db)
@@ -403,11 +529,7 @@ def _actor(actor: str | None) -> str:
 
 
 def _token_db(config_file: str):  # type: ignore[no-untyped-def]
-    from cemsd.store.database import Database
-
-    db = Database(_load_config(config_file).storage.database_url)
-    db.upgrade()
-    return db
+    return _open_existing_db(_load_config(config_file), exit_code=1, upgrade=True)
 
 
 @token.command("create")

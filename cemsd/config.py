@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from cemsd import standards
 from cemsd.api.settings import ApiConfig, api_problems
@@ -30,16 +30,28 @@ from cemsd.metrics import MetricsConfig
 from cemsd.mqtt import MqttConfig, mqtt_problems
 from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
 from cemsd.reduction.settings import ReductionSettings
+from cemsd.settings_base import (
+    BOOLEAN_FOR_A_NUMBER,
+    MAX_DAYS,
+    Host,
+    NotANumber,
+    SettingsModel,
+    item_key,
+)
+from cemsd.store.location import location_problems
 from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
 from drivers.codec import ByteOrder, DataType
 from drivers.registry import load_profile
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=3600)]
+# Tables and arrays inside each other: a register map needs 6; deeper is not a setting.
+MAX_NESTING = 12
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class Strict(SettingsModel):
+    pass
 
 
 # --- Plant and storage -------------------------------------------------------------------
@@ -67,7 +79,7 @@ class Plant(Strict):
 class Storage(Strict):
     state_dir: Path = Path("/var/lib/cemsd")
     url: str | None = None  # SQLAlchemy URL; default: SQLite file in state_dir
-    reading_retention_days: Annotated[float, Field(ge=1)] = 14
+    reading_retention_days: Annotated[float, Field(ge=1, le=MAX_DAYS)] = 14
     batch_seconds: Annotated[float, Field(gt=0, le=10)] = 1.0
     # Readings held in memory while the database refuses writes (about 130 bytes each:
     # 2 million is about 260 MB); past it the oldest are dropped and counted.
@@ -125,7 +137,7 @@ class AbatementUnit(Strict):
     inlet: Name  # a point under [points]
     outlet: Name
     running: str | None = None  # channel <device>.<key> with role abatement_running
-    bypass: str | list[str] = []  # channel(s) with role bypass_valve
+    bypass: str | list[str] = Field(default_factory=list)  # channel(s) with role bypass_valve
     bypass_point: Name | None = None  # a point with a flow meter in this unit's bypass duct
 
     @property
@@ -152,7 +164,7 @@ class BusBase(Strict):
 
 class TcpBus(BusBase):
     transport: Literal["tcp"]
-    host: str
+    host: Host
     port: Annotated[int, Field(ge=1, le=65535)] = 502
     framer: Literal["socket", "rtu"] = "socket"  # "rtu": RTU frames through a TCP gateway
 
@@ -202,8 +214,8 @@ class Channel(Strict):
     point: Name | None = None
     description: str = ""
     # status channels: bits (bitmask word) or codes (whole value) mapped to flags
-    bits: dict[Annotated[int, Field(ge=0, le=63)], StatusMeaning] = {}
-    codes: dict[int, StatusMeaning] = {}
+    bits: dict[Annotated[int, Field(ge=0, le=63)], StatusMeaning] = Field(default_factory=dict)
+    codes: dict[int, StatusMeaning] = Field(default_factory=dict)
     applies_to: list[str] | None = None  # channel keys the status governs (default: analog)
     calibration: CalibrationSettings | None = None  # zero/span checks (QA/QC)
     checks: ValueChecks | None = None  # plausibility checks (QA/QC)
@@ -246,15 +258,15 @@ class Config(Strict):
     plant: Plant
     storage: Storage = Storage()
     processing: Processing = Processing()
-    points: dict[Name, Point] = {}
-    units: list[AbatementUnit] = []
+    points: dict[Name, Point] = Field(default_factory=dict)
+    units: list[AbatementUnit] = Field(default_factory=list)
     qaqc: QaqcSettings = QaqcSettings()
     reduction: ReductionSettings = ReductionSettings()
     buses: list[Bus]
     devices: list[Device]
     mqtt: MqttConfig | None = None
     metrics: MetricsConfig | None = None
-    hj212: list[Hj212Platform] = []
+    hj212: list[Hj212Platform] = Field(default_factory=list)
     api: ApiConfig | None = None
     source: Path = Path("<memory>")
 
@@ -318,7 +330,7 @@ def load_config(path: str | Path) -> Config:
     try:
         config = Config.model_validate({**raw, "source": str(path)})
     except ValidationError as exc:
-        problems.extend(pydantic_problems(exc, str(path)))
+        problems.extend(pydantic_problems(exc, str(path), raw))
         raise ConfigError(problems) from None
     if problems:  # profiles missing: cross-checks would only repeat it
         raise ConfigError(problems)
@@ -336,9 +348,32 @@ def _read_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"not UTF-8 text: {exc}")]) from None
     try:
-        return tomllib.loads(text)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([ConfigProblem(str(path), "", f"TOML syntax: {exc}")]) from None
+    except RecursionError:  # tomllib parses nested arrays and inline tables recursively
+        raise ConfigError([ConfigProblem(str(path), "", "TOML nested too deeply")]) from None
+    key = _too_deep(raw, MAX_NESTING)
+    if key is not None:
+        raise ConfigError([ConfigProblem(str(path), key, f"nested deeper than {MAX_NESTING} "
+                                         "levels: no setting is")]) from None
+    return raw
+
+
+def _too_deep(node: Any, levels: int, where: str = "") -> str | None:
+    """The key path where `node` nests deeper than `levels` tables or arrays, if it does
+    (the schema's recursion would otherwise end in a RecursionError)."""
+    children = node.items() if isinstance(node, dict) else \
+        enumerate(node) if isinstance(node, list) else ()
+    for key, child in children:
+        path = format_loc([*([where] if where else []), key])
+        if isinstance(child, dict | list):
+            if levels == 0:
+                return path
+            found = _too_deep(child, levels - 1, path)
+            if found is not None:
+                return found
+    return None
 
 
 def _merge_profiles(raw: dict[str, Any], file: str, problems: list[ConfigProblem]) -> None:
@@ -355,7 +390,8 @@ def _merge_profiles(raw: dict[str, Any], file: str, problems: list[ConfigProblem
         try:
             profile = load_profile(str(device["profile"]))
         except DriverError as exc:
-            problems.append(ConfigProblem(file, f"devices[{i}].profile", str(exc)))
+            problems.append(ConfigProblem(file, f"devices[{item_key(devices, i)}].profile",
+                                          str(exc)))
             device.setdefault("channels", {})  # the profile error says it all
             continue
         merged = {key: dict(spec) for key, spec in profile.channels.items()}
@@ -390,26 +426,48 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                 bus["port"] = str((base / port).resolve())
 
 
-def pydantic_problems(exc: ValidationError, file: str) -> list[ConfigProblem]:
-    """Schema errors as problems with the key path a person finds in the file."""
+def pydantic_problems(exc: ValidationError, file: str,
+                      raw: dict[str, Any] | None = None) -> list[ConfigProblem]:
+    """Schema errors as problems with the key path a person finds in the file; items of a
+    list are named by their name when they have one (`buses[rs485-flow].port`)."""
     problems = []
     for error in exc.errors(include_url=False):
         loc = list(error["loc"])
         # discriminated unions put the tag into the location: buses[0].tcp.port
         if len(loc) > 2 and loc[0] == "buses" and loc[2] in ("tcp", "serial"):
             del loc[2]
-        problems.append(ConfigProblem(file, format_loc(loc), _message(error)))
+        problems.append(ConfigProblem(file, format_loc(_named(loc, raw)), _message(error)))
     return problems
 
 
+def _named(loc: list[Any], raw: Any) -> list[Any]:
+    """The location with list positions replaced by the items' names where known."""
+    named: list[Any] = []
+    node = raw
+    for part in loc:
+        if isinstance(part, int) and isinstance(node, list) and part < len(node):
+            named.append([item_key(node, part)])
+            node = node[part]
+            continue
+        named.append(part)
+        node = node.get(part) if isinstance(node, dict) else None
+    return named
+
+
 def format_loc(loc: list[Any]) -> str:
+    """`devices[0].channels.n2o`; a part given as [key] is an item key: `buses[flow]`."""
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, list):
+            out += f"[{part[0]}]"
+        else:
+            out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
 def _message(error: dict[str, Any]) -> str:
+    if isinstance(error.get("input"), NotANumber):
+        return BOOLEAN_FOR_A_NUMBER
     if error["type"] == "extra_forbidden":
         return "unknown key (check the spelling)"
     if error["type"] == "missing":
@@ -431,12 +489,15 @@ def cross_check(config: Config) -> list[ConfigProblem]:
     def problem(path: str, message: str) -> None:
         problems.append(ConfigProblem(file, path, message))
 
-    _check_unique([b.name for b in config.buses], "buses", "name", problem)
-    _check_unique([d.name for d in config.devices], "devices", "name", problem)
-    _check_unique([b.endpoint for b in config.buses], "buses", "port", problem)
+    _check_unique(config.buses, "buses", "name", problem)
+    _check_unique(config.devices, "devices", "name", problem)
+    _check_unique(config.buses, "buses", "endpoint", problem, "port")
+    for key, message in location_problems(config.storage, config.qaqc.control_socket):
+        problem(key, message)
+    problems.extend(listener_problems(config))
     bus_names = {b.name for b in config.buses}
     for i, device in enumerate(config.devices):
-        path = f"devices[{i}]"
+        path = device_path(config, i)
         if device.bus not in bus_names:
             problem(f"{path}.bus", f"no bus named {device.bus!r} (buses: {sorted(bus_names)})")
         if device.name in config.points:
@@ -449,9 +510,9 @@ def cross_check(config: Config) -> list[ConfigProblem]:
         key = (device.bus, device.device_id)
         if key in seen_ids:
             problem(
-                f"devices[{i}].device_id",
+                f"{device_path(config, i)}.device_id",
                 f"device id {device.device_id} is already used on bus {device.bus!r} "
-                f"by devices[{seen_ids[key]}]",
+                f"by {device_path(config, seen_ids[key])}",
             )
         seen_ids.setdefault(key, i)
     _check_roles(config, problem)
@@ -480,13 +541,22 @@ def config_warnings(config: Config) -> list[ConfigProblem]:
                                                      config.reduction.production_cap_t_per_year))]
 
 
-def _check_unique(values: list[str], section: str, key: str, problem: Any) -> None:
+def device_path(config: Config, index: int) -> str:
+    """`devices[inlet-analyzer]`: how problems name a device."""
+    return f"devices[{item_key(config.devices, index)}]"
+
+
+def _check_unique(items: list[Any], section: str, attribute: str, problem: Any,
+                  key: str | None = None) -> None:
+    """Duplicates of an attribute: named by position, as their names may be what repeats."""
+    values = [getattr(item, attribute) for item in items]
+    key = key or attribute
     for value, count in Counter(values).items():
         if count > 1:
             first = values.index(value)
             index = values.index(value, first + 1)
-            problem(f"{section}[{index}].{key}",
-                    f"duplicate {key} {value!r}: already used by {section}[{first}]")
+            problem(f"{section}[{item_key(items, index)}].{key}", f"duplicate {key} {value!r}: "
+                    f"already used by {section}[{item_key(items, first)}]")
 
 
 def _check_device(config: Config, device: Device, path: str, problem: Any) -> None:
@@ -505,8 +575,55 @@ def _check_device(config: Config, device: Device, path: str, problem: Any) -> No
             )
     for key, channel in device.channels.items():
         _check_channel(config, device, key, channel, f"{path}.channels.{key}", problem)
+    _check_registers(device, path, problem)
     if any(c.role in GAS_ROLES and c.kind == "analog" for c in device.channels.values()):
         _check_sampling(config, device, path, problem)
+
+
+def _check_registers(device: Device, path: str, problem: Any) -> None:
+    """Each channel's registers lie in the 16-bit address space, and no two channels of a
+    device read the same one: a copied address decodes another value without a word."""
+    last_address = int(standards.MODBUS_MAX_ADDRESS.value)
+    taken: dict[tuple[int, int], str] = {}  # (function code, address) -> channel key
+    for key, ch in device.channels.items():
+        last = ch.address + ch.data_type.registers - 1
+        where = f"{path}.channels.{key}.address"
+        if last > last_address:
+            problem(where, f"{ch.data_type} at {ch.address} spans to {last}; Modbus addresses "
+                           f"end at {last_address} ({standards.MODBUS_MAX_ADDRESS.source})")
+            continue
+        for address in range(ch.address, last + 1):
+            other = taken.setdefault((ch.function_code, address), key)
+            if other != key:
+                problem(where, f"register {address} (function code {ch.function_code}) is "
+                               f"also read by channel {other!r} of this device")
+                break
+
+
+def listener_problems(config: Config) -> list[ConfigProblem]:
+    """Every socket the daemon listens on has a port of its own, and no connection the
+    daemon makes goes to one of them (it would poll or upload to itself)."""
+    file = str(config.source)
+    listeners: dict[int, str] = {}
+    problems: list[ConfigProblem] = []
+    ports = [("api.port", config.api.port if config.api else None),
+             ("metrics.port", config.metrics.port if config.metrics else None)]
+    for key, port in ports:
+        if not port:  # not configured, or 0: any free port
+            continue
+        if port in listeners:
+            problems.append(ConfigProblem(file, key, f"port {port} is already taken by "
+                                                     f"{listeners[port]}"))
+        listeners.setdefault(port, key)
+    targets = [(f"buses[{item_key(config.buses, i)}].port", b.host, b.port)
+               for i, b in enumerate(config.buses) if isinstance(b, TcpBus)]
+    targets += [(f"hj212[{item_key(config.hj212, i)}].port", p.host, p.port)
+                for i, p in enumerate(config.hj212)]
+    for key, host, port in targets:
+        if port in listeners and host in LOOPBACK_NAMES:
+            problems.append(ConfigProblem(file, key, f"{host}:{port} is this daemon's own "
+                                                     f"{listeners[port]}"))
+    return problems
 
 
 def _check_channel(
@@ -615,7 +732,7 @@ def _check_roles(config: Config, problem: Any) -> None:
                 continue
             point = config.channel_point(device, ch)
             slot = (point, ch.role)
-            path = f"devices[{i}].channels.{key}.role"
+            path = f"{device_path(config, i)}.channels.{key}.role"
             if slot in where:
                 at = f" at point {point!r}" if point else ""
                 problem(path, f"role {ch.role}{at} is already taken by {where[slot]}")
@@ -636,7 +753,7 @@ def _check_units(config: Config, problem: Any) -> None:
     """[[units]]: points and signals exist, have the right roles and belong to one unit."""
     if not config.units:
         return
-    _check_unique([u.name for u in config.units], "units", "name", problem)
+    _check_unique(config.units, "units", "name", problem)
     r = config.reduction
     for key in ("inlet_point", "outlet_point", "bypass_point"):
         if key in r.model_fields_set:

@@ -37,6 +37,7 @@ from cemsd.qaqc.checks import ChannelChecks
 from cemsd.qaqc.records import audit_config, load_plant_state
 from cemsd.qaqc.state import PlantState
 from cemsd.store.database import Database
+from cemsd.store.location import prepare_storage
 from cemsd.store.lock import acquire_writer_lock
 from cemsd.store.writer import Store
 from cemsd.supervisor import RestartPolicy, Supervisor
@@ -121,6 +122,7 @@ class Daemon:
 
     async def run(self) -> None:
         log_plan(self.plan)
+        await asyncio.to_thread(prepare_storage, self.config.storage)  # or a clear refusal
         # One writer per database: taken before anything is migrated or recorded, so a
         # refused start leaves the database as it was (cemsd/store/lock.py).
         lock = await asyncio.to_thread(acquire_writer_lock, self.config.storage.database_url,

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from sqlalchemy import distinct, func, or_, select
 
 from cemsd import __version__
@@ -37,6 +37,7 @@ from cemsd.flags import Flag
 from cemsd.logs import Episode
 from cemsd.periods import HOUR, MINUTE, hour_floor
 from cemsd.readings import Reading
+from cemsd.settings_base import Host, SettingsModel
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.units import Role
@@ -63,12 +64,10 @@ CALIBRATION_STATES = ("out_of_control", "calibration_overdue", "in_control")
 BYPASS_EVENT = "bypass"  # event kind whose payload {"active": bool} sets cemsd_bypass_active
 
 
-class MetricsConfig(BaseModel):
+class MetricsConfig(SettingsModel):
     """[metrics]: where the Prometheus endpoint listens."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    address: str = "127.0.0.1"  # loopback by default: the endpoint has no authentication
+    address: Host = "127.0.0.1"  # loopback by default: the endpoint has no authentication
     port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0: any free port
 
 
@@ -94,6 +93,7 @@ class Snapshot:
     sealing_failing: bool = False
     uplinks: list[Any] = field(default_factory=list)  # hj212.uplink.UplinkState per platform
     now: float = 0.0
+    mqtt_refused: bool = False  # the broker refuses the credentials
 
 
 @dataclass
@@ -173,6 +173,7 @@ class Metrics:
             mqtt_connected=mqtt_connected(daemon),
             tasks=daemon.supervisor.report(),
             **chain_state(daemon),
+            mqtt_refused=mqtt_refused(daemon) is not None,
         )
         hour_start = hour_floor(now, tz)
         snap.now = now
@@ -255,6 +256,12 @@ def chain_state(daemon: Daemon) -> dict[str, int]:
         return {}
     return {"chain_refused": len(getattr(sealer, "refused", ())),
             "chain_head_seq": int(getattr(sealer, "head_seq", 0))}
+
+
+def mqtt_refused(daemon: Daemon) -> str | None:
+    """The broker's refusal of the credentials, while it lasts."""
+    publisher = next((c for c in daemon.components if c.name == "mqtt"), None)
+    return getattr(publisher, "refused", None)
 
 
 def read_database_state(db: Database, hour_start: float, now: float) -> DatabaseState:
@@ -350,6 +357,9 @@ class _StateCollector:
         if snap.mqtt_connected is not None:
             yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
                                     value=float(snap.mqtt_connected))
+            yield GaugeMetricFamily("cemsd_mqtt_credentials_refused",
+                                    "1 while the broker refuses the username or password",
+                                    value=float(snap.mqtt_refused))
         yield GaugeMetricFamily("cemsd_sealing_failing",
                                 "1 while sealing hours into the hash chain fails",
                                 value=float(snap.sealing_failing))

@@ -26,12 +26,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
 from cemsd import __version__
 from cemsd.errors import ConfigProblem, StorageError
 from cemsd.outbox import Outbox, OutboxMessage, PendingMessage
 from cemsd.periods import HOUR, MINUTE, local_label, utc_label
+from cemsd.settings_base import MAX_DAYS, Host, SettingsModel
 from cemsd.store import schema
 
 if TYPE_CHECKING:
@@ -52,26 +53,23 @@ DRAIN_ON_STOP_SECONDS = 5.0
 GOODBYE_SECONDS = 2.0
 _TOPIC_LEVEL_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 PERIOD_SECONDS = {"minute": MINUTE, "hour": HOUR}
+REFUSED_CREDENTIALS = frozenset({4, 5, 0x86, 0x87})
 
 
 # --- configuration ([mqtt]) --------------------------------------------------------------
 
 
-class MqttTls(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class MqttTls(SettingsModel):
     ca_file: Path | None = None  # None: the system's trusted authorities
     cert_file: Path | None = None  # client certificate, with key_file
     key_file: Path | None = None
     insecure: bool = False  # skip the broker host name check (test benches only)
 
 
-class MqttConfig(BaseModel):
+class MqttConfig(SettingsModel):
     """[mqtt]: the broker, credentials, topics and the outbox's retention."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str
+    host: Host
     port: Annotated[int, Field(ge=1, le=65535)] | None = None  # default 1883, TLS 8883
     client_id: str | None = None  # default cemsd-<plant id>
     username: str | None = None
@@ -87,8 +85,10 @@ class MqttConfig(BaseModel):
     publish_timeout: Annotated[float, Field(gt=0, le=300)] = 10.0  # wait for a PUBACK
     backoff_initial: Annotated[float, Field(gt=0, le=60)] = 1.0  # wall seconds
     backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    # While the broker refuses the credentials, retry this seldom: fixing them takes a person.
+    refused_backoff: Annotated[float, Field(gt=0, le=86400)] = 600.0
     batch_size: Annotated[int, Field(ge=1, le=1000)] = 100  # rows per drain step
-    retention_days: Annotated[float, Field(ge=0)] = 7.0  # sent rows kept (daemon clock)
+    retention_days: Annotated[float, Field(ge=0, le=MAX_DAYS)] = 7.0  # sent rows kept
 
     @property
     def broker_port(self) -> int:
@@ -248,6 +248,7 @@ class MqttPublisher:
         self.topics = Topics(topic_prefix(settings, config.plant.id), config.plant.id,
                              config.plant.tz)
         self.connected = False
+        self.refused: str | None = None  # the broker's refusal of our credentials, if any
         self.acknowledged = 0  # messages the broker acknowledged in this run
         self.connections = 0
         self._stopping = False
@@ -355,9 +356,17 @@ class MqttPublisher:
                         "broker": self.settings.host, "connection": self.connections,
                         "down_for_s": round(loop.time() - lost_since, 1) if lost_since else 0})
                     lost_since, delay = None, self.settings.backoff_initial
+                    self.refused = None
                     await self._serve(client)
             except aiomqtt.MqttError as exc:
-                if lost_since is None:
+                if _refused_credentials(exc):
+                    self.refused, lost_since = str(exc), lost_since or loop.time()
+                    delay = self.settings.refused_backoff
+                    log.error("mqtt broker refused the credentials; retrying in "
+                              f"{delay:g} s", extra={"broker": self.settings.host,
+                                                     "username": self.settings.username,
+                                                     "error": str(exc)})
+                elif lost_since is None:
                     lost_since = loop.time()
                     log.warning("mqtt connection lost" if self.connected else
                                 "mqtt broker unreachable", extra={"error": str(exc)})
@@ -374,7 +383,8 @@ class MqttPublisher:
             if self._stopping:
                 break
             await self._pause(delay)
-            delay = min(delay * 2, self.settings.backoff_max)
+            if self.refused is None:
+                delay = min(delay * 2, self.settings.backoff_max)
 
     def _client(self) -> aiomqtt.Client:
         import aiomqtt
@@ -471,6 +481,13 @@ class MqttPublisher:
         """Back-off in wall time; returns early when the daemon stops."""
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopped.wait(), seconds)
+
+
+def _refused_credentials(exc: Exception) -> bool:
+    """CONNACK 'bad user name or password' or 'not authorized' (MQTT 3.1.1 codes 4 and 5,
+    MQTT 5 reason codes 0x86 and 0x87): nothing a reconnect alone will change."""
+    rc = getattr(exc, "rc", None)
+    return getattr(rc, "value", rc) in REFUSED_CREDENTIALS
 
 
 async def _until_disconnected(client: aiomqtt.Client) -> None:

@@ -62,6 +62,8 @@ FEBRUARY_MIN_VALID_DAYS = StandardValue(23, "d", "HJ 76-2017 [S]")
 
 MODBUS_MAX_READ_REGISTERS = StandardValue(125, "registers", "Modbus spec: FC03/FC04 quantity")
 MODBUS_MAX_READ_BITS = StandardValue(2000, "bits", "Modbus spec: FC01/FC02 quantity")
+MODBUS_MAX_ADDRESS = StandardValue(65535, "address",
+                                   "Modbus spec: 16-bit data addresses 0-65535")
 
 # --- Defaults -------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,28 @@ def write_config(tmp: Path, data: dict[str, Any], name: str = "cemsd.toml") -> C
     """A config file in tmp; its state directory is under tmp unless the data name one."""
     storage = {"state_dir": str(tmp / "state"), **data.get("storage", {})}
     return load_config(write_toml(tmp / name, {**data, "storage": storage}))
+
+
+def set_at(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation of configuration data setting a dotted path, list indices as numbers
+    ('devices.0.device_id'); missing tables are created."""
+    def mutate(data: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = data
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
+        if isinstance(node, list):
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return mutate
+
+
+def all_of(*mutations: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def mutate(data: dict[str, Any]) -> None:
+        for m in mutations:
+            m(data)
+    return mutate
 
 
 def write_scenario(tmp: Path, data: dict[str, Any], name: str = "scenario.toml") -> Scenario:

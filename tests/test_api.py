@@ -559,7 +559,7 @@ def test_changing_one_stored_value_makes_verify_name_the_hour(plant: Plant, tmp_
     copy.parent.mkdir()
     with sqlite3.connect(source) as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
-    raw = json.loads(json.dumps(_plant(1, 1)))
+    raw = json.loads(json.dumps(_plant(1, 2)))
     config = write_config(tmp_path, raw)
     args = ["verify", "--config", str(config.source)]
     assert CliRunner().invoke(main, args).exit_code == 0

@@ -21,8 +21,14 @@ from helpers import write_config
 
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
-    return write_config(tmp_path, {"plant": {"id": "tok", "timezone": "Asia/Shanghai"},
-                                   "buses": [], "devices": []})
+    """A plant whose database exists (`cemsd db-upgrade`, as at installation): token
+    commands never create one."""
+    config = write_config(tmp_path, {"plant": {"id": "tok", "timezone": "Asia/Shanghai"},
+                                     "buses": [], "devices": []})
+    db = Database(config.storage.database_url)
+    db.upgrade()
+    db.close()
+    return config
 
 
 def _cli(config: Config, *args: str):  # type: ignore[no-untyped-def]

@@ -72,7 +72,7 @@ def test_run_with_a_bad_config_starts_nothing(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2
     assert f"{bad}: plant.timezone: unknown time zone 'Mars/Olympus'" in result.stderr
-    assert f"{bad}: buses[0].port:" in result.stderr
+    assert f"{bad}: buses[b].port:" in result.stderr
     assert "nothing was started" in result.stderr
     assert not (tmp_path / "state").exists()  # no database, no state
 

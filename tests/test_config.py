@@ -23,6 +23,8 @@ from cemsd.config import Config, load_config
 from cemsd.errors import ConfigError, ConfigProblem
 from drivers.registry import load_profile
 from helpers import REPO, write_config, write_toml
+from helpers import all_of as _all
+from helpers import set_at as _set
 
 Data = dict[str, Any]
 
@@ -113,20 +115,6 @@ def test_demo_config_paths_are_relative_to_the_file() -> None:
 # --- malformed configurations --------------------------------------------------------------
 
 
-def _set(path: str, value: Any) -> Callable[[Data], None]:
-    """A mutation setting a dotted path (list indices as numbers): 'devices.0.device_id'."""
-    def mutate(data: Data) -> None:
-        *parents, last = path.split(".")
-        node: Any = data
-        for key in parents:
-            node = node[int(key)] if isinstance(node, list) else node.setdefault(key, {})
-        if isinstance(node, list):
-            node[int(last)] = value
-        else:
-            node[last] = value
-    return mutate
-
-
 def _del(path: str) -> Callable[[Data], None]:
     def mutate(data: Data) -> None:
         *parents, last = path.split(".")
@@ -149,13 +137,6 @@ def _channel(device: int, key: str, **spec: Any) -> Callable[[Data], None]:
     return mutate
 
 
-def _all(*mutations: Callable[[Data], None]) -> Callable[[Data], None]:
-    def mutate(data: Data) -> None:
-        for m in mutations:
-            m(data)
-    return mutate
-
-
 ANALOG_T = {"address": 0, "function_code": 4, "data_type": "int16", "unit": "degC",
             "range": [0.0, 400.0], "role": "temperature"}
 
@@ -165,94 +146,95 @@ MALFORMED: list[tuple[str, Callable[[Data], None], str, str]] = [
     ("missing-plant-id", _del("plant.id"), "plant.id", "required key is missing"),
     ("missing-buses", _del("buses"), "buses", "required key is missing"),
     ("typo-device-key", _set("devices.0.poll_intervall", 5.0),
-     "devices[0].poll_intervall", "unknown key"),
+     "devices[inlet-analyzer].poll_intervall", "unknown key"),
     ("typo-section", _set("procesing", {"standard_state": "SI"}), "procesing", "unknown key"),
     ("typo-channel-key", _channel(0, "n2o", rnage=[0.0, 50.0]),
-     "devices[0].channels.n2o.rnage", "unknown key"),
-    ("port-not-a-number", _set("buses.0.port", "five"), "buses[0].port", "valid integer"),
-    ("port-out-of-range", _set("buses.0.port", 70000), "buses[0].port", "65535"),
+     "devices[inlet-analyzer].channels.n2o.rnage", "unknown key"),
+    ("port-not-a-number", _set("buses.0.port", "five"), "buses[analyzers].port", "valid integer"),
+    ("port-out-of-range", _set("buses.0.port", 70000), "buses[analyzers].port", "65535"),
     ("poll-not-a-number", _set("devices.0.poll_interval", "fast"),
-     "devices[0].poll_interval", "valid number"),
+     "devices[inlet-analyzer].poll_interval", "valid number"),
     ("channels-not-a-table", _set("devices.0.channels", "n2o"),
-     "devices[0].channels", "valid dictionary"),
+     "devices[inlet-analyzer].channels", "valid dictionary"),
     ("devices-not-a-list", _set("devices", "inlet-analyzer"), "devices", "valid list"),
     ("bad-timezone", _set("plant.timezone", "Mars/Olympus_Mons"),
      "plant.timezone", "unknown time zone"),
     ("bad-device-name", _set("devices.0.name", "inlet analyzer"),
      "devices[0].name", "pattern"),
-    ("unknown-transport", _set("buses.0.transport", "udp"), "buses[0]", "'tcp', 'serial'"),
-    ("unknown-bus", _set("devices.0.bus", "analyzerz"), "devices[0].bus",
+    ("unknown-transport", _set("buses.0.transport", "udp"), "buses[analyzers]", "'tcp', 'serial'"),
+    ("unknown-bus", _set("devices.0.bus", "analyzerz"), "devices[inlet-analyzer].bus",
      "no bus named 'analyzerz'"),
     ("duplicate-device-name", _set("devices.1.name", "inlet-analyzer"),
-     "devices[1].name", "duplicate name 'inlet-analyzer'"),
+     "devices[1].name", "duplicate name 'inlet-analyzer': already used by devices[0]"),
     ("duplicate-bus-name", _all(_set("buses.1.name", "analyzers"), _set("buses.1.port", 1502)),
      "buses[1].name", "duplicate name 'analyzers'"),
-    ("duplicate-device-id", _set("devices.1.device_id", 1), "devices[1].device_id",
+    ("duplicate-device-id", _set("devices.1.device_id", 1), "devices[outlet-analyzer].device_id",
      "already used on bus 'analyzers'"),
-    ("device-id-300", _set("devices.0.device_id", 300), "devices[0].device_id", "255"),
-    ("unknown-profile", _set("devices.0.profile", "n2o-analyser"), "devices[0].profile",
+    ("device-id-300", _set("devices.0.device_id", 300), "devices[inlet-analyzer].device_id", "255"),
+    ("unknown-profile", _set("devices.0.profile", "n2o-analyser"),
+     "devices[inlet-analyzer].profile",
      "unknown profile 'n2o-analyser'"),
     ("range-reversed", _channel(0, "n2o", range=[50.0, 0.0]),
-     "devices[0].channels.n2o.range", "low < high"),
+     "devices[inlet-analyzer].channels.n2o.range", "low < high"),
     ("range-empty", _channel(0, "n2o", range=[10.0, 10.0]),
-     "devices[0].channels.n2o.range", "low < high"),
+     "devices[inlet-analyzer].channels.n2o.range", "low < high"),
     ("unit-does-not-fit-role", _channel(2, "temperature", unit="kPa"),
-     "devices[2].channels.temperature.unit", "does not fit role temperature"),
+     "devices[inlet-flow].channels.temperature.unit", "does not fit role temperature"),
     ("unknown-unit", _channel(2, "temperature", unit="K"),
-     "devices[2].channels.temperature.unit", "Input should be"),
-    ("unknown-role", _channel(0, "n2o", role="n2o"), "devices[0].channels.n2o.role",
+     "devices[inlet-flow].channels.temperature.unit", "Input should be"),
+    ("unknown-role", _channel(0, "n2o", role="n2o"), "devices[inlet-analyzer].channels.n2o.role",
      "Input should be"),
     ("fc2-with-float", _channel(0, "n2o", function_code=2),
-     "devices[0].channels.n2o.data_type", "function codes 1 and 2"),
+     "devices[inlet-analyzer].channels.n2o.data_type", "function codes 1 and 2"),
     ("fc3-with-bool", _channel(3, "bypass_position", data_type="bool"),
-     "devices[3].channels.bypass_position.data_type", "function codes 1 and 2"),
+     "devices[plant].channels.bypass_position.data_type", "function codes 1 and 2"),
     ("type-wider-than-max-registers", _set("devices.0.max_registers", 1),
-     "devices[0].channels.n2o.data_type", "max_registers"),
+     "devices[inlet-analyzer].channels.n2o.data_type", "max_registers"),
     ("status-without-bits", _channel(0, "status2", address=10, data_type="uint16",
                                      unit="code", kind="status"),
-     "devices[0].channels.status2.bits", "needs 'bits' or 'codes'"),
+     "devices[inlet-analyzer].channels.status2.bits", "needs 'bits' or 'codes'"),
     ("bits-on-analog", _channel(0, "n2o", bits={"0": {"flag": "D", "text": "fault"}}),
-     "devices[0].channels.n2o.kind", "belong to kind = 'status'"),
+     "devices[inlet-analyzer].channels.n2o.kind", "belong to kind = 'status'"),
     ("status-bit-unknown-flag", _channel(0, "status", bits={"0": {"flag": "X", "text": "?"}}),
-     "devices[0].channels.status.bits.0.flag", "Input should be"),
+     "devices[inlet-analyzer].channels.status.bits.0.flag", "Input should be"),
     ("applies-to-unknown-channel", _add_device(
         name="o2-meter", device_id=7, point="inlet",
         channels={"o2": {"address": 0, "unit": "%vol", "range": [0.0, 25.0], "role": "o2"},
                   "status": {"address": 2, "data_type": "uint16", "unit": "code",
                              "kind": "status", "applies_to": ["o3"],
                              "bits": {"0": {"flag": "D", "text": "fault"}}}}),
-     "devices[4].channels.status.applies_to", "no channel 'o3'"),
+     "devices[o2-meter].channels.status.applies_to", "no channel 'o3'"),
     ("gas-channel-without-point", _add_device(
         name="thermo", device_id=7, channels={"t": ANALOG_T}),
-     "devices[4].channels.t.point", "needs a point"),
+     "devices[thermo].channels.t.point", "needs a point"),
     ("point-not-configured", _add_device(
         name="thermo", device_id=7, channels={"t": {**ANALOG_T, "point": "stack"}}),
-     "devices[4].channels.t.point", "no point named 'stack'"),
+     "devices[thermo].channels.t.point", "no point named 'stack'"),
     ("gas-channel-without-range", _add_device(
         name="o2-meter", device_id=7, point="outlet",
         channels={"o2": {"address": 0, "unit": "%vol", "role": "o2"}}),
-     "devices[4].channels.o2.range", "measuring range"),
+     "devices[o2-meter].channels.o2.range", "measuring range"),
     ("velocity-without-duct-area", _del("points.inlet.duct_area_m2"),
      "points.inlet.duct_area_m2", "velocity"),
     ("poll-interval-above-5s", _set("devices.0.poll_interval", 6.0),
-     "devices[0].poll_interval", "longer than 5 s"),
+     "devices[inlet-analyzer].poll_interval", "longer than 5 s"),
     ("too-few-readings-a-minute", _set("processing", {"minute_min_readings": 20}),
-     "devices[0].poll_interval", "gives 12 readings a minute"),
+     "devices[inlet-analyzer].poll_interval", "gives 12 readings a minute"),
     ("timeout-times-attempts-fills-the-cycle", _set("devices.0.timeout", 2.5),
-     "devices[0].timeout", "shorter than poll_interval"),
+     "devices[inlet-analyzer].timeout", "shorter than poll_interval"),
     ("bus-retries-fill-the-cycle", _all(_set("buses.0.timeout", 1.0),
                                         _set("buses.0.retries", 4)),
-     "devices[0].timeout", "shorter than poll_interval"),
+     "devices[inlet-analyzer].timeout", "shorter than poll_interval"),
     ("serial-without-baudrate", _set("buses.1", {"name": "flow", "transport": "serial",
                                                  "port": "/dev/ttyS0", "parity": "E"}),
-     "buses[1].baudrate", "required key is missing"),
+     "buses[flow].baudrate", "required key is missing"),
     ("serial-without-parity", _set("buses.1", {"name": "flow", "transport": "serial",
                                                "port": "/dev/ttyS0", "baudrate": 9600}),
-     "buses[1].parity", "required key is missing"),
+     "buses[flow].parity", "required key is missing"),
     ("serial-odd-baudrate", _set("buses.1", {"name": "flow", "transport": "serial",
                                              "port": "/dev/ttyS0", "baudrate": 14400,
                                              "parity": "E"}),
-     "buses[1].baudrate", "Input should be"),
+     "buses[flow].baudrate", "Input should be"),
     ("hour-rule-looser-than-standard", _set("processing", {"hour_min_valid_minutes": 40}),
      "processing.hour_min_valid_minutes", "greater than or equal to 45"),
     ("minute-rule-looser-than-standard", _set("processing", {"minute_min_valid_fraction": 0.5}),
@@ -263,13 +245,14 @@ MALFORMED: list[tuple[str, Callable[[Data], None], str, str]] = [
      "processing.standard_state", "'SI' or 'HJ212'"),
     ("same-role-twice-at-a-point", _add_device(
         name="inlet-analyzer-2", bus="analyzers", device_id=3, profile="n2o-analyzer-percent"),
-     "devices[4].channels.n2o.role", "already taken by inlet-analyzer.n2o"),
+     "devices[inlet-analyzer-2].channels.n2o.role", "already taken by inlet-analyzer.n2o"),
     ("device-named-like-a-point", _set("devices.0.name", "inlet"),
-     "devices[0].name", "share its name with a point"),
-    ("scale-zero", _channel(2, "temperature", scale=0), "devices[2].channels.temperature.scale",
+     "devices[inlet].name", "share its name with a point"),
+    ("scale-zero", _channel(2, "temperature", scale=0),
+     "devices[inlet-flow].channels.temperature.scale",
      "non-zero"),
     ("device-without-channels", _add_device(name="empty", device_id=7, channels={}),
-     "devices[4].channels", "at least one channel"),
+     "devices[empty].channels", "at least one channel"),
     ("barometric-pressure-implausible", _set("points.inlet.barometric_kpa", 30.0),
      "points.inlet.barometric_kpa", "greater than 50"),
     ("moisture-default-100", _set("points.inlet.moisture_default_pct", 100.0),
@@ -306,7 +289,7 @@ def test_duplicate_tcp_endpoint(tmp_path: Path) -> None:
     data["buses"][1]["port"] = 15020
     problems = problems_of(tmp_path, data)
     assert len(problems) == 1
-    assert problems[0].path.startswith("buses[1]")
+    assert problems[0].path.startswith("buses[flow]")
     assert "duplicate port '127.0.0.1:15020'" in problems[0].message
 
 
@@ -353,9 +336,10 @@ def test_all_schema_problems_are_reported_together(tmp_path: Path) -> None:
     data["devices"][3]["profile"] = "no-such-profile"
     problems = problems_of(tmp_path, data)
     assert set(paths(problems)) >= {
-        "plant.timezone", "devices[0].device_id", "devices[1].poll_intervall",
-        "devices[2].channels.temperature.range", "processing.hour_min_valid_minutes",
-        "devices[3].profile"}
+        "plant.timezone", "devices[inlet-analyzer].device_id",
+        "devices[outlet-analyzer].poll_intervall",
+        "devices[inlet-flow].channels.temperature.range", "processing.hour_min_valid_minutes",
+        "devices[plant].profile"}
 
 
 def test_all_cross_check_problems_are_reported_together(tmp_path: Path) -> None:
@@ -369,9 +353,9 @@ def test_all_cross_check_problems_are_reported_together(tmp_path: Path) -> None:
                             "profile": "n2o-analyzer-percent", "poll_interval": 5.0})
     problems = problems_of(tmp_path, data)
     assert set(paths(problems)) >= {
-        "devices[0].bus", "devices[1].poll_interval", "devices[2].channels.temperature.unit",
-        "devices[3].name", "devices[4].name", "devices[4].device_id",
-        "devices[4].channels.n2o.role"}
+        "devices[0].bus", "devices[outlet-analyzer].poll_interval",
+        "devices[inlet-flow].channels.temperature.unit", "devices[outlet].name",
+        "devices[4].name", "devices[4].device_id", "devices[4].channels.n2o.role"}
 
 
 def test_config_error_message_lists_every_problem(tmp_path: Path) -> None:
@@ -383,7 +367,8 @@ def test_config_error_message_lists_every_problem(tmp_path: Path) -> None:
     lines = str(info.value).splitlines()
     assert len(lines) == len(info.value.problems) == 2
     file = tmp_path / "cemsd.toml"
-    assert f"{file}: devices[0].device_id: Input should be less than or equal to 255" in lines
+    assert (f"{file}: devices[inlet-analyzer].device_id: Input should be less than or equal "
+            "to 255") in lines
 
 
 # --- profiles, overrides, disabled channels, paths --------------------------------------------
@@ -496,7 +481,7 @@ def test_applies_to_typo_on_a_profile_device_is_reported(tmp_path: Path) -> None
     data = good()
     data["devices"][0]["channels"] = {"status": {"applies_to": ["n2oo"]}}
     problems = problems_of(tmp_path, data)
-    problem = find(problems, "devices[0].channels.status.applies_to")
+    problem = find(problems, "devices[inlet-analyzer].channels.status.applies_to")
     assert "n2oo" in problem.message
 
 
@@ -506,7 +491,7 @@ def test_device_point_naming_an_unknown_point_is_reported(tmp_path: Path) -> Non
     data = good()
     data["devices"][0]["point"] = "stack"
     problems = problems_of(tmp_path, data)
-    problem = find(problems, "devices[0].point")
+    problem = find(problems, "devices[inlet-analyzer].point")
     assert "stack" in problem.message
 
 
@@ -529,8 +514,9 @@ def test_check_config_reports_every_problem(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["check-config", str(path)])
     assert result.exit_code == 1
     lines = result.stdout.splitlines()
-    assert f"{path}: devices[0].device_id: Input should be less than or equal to 255" in lines
-    assert any(line.startswith(f"{path}: devices[2].channels.temperature.range: ")
+    assert (f"{path}: devices[inlet-analyzer].device_id: Input should be less than or equal "
+            "to 255") in lines
+    assert any(line.startswith(f"{path}: devices[inlet-flow].channels.temperature.range: ")
                for line in lines)
     assert "2 problem(s)" in result.stderr
 
@@ -551,7 +537,8 @@ def test_check_config_as_a_real_command(tmp_path: Path) -> None:
     result = subprocess.run([str(cemsd), "check-config", str(bad_path)], capture_output=True,
                             text=True, timeout=60, env=env, cwd=tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
-    assert f"{bad_path}: devices[0].bus: no bus named 'nobus'" in result.stdout.splitlines()[0]
+    first_line = result.stdout.splitlines()[0]
+    assert f"{bad_path}: devices[inlet-analyzer].bus: no bus named 'nobus'" in first_line
     assert "1 problem(s)" in result.stderr
 
     ok = subprocess.run([str(cemsd), "check-config", str(REPO / "config" / "demo.toml")],

@@ -85,9 +85,9 @@ def test_reference_and_consistency_problems(tmp_path: Path) -> None:
 def test_state_codes_need_their_channels(tmp_path: Path) -> None:
     problems = _problems(tmp_path, [_platform(uploads=[2021], abatement_code="SB1",
                                               bypass_code="SB2")], plant_io=False)
-    assert problems == {"hj212[0].abatement_code": "needs a channel with role "
+    assert problems == {"hj212[prov].abatement_code": "needs a channel with role "
                                                    "'abatement_running'",
-                        "hj212[0].bypass_code": "needs a channel with role 'bypass_valve'"}
+                        "hj212[prov].bypass_code": "needs a channel with role 'bypass_valve'"}
 
 
 @pytest.mark.parametrize(("key", "value"), [
@@ -96,13 +96,13 @@ def test_state_codes_need_their_channels(tmp_path: Path) -> None:
     ("uploads", [2011, 9014]), ("port", 0), ("st", 100), ("surprise", 1)])
 def test_schema_problems_name_the_key(tmp_path: Path, key: str, value: Any) -> None:
     problems = _problems(tmp_path, [_platform(**{key: value})])
-    assert list(problems) and all(path.startswith(f"hj212[0].{key}") for path in problems)
+    assert list(problems) and all(path.startswith(f"hj212[prov].{key}") for path in problems)
 
 
 def test_pollutant_codes_may_not_hold_separators(tmp_path: Path) -> None:
     problems = _problems(tmp_path, [_platform(codes={"outlet.n2o_mg_m3": "n2o-out"},
                                               custom_codes=True)])
-    assert list(problems) == ['hj212[0].codes.outlet.n2o_mg_m3']
+    assert list(problems) == ['hj212[prov].codes.outlet.n2o_mg_m3']
 
 
 FORM = "is not of HJ 212's form (a letter and five digits, e.g. a21026; SB and a number for a unit)"
@@ -113,9 +113,9 @@ def test_codes_must_have_the_standards_form(tmp_path: Path, code: str) -> None:
     problems = _problems(tmp_path, [_platform(codes={"outlet.n2o_mg_m3": code},
                                               uploads=[2061, 2021], abatement_code="SB01x")])
     assert problems == {
-        'hj212[0].codes."outlet.n2o_mg_m3"': f"code {code!r} {FORM}; if the platform agreed "
+        'hj212[prov].codes."outlet.n2o_mg_m3"': f"code {code!r} {FORM}; if the platform agreed "
                                              "it, set custom_codes = true",
-        "hj212[0].abatement_code": f"code 'SB01x' {FORM}; if the platform agreed it, set "
+        "hj212[prov].abatement_code": f"code 'SB01x' {FORM}; if the platform agreed it, set "
                                    "custom_codes = true"}
 
 
@@ -125,7 +125,7 @@ def test_custom_codes_are_allowed_and_warned_about(tmp_path: Path) -> None:
                                             "outlet.flow_nm3_h": "a00000"}),
         _platform(name="other", codes={"outlet.n2o_mg_m3": "a99001"})]))
     assert [(w.path, w.message) for w in hj212_warnings(config)] == [
-        ('hj212[0].codes."outlet.n2o_mg_m3"', f"code 'n2o_out' {FORM}: allowed by "
+        ('hj212[prov].codes."outlet.n2o_mg_m3"', f"code 'n2o_out' {FORM}: allowed by "
                                               "custom_codes, but other platforms and parsers "
                                               "may reject it")]
     path = tmp_path / "custom.toml"

@@ -349,8 +349,11 @@ async def test_tls_with_password_and_a_wrong_password(
         async with RunningDaemon(config, scenario, until=t0 + 5 * MINUTE + 30) as run:
             await run.finished()
         assert not _publisher(run).connections
-        refused = [r for r in caplog.records if r.getMessage() == "mqtt broker unreachable"]
-        assert refused and "authori" in str(getattr(refused[0], "error", "")).lower()
+        refused = [r for r in caplog.records
+                   if r.getMessage().startswith("mqtt broker refused the credentials")]
+        assert refused and refused[0].levelno == logging.ERROR
+        assert "authori" in str(getattr(refused[0], "error", "")).lower()
+        assert _publisher(run).refused is not None
         assert "wrong-pw-123" not in caplog.text and "wrong-pw-123" not in repr(config)
         backlog = len(_outbox_rows(config))
         assert backlog > 0
@@ -425,3 +428,45 @@ def test_event_messages_are_strict_json_on_a_safe_topic(tmp_path: Path) -> None:
         "plant": PLANT, "kind": "bypass/valve #1", "at": "2026-06-01T06:00:00Z",
         "data": {"active": True, "since": str(at), "flow": None, "path": [1.5]}}
     assert (message.qos, message.retain) == (1, False)
+
+
+async def test_refused_credentials_are_an_error_visible_in_status_and_metrics(
+    tmp_path: Path, passwords: Path, caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong password is not an unreachable broker: logged at ERROR as a refusal, shown
+    in the status and the metrics, and retried at refused_backoff, not every few seconds."""
+    from cemsd.metrics import Metrics
+    from cemsd.status import LiveStatus
+
+    broker = Mosquitto(tmp_path / "broker", extra=("allow_anonymous false",
+                                                    f"password_file {passwords}"))
+    broker.start()
+    config, scenario = _plant(tmp_path, {"port": broker.port, "username": "cemsd",
+                                         "password": "wrong-pw", "backoff_max": 60.0,
+                                         "refused_backoff": 0.5})
+    caplog.set_level(logging.INFO)
+
+    def refusals() -> list[logging.LogRecord]:
+        return [r for r in caplog.records
+                if r.getMessage().startswith("mqtt broker refused the credentials")]
+
+    try:
+        clock = VirtualClock(scenario.epoch, speed=1.0)
+        async with RunningDaemon(config, scenario, until=scenario.epoch + 3600,
+                                 clock=clock) as run:
+            await wait_until(lambda: len(refusals()) >= 3, what="three refusals")
+            metrics = Metrics()
+            metrics.attach(run.daemon)
+            snapshot = await metrics.refresh()
+            assert run.daemon.store is not None
+            status = await LiveStatus(run.daemon).collect(run.daemon.store.db)
+            run.daemon.request_stop("test over")
+            await run.finished()
+    finally:
+        broker.stop()
+    assert all(r.levelno == logging.ERROR for r in refusals())
+    assert "not authori" in str(getattr(refusals()[0], "error", "")).lower()
+    assert not any(r.getMessage() == "mqtt broker unreachable" for r in caplog.records)
+    assert snapshot.mqtt_refused and snapshot.mqtt_connected is False
+    assert "authori" in status["outputs"]["mqtt_refused"].lower()
+    assert "wrong-pw" not in caplog.text

@@ -199,7 +199,7 @@ def test_sighup_refuses_a_broken_config_and_applies_a_good_one(tmp_path: Path) -
         daemon.send_signal(signal.SIGHUP)
         wait_for(lambda: "reload refused" in log.read_text(), timeout=30)
         refused = next(line for line in log.read_text().splitlines() if "reload refused" in line)
-        assert "devices[0].poll_interval" in refused and "devices[1].colour" in refused
+        assert "devices[analyzer].poll_interval" in refused and "devices[flow].colour" in refused
         before = _count(db_url, "analyzer.n2o")
         wait_for(lambda: _count(db_url, "analyzer.n2o") > before + 10, timeout=60)
         assert daemon.poll() is None and notify.times("RELOADING", "1") == []

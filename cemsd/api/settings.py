@@ -5,20 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from cemsd.errors import ConfigProblem
+from cemsd.settings_base import Host, SettingsModel
 
 if TYPE_CHECKING:
     from cemsd.config import Config
 
 
-class ApiConfig(BaseModel):
+class ApiConfig(SettingsModel):
     """Serve the API from the daemon; `cemsd serve` reads it too."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"  # loopback: put a TLS reverse proxy in front, or set tls_*
+    host: Host = "127.0.0.1"  # loopback: put a TLS reverse proxy in front, or set tls_*
     port: Annotated[int, Field(ge=1, le=65535)] = 8480
     tls_certfile: Path | None = None
     tls_keyfile: Path | None = None

@@ -25,10 +25,11 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cemsd.errors import ConfigProblem
 from cemsd.hj212 import protocol as p
+from cemsd.settings_base import Host, SettingsModel, item_key
 from cemsd.units import Role
 
 if TYPE_CHECKING:
@@ -51,13 +52,11 @@ UNIT_FACTORS: dict[tuple[str, str], float] = {
 }
 
 
-class Hj212Platform(BaseModel):
+class Hj212Platform(SettingsModel):
     """One receiving platform (upper computer) and what it gets."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$", max_length=64)]
-    host: Annotated[str, Field(min_length=1)]
+    host: Host
     port: Annotated[int, Field(ge=1, le=65535)]
     mn: Annotated[str, Field(pattern=rf"^[0-9A-Za-z]{{{p.MN_CHARS}}}$")]
     pw: Annotated[str, Field(pattern=rf"^[0-9A-Za-z]{{1,{p.MAX_PW_CHARS}}}$")]
@@ -70,8 +69,8 @@ class Hj212Platform(BaseModel):
     ] = 60.0
     reconnect_min_s: Seconds = 1.0
     reconnect_max_s: Seconds = 60.0
-    uploads: list[Upload] = list(DEFAULT_UPLOADS)
-    codes: dict[str, Code] = {}
+    uploads: list[Upload] = Field(default_factory=lambda: list(DEFAULT_UPLOADS))
+    codes: dict[str, Code] = Field(default_factory=dict)
     abatement_code: Code | None = None  # SBxxx: its -RS from the abatement_running channel
     bypass_code: Code | None = None  # the bypass as a device state: -RS 1 open, 0 closed
     bypass_open_above: float = 0.0  # a bypass_valve value above this counts as open
@@ -107,9 +106,10 @@ def hj212_problems(config: Config, check_references: bool = True) -> list[Config
         first.setdefault(platform.name, i)
     units, roles = _catalog(config) if check_references and config.hj212 else (None, set())
     for i, platform in enumerate(config.hj212):
-        _check_platform(platform, f"hj212[{i}]", units, roles, problem)
+        path = f"hj212[{item_key(config.hj212, i)}]"
+        _check_platform(platform, path, units, roles, problem)
         if units is not None:
-            _check_unit(config, platform, f"hj212[{i}]", problem)
+            _check_unit(config, platform, path, problem)
     return problems
 
 
@@ -117,7 +117,7 @@ def hj212_warnings(config: Config) -> list[ConfigProblem]:
     """Codes a platform agreed outside the standard's form (custom_codes = true): allowed,
     but other receivers and third-party parsers may refuse them."""
     file = str(config.source)
-    return [ConfigProblem(file, f"hj212[{i}].{key}",
+    return [ConfigProblem(file, f"hj212[{item_key(config.hj212, i)}].{key}",
                           f"code {code!r} is not of HJ 212's form (a letter and five digits, "
                           "e.g. a21026; SB and a number for a unit): allowed by custom_codes, "
                           "but other platforms and parsers may reject it")

@@ -25,7 +25,7 @@ from apscheduler.triggers.cron import CronTrigger
 from cemsd.config import AbatementUnit, Config
 from cemsd.control import ControlServer, Reply
 from cemsd.errors import CemsdError
-from cemsd.metrics import uplink_states
+from cemsd.metrics import mqtt_connected, mqtt_refused, uplink_states
 from cemsd.periods import local_label
 from cemsd.qaqc import maintenance, records
 from cemsd.qaqc.calibration import CalibrationRequest, Calibrator
@@ -138,6 +138,8 @@ class Qaqc:
             "tasks": self.daemon.supervisor.report(),
             "checks": self.calibrator.checks(),
             "uplinks": [u.labels(tz) for u in await uplink_states(self.daemon)],
+            "outputs": {"mqtt_connected": mqtt_connected(self.daemon),
+                        "mqtt_refused": mqtt_refused(self.daemon)},
         }
 
     # --- schedule --------------------------------------------------------------------------

@@ -10,15 +10,16 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from cemsd import standards
+from cemsd.settings_base import MAX_HOURS, MAX_SECONDS, SettingsModel
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(SettingsModel):
+    pass
 
 
 class RemoteCalibration(_Strict):
@@ -42,7 +43,8 @@ class CalibrationSettings(_Strict):
     stabilisation_s: Annotated[float, Field(ge=0, le=3600)] = 120.0
     purge_s: Annotated[float, Field(ge=0, le=3600)] = 60.0  # back on sample, still C
     readings: Annotated[int, Field(ge=1, le=1000)] = 10
-    interval_hours: Annotated[float, Field(gt=0)] | None = None  # default: by mode (HJ 75)
+    # default: by mode (HJ 75)
+    interval_hours: Annotated[float, Field(gt=0, le=MAX_HOURS)] | None = None
     pass_limit_pct: Annotated[float, Field(gt=0)] = standards.CAL_PASS_LIMIT.value
     zero_control_limit_pct: Annotated[float, Field(gt=0)] = standards.CAL_ZERO_CONTROL_LIMIT.value
     span_control_limit_pct: Annotated[float, Field(gt=0)] = standards.CAL_SPAN_CONTROL_LIMIT.value
@@ -72,7 +74,8 @@ class CalibrationSettings(_Strict):
 class ValueChecks(_Strict):
     """Plausibility checks of one channel's readings; a failing reading is flagged D."""
 
-    stuck_minutes: Annotated[float, Field(gt=0)] | None = None  # unchanged this long
+    # unchanged this long
+    stuck_minutes: Annotated[float, Field(gt=0, le=MAX_HOURS * 60)] | None = None
     stuck_tolerance: Annotated[float, Field(ge=0)] = 0.0
     max_rate_per_s: Annotated[float, Field(gt=0)] | None = None  # spike: |change| / s
     negative_tolerance: Annotated[float, Field(ge=0)] | None = None  # below -tolerance
@@ -83,7 +86,7 @@ class QaqcSettings(_Strict):
 
     control_socket: Path | None = None  # default: <state_dir>/cemsd.sock
     out_of_control_back_to_last_pass: bool = False  # stricter option of HJ 75 §11 [U]
-    production_signal_max_age_s: Annotated[float, Field(gt=0)] = 60.0
+    production_signal_max_age_s: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 60.0
     consistency_outlet_share: Annotated[float, Field(gt=0)] = 1.0  # outlet >= share x inlet
     substitute: list[str] | None = None  # series to substitute; default each point's kg/h
     # gaps of series feeding the baseline (the reduction's inlet point): the lowest valid

@@ -19,6 +19,7 @@ from cemsd.errors import CemsdError
 from cemsd.periods import local_label
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
 
 
 def period_bounds(config: Config, period: str | None, start: str | None, end: str | None
@@ -40,6 +41,9 @@ def period_bounds(config: Config, period: str | None, start: str | None, end: st
             raise click.BadParameter("--to must be after --from")
     else:
         raise click.UsageError("give --period YYYY-MM, or --from and --to dates")
+    if first < FIRST_DAY or after > LAST_DAY:  # time zones and date arithmetic end there
+        raise click.BadParameter(f"dates from {FIRST_DAY} to {LAST_DAY}",
+                                 param_hint="--period/--from/--to")
     return (datetime.combine(first, clock_time(0), tz).timestamp(),
             datetime.combine(after, clock_time(0), tz).timestamp())
 
@@ -173,17 +177,14 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
         """Import daily production (CSV with columns date,tonnes)."""
         from cemsd.qaqc.records import default_actor
         from cemsd.reduction.production import import_days, read_csv_file
-        from cemsd.store.database import Database
-
         config = load_config(config_file)
         path = Path(csv_file)
         try:
             rows = read_csv_file(path)
         except CemsdError as exc:
             raise click.ClickException(str(exc)) from None
-        db = Database(config.storage.database_url)
+        db = open_db(config, exit_code=1, upgrade=True)
         try:
-            db.upgrade()
             now = time.time()
             counts = import_days(db, rows, f"import:{path.name}", now,
                                  actor or default_actor())

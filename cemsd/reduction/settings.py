@@ -10,13 +10,14 @@ from __future__ import annotations
 from datetime import date
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from cemsd import standards
+from cemsd.settings_base import SettingsModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Strict(SettingsModel):
+    pass
 
 
 class BypassSettings(_Strict):

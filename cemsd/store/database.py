@@ -61,15 +61,27 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
-def open_existing(url: str) -> Database:
-    """A database that must already exist (commands that only read): a missing SQLite file
-    is an error, not a new empty database left behind."""
+def open_existing(url: str, upgrade: bool = False) -> Database:
+    """A database that must already exist (every command but `run` and `db-upgrade`): a
+    missing SQLite file, or a database without cemsd's schema (a mistyped state_dir or
+    database name), is an error naming it, never a new empty database left behind.
+    `upgrade` migrates an existing one to the current schema (commands that write)."""
     parsed = make_url(url)
     path = parsed.database or ""
     if parsed.get_backend_name() == "sqlite" and path != ":memory:" and not Path(path).exists():
         raise StorageError(f"no database at {path}: the daemon has not stored anything with "
-                           "this configuration yet")
-    return Database(url)
+                           "this configuration yet (check [storage] state_dir and url)")
+    db = Database(url)
+    try:
+        if not db.has_schema():
+            raise StorageError(f"{db.location} is not a cemsd database (no schema): check "
+                               "[storage] state_dir and url, or run `cemsd db-upgrade`")
+        if upgrade:
+            db.upgrade()
+    except BaseException:
+        db.close()
+        raise
+    return db
 
 
 class Database:
@@ -107,6 +119,14 @@ class Database:
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot migrate {self.location}: {exc}") from exc
+
+    def has_schema(self) -> bool:
+        """The database holds cemsd's tables (its schema version is recorded)."""
+        try:
+            with self.engine.connect() as conn:
+                return inspect(conn).has_table("alembic_version")
+        except SQLAlchemyError as exc:
+            raise StorageError(f"cannot open {self.location}: {_short(exc)}") from exc
 
     def at_head(self) -> bool:
         """The database's alembic revisions are exactly the heads of cemsd/migrations."""
