@@ -177,4 +177,4 @@ def test_run_start_without_an_offset_is_plant_time(tmp_path: Path) -> None:
     bad = subprocess.run([sys.executable, "-m", "cemsd", "run", "--config", str(config.source),
                           "--accelerate", "max", "--start", "midnight"],
                          capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--start" in bad.stderr and "cannot read time" in bad.stderr
+    assert bad.returncode == 2 and "--start" in bad.stderr and "is not a time" in bad.stderr

@@ -87,7 +87,7 @@ def test_unit_references_are_checked(tmp_path: Path) -> None:
     assert "'l1-io.abatement_running' (role abatement_running) belongs to no unit" in \
         found["units"]
     # the inlet analyzer of line 1 now measures at no unit's inlet
-    assert "measures at an abatement unit's inlet" in found["devices[0].channels.n2o.point"]
+    assert "measures at an abatement unit's inlet" in found["devices[l1-in].channels.n2o.point"]
 
 
 def test_a_signal_or_point_belongs_to_one_unit(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_an_analyzer_without_a_point_needs_one_when_there_are_several_units(
     data = two_units()
     del data["devices"][0]["point"]
     found = problems(tmp_path, data)
-    assert "needs a point" in found["devices[0].channels.n2o.point"]
+    assert "needs a point" in found["devices[l1-in].channels.n2o.point"]
     one = two_units()
     one["units"] = one["units"][:1]
     one["devices"] = [d for d in one["devices"] if d["name"].startswith("l1")]
@@ -138,9 +138,9 @@ def test_an_hj212_platform_reports_one_unit(tmp_path: Path) -> None:
         _platform(name="l3", unit="l3", abatement_code="SB1"),
     ]
     found = problems(tmp_path, data)
-    assert "several abatement units" in found["hj212[0].unit"]
-    assert found['hj212[1].codes."l1_out.n2o_mg_m3"'] == ("'l1_out' is another unit's point; "
+    assert "several abatement units" in found["hj212[prov].unit"]
+    assert found['hj212[l2].codes."l1_out.n2o_mg_m3"'] == ("'l1_out' is another unit's point; "
                                                           "this platform reports unit 'l2'")
-    assert found["hj212[2].unit"] == "no abatement unit 'l3' (units: l1, l2)"
+    assert found["hj212[l3].unit"] == "no abatement unit 'l3' (units: l1, l2)"
     data["hj212"] = [_platform(unit="l1", abatement_code="SB1", bypass_code="SB2")]
     assert write_config(tmp_path, data).hj212[0].unit == "l1"
