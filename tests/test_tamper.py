@@ -32,6 +32,7 @@ from cemsd.chainhead import HEAD_FILE, UnknownDatabase, head_pin
 from cemsd.cli import main
 from cemsd.config import Config
 from cemsd.errors import StorageError
+from cemsd.metrics import chain_state
 from cemsd.qaqc.corrections import invalidate_window
 from cemsd.reduction.production import import_days
 from cemsd.store import schema
@@ -396,6 +397,7 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
         **pristine.raw["storage"], "state_dir": str(copy.state)}}, name="again.toml")
     scenario = write_scenario(tmp_path, cli_scenario(int(config.buses[0].port)))
     events: list[tuple[str, dict[str, Any]]] = []
+    gauges: dict[str, int] = {}
 
     async def run() -> None:
         start = scenario.epoch + 4.5 * HOUR
@@ -408,6 +410,7 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
                 events.append((kind, payload))
             running.daemon.event_listeners.append(listen)
             await running.finished()
+            gauges.update(chain_state(running.daemon))
 
     with caplog.at_level(logging.ERROR, logger="cemsd.sealing"):
         asyncio.run(run())
@@ -416,6 +419,7 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
     assert alarms[0].channel and alarms[0].hour.startswith("2026-06-01T")
     refused = [p for k, p in events if k == "chain.refused"]
     assert refused and refused[0]["records"] == 1
+    assert gauges["chain_refused"] == 1  # cemsd_chain_refused_records
     heads = [p for k, p in events if k == "chain.head"]
     assert heads and heads[-1]["seq"] > pristine.head["seq"]  # the rest is sealed on
     recorded = json.loads((copy.state / HEAD_FILE).read_text())
@@ -460,3 +464,49 @@ def test_an_emptied_database_is_refused_unless_accepted(pristine: Pristine,
     assert json.loads(accepted.before)["seq"] == pristine.head["seq"]
     db.close()
     assert list(copy.state.glob(f"{HEAD_FILE}.given-up-*"))
+
+
+# --- the head where a database writer cannot reach back ---------------------------------------
+
+
+async def test_the_head_is_retained_on_mqtt_and_in_the_head_file(tmp_path: Path) -> None:
+    from mqtt_helpers import Mosquitto, retained
+
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        port = free_port()
+        raw = analyzer_and_flow_plant("tamper", port, storage={
+            "state_dir": str(tmp_path / "state"), "finalise_after_hours": 0},
+            mqtt={"host": "127.0.0.1", "port": broker.port})
+        config = write_config(tmp_path, raw)
+        scenario = write_scenario(tmp_path, cli_scenario(port))
+        async with RunningDaemon(config, scenario, until=scenario.epoch + 2 * HOUR):
+            pass  # runs to --until
+        db = Database(config.storage.database_url)
+        head = head_pin(chain.head(db)).as_json()
+        db.close()
+        message = await retained(broker.port, "cemsd/tamper/chain/head")
+    finally:
+        broker.stop()
+    assert message.retain and head["seq"] > 0
+    assert {k: message.body[k] for k in ("seq", "hash", "time")} == head
+    recorded = json.loads((tmp_path / "state" / HEAD_FILE).read_text())
+    assert {k: recorded[k] for k in ("seq", "hash", "time")} == head
+
+
+@pytest.mark.parametrize(("content", "named"), [
+    ("not json", "not JSON"),
+    ('{"seq": 1}', "expected a JSON list"),
+    ('[{"seq": -1, "hash": "' + "0" * 64 + '"}]', "pinned head 1 of"),
+    ('[{"seq": 3, "hash": "XYZ"}]', "hash must be 64 lower-case hex digits"),
+])
+def test_a_bad_pinned_file_is_named_and_nothing_is_claimed(pristine: Pristine, tmp_path: Path,
+                                                           content: str, named: str) -> None:
+    copy = _copy(pristine, tmp_path)
+    copy.db.close()
+    pins = tmp_path / "pins.json"
+    pins.write_text(content)
+    code, output = copy.verify("--pinned", str(pins))
+    assert code == 2 and named in output and str(pins) in output
+    assert "chain OK" not in output
