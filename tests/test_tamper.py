@@ -510,3 +510,22 @@ def test_a_bad_pinned_file_is_named_and_nothing_is_claimed(pristine: Pristine, t
     code, output = copy.verify("--pinned", str(pins))
     assert code == 2 and named in output and str(pins) in output
     assert "chain OK" not in output
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE chain SET ts = 'noon' WHERE seq = 2",
+    "UPDATE chain SET record_id = 'x' WHERE seq = 3",
+    "UPDATE audit_log SET at = 'soon' WHERE id = (SELECT min(id) FROM audit_log)",
+    "UPDATE production_days SET day = '2026-13-45' WHERE revision = 1",
+    "UPDATE minutes SET value = X'00ff' WHERE id = (SELECT min(id) FROM minutes)",
+    "UPDATE hours SET n_valid = 'many', created_at = 7 WHERE id = (SELECT max(id) FROM hours)",
+])
+def test_verify_names_any_malformed_row_and_never_crashes(pristine: Pristine, tmp_path: Path,
+                                                          statement: str) -> None:
+    copy = _copy(pristine, tmp_path)
+    with tampering(copy.db) as conn:
+        conn.execute(text(statement))
+    copy.db.close()
+    code, output = copy.verify()
+    assert code == 1, output
+    assert "malformed" in output and "Traceback" not in output, output
