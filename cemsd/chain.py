@@ -358,14 +358,9 @@ def due_before(now: float, finalise_after_hours: float) -> float:
     return now - HOUR - finalise_after_hours * HOUR
 
 
-def is_correction(action: str | None) -> bool:
-    """Audit actions that may stand behind a revision above 0."""
-    return action is not None and (action.startswith("correction.")
-                                   or action == "production.import")
-
-
 def audited_clause(t: Table) -> Any:
-    """SQL: the row is revision 0, or names an audited correction written no later."""
+    """SQL: the row is revision 0, or names an audited correction written no later. The
+    audit actions that may stand behind a revision: `correction.*`, `production.import`."""
     a = schema.audit_log.c
     correction = or_(func.substr(a.action, 1, 11) == "correction.",
                      a.action == "production.import")
