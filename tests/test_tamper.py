@@ -529,3 +529,30 @@ def test_verify_names_any_malformed_row_and_never_crashes(pristine: Pristine, tm
     code, output = copy.verify()
     assert code == 1, output
     assert "malformed" in output and "Traceback" not in output, output
+
+
+def test_migration_0010_down_and_up_keeps_the_older_guards(db: Database) -> None:
+    """Downgrading drops only what 0010 added: the stored records stay append-only."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from cemsd.store.database import MIGRATIONS
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008")
+    with db.transaction() as conn:
+        conn.execute(text("INSERT INTO hours (channel, ts, n_valid, n_expected, flag, unit, "
+                          "created_at) VALUES ('a', '2026-06-01 00:00:00', 60, 60, 'N', 'ppm', "
+                          "'2026-06-01 01:00:00')"))
+    with pytest.raises(StorageError, match=r"append-only|not allowed"), \
+            db.transaction() as conn:
+        conn.execute(text("UPDATE hours SET flag = 'D'"))
+    db.upgrade()
+    assert db.at_head()
+    assert chain.seal_due(db, 2e9, 2e9) == 1
+    with pytest.raises(StorageError, match=r"append-only|not allowed"), \
+            db.transaction() as conn:
+        conn.execute(text("DELETE FROM chain"))
