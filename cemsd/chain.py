@@ -299,11 +299,14 @@ def minutes_under(db: Database, hours: Sequence[Any]) -> dict[tuple[str, datetim
     minute raises Malformed when its hour's digest is taken (it cannot be hashed)."""
     if not hours:
         return {}
-    m = schema.minutes.c
-    first, last = min(h.ts for h in hours), max(h.ts for h in hours)
-    channels = sorted({h.channel for h in hours})
-    loaded = load(db, schema.minutes, raw_select(schema.minutes).where(
-        m.channel.in_(channels), m.ts >= first, m.ts < last.timestamp() + HOUR))
+    loaded = Loaded()
+    for cluster in _clusters(hours):  # a late correction of an old hour: read two spans
+        m = schema.minutes.c
+        part = load(db, schema.minutes, raw_select(schema.minutes).where(
+            m.channel.in_(sorted({h.channel for h in cluster})), m.ts >= cluster[0].ts,
+            m.ts < cluster[-1].ts.timestamp() + HOUR))
+        loaded.rows.update(part.rows)
+        loaded.malformed.update(part.malformed)
     starts = {(h.channel, h.ts.timestamp()) for h in hours}
     offset = {h.channel: h.ts.timestamp() % HOUR for h in hours}
     under: dict[tuple[str, datetime], list[Any]] = defaultdict(list)
@@ -317,6 +320,17 @@ def minutes_under(db: Database, hours: Sequence[Any]) -> dict[tuple[str, datetim
         for h in hours:
             under[(h.channel, h.ts)].append(Malformed(problem))
     return under
+
+
+def _clusters(hours: Sequence[Any], gap: float = 24 * HOUR) -> list[list[Any]]:
+    """Hours sorted by start, split where more than `gap` lies between two."""
+    ordered = sorted(hours, key=lambda h: h.ts)
+    out = [[ordered[0]]]
+    for hour in ordered[1:]:
+        if (hour.ts - out[-1][-1].ts).total_seconds() > gap:
+            out.append([])
+        out[-1].append(hour)
+    return out
 
 
 def hour_minutes_digest(hour: Any, under: dict[tuple[str, datetime], list[Any]]) -> str:
@@ -344,14 +358,9 @@ def due_before(now: float, finalise_after_hours: float) -> float:
     return now - HOUR - finalise_after_hours * HOUR
 
 
-def is_correction(action: str | None) -> bool:
-    """Audit actions that may stand behind a revision above 0."""
-    return action is not None and (action.startswith("correction.")
-                                   or action == "production.import")
-
-
 def audited_clause(t: Table) -> Any:
-    """SQL: the row is revision 0, or names an audited correction written no later."""
+    """SQL: the row is revision 0, or names an audited correction written no later. The
+    audit actions that may stand behind a revision: `correction.*`, `production.import`."""
     a = schema.audit_log.c
     correction = or_(func.substr(a.action, 1, 11) == "correction.",
                      a.action == "production.import")

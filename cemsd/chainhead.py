@@ -123,7 +123,7 @@ def _pin(entry: Any, source: str, path: Path) -> Pin:
         raise PinError(f"{source}: seq must be a whole number >= 0, not {seq!r}")
     if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
         raise PinError(f"{source}: hash must be 64 lower-case hex digits, not {value!r}")
-    time = entry.get("time")
+    time = entry.get("time", entry.get("sealed_at"))  # sealed_at: as the API serves it
     if time is not None and not isinstance(time, str):
         raise PinError(f"{source}: time must be text, not {time!r}")
     return Pin(seq, value, time, source)

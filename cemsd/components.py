@@ -26,11 +26,12 @@ def configured_components(config: Config) -> list[Component]:
 
     components.append(Qaqc(config))
     components.append(BypassMonitor(config))
-    components.append(Sealer(config))
     if config.mqtt is not None:
         from cemsd.mqtt import MqttPublisher
 
         components.append(MqttPublisher(config, config.mqtt))
+    # after the outputs: its first chain head goes out, and its last one before they stop
+    components.append(Sealer(config))
     from cemsd.hj212.uplink import PlatformUplink
 
     components.extend(PlatformUplink(config, p) for p in config.hj212 if p.enabled)

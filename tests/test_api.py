@@ -40,6 +40,7 @@ from cemsd import chain, signing
 from cemsd.api.tokens import create_token
 from cemsd.cli import main
 from cemsd.config import Config
+from cemsd.qaqc.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import (
@@ -111,7 +112,7 @@ async def _run_and_query_live(config: Config, tmp: Path, api_port: int) -> dict[
                 deadline = time.monotonic() + 20
                 while True:  # sealing runs in its own task: wait for it to settle
                     live["head"] = (await client.get("/v1/chain/head")).json()
-                    if live["head"]["seq"] >= 14 or time.monotonic() > deadline:
+                    if live["head"]["seq"] >= 16 or time.monotonic() > deadline:
                         break
                     await asyncio.sleep(0.05)
                 live["hours"] = (await client.get(
@@ -121,15 +122,16 @@ async def _run_and_query_live(config: Config, tmp: Path, api_port: int) -> dict[
 
 
 def _insert_records(db: Database) -> dict[str, Any]:
-    """QA/QC rows, a substitution with a correction, and a corrected hour."""
+    """QA/QC rows, a substitution with a correction, and a corrected hour (audited)."""
     h = schema.hours.c
     now = T0 + HOURS_RUN * HOUR
+    audit_id = audit(db, now, "li", "correction.manual", "analyzer.n2o", "span check")
     hour04 = db.fetch(select(schema.hours).where(h.channel == "analyzer.n2o",
                                                  h.ts == T0 + 4 * HOUR))[0]
     correction = {**{k: getattr(hour04, k) for k in (
         "channel", "ts", "minimum", "maximum", "n_valid", "n_expected", "flag", "unit")},
         "value": 27.0, "reason": "corrected after span check", "created_at": now,
-        "revision": 1, "supersedes": hour04.id}
+        "revision": 1, "supersedes": hour04.id, "audit_id": audit_id}
     sub = {"channel": "inlet.n2o_kg_h", "ts": T0 + 2 * HOUR, "unit": "kg/h", "flag": "S",
            "method": "hj75.missing.before_after_mean", "period_kind": "missing",
            "period_start": T0 + 2 * HOUR, "period_hours": 1, "capture_rate": 0.95,
@@ -143,7 +145,8 @@ def _insert_records(db: Database) -> dict[str, Any]:
         first = conn.execute(insert(schema.substitutions), [{**sub, "value": 1.5}])
         sub_id = first.inserted_primary_key[0]
         conn.execute(insert(schema.substitutions),
-                     [{**sub, "value": 1.25, "revision": 1, "supersedes": sub_id}])
+                     [{**sub, "value": 1.25, "revision": 1, "supersedes": sub_id,
+                       "audit_id": audit_id}])
         conn.execute(insert(schema.calibrations), [
             {**calibration, "kind": "zero", "started_at": T0 + HOUR,
              "ended_at": T0 + HOUR + 600, "measured": 0.2, "drift_pct_fs": 0.4},
@@ -170,7 +173,8 @@ def plant(tmp_path_factory: pytest.TempPathFactory) -> Any:
     live = asyncio.run(_run_and_query_live(config, tmp, api_port))
     db = Database(config.storage.database_url)
     channels = sorted({r.channel for r in db.fetch(select(schema.hours.c.channel))})
-    sealed_by_daemon = len(db.fetch(select(schema.chain.c.seq)))
+    sealed_by_daemon = len(db.fetch(select(schema.chain.c.seq).where(
+        schema.chain.c.record_table == "hours")))
     inserted = _insert_records(db)
     chain.seal_due(db, chain.due_before(T0 + HOURS_RUN * HOUR, FINALISE_AFTER_HOURS),
                    sealed_at=T0 + HOURS_RUN * HOUR)
@@ -216,8 +220,9 @@ def test_the_daemon_serves_the_api_and_seals_hours_as_they_become_final(plant: P
     live = plant.live
     assert live["health"] == 200
     per_hour = len(plant.channels)
-    # at 03:05 hours 00-02 are closed and 00-01 ended at least an hour ago
-    assert live["head"]["seq"] == 2 * per_hour
+    # at 03:05 hours 00-02 are closed and 00-01 ended at least an hour ago; the audit
+    # entries (config.load, token.create) are sealed too
+    assert live["head"]["seq"] == 2 * per_hour + 2
     rows = live["hours"]["items"]
     assert [r["start_local"] for r in rows] == [_local(0), _local(1), _local(2)]
     assert [r["seal"] is not None for r in rows] == [True, True, False]
@@ -447,10 +452,32 @@ def _sha(text: str) -> str:
 
 
 HOUR_FIELDS = ("channel", "value", "minimum", "maximum", "n_valid", "n_expected", "flag",
-               "reason", "unit", "revision", "supersedes")
+               "reason", "unit", "revision", "supersedes", "audit_id", "created_at")
 SUB_FIELDS = ("channel", "ts", "value", "unit", "flag", "method", "period_kind",
               "period_start", "period_hours", "capture_rate", "source_hours", "revision",
-              "supersedes")
+              "supersedes", "audit_id", "created_at")
+
+
+def _minute_digests(client: httpx.Client, hours: list[dict[str, Any]]) -> dict[int, str]:
+    """Form 2: each hour's digest of the minutes under it written no later than itself."""
+    minutes, _ = _walk(client, "/v1/minutes", 200, revisions="all")
+    under: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for m in minutes:
+        start = _at(m["start_utc"]).replace(minute=0, second=0)
+        under.setdefault((m["channel"], start.strftime("%Y-%m-%dT%H:%M:%SZ")), []).append(m)
+    digests = {}
+    for hour in hours:
+        mine = sorted((m for m in under.get((hour["channel"], hour["start_utc"]), [])
+                       if _at(m["created_at"]) <= _at(hour["created_at"])),
+                      key=lambda m: (m["start_utc"], m["revision"], m["id"]))
+        docs = [{"form": 2, "table": "minutes", "ts": m["start_utc"],
+                 **{k: m[k] for k in HOUR_FIELDS}} for m in mine]
+        digests[hour["id"]] = _sha(_canonical(docs))
+    return digests
+
+
+def _at(text: str) -> datetime:
+    return datetime.fromisoformat(text)
 
 
 def test_a_registry_can_recompute_the_chain_from_the_api(plant: Plant, client: httpx.Client
@@ -458,23 +485,28 @@ def test_a_registry_can_recompute_the_chain_from_the_api(plant: Plant, client: h
     hours, _ = _walk(client, "/v1/hours", 200, revisions="all")
     subs = _items(client, "/v1/substitutions")
     links, _ = _walk(client, "/v1/chain/links", 50)
+    digests = _minute_digests(client, hours)
     recomputed = {}
     for row in hours:
-        doc = {"form": 1, "table": "hours", "ts": row["start_utc"],
-               **{k: row[k] for k in HOUR_FIELDS}}
+        doc = {"form": 2, "table": "hours", "ts": row["start_utc"],
+               "minutes_sha256": digests[row["id"]], **{k: row[k] for k in HOUR_FIELDS}}
         recomputed[("hours", row["id"])] = _sha(_canonical(doc))
         if row["seal"] is not None:
             assert row["seal"]["record_hash"] == recomputed[("hours", row["id"])]
     for sub in subs:
-        doc = {"form": 1, "table": "substitutions", **{k: sub[k] for k in SUB_FIELDS}}
+        doc = {"form": 2, "table": "substitutions", **{k: sub[k] for k in SUB_FIELDS}}
         recomputed[("substitutions", sub["id"])] = _sha(_canonical(doc))
     previous = "0" * 64
     for seq, link in enumerate(links, start=1):
         assert link["seq"] == seq and link["prev_hash"] == previous
-        assert link["record_hash"] == recomputed[(link["record_table"], link["record_id"])]
+        if link["record_table"] != "audit_log":  # not served: checked by `cemsd verify`
+            assert link["record_hash"] == recomputed[(link["record_table"], link["record_id"])]
         assert link["chain_hash"] == _sha(previous + link["record_hash"])
         previous = link["chain_hash"]
-    expected = plant.sealed_by_daemon + 1 + 2  # the correction, both substitution revisions
+    assert [ln["record_table"] for ln in links].count("audit_log") == 3
+    # the daemon's hours and audit entries (config.load, token.create), the correction, its
+    # audit entry and both substitution revisions
+    expected = plant.sealed_by_daemon + 2 + 1 + 1 + 2
     assert len(links) == expected
     head = client.get("/v1/chain/head").json()
     assert (head["seq"], head["chain_hash"]) == (expected, previous)
@@ -575,7 +607,7 @@ def test_changing_one_stored_value_makes_verify_name_the_hour(plant: Plant, tmp_
     assert result.exit_code == 1
     assert f"hour {_local(3)} flow.velocity" in result.output
     assert "record changed" in result.output
-    assert "1 broken link(s)" in result.output
+    assert "1 finding(s)" in result.output
 
 
 # --- TLS ----------------------------------------------------------------------------------------
@@ -632,8 +664,8 @@ def test_the_same_api_and_chain_over_postgresql(plant: Plant, client: httpx.Clie
     `cemsd serve` gives the same rows, pages and seals."""
     source, target = plant.db(), Database(pg_url)
     target.upgrade()
-    for table in (schema.channels, schema.hours, schema.substitutions, schema.chain,
-                  schema.api_tokens):
+    for table in (schema.channels, schema.minutes, schema.hours, schema.substitutions,
+                  schema.audit_log, schema.chain, schema.api_tokens):
         rows = [dict(row._mapping) for row in source.fetch(select(table))]
         with target.transaction() as conn:
             conn.execute(insert(table), rows)

@@ -23,6 +23,7 @@ from sqlalchemy import insert, select
 
 from cemsd import chain
 from cemsd.api.tokens import create_token
+from cemsd.qaqc.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import free_port, serve_process, wait_healthy, write_toml
@@ -69,19 +70,21 @@ def _fill(db: Database) -> None:
                                                    h.ts == T0 + hour * HOUR))[0]
     sub = {"unit": "ppm", "flag": "S", "method": METHOD, "period_kind": "missing",
            "period_hours": 1, "capture_rate": 0.9, "source_hours": "[]", "created_at": created}
+    audit_id = audit(db, created, "li", "correction.manual", channel, "corrected")
     with db.transaction() as conn:
         conn.execute(insert(schema.hours), [{
             **{k: getattr(original, k) for k in ("channel", "ts", "minimum", "maximum",
                                                  "n_valid", "n_expected", "flag", "unit")},
             "value": value, "reason": "corrected", "created_at": created, "revision": 1,
-            "supersedes": original.id}])
+            "supersedes": original.id, "audit_id": audit_id}])
         for (name, hour), current in SUBSTITUTED.items():
             at = T0 + hour * HOUR
             first = conn.execute(insert(schema.substitutions), [
                 {**sub, "channel": name, "ts": at, "period_start": at, "value": current - 1}])
             conn.execute(insert(schema.substitutions), [
                 {**sub, "channel": name, "ts": at, "period_start": at, "value": current,
-                 "revision": 1, "supersedes": first.inserted_primary_key[0]}])
+                 "revision": 1, "supersedes": first.inserted_primary_key[0],
+                 "audit_id": audit_id}])
     chain.seal_due(db, T0 + SEALED_THROUGH * HOUR, sealed_at=created)
 
 

@@ -320,3 +320,23 @@ def test_the_code_produces_the_documented_form_2() -> None:
         chain.KINDS["production_days"], day, 2)) == day_text
     with pytest.raises(chain.Malformed):  # production days have no form 1
         chain.canonical_document(chain.KINDS["production_days"], day, 1)
+
+
+def test_minutes_under_hours_far_apart_are_sealed_and_checked(db: Database) -> None:
+    """Two hours two days apart sealed in one pass (as a late correction is): each seal
+    covers its own minutes, and a changed minute names its hour."""
+    far = T0 + 50 * HOUR
+    minutes = [{**_hour("a.n2o", start + i * 60, 10.0 + i), "n_expected": 12,
+                "created_at": start + (i + 1) * 60} for start in (T0, far) for i in range(3)]
+    db.insert_aggregates(schema.minutes, minutes)
+    db.insert_aggregates(schema.hours, [_hour("a.n2o", T0, 11.0), _hour("a.n2o", far, 11.0)])
+    assert chain.seal_due(db, far, sealed_at=far + 2 * HOUR) == 2
+    links = _links(db)
+    assert all(ln.form == 2 and ln.minutes_sha256 for ln in links)
+    assert links[0].minutes_sha256 != links[1].minutes_sha256
+    assert chain.verify(db).ok
+    m = schema.minutes.c
+    with tampering(db) as conn:
+        conn.execute(update(schema.minutes).where(m.ts == far + 60).values(value=0.0))
+    report = chain.verify(db)
+    assert [(b.seq, b.problem) for b in report.breaks] == [(2, "minutes changed")]

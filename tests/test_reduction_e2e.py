@@ -21,6 +21,8 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
+from cemsd import chain
+from cemsd.chainhead import head_pin
 from cemsd.cli import main
 from cemsd.reduction.bundle import BundleError, export_bundle, open_bundle, recompute
 from cemsd.reduction.calculator import HourInput
@@ -211,10 +213,12 @@ def test_the_bundle_recomputes_the_report_and_detects_a_change(day: dict) -> Non
     path = day["tmp"] / "bundle.tar.gz"
     epoch = day["epoch"]
     manifest = export_bundle(db, day["config"], epoch, epoch + 86400, epoch + 25 * 3600, path)
+    head = head_pin(chain.head(db)).as_json()
     db.close()
     assert {"report.json", "inputs/hours.csv", "data/calibrations.csv", "data/audit.jsonl",
             "config/cemsd.toml", "data/bypass_events.csv"} <= set(manifest["files"])
     bundle = open_bundle(path)
+    assert json.loads(bundle.text("chain/head.json")) == head and head["seq"] > 0  # a pin
     again = recompute(bundle)
     assert again["result"] == bundle.report["result"]
     assert again["inputs_sha256"] == day["report"]["inputs_sha256"]

@@ -32,6 +32,7 @@ from cemsd.chainhead import HEAD_FILE, UnknownDatabase, head_pin
 from cemsd.cli import main
 from cemsd.config import Config
 from cemsd.errors import StorageError
+from cemsd.metrics import chain_state
 from cemsd.qaqc.corrections import invalidate_window
 from cemsd.reduction.production import import_days
 from cemsd.store import schema
@@ -396,6 +397,7 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
         **pristine.raw["storage"], "state_dir": str(copy.state)}}, name="again.toml")
     scenario = write_scenario(tmp_path, cli_scenario(int(config.buses[0].port)))
     events: list[tuple[str, dict[str, Any]]] = []
+    gauges: dict[str, int] = {}
 
     async def run() -> None:
         start = scenario.epoch + 4.5 * HOUR
@@ -408,6 +410,7 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
                 events.append((kind, payload))
             running.daemon.event_listeners.append(listen)
             await running.finished()
+            gauges.update(chain_state(running.daemon))
 
     with caplog.at_level(logging.ERROR, logger="cemsd.sealing"):
         asyncio.run(run())
@@ -416,6 +419,7 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
     assert alarms[0].channel and alarms[0].hour.startswith("2026-06-01T")
     refused = [p for k, p in events if k == "chain.refused"]
     assert refused and refused[0]["records"] == 1
+    assert gauges["chain_refused"] == 1  # cemsd_chain_refused_records
     heads = [p for k, p in events if k == "chain.head"]
     assert heads and heads[-1]["seq"] > pristine.head["seq"]  # the rest is sealed on
     recorded = json.loads((copy.state / HEAD_FILE).read_text())
@@ -460,3 +464,95 @@ def test_an_emptied_database_is_refused_unless_accepted(pristine: Pristine,
     assert json.loads(accepted.before)["seq"] == pristine.head["seq"]
     db.close()
     assert list(copy.state.glob(f"{HEAD_FILE}.given-up-*"))
+
+
+# --- the head where a database writer cannot reach back ---------------------------------------
+
+
+async def test_the_head_is_retained_on_mqtt_and_in_the_head_file(tmp_path: Path) -> None:
+    from mqtt_helpers import Mosquitto, retained
+
+    broker = Mosquitto(tmp_path / "broker")
+    broker.start()
+    try:
+        port = free_port()
+        raw = analyzer_and_flow_plant("tamper", port, storage={
+            "state_dir": str(tmp_path / "state"), "finalise_after_hours": 0},
+            mqtt={"host": "127.0.0.1", "port": broker.port})
+        config = write_config(tmp_path, raw)
+        scenario = write_scenario(tmp_path, cli_scenario(port))
+        async with RunningDaemon(config, scenario, until=scenario.epoch + 2 * HOUR):
+            pass  # runs to --until
+        db = Database(config.storage.database_url)
+        head = head_pin(chain.head(db)).as_json()
+        db.close()
+        message = await retained(broker.port, "cemsd/tamper/chain/head")
+    finally:
+        broker.stop()
+    assert message.retain and head["seq"] > 0
+    assert {k: message.body[k] for k in ("seq", "hash", "time")} == head
+    recorded = json.loads((tmp_path / "state" / HEAD_FILE).read_text())
+    assert {k: recorded[k] for k in ("seq", "hash", "time")} == head
+
+
+@pytest.mark.parametrize(("content", "named"), [
+    ("not json", "not JSON"),
+    ('{"seq": 1}', "expected a JSON list"),
+    ('[{"seq": -1, "hash": "' + "0" * 64 + '"}]', "pinned head 1 of"),
+    ('[{"seq": 3, "hash": "XYZ"}]', "hash must be 64 lower-case hex digits"),
+])
+def test_a_bad_pinned_file_is_named_and_nothing_is_claimed(pristine: Pristine, tmp_path: Path,
+                                                           content: str, named: str) -> None:
+    copy = _copy(pristine, tmp_path)
+    copy.db.close()
+    pins = tmp_path / "pins.json"
+    pins.write_text(content)
+    code, output = copy.verify("--pinned", str(pins))
+    assert code == 2 and named in output and str(pins) in output
+    assert "chain OK" not in output
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE chain SET ts = 'noon' WHERE seq = 2",
+    "UPDATE chain SET record_id = 'x' WHERE seq = 3",
+    "UPDATE audit_log SET at = 'soon' WHERE id = (SELECT min(id) FROM audit_log)",
+    "UPDATE production_days SET day = '2026-13-45' WHERE revision = 1",
+    "UPDATE minutes SET value = X'00ff' WHERE id = (SELECT min(id) FROM minutes)",
+    "UPDATE hours SET n_valid = 'many', created_at = 7 WHERE id = (SELECT max(id) FROM hours)",
+])
+def test_verify_names_any_malformed_row_and_never_crashes(pristine: Pristine, tmp_path: Path,
+                                                          statement: str) -> None:
+    copy = _copy(pristine, tmp_path)
+    with tampering(copy.db) as conn:
+        conn.execute(text(statement))
+    copy.db.close()
+    code, output = copy.verify()
+    assert code == 1, output
+    assert "malformed" in output and "Traceback" not in output, output
+
+
+def test_migration_0010_down_and_up_keeps_the_older_guards(db: Database) -> None:
+    """Downgrading drops only what 0010 added: the stored records stay append-only."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    from cemsd.store.database import MIGRATIONS
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0008")
+    with db.transaction() as conn:
+        conn.execute(text("INSERT INTO hours (channel, ts, n_valid, n_expected, flag, unit, "
+                          "created_at) VALUES ('a', '2026-06-01 00:00:00', 60, 60, 'N', 'ppm', "
+                          "'2026-06-01 01:00:00')"))
+    with pytest.raises(StorageError, match=r"append-only|not allowed"), \
+            db.transaction() as conn:
+        conn.execute(text("UPDATE hours SET flag = 'D'"))
+    db.upgrade()
+    assert db.at_head()
+    assert chain.seal_due(db, 2e9, 2e9) == 1
+    with pytest.raises(StorageError, match=r"append-only|not allowed"), \
+            db.transaction() as conn:
+        conn.execute(text("DELETE FROM chain"))

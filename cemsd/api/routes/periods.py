@@ -74,6 +74,8 @@ class PeriodRow(BaseModel):
     reason: str | None
     revision: Annotated[int, Field(description="0, or the correction number; highest is current")]
     supersedes: Annotated[int | None, Field(description="id of the row this one corrects")]
+    audit_id: Annotated[int | None, Field(
+        description="the audit-log entry of the correction behind a revision above 0")]
     created_at: str
 
 
@@ -177,7 +179,7 @@ def _period_item(labels: _TimeLabels, row: Any) -> dict[str, Any]:
         "channel": row.channel, "value": finite(row.value), "minimum": finite(row.minimum),
         "maximum": finite(row.maximum), "unit": row.unit, "flag": row.flag,
         "n_valid": row.n_valid, "n_expected": row.n_expected, "reason": row.reason,
-        "revision": row.revision, "supersedes": row.supersedes,
+        "revision": row.revision, "supersedes": row.supersedes, "audit_id": row.audit_id,
         "created_at": labels.utc(row.created_at),
     }
 

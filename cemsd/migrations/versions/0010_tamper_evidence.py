@@ -45,6 +45,6 @@ def downgrade() -> None:
     elif dialect == "postgresql":
         for name in ("chain_append_only", "chain_no_truncate"):
             op.execute(f"DROP TRIGGER IF EXISTS {name} ON chain")
+    # plain DROP COLUMN (SQLite >= 3.35): a batch rebuild would lose the tables' triggers
     for table, column in (*((t, "audit_id") for t in REVISED), ("chain", "minutes_sha256")):
-        with op.batch_alter_table(table) as batch_op:
-            batch_op.drop_column(column)
+        op.drop_column(table, column)
