@@ -337,7 +337,7 @@ def group_minutes(hours: Sequence[Any], minutes: Iterable[Any], malformed: Seque
                   ) -> dict[tuple[str, datetime], list[Any]]:
     """The minutes under each hour (channel, start); minutes under no given hour are left
     out. A malformed minute cannot be placed under an hour: every hour gets it (and its
-    digest raises Malformed). Used by verify and by an offline verifier alike."""
+    digest raises Malformed). (hour_key places a minute for the bundle's verifier too.)"""
     starts = {(h.channel, h.ts) for h in hours}
     offsets = hour_offsets(hours)
     under: dict[tuple[str, datetime], list[Any]] = defaultdict(list)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cemsd import chain, signing
 from cemsd.reduction.bundle import (
@@ -293,12 +293,13 @@ def _sealed_by(record: Sealed, last: Any) -> bool:
 def _rows_missing(bundle: Bundle, by_record: dict[tuple[str, int], Any],
                   seen: set[tuple[str, int]]) -> list[str]:
     """Links of the bundle's scope whose row is not in the bundle."""
-    period = bundle.manifest.get("period", {})
-    t0, t1 = _utc(period.get("from_utc", "")), _utc(period.get("to_utc", ""))
-    if t0 is None or t1 is None:
-        return [f"{MANIFEST}: no period (from_utc, to_utc) to check the rows' links against"]
-    tz = ZoneInfo(bundle.report["plant"]["timezone"])
-    first, last = period_days(t0.timestamp(), t1.timestamp(), tz)
+    period, plant = bundle.manifest.get("period", {}), bundle.manifest.get("plant", {})
+    try:
+        t0, t1 = _utc(period["from_utc"]), _utc(period["to_utc"])
+        first, last = period_days(t0.timestamp(), t1.timestamp(), ZoneInfo(plant["timezone"]))
+    except (KeyError, TypeError, ValueError, AttributeError, ZoneInfoNotFoundError):
+        return [f"{MANIFEST}: no readable period (from_utc, to_utc) and plant timezone to "
+                "check the rows' links against"]
     out = []
     for (table, record), link in by_record.items():
         if table == "production_days":
