@@ -29,7 +29,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from types import SimpleNamespace
@@ -231,15 +231,21 @@ def raw_select(table: Table) -> Any:
 def parse_row(table: Table, raw: Any) -> SimpleNamespace:
     """A raw row with each value checked and typed by its declared column, or Malformed
     naming the column and the value."""
-    values = {}
+    return _typed_row(table, {c.name: getattr(raw, c.name) for c in table.c},
+                      f"{table.name} id {getattr(raw, 'id', '?')}", _parse)
+
+
+def _typed_row(table: Table, values: dict[str, Any], where: str,
+               convert: Callable[[Any, Any], Any]) -> SimpleNamespace:
+    typed = {}
     for column in table.c:
-        value = getattr(raw, column.name)
+        value = values.get(column.name)
         try:
-            values[column.name] = None if value is None else _parse(column.type, value)
+            typed[column.name] = None if value is None else convert(column.type, value)
         except (TypeError, ValueError, OverflowError):
-            raise Malformed(f"{table.name} id {getattr(raw, 'id', '?')}: {column.name} = "
-                            f"{value!r} is not a {_type_name(column.type)}") from None
-    return SimpleNamespace(**values)
+            raise Malformed(f"{where}: {column.name} = {value!r} is not a "
+                            f"{_type_name(column.type)}") from None
+    return SimpleNamespace(**typed)
 
 
 def _parse(column_type: Any, value: Any) -> Any:
@@ -261,6 +267,26 @@ def _parse(column_type: Any, value: Any) -> Any:
     if not isinstance(value, str):
         raise TypeError("not text")
     return value
+
+
+def parse_text(table: Table, values: dict[str, Any], where: str) -> SimpleNamespace:
+    """A row written as text (a bundle's CSV cells or JSON strings; empty or null = None)
+    typed by its declared columns, as parse_row would read it from the database; Malformed
+    names `where`, the column and the value. Columns absent from `values` are None."""
+    texts = {name: None if text in (None, "") else str(text) for name, text in values.items()}
+    return _typed_row(table, texts, where,
+                      lambda column_type, text: _parse(column_type, _from_text(column_type, text)))
+
+
+def _from_text(column_type: Any, text: str) -> Any:
+    if isinstance(column_type, UTCDateTime):
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return moment.astimezone(UTC).replace(tzinfo=None) if moment.tzinfo else moment
+    if isinstance(column_type, Float):
+        return float(text)
+    if isinstance(column_type, Integer):
+        return int(text)
+    return text
 
 
 def _type_name(column_type: Any) -> str:
@@ -307,16 +333,23 @@ def minutes_under(db: Database, hours: Sequence[Any]) -> dict[tuple[str, datetim
             m.ts < cluster[-1].ts.timestamp() + HOUR))
         loaded.rows.update(part.rows)
         loaded.malformed.update(part.malformed)
-    starts = {(h.channel, h.ts.timestamp()) for h in hours}
-    offset = {h.channel: h.ts.timestamp() % HOUR for h in hours}
+    return group_minutes(hours, loaded.rows.values(), list(loaded.malformed.values()))
+
+
+def group_minutes(hours: Sequence[Any], minutes: Iterable[Any], malformed: Sequence[str] = ()
+                  ) -> dict[tuple[str, datetime], list[Any]]:
+    """The minutes under each hour (channel, start); minutes under no given hour are left
+    out. A malformed minute cannot be placed under an hour: every hour gets it (and its
+    digest raises Malformed). (hour_key places a minute for the bundle's verifier too.)"""
+    starts = {(h.channel, h.ts) for h in hours}
+    offsets = hour_offsets(hours)
     under: dict[tuple[str, datetime], list[Any]] = defaultdict(list)
-    for minute in loaded.rows.values():
-        base = offset[minute.channel]
-        start = (minute.ts.timestamp() - base) // HOUR * HOUR + base
-        if (minute.channel, start) in starts:
-            under[(minute.channel, datetime.fromtimestamp(start, UTC))].append(minute)
-    if loaded.malformed:  # cannot tell which hour it lies under: every hour is suspect
-        problem = "; ".join(loaded.malformed.values())
+    for minute in minutes:
+        key = hour_key(minute, offsets)
+        if key in starts:
+            under[key].append(minute)  # type: ignore[index]
+    if malformed:  # cannot tell which hour it lies under: every hour is suspect
+        problem = "; ".join(malformed)
         for h in hours:
             under[(h.channel, h.ts)].append(Malformed(problem))
     return under
@@ -331,6 +364,20 @@ def _clusters(hours: Sequence[Any], gap: float = 24 * HOUR) -> list[list[Any]]:
             out.append([])
         out[-1].append(hour)
     return out
+
+
+def hour_offsets(hours: Iterable[Any]) -> dict[str, float]:
+    """Where each channel's hours start within a UTC hour (s): plant hours may be offset."""
+    return {h.channel: h.ts.timestamp() % HOUR for h in hours}
+
+
+def hour_key(minute: Any, offsets: dict[str, float]) -> tuple[str, datetime] | None:
+    """(channel, start) of the hour a minute lies under, None for a channel without hours."""
+    base = offsets.get(minute.channel)
+    if base is None:
+        return None
+    start = (minute.ts.timestamp() - base) // HOUR * HOUR + base
+    return (minute.channel, datetime.fromtimestamp(start, UTC))
 
 
 def hour_minutes_digest(hour: Any, under: dict[tuple[str, datetime], list[Any]]) -> str:
@@ -457,7 +504,8 @@ def _append(db: Database, records: Sequence[tuple[SealedKind, Any, Any]],
         seq, prev = (int(head.seq), head.chain_hash) if head else (0, GENESIS)
         links = []
         for kind, row, under in records:
-            digest = hour_minutes_digest(row, under) if kind.name == "hours" else None
+            digest = hour_minutes_digest(row, under) if kind.name == "hours" and FORM == 2 \
+                else None  # form 1 does not cover the minutes
             rec = record_hash(kind, row, FORM, digest)
             seq += 1
             chained = link_hash(prev, rec)
@@ -656,24 +704,31 @@ def _check(link: Any, records: dict[Any, Any], expected_seq: int, prev_hash: str
         return ("record deleted", f"{link.record_table} row id {link.record_id} is gone")
     if isinstance(row, Malformed):
         return ("record malformed", str(row))
+    return check_record(kind, row, link, records.get("minutes", {}))
+
+
+def check_record(kind: SealedKind, row: Any, link: Any,
+                 under: dict[tuple[str, datetime], list[Any]]) -> tuple[str, str] | None:
+    """A record against its link (form, record_hash, minutes_sha256, channel, ts): None if
+    it hashes to the link, else (problem, detail). `under`: the minutes under the hours."""
     try:
-        recomputed = hash_record(kind, row, link.form, records.get("minutes", {}))
+        recomputed = hash_record(kind, row, link.form, under)
     except Malformed as exc:
         return ("record malformed", str(exc))
     if recomputed != link.record_hash:
-        return _changed(kind, row, link, records)
+        return _changed(kind, row, link, under)
     if (kind.link_channel(row), kind.link_time(row)) != (link.channel, link.ts):
         return ("chain link altered", "the link's channel or time differs from its record's")
     return None
 
 
-def _changed(kind: SealedKind, row: Any, link: Any, records: dict[Any, Any]
-             ) -> tuple[str, str]:
+def _changed(kind: SealedKind, row: Any, link: Any,
+             under: dict[tuple[str, datetime], list[Any]]) -> tuple[str, str]:
     """Which part changed: the record itself, or (form 2 hour) only the minutes under it
     (the hour's fields still hash to the seal with the minute digest the link kept)."""
     if link.form == 2 and kind.name == "hours" and link.minutes_sha256 is not None \
             and record_hash(kind, row, 2, link.minutes_sha256) == link.record_hash:
-        digest = hour_minutes_digest(row, records.get("minutes", {}))
+        digest = hour_minutes_digest(row, under)
         return ("minutes changed", f"the minutes under this hour digest to {digest[:16]}"
                                    f"..., sealed as {link.minutes_sha256[:16]}...")
     return ("record changed", f"the stored record no longer hashes to "

@@ -85,11 +85,11 @@ def year(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "period_start": at(start), "period_hours": hours, "capture_rate": 0.99,
         "source_hours": "[]", "created_at": ts + 2 * H} for ts in sorted(_hours_of(start,
                                                                                     hours))])
-    with db.transaction() as conn:
-        conn.execute(insert(schema.bypass_events), [{
-            "started_at": at(BYPASS[0]), "ended_at": at(BYPASS[1]), "triggers": '["valve"]',
-            "gas_volume_nm3": 0.0, "n2o_kg": 0.0, "n2o_estimated_kg": 0.0, "method": "",
-            "created_at": at(BYPASS[1])}])
+    with db.transaction() as conn:  # an event, not an aggregate (no channel, ts, revision)
+        conn.execute(insert(schema.bypass_events).values(
+            started_at=at(BYPASS[0]), ended_at=at(BYPASS[1]), triggers='["valve"]',
+            gas_volume_nm3=0.0, n2o_kg=0.0, n2o_estimated_kg=0.0, method="",
+            created_at=at(BYPASS[1])))
     import_days(db, [(date(2026, 1, 1) + timedelta(days=i), 420.0) for i in range(365)],
                 "test", t0)
     reports = {}

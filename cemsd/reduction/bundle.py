@@ -9,14 +9,18 @@
     inputs/hours.csv         the hourly inputs of the calculation (what is recomputed)
     inputs/production.csv    daily production
     inputs/parameters.json   the parameters
-    data/*.csv               the period's stored hours (every channel, every revision),
-                             substitutions, calibrations, control periods, maintenance
-                             windows, bypass events; each time in UTC with its plant-time
-                             column (`<name>_local`) beside it
+    data/*.csv               the period's stored hours and minutes (every channel, every
+                             revision), substitutions, production days, calibrations,
+                             control periods, maintenance windows, bypass events; each
+                             time in UTC with its plant-time column (`<name>_local`) beside
+                             it, every field the canonical forms hash
     data/audit.jsonl         the audit log of the period, and every configuration record
-    chain/links.csv          the hash-chain links from the first to the last sealed record
-                             of the period, unbroken: every sealed row of data/hours.csv
-                             and data/substitutions.csv hashes to its link
+                             (a null is a JSON null)
+    chain/links.csv          the hash-chain links from the first to the last link sealing
+                             a record of the bundle, unbroken: every sealed row of
+                             data/hours.csv (with its minutes from data/minutes.csv),
+                             data/substitutions.csv, data/production_days.csv and
+                             data/audit.jsonl (entries of the period) hashes to its link
     config/cemsd.toml        the configuration in force at the end of the period
     chain/head.json          the hash chain's head when the bundle was made {seq, hash, time}
                              (a pin for `cemsd verify --pinned`, docs/TAMPER-EVIDENCE.md)
@@ -33,18 +37,20 @@ import base64
 import csv
 import hashlib
 import io
+import itertools
 import json
 import tarfile
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from sqlalchemy import Table, select
+from sqlalchemy import Table, func, select
 
 from cemsd import __version__, signing
-from cemsd.chain import KINDS
 from cemsd.chain import head as chain_head
 from cemsd.chainhead import head_pin
 from cemsd.config import Config
@@ -61,6 +67,8 @@ from cemsd.store.schema import UTCDateTime
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 LINKS = "chain/links.csv"
+MINUTES_FILE = "data/minutes.csv"
+DAY_S = 86400.0
 LOCAL = "_local"  # suffix of the plant-time column beside each UTC time
 
 
@@ -99,12 +107,30 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
     for table in (schema.hours, schema.substitutions, schema.calibrations,
                   schema.control_periods, schema.maintenance, schema.bypass_events):
         files[f"data/{table.name}.csv"] = _table_csv(db, table, t0, t1, tz)
-    links = chain_links(db, t0, t1)
+    days = _production_days(db, t0, t1, tz)
+    files["data/production_days.csv"] = _rows_csv(schema.production_days, days, tz)
+    links = chain_links(db, t0, t1, [int(d.id) for d in days])
     files[LINKS] = _rows_csv(schema.chain, links, tz)
-    files.update(_explained(files, report, key))
-    encoded = {name: text.encode() for name, text in files.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile(dir=path.parent) as minutes:
+        minutes_sha256 = _write_minutes(db, t0, t1, tz, minutes)
+        files.update(_explained({**files, MINUTES_FILE: _rows_csv(schema.minutes, [], tz)},
+                                report, key))
+        encoded = {name: text.encode() for name, text in files.items()}
+        manifest = _manifest(report, links, key, encoded, {MINUTES_FILE: minutes_sha256})
+        encoded[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
+        encoded[SIGNATURE] = base64.b64encode(key.sign(encoded[MANIFEST])) + b"\n"
+        with tarfile.open(path, "w:gz") as archive:
+            for name, data in sorted(encoded.items()):
+                _add(archive, name, len(data), io.BytesIO(data))
+            _add(archive, MINUTES_FILE, minutes.tell(), minutes)
+    return manifest
+
+
+def _manifest(report: dict[str, Any], links: list[Any], key: Any, encoded: dict[str, bytes],
+              digests: dict[str, str]) -> dict[str, Any]:
     public = key.public_key()
-    manifest = {
+    return {
         "format": 2, "cemsd": __version__, "plant": report["plant"], "period": report["period"],
         "inputs_sha256": report["inputs_sha256"],
         "chain": {"first_seq": int(links[0].seq) if links else None,
@@ -112,17 +138,45 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
                   "last_chain_hash": links[-1].chain_hash if links else None},
         "signing": {k: v for k, v in signing.public_info(public).items()
                     if k != "public_key_pem"},
-        "files": {name: hashlib.sha256(data).hexdigest() for name, data in sorted(encoded.items())},
+        "files": dict(sorted({**{name: hashlib.sha256(data).hexdigest()
+                                 for name, data in encoded.items()}, **digests}.items())),
     }
-    encoded[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    encoded[SIGNATURE] = base64.b64encode(key.sign(encoded[MANIFEST])) + b"\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in sorted(encoded.items()):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            archive.addfile(info, io.BytesIO(data))
-    return manifest
+
+
+def _add(archive: tarfile.TarFile, name: str, size: int, data: IO[bytes]) -> None:
+    data.seek(0)
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode = size, int(time.time()), 0o644
+    archive.addfile(info, data)
+
+
+def _write_minutes(db: Database, t0: float, t1: float, tz: Any, out: IO[bytes]) -> str:
+    """data/minutes.csv, every minute of [t0, t1) (every revision), written to `out` a
+    channel and a day at a time in (channel, ts, revision, id) order, so that neither the
+    writer nor a verifier holds a period's minutes in memory; returns its SHA-256."""
+    m = schema.minutes.c
+    in_period = (m.ts >= t0) & (m.ts < t1)
+    channels = [r[0] for r in db.fetch(select(m.channel).where(in_period).distinct()
+                                       .order_by(m.channel))]
+    digest = hashlib.sha256()
+    chunks = itertools.chain([_rows_csv(schema.minutes, [], tz)], (
+        _rows_csv(schema.minutes, db.fetch(
+            select(schema.minutes).where(m.channel == channel, m.ts >= start,
+                                         m.ts < min(start + DAY_S, t1))
+            .order_by(m.ts, m.revision, m.id)), tz, header=False)
+        for channel in channels for start in _steps(t0, t1, DAY_S)))
+    for text in chunks:
+        data = text.encode()
+        digest.update(data)
+        out.write(data)
+    return digest.hexdigest()
+
+
+def _steps(t0: float, t1: float, step: float) -> Iterator[float]:
+    start = t0
+    while start < t1:
+        yield start
+        start += step
 
 
 def read_bundle(path: Path) -> Bundle:
@@ -196,13 +250,14 @@ def _table_csv(db: Database, table: Table, t0: float, t1: float, tz: Any) -> str
     return _rows_csv(table, db.fetch(select(table).where(where).order_by(c.id)), tz)
 
 
-def _rows_csv(table: Table, rows: list[Any], tz: Any) -> str:
+def _rows_csv(table: Table, rows: list[Any], tz: Any, header: bool = True) -> str:
     """Rows as stored, each UTC time followed by its plant-time column."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     times = {c.name for c in table.c if isinstance(c.type, UTCDateTime)}
     names = [c.name for c in table.c]
-    writer.writerow([h for c in names for h in ([c, c + LOCAL] if c in times else [c])])
+    if header:
+        writer.writerow([h for c in names for h in ([c, c + LOCAL] if c in times else [c])])
     for row in rows:
         cells = []
         for name, value in zip(names, row, strict=True):
@@ -213,16 +268,33 @@ def _rows_csv(table: Table, rows: list[Any], tz: Any) -> str:
     return out.getvalue()
 
 
-def chain_links(db: Database, t0: float, t1: float) -> list[Any]:
-    """Every link from the first to the last one sealing a record of [t0, t1) (hours and
-    substitutions), so the bundle's rows can be checked and the links follow unbroken."""
+def chain_links(db: Database, t0: float, t1: float, production_ids: list[int]) -> list[Any]:
+    """Every link from the first to the last one sealing a record of the bundle (hours and
+    substitutions of [t0, t1), audit entries written in it, the period's production days),
+    so the bundle's rows can be checked and the links follow unbroken."""
     c = schema.chain.c
-    bounds = db.fetch(select(c.seq).where(c.record_table.in_(list(KINDS)), c.ts >= t0,
-                                          c.ts < t1).order_by(c.seq))
-    if not bounds:
+    in_period = c.record_table.in_(["hours", "substitutions", "audit_log"]) & \
+        (c.ts >= t0) & (c.ts < t1)
+    days = (c.record_table == "production_days") & c.record_id.in_(production_ids)
+    bounds = db.fetch(select(func.min(c.seq), func.max(c.seq)).where(in_period | days))
+    first, last = bounds[0] if bounds else (None, None)
+    if first is None:
         return []
-    first, last = int(bounds[0][0]), int(bounds[-1][0])
     return db.fetch(select(schema.chain).where(c.seq >= first, c.seq <= last).order_by(c.seq))
+
+
+def period_days(t0: float, t1: float, tz: Any) -> tuple[date, date]:
+    """The first and last plant-local day [t0, t1) touches."""
+    return (datetime.fromtimestamp(t0, tz).date(),
+            datetime.fromtimestamp(max(t0, t1 - 1), tz).date())
+
+
+def _production_days(db: Database, t0: float, t1: float, tz: Any) -> list[Any]:
+    """Every stored revision of the period's plant-local days (what the links seal)."""
+    first, last = period_days(t0, t1, tz)
+    d = schema.production_days.c
+    return db.fetch(select(schema.production_days).where(d.day >= first, d.day <= last)
+                    .order_by(d.id))
 
 
 def _explained(files: dict[str, str], report: dict[str, Any], key: Any) -> dict[str, str]:
@@ -245,7 +317,8 @@ def _audit(db: Database, t0: float, t1: float) -> str:
     rows = db.fetch(select(schema.audit_log).where(
         ((a.at >= t0) & (a.at < t1)) | (a.action.in_(CONFIG_ACTIONS) & (a.at < t1)))
         .order_by(a.id))
-    return "".join(json.dumps({k: _cell(v) for k, v in row._mapping.items()},
+    return "".join(json.dumps({k: None if v is None else _cell(v)
+                               for k, v in row._mapping.items()},
                               ensure_ascii=False) + "\n" for row in rows)
 
 

@@ -24,15 +24,24 @@ FILES = {
     "inputs/parameters.json": "the calculation's parameters (each with its source)",
     "config/cemsd.toml": "the configuration in force at the end of the period",
     "data/audit.jsonl": "the audit log of the period and every configuration record, one "
-                        "JSON object a line",
+                        "JSON object a line with the columns of the audit log: id, at and "
+                        "at_local (UTC, plant time), actor, action, target, reason, before "
+                        "and after (JSON text), host; null where empty. Entries of the "
+                        "period that are sealed hash (canonical form 2) to their link",
     "data/hours.csv": "every stored hour of every channel in the period, every revision",
+    "data/minutes.csv": "every stored minute of every channel in the period, every "
+                        "revision: a form 2 hour's link covers the digest of its minutes",
+    "data/production_days.csv": "every stored revision of the period's plant-local "
+                                "production days (what the chain seals; inputs/production.csv "
+                                "holds the ones the report used)",
     "data/substitutions.csv": "substituted hours (flag S) of the period, every revision",
     "data/calibrations.csv": "zero and span checks of the period and the 31 days before",
     "data/control_periods.csv": "out-of-control and calibration-overdue periods overlapping it",
     "data/maintenance.csv": "maintenance windows overlapping the period",
     "data/bypass_events.csv": "bypass and venting events overlapping the period",
     "chain/links.csv": "hash-chain links, unbroken, from the first to the last link that "
-                       "seals a row of data/hours.csv or data/substitutions.csv",
+                       "seals a row of the bundle (data/hours.csv, data/substitutions.csv, "
+                       "data/production_days.csv, data/audit.jsonl)",
     "chain/head.json": "the chain head when the bundle was written (pin it)",
 }
 
@@ -50,6 +59,10 @@ COLUMNS = {
     "reason": "why the flag is not N (counts and the most frequent cause)",
     "unit": "unit of value, minimum, maximum",
     "created_at": "when the row was written, UTC",
+    "audit_id": "id of the audit entry (data/audit.jsonl) of the correction or import that "
+                "wrote the row; empty for a revision 0 the daemon wrote",
+    "day": "plant-local day",
+    "source": "where the figure came from (e.g. import:<file>)",
     "revision": "0 first; a correction is a new revision superseding the previous",
     "supersedes": "id of the revision this one replaces",
     "method": "how the value was obtained (legend below)",
@@ -82,13 +95,16 @@ COLUMNS = {
     "n2o_kg": "N2O that skipped the unit, kg (measured and estimated)",
     "n2o_estimated_kg": "of which estimated by the alternative method, kg",
     "seq": "link number, from 1, no gaps",
-    "record_table": "hours | substitutions: the sealed row's table",
+    "record_table": "hours | substitutions | production_days | audit_log: the sealed row's "
+                    "table (its file in data/)",
     "record_id": "the sealed row's id",
-    "form": "version of the canonical form (docs/TAMPER-EVIDENCE.md)",
+    "form": "version of the canonical form, 1 or 2 (docs/TAMPER-EVIDENCE.md)",
     "record_hash": "SHA-256 of the row's canonical form, hex",
     "prev_hash": "chain_hash of the previous link (64 zeros for the first ever)",
     "chain_hash": "SHA-256(prev_hash + record_hash), hex",
     "sealed_at": "when the link was written, UTC",
+    "minutes_sha256": "form 2 hour: SHA-256 of the canonical list of the minutes under it "
+                      "(data/minutes.csv), also inside record_hash; empty otherwise",
     "hour": "start of the hour, plant time with offset",
     "inlet_kg": "N2O entering the abatement unit in the hour, kg (measured or substituted; "
                 "empty: missing)",
@@ -113,8 +129,16 @@ FOR_TABLE = {
     "report.csv:ts": "start of the hour, UTC, seconds since 1970-01-01",
     "data/substitutions.csv:ts": "the hour substituted, UTC",
     "data/substitutions.csv:value": "the substitute, in `unit`",
-    "chain/links.csv:ts": "hour of the sealed row, UTC",
-    "chain/links.csv:channel": "channel of the sealed row",
+    "chain/links.csv:ts": "hour of the sealed row, UTC (a production day: its date at "
+                          "00:00 UTC; an audit entry: its time)",
+    "chain/links.csv:channel": "channel of the sealed row (`production` for a day, the "
+                               "action for an audit entry)",
+    "data/minutes.csv:ts": "start of the minute, UTC",
+    "data/minutes.csv:value": "mean of the minute's valid readings, in `unit`",
+    "data/minutes.csv:minimum": "lowest valid reading of the minute, in `unit`",
+    "data/minutes.csv:maximum": "highest valid reading of the minute, in `unit`",
+    "data/minutes.csv:n_valid": "valid readings in the minute",
+    "data/minutes.csv:n_expected": "readings expected in the minute",
     "data/bypass_events.csv:method": "how the mass was obtained, minutes per method",
 }
 
@@ -176,9 +200,12 @@ def readme(report: dict[str, Any], names: list[str], public: dict[str, str]) -> 
         "status page) before trusting it.",
         "2. Every file's SHA-256 is in manifest.json.",
         "3. chain/links.csv: each link's chain_hash = SHA-256(prev_hash + record_hash) and "
-        "prev_hash = the previous link's chain_hash; every row of data/hours.csv and "
-        "data/substitutions.csv with a link hashes (canonical form 1, docs/TAMPER-EVIDENCE.md) "
-        "to its record_hash. Compare a link with a chain head the registry pinned earlier.",
+        "prev_hash = the previous link's chain_hash; every row of data/hours.csv, "
+        "data/substitutions.csv, data/production_days.csv and data/audit.jsonl with a link "
+        "hashes, in the link's canonical form (1 or 2, docs/TAMPER-EVIDENCE.md), to its "
+        "record_hash; a form 2 hour's hash covers the digest of its minutes, recomputed "
+        "from data/minutes.csv. Compare a link with a chain head the registry pinned "
+        "earlier.",
         "4. Recompute the report from inputs/ alone (quantification: report.json parameters).",
         "", "All four at once:", "",
         "    cemsd verify-bundle THIS.tar.gz --public-key <hex, base64 or PEM file> "

@@ -5,8 +5,10 @@
   names, whose fingerprint must then be compared with the plant's);
 - chain: chain/links.csv unbroken (no seq missing, each prev_hash the previous chain_hash,
   each chain_hash = SHA-256(prev_hash + record_hash));
-- rows: each row of data/hours.csv and data/substitutions.csv with a link hashes to it,
-  and every link of the period has its row;
+- rows: each row of data/hours.csv (with its minutes, data/minutes.csv),
+  data/substitutions.csv, data/production_days.csv and data/audit.jsonl with a link hashes
+  to it in the link's canonical form (1 or 2, cemsd/chain.py), and every link of the
+  period has its row; a changed minute names its hour ("minutes changed");
 - pinned: chain heads pinned earlier (and chain/head.json) agree with the links;
 - recompute: the report again from inputs/ alone equals report.json.
 """
@@ -19,23 +21,27 @@ import csv
 import io
 import itertools
 import json
+from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cemsd import chain, signing
 from cemsd.reduction.bundle import (
     LINKS,
     MANIFEST,
+    MINUTES_FILE,
     SIGNATURE,
     Bundle,
     file_problems,
+    period_days,
     read_bundle,
     recompute,
 )
-from cemsd.store.schema import UTCDateTime
+from cemsd.store import schema
 
 HEAD_FILE = "chain/head.json"
 
@@ -115,60 +121,195 @@ def _chain(bundle: Bundle, links: list[dict[str, str]]) -> Check:
     return check
 
 
+SEALED_FILES = {"hours": "data/hours.csv", "substitutions": "data/substitutions.csv",
+                "production_days": "data/production_days.csv", "audit_log": "data/audit.jsonl"}
+
+
+@dataclass
+class Sealed:
+    """A row of the bundle a link may seal: where it is written, and the row typed."""
+
+    table: str
+    label: str  # file, line, id and what the row is (channel and hour, day, action)
+    row: Any
+
+
 def _rows(bundle: Bundle, links: list[dict[str, str]]) -> Check:
+    """Every sealed row of the bundle recomputed (chain.check_record, the canonical forms
+    of cemsd/chain.py) and compared with its link; every link of the period has its row.
+    Hours are checked as their minutes are read, one hour at a time."""
     check = Check("rows")
-    by_record = {(link["record_table"], link["record_id"]): link for link in links}
-    period = bundle.manifest.get("period", {})
-    t0, t1 = (_utc(period.get("from_utc", "")), _utc(period.get("to_utc", "")))
-    seen: set[tuple[str, str]] = set()
-    unsealed = 0
-    last = links[-1] if links else None
-    for name, kind in chain.KINDS.items():
-        rows = csv.DictReader(io.StringIO(bundle.files.get(f"data/{name}.csv", b"").decode()))
-        for line, row in enumerate(rows, start=2):
-            link = by_record.get((name, row["id"]))
-            if link is None:
-                if _sealed_by(row, last):
-                    check.problems.append(
-                        f"data/{name}.csv line {line} (id {row['id']}, {row['channel']} "
-                        f"{row['ts']}): no chain link, though link {last['seq']} "  # type: ignore[index]
-                        "sealed a later hour after it was stored (a link removed?)")
-                else:
-                    unsealed += 1
-                continue
-            seen.add((name, row["id"]))
-            if chain.record_hash(kind, _record(kind, row)) != link["record_hash"]:
-                check.problems.append(f"data/{name}.csv line {line} (id {row['id']}, "
-                                      f"{row['channel']} {row['ts']}): changed, does not hash "
-                                      f"to chain link {link['seq']}")
-    for (table, record), link in by_record.items():
-        inside = t0 is not None and t1 is not None and t0 <= _utc(link["ts"]) < t1
-        if table in chain.KINDS and inside and (table, record) not in seen:
-            check.problems.append(f"data/{table}.csv: row id {record} ({link['channel']} "
-                                  f"{link['ts']}) of chain link {link['seq']} is missing")
-    if unsealed:
-        check.notes.append(f"{unsealed} row(s) not sealed yet (no link to check them against)")
+    parsed = _parsed_links(links, check)
+    records = _sealed_rows(bundle, check)
+    last = parsed[max(parsed)] if parsed else None
+    by_record = {(ln.record_table, ln.record_id): ln for ln in parsed.values()}
+    checked: dict[str, int] = defaultdict(int)
+    unlinked: dict[str, int] = defaultdict(int)
+    waiting: dict[tuple[str, datetime], list[tuple[Sealed, Any]]] = defaultdict(list)
+    for record in records:
+        link = by_record.get((record.table, record.row.id))
+        if link is None:
+            if _sealed_by(record, last):
+                check.problems.append(f"{record.label}: no chain link, though link "
+                                      f"{last.seq} sealed a later hour after it was stored "  # type: ignore[union-attr]
+                                      "(a link removed?)")
+            else:
+                unlinked[record.table] += 1
+            continue
+        checked[record.table] += 1
+        if record.table == "hours":
+            waiting[(record.row.channel, record.row.ts)].append((record, link))
+        else:
+            _compare(check, record, link, {})
+    minutes = 0
+    for key, under in _minutes_by_hour(bundle, [r.row for r in records if r.table == "hours"],
+                                       check):
+        minutes += len(under)
+        for record, link in waiting.pop(key, []):
+            _compare(check, record, link, {key: under})
+    for record, link in itertools.chain.from_iterable(waiting.values()):  # no minutes
+        _compare(check, record, link, {})
+    check.problems += _rows_missing(bundle, by_record, {(r.table, r.row.id) for r in records})
+    check.notes.append("checked against their links: " + ", ".join(
+        f"{checked[t]} {t}" for t in SEALED_FILES) + f" ({minutes} minutes under the hours)")
+    form1 = sum(by_record[("hours", r.row.id)].form == 1 for r in records
+                if r.table == "hours" and ("hours", r.row.id) in by_record)
+    if form1:
+        check.notes.append(f"{form1} hours sealed in canonical form 1: their seal does not "
+                           "cover their minutes")
+    if unlinked:
+        check.notes.append("without a link in the bundle (not sealed yet, or sealed before "
+                           "its first link): " + ", ".join(f"{n} {t}" for t, n in
+                                                           unlinked.items()))
     return check
 
 
-def _sealed_by(row: dict[str, str], last: dict[str, str] | None) -> bool:
-    """Sealing takes every record of an hour at once, in hour order: a row stored before
-    the last link was sealed, of an hour not after that link's, must have a link."""
-    return last is not None and _utc(row["ts"]) <= _utc(last["ts"]) and \
-        _utc(row["created_at"]) <= _utc(last["sealed_at"])
+def _compare(check: Check, record: Sealed, link: Any,
+             under: dict[tuple[str, datetime], list[Any]]) -> None:
+    finding = chain.check_record(chain.KINDS[record.table], record.row, link, under)
+    if finding is not None:
+        check.problems.append(_finding(record, link, *finding))
 
 
-def _record(kind: chain.SealedKind, row: dict[str, str]) -> SimpleNamespace:
-    values: dict[str, Any] = {}
-    for name in kind.fields:
-        text = row.get(name, "")
-        if text == "":
-            values[name] = None
-        elif isinstance(kind.table.c[name].type, UTCDateTime):
-            values[name] = _utc(text)
+def _minutes_by_hour(bundle: Bundle, hours: list[Any], check: Check
+                     ) -> Iterator[tuple[tuple[str, datetime], list[Any]]]:
+    """The minutes of data/minutes.csv under each of the hours, read one hour at a time
+    (the file is in (channel, ts) order); a malformed minute, or one apart from the rest of
+    its hour, is named (its hour then fails its digest)."""
+    offsets, wanted = chain.hour_offsets(hours), {(h.channel, h.ts) for h in hours}
+    done: set[tuple[str, datetime]] = set()
+    key, run = None, list[Any]()
+    text = io.TextIOWrapper(io.BytesIO(bundle.files.get(MINUTES_FILE, b"")), encoding="utf-8")
+    for line, values in enumerate(csv.DictReader(text), start=2):
+        where = f"{MINUTES_FILE} line {line}"
+        try:
+            minute = chain.parse_text(schema.minutes, values, where)
+        except chain.Malformed as exc:
+            check.problems.append(str(exc))
+            continue
+        here = chain.hour_key(minute, offsets)
+        if here not in wanted or here is None:
+            continue
+        if here != key:
+            if key is not None:
+                yield key, run
+                done.add(key)
+            if here in done:
+                check.problems.append(f"{where}: a minute of {here[0]} "
+                                      f"{chain.utc_text(here[1])} apart from the hour's other "
+                                      "minutes (the file is not in (channel, ts) order)")
+            key, run = here, []
+        run.append(minute)
+    if key is not None:
+        yield key, run
+
+
+def _finding(record: Sealed, link: Any, problem: str, detail: str) -> str:
+    if problem == "record changed":
+        return f"{record.label}: changed, does not hash to chain link {link.seq}"
+    if problem == "minutes changed":
+        return (f"{record.label}: minutes changed ({MINUTES_FILE}), does not hash to chain "
+                f"link {link.seq}: {detail}")
+    return f"{record.label}: {problem} (chain link {link.seq}): {detail}"
+
+
+def _parsed_links(links: list[dict[str, str]], check: Check) -> dict[int, Any]:
+    out = {}
+    for line, link in enumerate(links, start=2):
+        try:
+            parsed = chain.parse_text(schema.chain, link, f"{LINKS} line {line}")
+        except chain.Malformed as exc:
+            check.problems.append(str(exc))
+            continue
+        out[parsed.seq] = parsed
+    return out
+
+
+def _sealed_rows(bundle: Bundle, check: Check) -> list[Sealed]:
+    out = []
+    for table, name in SEALED_FILES.items():
+        kind = chain.KINDS[table]
+        for line, values in _lines(bundle, name, check):
+            where = f"{name} line {line} (id {values.get('id')}, {_what(table, values)})"
+            try:
+                out.append(Sealed(table, where, chain.parse_text(kind.table, values, where)))
+            except chain.Malformed as exc:
+                check.problems.append(str(exc))
+    return out
+
+
+def _lines(bundle: Bundle, name: str, check: Check) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, values) of a CSV file, or of JSON lines (data/audit.jsonl)."""
+    text = bundle.files.get(name, b"").decode()
+    if not name.endswith(".jsonl"):
+        return list(enumerate(csv.DictReader(io.StringIO(text)), start=2))
+    out = []
+    for line, entry in enumerate(text.splitlines(), start=1):
+        try:
+            out.append((line, dict(json.loads(entry))))
+        except (ValueError, TypeError):
+            check.problems.append(f"{name} line {line}: not a JSON object")
+    return out
+
+
+def _what(table: str, values: dict[str, Any]) -> str:
+    if table == "production_days":
+        return f"day {values.get('day')}"
+    if table == "audit_log":
+        return f"{values.get('action')} at {values.get('at')}"
+    return f"{values.get('channel')} {values.get('ts')}"
+
+
+def _sealed_by(record: Sealed, last: Any) -> bool:
+    """Sealing takes every record of an hour at once, in hour order: an hour or a
+    substitution stored before the last link was sealed, of an hour not after that link's,
+    must have a link. (Production days and audit entries are sealed when written: a row
+    sealed before the bundle's first link has no link here.)"""
+    row = record.row
+    return last is not None and chain.KINDS[record.table].periodic and \
+        row.ts <= last.ts and row.created_at <= last.sealed_at
+
+
+def _rows_missing(bundle: Bundle, by_record: dict[tuple[str, int], Any],
+                  seen: set[tuple[str, int]]) -> list[str]:
+    """Links of the bundle's scope whose row is not in the bundle."""
+    period, plant = bundle.manifest.get("period", {}), bundle.manifest.get("plant", {})
+    try:
+        t0, t1 = _utc(period["from_utc"]), _utc(period["to_utc"])
+        first, last = period_days(t0.timestamp(), t1.timestamp(), ZoneInfo(plant["timezone"]))
+    except (KeyError, TypeError, ValueError, AttributeError, ZoneInfoNotFoundError):
+        return [f"{MANIFEST}: no readable period (from_utc, to_utc) and plant timezone to "
+                "check the rows' links against"]
+    out = []
+    for (table, record), link in by_record.items():
+        if table == "production_days":
+            inside = first <= link.ts.date() <= last
         else:
-            values[name] = text
-    return SimpleNamespace(**values)
+            inside = table in SEALED_FILES and t0 <= link.ts < t1
+        if inside and (table, record) not in seen:
+            out.append(f"{SEALED_FILES[table]}: row id {record} ({link.channel} "
+                       f"{chain.utc_text(link.ts)}) of chain link {link.seq} is missing")
+    return out
 
 
 def _utc(text: str) -> Any:
