@@ -24,7 +24,7 @@ _ignore_sighup_until_ready()  # before the imports below, which take the time
 import asyncio  # noqa: E402
 import math  # noqa: E402
 from datetime import datetime  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+from typing import TYPE_CHECKING, Any, NoReturn  # noqa: E402
 from zoneinfo import ZoneInfo  # noqa: E402
 
 import click  # noqa: E402
@@ -462,14 +462,13 @@ def verify(config_file: str, pinned_file: str | None) -> None:
     database (the daemon's head file, --pinned), that every final record is sealed and
     every revision audited. Exit 1 naming each finding, 2 if it cannot check."""
     from cemsd import chain, chaincheck
-    from cemsd.chainhead import load_pins, read_head
+    from cemsd.chainhead import load_pins
     from cemsd.periods import local_label
 
     config = _load_config(config_file)
     tz = config.plant.tz
-    db = _open_existing_db(config, exit_code=2)
+    db, recorded = _verifiable(config)
     try:
-        recorded = read_head(config.storage.state_dir)
         pins = [*([recorded] if recorded else []),
                 *(load_pins(Path(pinned_file)) if pinned_file else [])]
         report = chaincheck.check(db, config.storage.finalise_after_hours, pins)
@@ -490,6 +489,32 @@ def verify(config_file: str, pinned_file: str | None) -> None:
         click.echo(f"head: link {report.head.seq} chain_hash {report.head.chain_hash} "
                    f"({report.head.record_table} {report.head.channel} "
                    f"{local_label(report.head.ts.timestamp(), tz)})")
+
+
+def _verifiable(config: Config) -> tuple[Database, Any]:
+    """The database to verify and the head its state directory recorded; a database that
+    lacks the chain the state directory saw (emptied, removed, replaced) is itself a finding
+    (exit 1), anything else that stops the check exits 2."""
+    from cemsd.chainhead import read_head
+    from cemsd.store.database import open_existing
+
+    def cannot(exc: Exception) -> NoReturn:
+        click.echo(f"cemsd verify: cannot check: {exc}", err=True)
+        sys.exit(2)
+
+    try:
+        recorded = read_head(config.storage.state_dir)
+    except CemsdError as exc:
+        cannot(exc)
+    try:
+        return open_existing(config.storage.database_url), recorded
+    except CemsdError as exc:
+        if recorded is None:
+            cannot(exc)
+        click.echo(f"chain GONE: {exc}; the state directory recorded the head at link "
+                   f"{recorded.seq} ({recorded.hash}, {recorded.time}): the database was "
+                   "emptied, removed or replaced")
+        sys.exit(1)
 
 
 def _echo_breaks(breaks: list[Any], links: int, tz: Any) -> None:

@@ -86,6 +86,7 @@ COLUMNS = {
     "stabilisation_s": "stabilisation time, s",
     "technician": "who did it",
     "note": "free text",
+    "planned_end_at": "when the maintenance window closes by itself unless stopped before, UTC",
     "opened_by": "calibration id of the failing check (empty: overdue)",
     "closed_by": "calibration id of the passing check",
     "device": "a whole device, or empty for one channel",
