@@ -54,10 +54,12 @@ def main(log_level: str) -> None:
 
 
 def _register_commands() -> None:
+    from cemsd.commissioning_cli import register as register_commissioning
     from cemsd.qaqc.cli import register
     from cemsd.reduction.cli import register as register_reduction
 
     register(main, _load_config)
+    register_commissioning(main, _load_config)
     register_reduction(main, _load_config, _open_existing_db)
 
 
@@ -85,6 +87,10 @@ def check_config(config_file: str) -> None:
         blocks = ", ".join(b.describe() for b in device.blocks)
         click.echo(f"  {device.bus}/{device.name} id {device.device_id} every "
                    f"{device.poll_interval:g} s: {blocks}")
+    from cemsd.commissioning import serial_port_warnings
+
+    for warning in serial_port_warnings(config):
+        click.echo(warning, err=True)
 
 
 @main.command()
@@ -96,14 +102,22 @@ def check_config(config_file: str) -> None:
               help="Stop at this time: ISO, or +DURATION after the start (e.g. +24h).")
 @click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
               help="Publish the simulated time here for a simulator process.")
+@click.option("--once", is_flag=True,
+              help="Poll every device once, print values, flags and reasons; store nothing.")
 def run(config_file: str, accelerate: str | None, start: str | None, until: str | None,
-        clock_file: str | None) -> None:
+        clock_file: str | None, once: bool) -> None:
     """Run the daemon (wall clock unless --accelerate). SIGTERM/SIGINT stop it in order,
     SIGHUP reloads the configuration file (a bad file is refused, the daemon runs on)."""
     from cemsd.daemon import Daemon
     from cemsd.service import Service
 
     config = _load_config(config_file)
+    if once:
+        from cemsd.commissioning import poll_once, reading_lines
+
+        results = asyncio.run(poll_once(config))
+        click.echo("\n".join(reading_lines(results, config)))
+        sys.exit(1 if any(error for _, _, error in results) else 0)
     clock, name, t0 = _make_clock(accelerate, start, clock_file)
     end = _parse_until(until, t0)
     service = Service(config, lambda c: Daemon(c, clock, clock_name=name, until=end))
@@ -236,12 +250,22 @@ def db_upgrade(config_file: str) -> None:
 
 
 @main.command()
-def profiles() -> None:
-    """List the register maps (profiles) drivers can use."""
+@click.argument("name", required=False)
+def profiles(name: str | None) -> None:
+    """List the register maps (profiles) drivers can use, or print NAME's layout."""
     from drivers.registry import available_profiles, load_profile
 
-    for name in available_profiles():
-        click.echo(f"{name}: {load_profile(name).description}")
+    if name is not None:
+        from cemsd.commissioning import profile_lines
+
+        try:
+            click.echo("\n".join(profile_lines(name)))
+        except CemsdError as exc:
+            click.echo(f"cemsd profiles: {exc}", err=True)
+            sys.exit(1)
+        return
+    for profile in available_profiles():
+        click.echo(f"{profile}: {load_profile(profile).description}")
 
 
 @main.command("hj212-cursors")

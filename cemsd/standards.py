@@ -63,6 +63,14 @@ FEBRUARY_MIN_VALID_DAYS = StandardValue(23, "d", "HJ 76-2017 [S]")
 MODBUS_MAX_READ_REGISTERS = StandardValue(125, "registers", "Modbus spec: FC03/FC04 quantity")
 MODBUS_MAX_READ_BITS = StandardValue(2000, "bits", "Modbus spec: FC01/FC02 quantity")
 
+# --- Physical limits of plausible values (cemsd/plausibility.py) ------------------------
+
+ABSOLUTE_ZERO_CELSIUS = StandardValue(-273.15, "degC", "SI: no temperature is below 0 K")
+WHOLE_FRACTION = StandardValue(
+    100.0, "%", "definition: a volume fraction (or a position in %) cannot exceed the whole"
+)
+PPM_WHOLE = StandardValue(1_000_000.0, "ppm", "definition: 100 %vol = 10^6 ppm")
+
 # --- Defaults -------------------------------------------------------------------------
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"  # China Standard Time: hours follow the plant's clock

@@ -17,10 +17,12 @@ Decisions that depend on pymodbus internals (pinned to 3.16.x):
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 from collections.abc import Callable
 from typing import Any
 
+import serial
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
@@ -35,8 +37,11 @@ logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
 
 
 class ModbusTransport(Transport):
-    def __init__(self, name: str, make_client: Callable[[Callable[[bool, bytes], bytes]], Any]):
+    def __init__(self, name: str, make_client: Callable[[Callable[[bool, bytes], bytes]], Any],
+                 endpoint: str = "", serial_port: str | None = None):
         self.name = name
+        self.endpoint = endpoint or name  # host:port or the serial device, for messages
+        self._serial_port = serial_port
         self._received = 0
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient = make_client(self._trace)
 
@@ -53,6 +58,7 @@ class ModbusTransport(Transport):
                 reconnect_delay=0,
                 trace_packet=trace,
             ),
+            endpoint=f"{host}:{port}",
         )
 
     @classmethod
@@ -79,6 +85,7 @@ class ModbusTransport(Transport):
                 reconnect_delay=0,
                 trace_packet=trace,
             ),
+            endpoint=port, serial_port=port,
         )
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
@@ -95,9 +102,12 @@ class ModbusTransport(Transport):
         try:
             ok = await self._client.connect()
         except (OSError, ModbusException) as exc:
-            raise NoConnection(f"cannot open {self.name}: {exc}") from None
+            raise NoConnection(f"cannot open {self.name} ({self.endpoint}): {exc}") from None
         if not ok:
-            raise NoConnection(f"cannot open {self.name}")
+            cause = "connection refused or timed out"
+            if self._serial_port is not None:  # pymodbus logs the cause; ask pyserial again
+                cause = serial_open_problem(self._serial_port)
+            raise NoConnection(f"cannot open {self.name} ({self.endpoint}): {cause}")
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # closing must never raise
@@ -151,9 +161,36 @@ class ModbusTransport(Transport):
                 raise BadFrame(
                     f"{self._received} bytes received but no valid reply ({exc})"
                 ) from None
-            raise DeviceTimeout(f"no reply within {timeout:g} s x {retries + 1}") from None
+            raise DeviceTimeout(f"no reply within {timeout:g} s x {retries + 1} from device id "
+                                f"{kwargs.get('device_id')} at {self.endpoint}") from None
         except (OSError, ModbusException) as exc:
             raise NoConnection(f"{type(exc).__name__}: {exc}") from None
         if response.isError():
             raise ExceptionReply(int(getattr(response, "exception_code", 0)))
         return response
+
+
+_SERIAL_HINTS = {
+    errno.ENOENT: "no such device: check the adapter and the port name "
+                  "(ls -l /dev/serial/by-id/)",
+    errno.EACCES: "the service user needs the dialout group (usermod -aG dialout cemsd); "
+                  "under systemd the unit's DeviceAllow= must cover this device "
+                  "(docs/OPERATIONS.md)",
+    errno.EAGAIN: "another process holds the port (find it with: fuser -v PORT); "
+                  "one program only may own a serial link",
+}
+_SERIAL_HINTS[errno.EPERM] = _SERIAL_HINTS[errno.EACCES]
+_SERIAL_HINTS[errno.EBUSY] = _SERIAL_HINTS[errno.EAGAIN]
+
+
+def serial_open_problem(port: str) -> str:
+    """Why a serial port does not open: pyserial's message with its errno, and a hint."""
+    try:
+        serial.Serial(port, exclusive=True).close()  # pymodbus opens it exclusively too
+    except (serial.SerialException, OSError) as exc:
+        code = getattr(exc, "errno", None)
+        hint = _SERIAL_HINTS.get(code) if isinstance(code, int) else None
+        text = str(exc)
+        return f"{text} (errno {code}; hint: {hint.replace('PORT', port)})" if hint \
+            else f"{text} (errno {code})"
+    return "the port opened on a second try: a transient failure"
