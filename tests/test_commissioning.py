@@ -246,6 +246,13 @@ def test_check_config_warns_on_a_serial_port_that_does_not_exist(plant: dict,
             "exist") in err
     _, _, err = cli("check-config", str(plant["config"]))
     assert "warning" not in err
+    # polled, the missing port is named with pyserial's message, its errno and a hint
+    code, out, _ = cli("run", "--config", str(config), "--once")
+    assert code == 1
+    missing = "/dev/ttyUSB-cemsd-test-missing"
+    assert (f"flow (id 3 on rs485, {missing}): no link: cannot open rs485 ({missing}): "
+            f"[Errno 2] could not open port {missing}") in out
+    assert f"(errno {errno.ENOENT}; hint: no such device" in out
 
 
 # --- profiles ----------------------------------------------------------------------------------
@@ -261,3 +268,16 @@ def test_profiles_name_prints_the_layout() -> None:
     assert "remote calibration (coils): zero_valve_coil = 0" in out
     code, out, err = cli("profiles", "no-such-profile")
     assert code == 1 and "unknown profile 'no-such-profile'" in err
+
+
+def test_the_register_map_in_docs_profiles_passes_check_config(tmp_path: Path) -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "PROFILES.md").read_text()
+    example = next(block.split("```", 1)[0] for block in text.split("```toml\n")[1:]
+                   if "[plant]" in block)
+    data = tomllib.loads(example)
+    assert data["devices"][0]["channels"]["n2o"]["byte_order"] == "CDAB"
+    config = write_toml(tmp_path / "cemsd.toml", data)
+    code, out, err = cli("check-config", str(config))
+    assert code == 0, out
+    assert "2 device(s), 8 channel(s)" in out
+    assert "warning: bus 'rs485-1': serial port /dev/serial/by-id/usb-FTDI" in err
