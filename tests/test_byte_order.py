@@ -1,8 +1,9 @@
 """A wrong byte or word order is never stored as valid data (issue 12, item 2).
 
 Every shipped profile is served by the simulator in its own (right) layout while the
-configuration declares a wrong byte_order on every analog channel: each of the three
-wrong orders in turn. After the first minute no reading and no minute of an analog
+configuration declares a wrong byte_order on every analog channel, and the other way round
+(the simulator serves a wrong layout, the configuration declares the profile's): each of
+the three wrong orders in turn. After the first minute no reading and no minute of an analog
 channel whose decoded value differs from the truth may be N.
 """
 
@@ -19,7 +20,14 @@ from cemsd.plausibility import limits
 from cemsd.store import schema
 from drivers.codec import ByteOrder, decode, encode
 from drivers.registry import BUILTIN_DIR, load_profile
-from helpers import database, free_port, run_virtual, write_config, write_scenario
+from helpers import (
+    database,
+    free_port,
+    run_virtual,
+    write_config,
+    write_scenario,
+    write_toml,
+)
 
 START = "2026-06-01T00:00:00+08:00"
 MINUTES = 4
@@ -58,13 +66,22 @@ def _wrong(order: ByteOrder, shift: int) -> ByteOrder:
     return ORDERS[(ORDERS.index(order) + shift) % len(ORDERS)]
 
 
-def _plant(tmp: Path, shift: int) -> tuple[Any, Any]:
+def _plant(tmp: Path, shift: int, served_wrong: bool) -> tuple[Any, Any]:
+    """The configuration declares wrong orders, or the simulator serves them (through
+    profiles of its own in CEMSD_PROFILE_PATH that extend the shipped ones)."""
     port = free_port()
     names = list(SIGNALS)
+    wrong = {n: {k: {"byte_order": _wrong(c.byte_order, shift).value}
+                 for k, c in _analog(n).items()} for n in names}
+    for n in names:
+        # a name per shift: profiles are cached by name for the process
+        write_toml(tmp / "profiles" / f"{n}-served{shift}.toml",
+                   {"extends": n, "channels": wrong[n]})
     scenario = write_scenario(tmp, {
         "start": START, "seed": 12 + shift,
         "buses": [{"name": "bus", "transport": "tcp", "port": port}],
-        "devices": [{"name": n, "bus": "bus", "device_id": i + 1, "profile": n,
+        "devices": [{"name": n, "bus": "bus", "device_id": i + 1,
+                     "profile": f"{n}-served{shift}" if served_wrong else n,
                      "signals": SIGNALS[n]} for i, n in enumerate(names)],
     })
     config = write_config(tmp, {
@@ -75,29 +92,28 @@ def _plant(tmp: Path, shift: int) -> tuple[Any, Any]:
         "devices": [{"name": n, "bus": "bus", "device_id": i + 1, "profile": n,
                      "poll_interval": 2.0,
                      **({"point": "inlet"} if n == "stack-flow-meter" else {}),
-                     "channels": {k: {"byte_order": _wrong(c.byte_order, shift).value}
-                                  for k, c in _analog(n).items()}}
+                     "channels": {} if served_wrong else wrong[n]}
                     for i, n in enumerate(names)],
     })
     return config, scenario
 
 
-def _decoded_wrongly(spec: Channel, declared: ByteOrder) -> bool:
-    """Whether the declared order changes what the registers mean (a word swap does
-    nothing to a 16-bit value)."""
+def _decoded_wrongly(spec: Channel, served: ByteOrder, declared: ByteOrder) -> bool:
+    """Whether the orders change what the registers mean (a word swap does nothing to a
+    16-bit value)."""
     probe = 1234.5 if spec.data_type.is_float else 1234
-    return decode(encode(probe, spec.data_type, spec.byte_order), spec.data_type,
-                  declared) != probe
+    return decode(encode(probe, spec.data_type, served), spec.data_type, declared) != probe
 
 
-def _visible(spec: Channel, declared: ByteOrder, signal: dict[str, float]) -> bool:
+def _visible(spec: Channel, served: ByteOrder, declared: ByteOrder,
+             signal: dict[str, float]) -> bool:
     """Whether some values of the signal (within 2 sigma) decode to an implausible (D) or
     over-range (T) number."""
     bounds = limits(spec)
     assert bounds is not None
     for k in range(-20, 21):
         true = (signal["base"] + k / 10 * signal.get("noise", 0.0) - spec.offset) / spec.scale
-        seen = decode(encode(true, spec.data_type, spec.byte_order), spec.data_type, declared)
+        seen = decode(encode(true, spec.data_type, served), spec.data_type, declared)
         seen = seen * spec.scale + spec.offset
         high = min(h for h in (bounds.high, spec.range and spec.range[1]) if h is not None)
         if (bounds.low is not None and seen < bounds.low) or seen > high or \
@@ -106,23 +122,30 @@ def _visible(spec: Channel, declared: ByteOrder, signal: dict[str, float]) -> bo
     return False
 
 
+@pytest.mark.parametrize("served_wrong", [False, True], ids=["config-wrong", "served-wrong"])
 @pytest.mark.parametrize("shift", [1, 2, 3], ids=lambda s: f"order+{s}")
-def test_no_wrongly_decoded_value_is_stored_valid(tmp_path: Path, shift: int) -> None:
-    config, scenario = _plant(tmp_path, shift)
+def test_no_wrongly_decoded_value_is_stored_valid(tmp_path: Path, shift: int,
+                                                 served_wrong: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEMSD_PROFILE_PATH", str(tmp_path / "profiles"))
+    config, scenario = _plant(tmp_path, shift, served_wrong)
     epoch = scenario.epoch
     asyncio.run(run_virtual(config, scenario, until=epoch + MINUTES * 60))
-    declared = {f"{d}.{k}": (c, _wrong(c.byte_order, shift), SIGNALS[d][k])
-                for d in SIGNALS for k, c in _analog(d).items()}
-    wrong = {name for name, (c, order, signal) in declared.items()
-             if _decoded_wrongly(c, order) and _visible(c, order, signal)}
-    unseen = {name for name, (c, order, _) in declared.items()
-              if _decoded_wrongly(c, order) and name not in wrong}
-    print(f"order+{shift}: caught {sorted(wrong)}; a plausible value to plausibility: "
-          f"{sorted(unseen)}")
+    orders = {f"{d}.{k}": (c, SIGNALS[d][k], _wrong(c.byte_order, shift), c.byte_order)
+              for d in SIGNALS for k, c in _analog(d).items()}
+    if served_wrong:
+        orders = {n: (c, sig, right, wrong) for n, (c, sig, wrong, right) in orders.items()}
+    # name -> (spec, signal, served order, declared order)
+    wrong = {name for name, (c, signal, served, declared) in orders.items()
+             if _decoded_wrongly(c, served, declared) and _visible(c, served, declared, signal)}
+    unseen = {name for name, (c, _, served, declared) in orders.items()
+              if _decoded_wrongly(c, served, declared) and name not in wrong}
+    print(f"order+{shift}, served wrong {served_wrong}: caught {sorted(wrong)}; a plausible "
+          f"value to plausibility: {sorted(unseen)}")
     assert len(wrong) >= 5  # the floats always, the 16-bit values when bytes swap
     for name in unseen:  # only a byte swap of a float can land on another plausible value
-        spec, order, _ = declared[name]
-        assert spec.data_type.is_float and order.word_swap == spec.byte_order.word_swap
+        spec, _, served, declared = orders[name]
+        assert spec.data_type.is_float and served.word_swap == declared.word_swap
     db = database(config)
     try:
         readings = [r for r in db.readings_between(epoch + 60, epoch + MINUTES * 60)
