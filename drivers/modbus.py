@@ -16,9 +16,11 @@ Decisions that depend on pymodbus internals (pinned to 3.16.x):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -104,9 +106,11 @@ class ModbusTransport(Transport):
         except (OSError, ModbusException) as exc:
             raise NoConnection(f"cannot open {self.name} ({self.endpoint}): {exc}") from None
         if not ok:
-            cause = "connection refused or timed out"
-            if self._serial_port is not None:  # pymodbus logs the cause; ask pyserial again
+            # pymodbus logs the cause (silenced above) and returns False: ask again
+            if self._serial_port is not None:
                 cause = serial_open_problem(self._serial_port)
+            else:
+                cause = await asyncio.to_thread(tcp_open_problem, self.endpoint, timeout)
             raise NoConnection(f"cannot open {self.name} ({self.endpoint}): {cause}")
 
     async def close(self) -> None:
@@ -194,3 +198,15 @@ def serial_open_problem(port: str) -> str:
         return f"{text} (errno {code}; hint: {hint.replace('PORT', port)})" if hint \
             else f"{text} (errno {code})"
     return "the port opened on a second try: a transient failure"
+
+
+def tcp_open_problem(endpoint: str, timeout: float) -> str:
+    """Why a TCP connection does not open: the socket's error with its errno."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except TimeoutError:
+        return f"no answer within {timeout:g} s (host down, or a firewall drops the packets)"
+    except OSError as exc:
+        return f"{exc.strerror or exc} (errno {exc.errno})"
+    return "the connection opened on a second try: a transient failure"

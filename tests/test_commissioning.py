@@ -281,3 +281,12 @@ def test_the_register_map_in_docs_profiles_passes_check_config(tmp_path: Path) -
     assert code == 0, out
     assert "2 device(s), 8 channel(s)" in out
     assert "warning: bus 'rs485-1': serial port /dev/serial/by-id/usb-FTDI" in err
+
+
+def test_nothing_listening_names_host_port_and_errno() -> None:
+    port = free_port()
+    code, _, err = cli("probe", "--host", "127.0.0.1", "--port", str(port), "--unit", "1",
+                       "--address", "0")
+    assert code == 1
+    assert (f"cannot open probe (127.0.0.1:{port}): Connection refused "
+            f"(errno {errno.ECONNREFUSED})") in err
