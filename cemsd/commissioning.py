@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from cemsd.config import Channel, Config, Device, SerialBus, TcpBus
 from cemsd.errors import CemsdError
+from cemsd.plausibility import Limits, limits
 from drivers.base import Transport
 from drivers.codec import ByteOrder, DataType, decode
 from drivers.registry import load_profile
@@ -196,6 +197,8 @@ def profile_lines(name: str) -> list[str]:
         lines.append(f"{key:<20} {c.function_code:>2} {c.address:>7} {c.data_type.value:<8} "
                      f"{c.byte_order.value:<5} {c.scale:>7g} {c.offset:>6g} {c.unit.value:<6} "
                      f"{span:<16} {c.kind:<8} {c.role.value if c.role else '-'}")
+        if (bounds := limits(c)) is not None:
+            lines.append(f"    {_plausible(bounds, c)}")
         for bit, meaning in c.bits.items():
             lines.append(f"    bit {bit:<2} -> {meaning.flag.value}: {meaning.text}")
         for code, meaning in c.codes.items():
@@ -204,6 +207,13 @@ def profile_lines(name: str) -> list[str]:
         coils = ", ".join(f"{k} = {v}" for k, v in profile.remote_calibration.items())
         lines.append(f"remote calibration (coils): {coils}")
     return lines
+
+
+def _plausible(bounds: Limits, channel: Channel) -> str:
+    low = "-" if bounds.low is None else f"{bounds.low:g}"
+    high = "-" if bounds.high is None else f"{bounds.high:g}"
+    frozen = f", frozen after {bounds.frozen_s / 60:g} min" if bounds.frozen_s else ""
+    return f"plausible {low} .. {high} {channel.unit.value}{frozen} (else D)"
 
 
 def serial_port_warnings(config: Config) -> list[str]:

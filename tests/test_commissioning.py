@@ -265,6 +265,8 @@ def test_profiles_name_prints_the_layout() -> None:
     assert velocity == ["velocity", "4", "0", "float32", "CDAB", "1", "0", "m/s", "[0,", "40]",
                         "analog", "flow"]
     assert "    bit 1  -> M: probe blow-back" in out
+    assert "    plausible -1.2 .. 440 m/s, frozen after 60 min (else D)" in out
+    assert "    plausible -273.15 .. 4400 degC (else D)" in out
     assert "remote calibration (coils): zero_valve_coil = 0" in out
     code, out, err = cli("profiles", "no-such-profile")
     assert code == 1 and "unknown profile 'no-such-profile'" in err
