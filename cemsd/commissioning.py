@@ -61,19 +61,28 @@ async def read_once(bus: TcpBus | SerialBus, request: ProbeRequest) -> list[int]
 
 
 async def serve_probe(daemon: Daemon, request: dict[str, Any]) -> dict[str, Any]:
-    """The control op `probe`: the bus owner of the device reads between its polls."""
-    name = str(request["device"])
-    owner = next((o for o in daemon.owners if o.device(name) is not None), None)
-    if owner is None:
-        raise CemsdError(f"no device {name!r} in the running configuration")
+    """The control op `probe`: the link's bus owner reads between its polls. The request
+    names a configured `device`, or a `bus` and any `device_id` on it (hunting for an id)."""
     function_code, address, count = (int(request[k]) for k in ("function_code", "address",
                                                                "count"))
+    if "bus" in request:
+        owner = next((o for o in daemon.owners if o.name == request["bus"]), None)
+        if owner is None or not owner.plan.devices:
+            raise CemsdError(f"no bus {request['bus']!r} with devices in the running "
+                             "configuration")
+        name, device_id = owner.plan.devices[0].name, int(request["device_id"])
+    else:
+        name = str(request["device"])
+        owner = next((o for o in daemon.owners if o.device(name) is not None), None)
+        if owner is None:
+            raise CemsdError(f"no device {name!r} in the running configuration")
+        device_id = None
 
     async def read(transport: Transport, plan: DevicePlan) -> list[int]:
         if not transport.connected:
             await transport.open(plan.timeout)
-        return await transport.read(plan.device_id, function_code, address, count,
-                                    plan.timeout, plan.retries)
+        return await transport.read(plan.device_id if device_id is None else device_id,
+                                    function_code, address, count, plan.timeout, plan.retries)
 
     return {"registers": await owner.execute(name, read), "bus": owner.name}
 

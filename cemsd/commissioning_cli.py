@@ -17,6 +17,8 @@ def register(main: click.Group, load_config: Callable[[str], Any]) -> None:
     @click.option("--config", "config_file", type=click.Path(dir_okay=False),
                   help="Take the link and device from this configuration (with --device).")
     @click.option("--device", "device_name", help="A device of the configuration.")
+    @click.option("--bus", "bus_name",
+                  help="A bus of the configuration (with --unit and --address): any device id.")
     @click.option("--host", help="Modbus TCP host (without --config).")
     @click.option("--port", type=click.IntRange(1, 65535), default=502, show_default=True)
     @click.option("--framer", type=click.Choice(["socket", "rtu"]), default="socket",
@@ -38,14 +40,16 @@ def register(main: click.Group, load_config: Callable[[str], Any]) -> None:
     @click.option("--timeout", type=click.FloatRange(0.05, 30), default=1.0, show_default=True)
     @click.option("--direct", is_flag=True,
                   help="Open the link even if a daemon runs (TCP only; serial is exclusive).")
-    def probe(config_file: str | None, device_name: str | None, host: str | None, port: int,
+    def probe(config_file: str | None, device_name: str | None, bus_name: str | None,
+              host: str | None, port: int,
               framer: str, serial_port: str | None, baudrate: int, parity: str, stopbits: str,
               bytesize: str, device_id: int | None, address: int | None, count: int, kind: str,
               span: tuple[float, float] | None, timeout: float, direct: bool) -> None:
         """Read registers once; print them raw and decoded in every data type and byte order.
 
-        Either --config F --device NAME (through the running daemon if it owns the bus), or
-        --host/--serial-port with --unit and --address."""
+        Either --config F --device NAME, or --config F --bus NAME with --unit and --address
+        (both through the running daemon if it owns the bus), or --host/--serial-port with
+        --unit and --address."""
         from cemsd.commissioning import KINDS, ProbeRequest, decode_lines
 
         if config_file and device_name:
@@ -56,7 +60,19 @@ def register(main: click.Group, load_config: Callable[[str], Any]) -> None:
                                          f"(devices: {', '.join(d.name for d in config.devices)})")
             channels = dict(device.channels)
             requests = _configured_requests(config, device, address, count, kind)
-            read = _config_reader(config, device, direct)
+            read = _config_reader(config, device.bus, {"device": device.name}, direct)
+        elif config_file and bus_name:
+            config = load_config(config_file)
+            if bus_name not in {b.name for b in config.buses}:
+                raise click.BadParameter(f"no bus {bus_name!r} in {config_file}")
+            if device_id is None or address is None:
+                raise click.UsageError("--bus needs --unit and --address")
+            channels = {}
+            bus = config.bus(bus_name)
+            requests = [ProbeRequest(device_id, KINDS[kind], address, count, bus.timeout,
+                                     bus.retries)]
+            read = _config_reader(config, bus_name, {"bus": bus_name, "device_id": device_id},
+                                  direct)
         elif host or serial_port:
             if device_id is None or address is None:
                 raise click.UsageError("an ad-hoc probe needs --unit and --address")
@@ -66,7 +82,8 @@ def register(main: click.Group, load_config: Callable[[str], Any]) -> None:
                              int(bytesize), timeout)
             read = _direct_reader(bus)
         else:
-            raise click.UsageError("give --config F --device NAME, or --host / --serial-port")
+            raise click.UsageError("give --config F --device NAME (or --bus NAME), or --host / "
+                                   "--serial-port")
         if span is not None:
             channels = _with_range(channels, requests[0], span)
         failed = False
@@ -100,19 +117,20 @@ def _configured_requests(config: Any, device: Any, address: int | None, count: i
                          device.timeout or bus.timeout)]
 
 
-def _config_reader(config: Any, device: Any, direct: bool) -> Callable[[Any], list[int]]:
+def _config_reader(config: Any, bus: str, target: dict[str, Any], direct: bool
+                   ) -> Callable[[Any], list[int]]:
     """Through the daemon when it answers on its control socket, else the link itself."""
     from cemsd.control import ControlError, request
 
     socket_path = config.qaqc.control_socket or config.storage.state_dir / "cemsd.sock"
-    direct_read = _direct_reader(config.bus(device.bus))
+    direct_read = _direct_reader(config.bus(bus))
 
     def read(probe: Any) -> list[int]:
         if direct or not socket_path.exists():
             return direct_read(probe)
         try:
             replies = list(request(socket_path, {
-                "op": "probe", "device": device.name, "function_code": probe.function_code,
+                "op": "probe", **target, "function_code": probe.function_code,
                 "address": probe.address, "count": probe.count}, timeout=60.0))
         except ControlError:
             return direct_read(probe)  # a socket left behind: nobody owns the link

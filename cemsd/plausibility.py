@@ -54,6 +54,7 @@ FROZEN_MINUTES = StandardValue(60.0, "min", ENGINEERING)
 FROZEN_ARMED_AFTER = 3  # changes seen before a channel counts as noisy
 HOLD_SECONDS = StandardValue(60.0, "s", ENGINEERING)
 
+NOT_SAMPLE = frozenset({Flag.C, Flag.M, Flag.F})  # status says the value is no sample
 FRACTION_UNITS = frozenset({Unit.PERCENT_VOL, Unit.PERCENT, Unit.PPM, Unit.MG_M3})
 FLOW_UNITS = frozenset({Unit.M_S, Unit.M3_H, Unit.NM3_H})
 NOISY_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET, Role.O2, Role.FLOW})
@@ -173,7 +174,8 @@ class PlausibilityChecks:
         frozen_for = _track(state, value, ts)
         why = _impossible(bounds, value, channel)
         if why is not None:
-            state.implausible_at, state.implausible_why = ts, why
+            if reading.flag not in NOT_SAMPLE:  # calibration gas, maintenance: no hold
+                state.implausible_at, state.implausible_why = ts, why
             return Flag.D, f"implausible: {why}"
         if state.implausible_at is not None and ts - state.implausible_at < bounds.hold_s:
             return Flag.D, (f"implausible: held {bounds.hold_s:g} s after "

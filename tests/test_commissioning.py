@@ -174,6 +174,17 @@ def test_probe_goes_through_the_daemon_that_owns_the_bus(plant: dict, tmp_path: 
         assert code == 0, err
         assert "read by the running daemon's owner of bus rs485" in err
         assert number(cells(out, 0, "float32")["CDAB"]) == pytest.approx(14.0, abs=0.6)
+        # any id on the daemon's serial bus: 3 answers, 7 is silent, named with the port
+        code, out, err = cli("probe", "--config", str(config), "--bus", "rs485", "--unit", "3",
+                             "--address", "2", "--count", "1", "--kind", "input")
+        assert code == 0, err
+        assert "read by the running daemon's owner of bus rs485" in err
+        assert "input 2..2 of device id 3:" in out and re.search(r"@2\s+0x0258\s+600", out)
+        code, _, err = cli("probe", "--config", str(config), "--bus", "rs485", "--unit", "7",
+                           "--address", "0")
+        assert code == 1
+        assert (f"through the daemon: no reply within 0.3 s x 1 from device id 7 at "
+                f"{plant['tty']}") in err
         # the daemon holds the serial port: a direct open is refused, naming why
         code, _, err = cli("probe", "--serial-port", str(plant["tty"]), "--baudrate", "19200",
                            "--parity", "N", "--unit", "3", "--address", "0")

@@ -116,3 +116,13 @@ def test_settings_override_and_disable() -> None:
 def test_unknown_keys_are_refused() -> None:
     with pytest.raises(ValidationError, match="frozen_minute"):
         PlausibilitySettings.model_validate({"frozen_minute": 5})
+
+
+def test_a_reading_the_status_word_already_flags_does_not_start_a_hold() -> None:
+    """Zero gas read below the floor while the analyzer says "calibrating" (C): the sample
+    readings after it are valid at once."""
+    ch, checks = channel(), PlausibilityChecks()
+    zero = Reading(ch.name, TS, -0.4, Flag.C, "zero calibration running")
+    assert checks(zero, ch) == (Flag.D, "implausible: n2o -0.4 %vol below -0.25 %vol (0.5 % "
+                                        "F.S. below the range's low end 0)")
+    assert checks(Reading(ch.name, TS + 5, 24.0, Flag.N), ch) is None
