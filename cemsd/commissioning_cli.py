@@ -52,35 +52,21 @@ def register(main: click.Group, load_config: Callable[[str], Any]) -> None:
         --unit and --address."""
         from cemsd.commissioning import KINDS, ProbeRequest, decode_lines
 
-        if config_file and device_name:
+        if config_file and (device_name or bus_name):
             config = load_config(config_file)
-            device = next((d for d in config.devices if d.name == device_name), None)
-            if device is None:
-                raise click.BadParameter(f"no device {device_name!r} in {config_file} "
-                                         f"(devices: {', '.join(d.name for d in config.devices)})")
-            channels = dict(device.channels)
-            requests = _configured_requests(config, device, address, count, kind)
-            read = _config_reader(config, device.bus, {"device": device.name}, direct)
-        elif config_file and bus_name:
-            config = load_config(config_file)
-            if bus_name not in {b.name for b in config.buses}:
-                raise click.BadParameter(f"no bus {bus_name!r} in {config_file}")
-            if device_id is None or address is None:
-                raise click.UsageError("--bus needs --unit and --address")
-            channels = {}
-            bus = config.bus(bus_name)
-            requests = [ProbeRequest(device_id, KINDS[kind], address, count, bus.timeout,
-                                     bus.retries)]
-            read = _config_reader(config, bus_name, {"bus": bus_name, "device_id": device_id},
-                                  direct)
+            if device_name:
+                channels, requests, read = _from_device(config, device_name, address, count,
+                                                        kind, direct)
+            else:
+                channels, requests, read = {}, *_from_bus(config, bus_name, device_id,
+                                                          address, count, kind, direct)
         elif host or serial_port:
             if device_id is None or address is None:
                 raise click.UsageError("an ad-hoc probe needs --unit and --address")
             channels = {}
             requests = [ProbeRequest(device_id, KINDS[kind], address, count, timeout)]
-            bus = _adhoc_bus(host, port, framer, serial_port, baudrate, parity, int(stopbits),
-                             int(bytesize), timeout)
-            read = _direct_reader(bus)
+            read = _direct_reader(_adhoc_bus(host, port, framer, serial_port, baudrate, parity,
+                                             int(stopbits), int(bytesize), timeout))
         else:
             raise click.UsageError("give --config F --device NAME (or --bus NAME), or --host / "
                                    "--serial-port")
@@ -97,6 +83,34 @@ def register(main: click.Group, load_config: Callable[[str], Any]) -> None:
                 continue
             click.echo("\n".join(decode_lines(registers, request, channels)))
         sys.exit(1 if failed else 0)
+
+
+Reader = Callable[[Any], list[int]]
+
+
+def _from_device(config: Any, name: str, address: int | None, count: int, kind: str,
+                 direct: bool) -> tuple[dict[str, Any], list[Any], Reader]:
+    device = next((d for d in config.devices if d.name == name), None)
+    if device is None:
+        raise click.BadParameter(f"no device {name!r} in {config.source} "
+                                 f"(devices: {', '.join(d.name for d in config.devices)})")
+    return (dict(device.channels), _configured_requests(config, device, address, count, kind),
+            _config_reader(config, device.bus, {"device": device.name}, direct))
+
+
+def _from_bus(config: Any, name: str, device_id: int | None, address: int | None, count: int,
+              kind: str, direct: bool) -> tuple[list[Any], Reader]:
+    """Any device id on a configured bus (through the daemon that owns it)."""
+    from cemsd.commissioning import KINDS, ProbeRequest
+
+    if name not in {b.name for b in config.buses}:
+        raise click.BadParameter(f"no bus {name!r} in {config.source}")
+    if device_id is None or address is None:
+        raise click.UsageError("--bus needs --unit and --address")
+    bus = config.bus(name)
+    requests = [ProbeRequest(device_id, KINDS[kind], address, count, bus.timeout, bus.retries)]
+    return requests, _config_reader(config, name, {"bus": name, "device_id": device_id},
+                                    direct)
 
 
 def _describe(request: Any) -> str:
