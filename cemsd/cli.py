@@ -155,10 +155,12 @@ def main(ctx: click.Context, log_level: str) -> None:
 
 
 def _register_commands() -> None:
+    from cemsd.commissioning_cli import register as register_commissioning
     from cemsd.qaqc.cli import register
     from cemsd.reduction.cli import register as register_reduction
 
     register(main, _load_config)
+    register_commissioning(main, _load_config)
     register_reduction(main, _load_config, _open_existing_db)
 
 
@@ -195,6 +197,10 @@ def check_config(config_file: str | None, config_option: str | None) -> None:
                    f"{device.poll_interval:g} s: {blocks}")
     for warning in config_warnings(config):
         click.echo(f"warning: {warning}")
+    from cemsd.commissioning import serial_port_warnings
+
+    for warning in serial_port_warnings(config):
+        click.echo(warning, err=True)
 
 
 @main.command()
@@ -211,14 +217,22 @@ def check_config(config_file: str | None, config_option: str | None) -> None:
 @click.option("--accept-new-database", is_flag=True,
               help="Start even though the database lacks the chain head this state directory "
                    "recorded (it was emptied or replaced on purpose); audited.")
+@click.option("--once", is_flag=True,
+              help="Poll every device once, print values, flags and reasons; store nothing.")
 def run(config_file: str, accelerate: float | None, start: str | None, until: str | None,
-        clock_file: str | None, accept_new_database: bool) -> None:
+        clock_file: str | None, accept_new_database: bool, once: bool) -> None:
     """Run the daemon (wall clock unless --accelerate). SIGTERM/SIGINT stop it in order,
     SIGHUP reloads the configuration file (a bad file is refused, the daemon runs on)."""
     from cemsd.daemon import Daemon
     from cemsd.service import Service
 
     config = _load_config(config_file)
+    if once:
+        from cemsd.commissioning import poll_once, reading_lines
+
+        results = asyncio.run(poll_once(config))
+        click.echo("\n".join(reading_lines(results, config)))
+        sys.exit(1 if any(error for _, _, error in results) else 0)
     clock, name, t0 = _make_clock(accelerate, start, clock_file, config.plant.tz)
     end = _parse_until(until, t0, config.plant.tz)
     if end is not None and end <= t0:
@@ -374,12 +388,22 @@ def db_upgrade(config_file: str) -> None:
 
 
 @main.command()
-def profiles() -> None:
-    """List the register maps (profiles) drivers can use."""
+@click.argument("name", required=False)
+def profiles(name: str | None) -> None:
+    """List the register maps (profiles) drivers can use, or print NAME's layout."""
     from drivers.registry import available_profiles, load_profile
 
-    for name in available_profiles():
-        click.echo(f"{name}: {load_profile(name).description}")
+    if name is not None:
+        from cemsd.commissioning import profile_lines
+
+        try:
+            click.echo("\n".join(profile_lines(name)))
+        except CemsdError as exc:
+            click.echo(f"cemsd profiles: {exc}", err=True)
+            sys.exit(1)
+        return
+    for profile in available_profiles():
+        click.echo(f"{profile}: {load_profile(profile).description}")
 
 
 @main.command("hj212-cursors")

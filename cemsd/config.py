@@ -28,6 +28,7 @@ from cemsd.flags import Flag
 from cemsd.hj212.config import Hj212Platform, hj212_problems, hj212_warnings
 from cemsd.metrics import MetricsConfig
 from cemsd.mqtt import MqttConfig, mqtt_problems
+from cemsd.plausibility import PlausibilitySettings
 from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
 from cemsd.reduction.settings import ReductionSettings
 from cemsd.settings_base import (
@@ -218,7 +219,8 @@ class Channel(Strict):
     codes: dict[int, StatusMeaning] = Field(default_factory=dict)
     applies_to: list[str] | None = None  # channel keys the status governs (default: analog)
     calibration: CalibrationSettings | None = None  # zero/span checks (QA/QC)
-    checks: ValueChecks | None = None  # plausibility checks (QA/QC)
+    checks: ValueChecks | None = None  # stuck, spike, negative checks (QA/QC, opt-in)
+    plausibility: PlausibilitySettings | None = None  # analog: on by default (plausibility.py)
 
     @field_validator("range")
     @classmethod

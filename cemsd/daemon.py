@@ -30,7 +30,7 @@ from cemsd.acquisition import BusOwner, RequestObserver
 from cemsd.chainhead import accept_new_database, check_known_database
 from cemsd.clock import Clock
 from cemsd.closer import Closer, PeriodListener
-from cemsd.config import Config, SerialBus
+from cemsd.config import Config, SerialBus, TcpBus
 from cemsd.pipeline import Pipeline
 from cemsd.plan import BusPlan, Plan, compile_plan, log_plan
 from cemsd.qaqc.checks import ChannelChecks
@@ -41,7 +41,7 @@ from cemsd.store.location import prepare_storage
 from cemsd.store.lock import acquire_writer_lock
 from cemsd.store.writer import Store
 from cemsd.supervisor import RestartPolicy, Supervisor
-from cemsd.validity import DeviceValidator, over_range
+from cemsd.validity import DeviceValidator, default_checks
 from drivers.base import Transport
 from drivers.modbus import ModbusTransport
 
@@ -70,7 +70,11 @@ class Component(Protocol):
 
 
 def modbus_transport(bus_plan: BusPlan) -> Transport:
-    bus = bus_plan.bus
+    return bus_transport(bus_plan.bus)
+
+
+def bus_transport(bus: TcpBus | SerialBus) -> Transport:
+    """The pymodbus transport of a configured bus (also used by `cemsd probe`)."""
     if isinstance(bus, SerialBus):
         return ModbusTransport.serial(bus.name, bus.port, bus.baudrate, bus.parity,
                                       bus.stopbits, bus.bytesize)
@@ -148,7 +152,7 @@ class Daemon:
         self.pipeline = Pipeline(store)
         self.plant_state = await load_plant_state(self.config, self.plan, store, self.clock.now())
         self.pipeline.live_listeners.append(self.plant_state.observe)
-        checks = (over_range, ChannelChecks(self.plan))
+        checks = (*default_checks(), ChannelChecks(self.plan))
         validators = {
             d.name: DeviceValidator(d, checks, context=self.plant_state.conditions)
             for d in self.plan.devices

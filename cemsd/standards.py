@@ -65,6 +65,14 @@ MODBUS_MAX_READ_BITS = StandardValue(2000, "bits", "Modbus spec: FC01/FC02 quant
 MODBUS_MAX_ADDRESS = StandardValue(65535, "address",
                                    "Modbus spec: 16-bit data addresses 0-65535")
 
+# --- Physical limits of plausible values (cemsd/plausibility.py) ------------------------
+
+ABSOLUTE_ZERO_CELSIUS = StandardValue(-273.15, "degC", "SI: no temperature is below 0 K")
+WHOLE_FRACTION = StandardValue(
+    100.0, "%", "definition: a volume fraction (or a position in %) cannot exceed the whole"
+)
+PPM_WHOLE = StandardValue(1_000_000.0, "ppm", "definition: 100 %vol = 10^6 ppm")
+
 # --- Defaults -------------------------------------------------------------------------
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"  # China Standard Time: hours follow the plant's clock

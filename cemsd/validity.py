@@ -5,7 +5,8 @@ Sources of flags, in the order they are applied:
    D for an exception reply);
 2. the value itself (a float that is NaN or infinite is an instrument fault, D);
 3. the analyzer's status word (bits or codes mapped to flags in the register map);
-4. value checks, each a small callable (over range -> T; QA/QC adds stuck, spike, ...);
+4. value checks, each a small callable (over range -> T, implausible -> D from
+   cemsd/plausibility.py, both by default; QA/QC adds stuck, spike, ...);
 5. the plant and technician state at that moment (`context`: maintenance M,
    calibration C, out of control D, source stopped F), which applies to failed readings
    too: a declared maintenance explains a silent analyzer.
@@ -37,7 +38,11 @@ def over_range(reading: Reading, channel: ChannelPlan) -> Condition | None:
     return Flag.T, f"over range: {reading.value:g} > {span[1]:g} {channel.unit}"
 
 
-DEFAULT_CHECKS: tuple[ValueCheck, ...] = (over_range,)
+def default_checks() -> tuple[ValueCheck, ...]:
+    """Over range (T) and plausibility (D); a fresh set per user, as plausibility has state."""
+    from cemsd.plausibility import PlausibilityChecks
+
+    return over_range, PlausibilityChecks()
 
 
 def status_conditions(spec: Channel, word: int) -> list[Condition]:
@@ -68,11 +73,11 @@ class DeviceValidator:
     def __init__(
         self,
         device: DevicePlan,
-        checks: Iterable[ValueCheck] = DEFAULT_CHECKS,
+        checks: Iterable[ValueCheck] | None = None,
         context: Context | None = None,
     ) -> None:
         self.device = device
-        self.checks = tuple(checks)
+        self.checks = default_checks() if checks is None else tuple(checks)
         self.context = context
         analog = tuple(c.key for c in device.channels if c.spec.kind == "analog")
         self._status = tuple(
@@ -94,7 +99,8 @@ class DeviceValidator:
             if math.isfinite(value):
                 by_key[ch.key] = Reading(ch.name, ts, value, Flag.N)
             else:
-                by_key[ch.key] = Reading(ch.name, ts, None, Flag.D, f"invalid number {value}")
+                by_key[ch.key] = Reading(ch.name, ts, None, Flag.D,
+                                      f"implausible: {ch.key} is {value}, not a finite number")
         for governed in self._status:
             self._apply_status(governed, by_key)
         for ch in self.device.channels:

@@ -1,4 +1,4 @@
-"""Modbus register codec: data types and byte/word orders.
+"""Modbus register codec: data types (int16 ... int64, float32, float64) and byte/word orders.
 
 Byte order names describe where the bytes of a big-endian value A B C D land:
 
@@ -26,6 +26,8 @@ class DataType(StrEnum):
     INT32 = "int32"
     UINT32 = "uint32"
     FLOAT32 = "float32"
+    INT64 = "int64"
+    UINT64 = "uint64"
     FLOAT64 = "float64"
     BOOL = "bool"  # a coil or discrete input (function codes 1 and 2)
 
@@ -45,6 +47,8 @@ _REGISTERS = {
     DataType.INT32: 2,
     DataType.UINT32: 2,
     DataType.FLOAT32: 2,
+    DataType.INT64: 4,
+    DataType.UINT64: 4,
     DataType.FLOAT64: 4,
     DataType.BOOL: 1,
 }
@@ -54,6 +58,8 @@ _STRUCT = {
     DataType.INT32: ">i",
     DataType.UINT32: ">I",
     DataType.FLOAT32: ">f",
+    DataType.INT64: ">q",
+    DataType.UINT64: ">Q",
     DataType.FLOAT64: ">d",
 }
 
@@ -122,12 +128,16 @@ _INT_LIMITS = {
     DataType.UINT16: (0, 2**16 - 1),
     DataType.INT32: (-(2**31), 2**31 - 1),
     DataType.UINT32: (0, 2**32 - 1),
+    DataType.INT64: (-(2**63), 2**63 - 1),
+    DataType.UINT64: (0, 2**64 - 1),
 }
 
 
 def _to_int(value: float, data_type: DataType) -> int:
     """Round and clamp into the integer type, as an instrument's firmware would."""
     low, high = _INT_LIMITS[data_type]
+    if isinstance(value, int) or (math.isfinite(value) and value.is_integer()):
+        return max(low, min(high, int(value)))  # exact, also past 2**52 (64-bit counters)
     if math.isnan(value):
         return 0
     if math.isinf(value):

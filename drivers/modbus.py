@@ -16,11 +16,15 @@ Decisions that depend on pymodbus internals (pinned to 3.16.x):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import errno
 import logging
+import socket
 from collections.abc import Callable
 from typing import Any
 
+import serial
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.framer import FramerType
@@ -35,8 +39,11 @@ logging.getLogger("pymodbus.logging").setLevel(logging.CRITICAL)
 
 
 class ModbusTransport(Transport):
-    def __init__(self, name: str, make_client: Callable[[Callable[[bool, bytes], bytes]], Any]):
+    def __init__(self, name: str, make_client: Callable[[Callable[[bool, bytes], bytes]], Any],
+                 endpoint: str = "", serial_port: str | None = None):
         self.name = name
+        self.endpoint = endpoint or name  # host:port or the serial device, for messages
+        self._serial_port = serial_port
         self._received = 0
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient = make_client(self._trace)
 
@@ -53,6 +60,7 @@ class ModbusTransport(Transport):
                 reconnect_delay=0,
                 trace_packet=trace,
             ),
+            endpoint=f"{host}:{port}",
         )
 
     @classmethod
@@ -79,6 +87,7 @@ class ModbusTransport(Transport):
                 reconnect_delay=0,
                 trace_packet=trace,
             ),
+            endpoint=port, serial_port=port,
         )
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
@@ -94,10 +103,16 @@ class ModbusTransport(Transport):
         self._client.ctx.comm_params.timeout_connect = timeout
         try:
             ok = await self._client.connect()
-        except Exception as exc:  # e.g. UnicodeError (a bad host name), termios.error
-            raise NoConnection(f"cannot open {self.name}: {describe(exc)}") from None
+        except Exception as exc:  # e.g. OSError, UnicodeError (a bad host name), termios.error
+            raise NoConnection(f"cannot open {self.name} ({self.endpoint}): "
+                               f"{describe(exc)}") from None
         if not ok:
-            raise NoConnection(f"cannot open {self.name}")
+            # pymodbus logs the cause (silenced above) and returns False: ask again
+            if self._serial_port is not None:
+                cause = serial_open_problem(self._serial_port)
+            else:
+                cause = await asyncio.to_thread(tcp_open_problem, self.endpoint, timeout)
+            raise NoConnection(f"cannot open {self.name} ({self.endpoint}): {cause}")
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # closing must never raise
@@ -151,10 +166,48 @@ class ModbusTransport(Transport):
                 raise BadFrame(
                     f"{self._received} bytes received but no valid reply ({exc})"
                 ) from None
-            raise DeviceTimeout(f"no reply within {timeout:g} s x {retries + 1}") from None
+            raise DeviceTimeout(f"no reply within {timeout:g} s x {retries + 1} from device id "
+                                f"{kwargs.get('device_id')} at {self.endpoint}") from None
         except Exception as exc:  # whatever the link raised: no link, with its cause
             raise NoConnection(describe(exc)) from None
         if response.isError():
             raise ExceptionReply(int(getattr(response, "exception_code", 0)))
         return response
 
+
+_SERIAL_HINTS = {
+    errno.ENOENT: "no such device: check the adapter and the port name "
+                  "(ls -l /dev/serial/by-id/)",
+    errno.EACCES: "the service user needs the dialout group (usermod -aG dialout cemsd); "
+                  "under systemd the unit's DeviceAllow= must cover this device "
+                  "(docs/OPERATIONS.md)",
+    errno.EAGAIN: "another process holds the port (find it with: fuser -v PORT); "
+                  "one program only may own a serial link",
+}
+_SERIAL_HINTS[errno.EPERM] = _SERIAL_HINTS[errno.EACCES]
+_SERIAL_HINTS[errno.EBUSY] = _SERIAL_HINTS[errno.EAGAIN]
+
+
+def serial_open_problem(port: str) -> str:
+    """Why a serial port does not open: pyserial's message with its errno, and a hint."""
+    try:
+        serial.Serial(port, exclusive=True).close()  # pymodbus opens it exclusively too
+    except (serial.SerialException, OSError) as exc:
+        code = getattr(exc, "errno", None)
+        hint = _SERIAL_HINTS.get(code) if isinstance(code, int) else None
+        text = str(exc)
+        return f"{text} (errno {code}; hint: {hint.replace('PORT', port)})" if hint \
+            else f"{text} (errno {code})"
+    return "the port opened on a second try: a transient failure"
+
+
+def tcp_open_problem(endpoint: str, timeout: float) -> str:
+    """Why a TCP connection does not open: the socket's error with its errno."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except TimeoutError:
+        return f"no answer within {timeout:g} s (host down, or a firewall drops the packets)"
+    except OSError as exc:
+        return f"{exc.strerror or exc} (errno {exc.errno})"
+    return "the connection opened on a second try: a transient failure"

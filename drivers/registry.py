@@ -28,6 +28,7 @@ class Profile:
     channels: dict[str, dict[str, Any]]
     remote_calibration: dict[str, Any] = field(default_factory=dict)  # valve coils, if any
     path: Path | None = None
+    extends: str | None = None
 
 
 def search_path() -> list[Path]:
@@ -68,6 +69,7 @@ def _load(name: str, chain: tuple[str, ...]) -> Profile:
         channels=channels,
         remote_calibration=remote,
         path=path,
+        extends=str(base_name) if base_name else None,
     )
 
 

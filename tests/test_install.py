@@ -44,6 +44,10 @@ def test_the_unit_asks_for_what_operations_need() -> None:
     assert unit["SupplementaryGroups"] == "dialout"
     assert unit["DevicePolicy"] == "closed"
     assert {v for k, v in pairs if k == "DeviceAllow"} >= {"char-ttyUSB rw", "char-ttyS rw"}
+    # and the UARTs of common ARM edge boxes (Raspberry Pi, i.MX, OMAP, SPI UART HATs, ...)
+    assert {v for k, v in pairs if k == "DeviceAllow"} >= {
+        f"char-{name} rw" for name in ("ttyAMA", "ttymxc", "ttyO", "ttySC", "ttyLP", "ttyGS",
+                                       "ttyXRUSB")}
     assert "PrivateDevices" not in unit
     # systemd waits longer than the daemon's own bounds, so the daemon ends by itself
     assert _seconds(unit["TimeoutStopSec"]) > SHUTDOWN_DEADLINE_SECONDS

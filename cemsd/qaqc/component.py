@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.triggers.cron import CronTrigger
 
+from cemsd.commissioning import serve_probe
 from cemsd.config import AbatementUnit, Config
 from cemsd.control import ControlServer, Reply
 from cemsd.errors import CemsdError
@@ -65,6 +66,7 @@ class Qaqc:
             "maintenance.start": self._maintenance_start,
             "maintenance.stop": self._maintenance_stop,
             "status": self._status,
+            "probe": lambda request, reply: serve_probe(daemon, request),
         })
         await self.server.start()
         daemon.period_listeners.append(self._on_period)

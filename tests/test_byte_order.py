@@ -1,0 +1,163 @@
+"""A wrong byte or word order is never stored as valid data (issue 12, item 2).
+
+Every shipped profile is served by the simulator in its own (right) layout while the
+configuration declares a wrong byte_order on every analog channel, and the other way round
+(the simulator serves a wrong layout, the configuration declares the profile's): each of
+the three wrong orders in turn. After the first minute no reading and no minute of an analog
+channel whose decoded value differs from the truth may be N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cemsd.config import Channel
+from cemsd.plausibility import limits
+from cemsd.store import schema
+from drivers.codec import ByteOrder, decode, encode
+from drivers.registry import BUILTIN_DIR, load_profile
+from helpers import (
+    database,
+    free_port,
+    run_virtual,
+    write_config,
+    write_scenario,
+    write_toml,
+)
+
+START = "2026-06-01T00:00:00+08:00"
+MINUTES = 4
+ORDERS = list(ByteOrder)
+
+# Realistic signals with noise for every analog channel of every shipped profile.
+SIGNALS: dict[str, dict[str, dict[str, float]]] = {
+    "n2o-analyzer-percent": {"n2o": {"base": 24.0, "noise": 0.05}},
+    "n2o-analyzer-ppm": {"n2o": {"base": 2000.0, "noise": 10.0}},
+    "n2o-analyzer": {"n2o": {"base": 800.0, "noise": 5.0}},
+    "stack-flow-meter": {"velocity": {"base": 14.0, "noise": 0.1},
+                         "temperature": {"base": 60.0, "noise": 0.5},
+                         "pressure": {"base": 2.0, "noise": 0.05},
+                         "moisture": {"base": 5.0, "noise": 0.1},
+                         "volume_flow": {"base": 50400.0, "noise": 200.0}},
+    "plant-io": {"bypass_position": {"base": 35.0, "noise": 0.3},
+                 "production_running": {"base": 1}, "abatement_running": {"base": 1}},
+}
+
+
+def test_every_shipped_profile_is_covered() -> None:
+    shipped = {p.stem for p in BUILTIN_DIR.glob("*.toml")}
+    assert shipped == set(SIGNALS)
+    for name in shipped:
+        analog = {k for k, c in load_profile(name).channels.items()
+                  if c.get("kind", "analog") == "analog"}
+        assert analog <= set(SIGNALS[name]), name
+
+
+def _analog(profile: str) -> dict[str, Channel]:
+    channels = {k: Channel.model_validate(v) for k, v in load_profile(profile).channels.items()}
+    return {k: c for k, c in channels.items() if c.kind == "analog"}
+
+
+def _wrong(order: ByteOrder, shift: int) -> ByteOrder:
+    return ORDERS[(ORDERS.index(order) + shift) % len(ORDERS)]
+
+
+def _plant(tmp: Path, shift: int, served_wrong: bool) -> tuple[Any, Any]:
+    """The configuration declares wrong orders, or the simulator serves them (through
+    profiles of its own in CEMSD_PROFILE_PATH that extend the shipped ones)."""
+    port = free_port()
+    names = list(SIGNALS)
+    wrong = {n: {k: {"byte_order": _wrong(c.byte_order, shift).value}
+                 for k, c in _analog(n).items()} for n in names}
+    for n in names:
+        # a name per shift: profiles are cached by name for the process
+        write_toml(tmp / "profiles" / f"{n}-served{shift}.toml",
+                   {"extends": n, "channels": wrong[n]})
+    scenario = write_scenario(tmp, {
+        "start": START, "seed": 12 + shift,
+        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
+        "devices": [{"name": n, "bus": "bus", "device_id": i + 1,
+                     "profile": f"{n}-served{shift}" if served_wrong else n,
+                     "signals": SIGNALS[n]} for i, n in enumerate(names)],
+    })
+    config = write_config(tmp, {
+        "plant": {"id": "byte-order"},
+        "points": {"inlet": {"duct_area_m2": 1.0}, "outlet": {}},
+        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
+                   "timeout": 0.3, "retries": 0}],
+        "devices": [{"name": n, "bus": "bus", "device_id": i + 1, "profile": n,
+                     "poll_interval": 2.0,
+                     **({"point": "inlet"} if n == "stack-flow-meter" else {}),
+                     "channels": {} if served_wrong else wrong[n]}
+                    for i, n in enumerate(names)],
+    })
+    return config, scenario
+
+
+def _decoded_wrongly(spec: Channel, served: ByteOrder, declared: ByteOrder) -> bool:
+    """Whether the orders change what the registers mean (a word swap does nothing to a
+    16-bit value)."""
+    probe = 1234.5 if spec.data_type.is_float else 1234
+    return decode(encode(probe, spec.data_type, served), spec.data_type, declared) != probe
+
+
+def _visible(spec: Channel, served: ByteOrder, declared: ByteOrder,
+             signal: dict[str, float]) -> bool:
+    """Whether some values of the signal (within 2 sigma) decode to an implausible (D) or
+    over-range (T) number."""
+    bounds = limits(spec)
+    assert bounds is not None
+    for k in range(-20, 21):
+        true = (signal["base"] + k / 10 * signal.get("noise", 0.0) - spec.offset) / spec.scale
+        seen = decode(encode(true, spec.data_type, served), spec.data_type, declared)
+        seen = seen * spec.scale + spec.offset
+        high = min(h for h in (bounds.high, spec.range and spec.range[1]) if h is not None)
+        if (bounds.low is not None and seen < bounds.low) or seen > high or \
+                (bounds.vanishing is not None and 0 < abs(seen) < bounds.vanishing):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("served_wrong", [False, True], ids=["config-wrong", "served-wrong"])
+@pytest.mark.parametrize("shift", [1, 2, 3], ids=lambda s: f"order+{s}")
+def test_no_wrongly_decoded_value_is_stored_valid(tmp_path: Path, shift: int,
+                                                 served_wrong: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEMSD_PROFILE_PATH", str(tmp_path / "profiles"))
+    config, scenario = _plant(tmp_path, shift, served_wrong)
+    epoch = scenario.epoch
+    asyncio.run(run_virtual(config, scenario, until=epoch + MINUTES * 60))
+    orders = {f"{d}.{k}": (c, SIGNALS[d][k], _wrong(c.byte_order, shift), c.byte_order)
+              for d in SIGNALS for k, c in _analog(d).items()}
+    if served_wrong:
+        orders = {n: (c, sig, right, wrong) for n, (c, sig, wrong, right) in orders.items()}
+    # name -> (spec, signal, served order, declared order)
+    wrong = {name for name, (c, signal, served, declared) in orders.items()
+             if _decoded_wrongly(c, served, declared) and _visible(c, served, declared, signal)}
+    unseen = {name for name, (c, _, served, declared) in orders.items()
+              if _decoded_wrongly(c, served, declared) and name not in wrong}
+    print(f"order+{shift}, served wrong {served_wrong}: caught {sorted(wrong)}; a plausible "
+          f"value to plausibility: {sorted(unseen)}")
+    assert len(wrong) >= 5  # the floats always, the 16-bit values when bytes swap
+    for name in unseen:  # only a byte swap of a float can land on another plausible value
+        spec, _, served, declared = orders[name]
+        assert spec.data_type.is_float and served.word_swap == declared.word_swap
+    db = database(config)
+    try:
+        readings = [r for r in db.readings_between(epoch + 60, epoch + MINUTES * 60)
+                    if r.channel in wrong]
+        minutes = [m for m in db.aggregates_between(schema.minutes, epoch + 60,
+                                                     epoch + MINUTES * 60)
+                   if m.channel in wrong or m.channel.startswith(("inlet.", "outlet."))]
+    finally:
+        db.close()
+    assert {r.channel for r in readings} == wrong  # every channel was polled
+    valid = [(r.channel, r.value) for r in readings if r.flag == "N"]
+    assert valid == []
+    assert minutes and [m.channel for m in minutes if m.flag == "N"] == []
+    reasons = {r.reason for r in readings}
+    assert any(r and r.startswith("implausible: ") for r in reasons)
