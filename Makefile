@@ -31,10 +31,12 @@ demo: $(BIN)/cemsd
 test: $(VENV)/.test-deps
 	scripts/install-system-deps test
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q -p no:cacheprovider -n auto --dist loadfile
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 # Every bench/bench_*.py in turn (figures and the machine in docs/PERFORMANCE.md).
 bench: $(VENV)/.test-deps

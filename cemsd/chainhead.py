@@ -215,7 +215,7 @@ def _empty_sqlite_file(url: str) -> bool:
 def accept_new_database(db: Database, state_dir: Path, given_up: Pin, now: float) -> Path:
     """The operator accepted a database without the recorded head: say so loudly, audit
     it, and keep the old head file beside the new one (renamed) for whoever checks."""
-    from cemsd.qaqc.records import audit
+    from cemsd.records import audit
 
     kept = state_dir / f"{HEAD_FILE}.given-up-{int(now)}"
     os.replace(head_path(state_dir), kept)

@@ -30,80 +30,13 @@ from zoneinfo import ZoneInfo  # noqa: E402
 import click  # noqa: E402
 
 from cemsd import __version__  # noqa: E402
+from cemsd.cliargs import MOMENT, SPEED, UNTIL  # noqa: E402
 from cemsd.clock import Clock, SharedClockFile, VirtualClock, WallClock  # noqa: E402
 from cemsd.errors import CemsdError, ConfigError  # noqa: E402
 
 if TYPE_CHECKING:
     from cemsd.config import Config
     from cemsd.store.database import Database
-
-
-# --- arguments checked where they are read: a clean usage error, never a traceback ---------
-
-
-class Moment(click.ParamType):
-    """An ISO 8601 time, checked here; returned as given, since a time without an offset is
-    plant time and the plant's zone is known only once the configuration is read."""
-
-    name = "ISO-TIME"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        try:
-            datetime.fromisoformat(value).timestamp()
-        except (ValueError, OverflowError, OSError):
-            self.fail(f"{value!r} is not a time such as 2026-01-05T08:00+08:00", param, ctx)
-        return value
-
-
-class Until(click.ParamType):
-    """A moment, or +DURATION after the start (checked here, added to the start later)."""
-
-    name = "ISO-TIME|+DURATION"
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if not value.startswith("+"):
-            MOMENT.convert(value, param, ctx)
-            return value
-        from simulators.scenario import parse_offset
-
-        try:
-            seconds = parse_offset(value[1:])
-        except ValueError as exc:
-            self.fail(str(exc), param, ctx)
-        if not 0 < seconds <= MAX_RUN_SECONDS:
-            self.fail(f"{value!r}: a duration above 0 and at most {MAX_RUN_YEARS} years "
-                      "(e.g. +24h)", param, ctx)
-        return value
-
-
-class Positive(click.ParamType):
-    """A positive, finite number up to `most`; with `max_word`, also 'max' (as infinity),
-    as a simulated clock's speed takes."""
-
-    def __init__(self, what: str, most: float = math.inf, max_word: bool = False) -> None:
-        self.what, self.most, self.max_word = what, most, max_word
-        self.name = f"{what.upper()}|max" if max_word else what.upper()
-
-    def convert(self, value, param, ctx):  # type: ignore[no-untyped-def]
-        if isinstance(value, float):
-            return value
-        if self.max_word and value == "max":
-            return math.inf
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-        if not (math.isfinite(number) and 0 < number <= self.most):
-            also = " or 'max'" if self.max_word else ""
-            self.fail(f"{value!r} is not a positive {self.what} (at most {self.most:g}){also}",
-                      param, ctx)
-        return number
-
-
-MOMENT, UNTIL = Moment(), Until()
-SPEED = Positive("factor", 1e9, max_word=True)
-MAX_RUN_YEARS = 100
-MAX_RUN_SECONDS = MAX_RUN_YEARS * 366 * 86400
 
 
 def _load_config(path: str):
@@ -155,6 +88,8 @@ def main(ctx: click.Context, log_level: str) -> None:
 
 
 def _register_commands() -> None:
+    from importlib.metadata import entry_points
+
     from cemsd.commissioning_cli import register as register_commissioning
     from cemsd.qaqc.cli import register
     from cemsd.reduction.cli import register as register_reduction
@@ -162,6 +97,9 @@ def _register_commands() -> None:
     register(main, _load_config)
     register_commissioning(main, _load_config)
     register_reduction(main, _load_config, _open_existing_db)
+    # Commands of other packages (the simulators' `sim` and `demo`): cemsd never imports them.
+    for entry in entry_points(group="cemsd.commands"):
+        main.add_command(entry.load(), entry.name)
 
 
 _register_commands()
@@ -272,7 +210,7 @@ def _parse_until(until: str | None, t0: float, tz: ZoneInfo) -> float | None:
     if until is None:
         return None
     if until.startswith("+"):
-        from simulators.scenario import parse_offset
+        from cemsd.periods import parse_offset
 
         return t0 + parse_offset(until[1:])
     return _plant_time(until, tz, "--until")
@@ -291,28 +229,6 @@ def _run_service(service) -> int:  # type: ignore[no-untyped-def]
             return 1
 
     return asyncio.run(main_task())
-
-
-@main.command()
-@click.option("--scenario", "scenario_file", required=True, type=click.Path(dir_okay=False))
-@click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
-              help="Follow the simulated time a daemon publishes (cemsd run --clock-file).")
-@click.option("--start-now", is_flag=True, help="On the wall clock, start the scenario now.")
-def sim(scenario_file: str, clock_file: str | None, start_now: bool) -> None:
-    """Serve the simulated instruments of a scenario until SIGTERM."""
-    from simulators.runner import run_simulator
-    from simulators.scenario import load_scenario
-
-    try:
-        scenario = load_scenario(scenario_file)
-    except ConfigError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(2)
-    try:
-        asyncio.run(run_simulator(scenario, clock_file, start_now))
-    except RuntimeError as exc:
-        click.echo(f"cemsd sim: {exc}", err=True)
-        sys.exit(1)
 
 
 @main.command()
@@ -349,23 +265,6 @@ def hours(config_file: str, start: str | None, end: str | None, channels: tuple[
     else:
         shown = list(channels) or sorted({r["channel"] for r in rows})
         click.echo(hourly.to_table(rows, shown))
-
-
-@main.command()
-@click.option("--config", "config_file", default="config/demo.toml", show_default=True,
-              type=click.Path(dir_okay=False))
-@click.option("--scenario", "scenario_file", default="config/demo-scenario.toml",
-              show_default=True, type=click.Path(dir_okay=False))
-@click.option("--hours", "n_hours", default=24.0, show_default=True,
-              type=Positive("number of hours", 24 * 366), help="Simulated hours to run.")
-@click.option("--speed", default="max", show_default=True, type=SPEED,
-              help="Speed factor of the simulated clock, or 'max'.")
-def demo(config_file: str, scenario_file: str, n_hours: float, speed: float) -> None:
-    """Run the bundled simulators and the daemon for a simulated day; print the hours."""
-    from cemsd.demo import run_demo
-
-    sys.exit(run_demo(config_file, scenario_file, n_hours,
-                      "max" if math.isinf(speed) else f"{speed:g}"))
 
 
 @main.command("db-upgrade")
@@ -441,8 +340,8 @@ def serve(config_file: str, host: str | None, port: int | None) -> None:
     from pydantic import ValidationError
 
     from cemsd.api.server import build_server, listen, serve
-    from cemsd.api.settings import ApiConfig
     from cemsd.api.tokens import list_tokens
+    from cemsd.settings.api import ApiConfig
 
     config = _load_config(config_file)
     given = {k: v for k, v in (("host", host), ("port", port)) if v is not None}

@@ -22,16 +22,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, ValidationError, field_validator
 
 from cemsd import standards
-from cemsd.api.settings import ApiConfig, api_problems
 from cemsd.errors import ConfigError, ConfigProblem, DriverError
 from cemsd.flags import Flag
-from cemsd.hj212.config import Hj212Platform, hj212_problems, hj212_warnings
-from cemsd.metrics import MetricsConfig
-from cemsd.mqtt import MqttConfig, mqtt_problems
 from cemsd.plausibility import PlausibilitySettings
-from cemsd.qaqc.settings import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
-from cemsd.reduction.settings import ReductionSettings
-from cemsd.settings_base import (
+from cemsd.settings.api import ApiConfig, api_problems
+from cemsd.settings.base import (
     BOOLEAN_FOR_A_NUMBER,
     MAX_DAYS,
     Host,
@@ -39,6 +34,11 @@ from cemsd.settings_base import (
     SettingsModel,
     item_key,
 )
+from cemsd.settings.hj212 import Hj212Platform, hj212_problems, hj212_warnings
+from cemsd.settings.metrics import MetricsConfig
+from cemsd.settings.mqtt import MqttConfig, mqtt_problems
+from cemsd.settings.qaqc import CalibrationSettings, QaqcSettings, RemoteCalibration, ValueChecks
+from cemsd.settings.reduction import ReductionSettings
 from cemsd.store.location import location_problems
 from cemsd.units import GAS_ROLES, ROLE_UNITS, Role, Unit
 from drivers.codec import ByteOrder, DataType
@@ -534,7 +534,7 @@ def cross_check(config: Config) -> list[ConfigProblem]:
 def config_warnings(config: Config) -> list[ConfigProblem]:
     """What a valid configuration may still get wrong: printed by check-config (and the
     reduction's on every report), never refused."""
-    from cemsd.reduction.settings import reduction_warnings
+    from cemsd.settings.reduction import reduction_warnings
 
     file = str(config.source)
     return [*hj212_warnings(config),

@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from cemsd.errors import CemsdError
+from cemsd.store.location import MAX_SOCKET_PATH
 
 log = logging.getLogger(__name__)
 
 Reply = Callable[[str], Awaitable[None]]
 Handler = Callable[[dict[str, Any], Reply], Awaitable[Any]]
-MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes on Linux
 MAX_REQUEST_BYTES = 64 * 1024
 
 

@@ -28,14 +28,14 @@ from typing import Any, Protocol
 from cemsd import __version__
 from cemsd.acquisition import BusOwner, RequestObserver
 from cemsd.chainhead import accept_new_database, check_known_database
+from cemsd.checks import ChannelChecks
 from cemsd.clock import Clock
 from cemsd.closer import Closer, PeriodListener
 from cemsd.config import Config, SerialBus, TcpBus
 from cemsd.pipeline import Pipeline
 from cemsd.plan import BusPlan, Plan, compile_plan, log_plan
-from cemsd.qaqc.checks import ChannelChecks
-from cemsd.qaqc.records import audit_config, load_plant_state
-from cemsd.qaqc.state import PlantState
+from cemsd.plantstate import PlantState
+from cemsd.records import audit_config, load_plant_state
 from cemsd.store.database import Database
 from cemsd.store.location import prepare_storage
 from cemsd.store.lock import acquire_writer_lock

@@ -26,9 +26,8 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
 from sqlalchemy import distinct, func, or_, select
 
 from cemsd import __version__
@@ -37,7 +36,7 @@ from cemsd.flags import Flag
 from cemsd.logs import Episode
 from cemsd.periods import HOUR, MINUTE, hour_floor
 from cemsd.readings import Reading
-from cemsd.settings_base import Host, SettingsModel
+from cemsd.settings.metrics import MetricsConfig
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.units import Role
@@ -62,13 +61,6 @@ CALIBRATED_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET, Role.O2})  # gas 
 # in control (HJ 75-2017 §11-12: out of control after a failed check; overdue check).
 CALIBRATION_STATES = ("out_of_control", "calibration_overdue", "in_control")
 BYPASS_EVENT = "bypass"  # event kind whose payload {"active": bool} sets cemsd_bypass_active
-
-
-class MetricsConfig(SettingsModel):
-    """[metrics]: where the Prometheus endpoint listens."""
-
-    address: Host = "127.0.0.1"  # loopback by default: the endpoint has no authentication
-    port: Annotated[int, Field(ge=0, le=65535)] = 9108  # 0: any free port
 
 
 @dataclass
@@ -232,10 +224,9 @@ def open_minutes(daemon: Daemon, hour_start: float) -> int:
 
 
 async def uplink_states(daemon: Daemon) -> list[Any]:
-    """Each HJ 212 platform's link and backlog (reads the database through the store)."""
-    from cemsd.hj212.uplink import uplinks  # the uplink imports the configuration
-
-    return [await uplink.state() for uplink in uplinks(daemon)]
+    """Each HJ 212 platform's link and backlog (reads the database through the store): every
+    component with an `uplink_state()` reports one, so metrics need not import the uplink."""
+    return [await c.uplink_state() for c in daemon.components if hasattr(c, "uplink_state")]
 
 
 def _running_in(loop: asyncio.AbstractEventLoop) -> bool:

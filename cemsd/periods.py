@@ -8,6 +8,7 @@ are stored in UTC and shown in the plant's zone.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -36,3 +37,23 @@ def local_label(t: float, tz: ZoneInfo) -> str:
 
 def utc_label(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_OFFSET = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?"
+                     r"(?:(\d+(?:\.\d+)?)s)?$")
+
+
+def parse_offset(value: float | int | str) -> float:
+    """Seconds from a number or a "1d2h30m10s" string."""
+    if isinstance(value, int | float):
+        return float(value)
+    text = value.strip().replace(" ", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _OFFSET.match(text)
+    if not text or not match:
+        raise ValueError(f"cannot read time offset {value!r} (use seconds or e.g. '5h20m')")
+    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    return days * 86400 + hours * 3600 + minutes * 60 + seconds

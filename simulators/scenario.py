@@ -33,7 +33,6 @@ a test can compute the expected hourly mean analytically.
 from __future__ import annotations
 
 import math
-import re
 import tomllib
 from datetime import datetime
 from pathlib import Path
@@ -43,26 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from cemsd.config import pydantic_problems
 from cemsd.errors import ConfigError, ConfigProblem
-
-_OFFSET = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?"
-                     r"(?:(\d+(?:\.\d+)?)s)?$")
-
-
-def parse_offset(value: float | int | str) -> float:
-    """Seconds from a number or a "1d2h30m10s" string."""
-    if isinstance(value, int | float):
-        return float(value)
-    text = value.strip().replace(" ", "")
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    match = _OFFSET.match(text)
-    if not text or not match:
-        raise ValueError(f"cannot read time offset {value!r} (use seconds or e.g. '5h20m')")
-    days, hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
-    return days * 86400 + hours * 3600 + minutes * 60 + seconds
-
+from cemsd.periods import parse_offset
 
 Offset = Annotated[float, Field()]
 

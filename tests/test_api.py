@@ -40,7 +40,7 @@ from cemsd import chain, signing
 from cemsd.api.tokens import create_token
 from cemsd.cli import main
 from cemsd.config import Config
-from cemsd.qaqc.records import audit
+from cemsd.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import (

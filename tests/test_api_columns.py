@@ -23,7 +23,7 @@ from sqlalchemy import insert, select
 
 from cemsd import chain
 from cemsd.api.tokens import create_token
-from cemsd.qaqc.records import audit
+from cemsd.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import free_port, serve_process, wait_healthy, write_toml

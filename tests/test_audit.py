@@ -19,7 +19,7 @@ from sqlalchemy import insert, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
-from cemsd.qaqc import records
+from cemsd import records
 from cemsd.qaqc.corrections import superseding
 from cemsd.store import schema
 from cemsd.store.database import Database

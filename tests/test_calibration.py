@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cemsd.control import request_async
-from cemsd.qaqc.records import audit_entries, calibrations, control_periods
+from cemsd.records import audit_entries, calibrations, control_periods
 from cemsd.store import schema
 from helpers import RunningDaemon, database, free_port, write_config, write_scenario
 

@@ -9,7 +9,7 @@ import pytest
 
 from casefiles import cases
 from cemsd.qaqc.calibration import judge
-from cemsd.qaqc.settings import CalibrationSettings
+from cemsd.settings.qaqc import CalibrationSettings
 
 ALL = cases("drift")
 

@@ -18,7 +18,7 @@ from sqlalchemy import delete, insert, select, update
 
 from cemsd import chain
 from cemsd.cli import main
-from cemsd.qaqc.records import audit
+from cemsd.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import REPO, tampering, write_config

@@ -6,10 +6,10 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
-from cemsd.demo import run_demo
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import free_port, write_config, write_scenario
+from simulators.demo import run_demo
 
 
 def test_the_demo_moves_off_a_busy_port(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cemsd.hj212 import protocol as p
+from cemsd import standards_hj212 as p
 from cemsd.hj212.packet import FrameDecoder, Packet, PacketError, crc16, parse, parse_time
 from drivers.codec import ByteOrder, DataType, decode, encode
 

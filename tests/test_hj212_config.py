@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from cemsd.cli import main
 from cemsd.config import load_config
 from cemsd.errors import ConfigError
-from cemsd.hj212.config import hj212_warnings
+from cemsd.settings.hj212 import hj212_warnings
 from helpers import REPO, write_config
 
 MN = "010000A8900016F000169DC0"

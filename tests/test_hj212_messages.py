@@ -9,9 +9,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cemsd.flags import Flag
-from cemsd.hj212.config import Hj212Platform
 from cemsd.hj212.messages import MessageBuilder, PeriodValue, day_bounds, day_value, number
 from cemsd.readings import Reading
+from cemsd.settings.hj212 import Hj212Platform
 
 TZ = ZoneInfo("Asia/Shanghai")
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=TZ).timestamp()

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from casefiles import load
-from cemsd.hj212 import protocol as p
+from cemsd import standards_hj212 as p
 from cemsd.hj212.packet import (
     FrameDecoder,
     Packet,

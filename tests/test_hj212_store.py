@@ -6,7 +6,6 @@ import asyncio
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from cemsd.hj212.config import Hj212Platform
 from cemsd.hj212.messages import MessageBuilder
 from cemsd.hj212.store import (
     PeriodSource,
@@ -16,6 +15,7 @@ from cemsd.hj212.store import (
     period_rows,
     save_cursor,
 )
+from cemsd.settings.hj212 import Hj212Platform
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.store.writer import Store

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 from cemsd.cli import main
 from cemsd.config import load_config
 from cemsd.errors import ConfigError, ConfigProblem
-from cemsd.settings_base import takes_bool
+from cemsd.settings.base import takes_bool
 from drivers.registry import available_profiles, load_profile
 from helpers import REPO, free_port, write_config, write_toml
 from helpers import all_of as both
@@ -258,8 +258,8 @@ def test_deeply_nested_toml_is_a_problem_not_a_recursion_error(tmp_path: Path) -
 def test_a_boolean_where_a_number_belongs_is_refused_in_every_section() -> None:
     """The rule is the base model's, so a new int or float key gets it too."""
     from cemsd.config import Channel, Device, Storage
-    from cemsd.hj212.config import Hj212Platform
-    from cemsd.mqtt import MqttConfig
+    from cemsd.settings.hj212 import Hj212Platform
+    from cemsd.settings.mqtt import MqttConfig
 
     assert not takes_bool(Channel.model_fields["range"].annotation)
     assert not takes_bool(Hj212Platform.model_fields["port"].annotation)

@@ -13,9 +13,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from click.testing import CliRunner, Result
 
+from cemsd import records
 from cemsd.cli import main
 from cemsd.config import Config
-from cemsd.qaqc import records
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import analyzer_and_flow_plant, write_config

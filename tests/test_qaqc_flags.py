@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from cemsd.control import request_async
-from cemsd.qaqc.records import audit_entries, calibrations
 from cemsd.qaqc.substitution import share_report
+from cemsd.records import audit_entries, calibrations
 from cemsd.store import schema
 from helpers import RunningDaemon, database, free_port, write_config, write_scenario
 

@@ -274,7 +274,7 @@ async def test_without_a_daemon_the_page_is_there_and_its_data_is_not(tmp_path: 
     from zoneinfo import ZoneInfo
 
     from cemsd.api.app import create_app
-    from cemsd.api.settings import ApiConfig
+    from cemsd.settings.api import ApiConfig
 
     db = Database(f"sqlite:///{tmp_path / 'cemsd.db'}")
     db.upgrade()

@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import select
 
+from cemsd import records
 from cemsd.periods import utc_label
-from cemsd.qaqc import records
 from cemsd.qaqc.substitution import (
     BASELINE,
     Rules,

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from cemsd.cli import main
 from cemsd.control import request_async
-from cemsd.qaqc.records import audit_entries, maintenance_windows
+from cemsd.records import audit_entries, maintenance_windows
 from helpers import RunningDaemon, database, free_port, write_config, write_scenario
 
 START = "2026-06-01T08:00:00+08:00"

@@ -14,8 +14,8 @@ from cemsd import __version__
 from cemsd.api.auth import require_token
 from cemsd.api.listing import ApiContext
 from cemsd.api.routes import ROUTES, status
-from cemsd.api.settings import ApiConfig
 from cemsd.errors import StorageError
+from cemsd.settings.api import ApiConfig
 from cemsd.store.database import Database
 
 if TYPE_CHECKING:

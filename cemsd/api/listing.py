@@ -28,10 +28,10 @@ from pydantic import BaseModel, create_model
 from sqlalchemy import Column, Float, Integer, Table, and_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
-from cemsd.api.settings import ApiConfig
 from cemsd.chain import json_value, utc_text
 from cemsd.hourly import parse_time
 from cemsd.periods import local_label
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.store.schema import UTCDateTime

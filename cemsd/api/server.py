@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
-from cemsd.api.settings import ApiConfig
 from cemsd.errors import CemsdError
+from cemsd.settings.api import ApiConfig
 from cemsd.store.database import Database
 
 if TYPE_CHECKING:

@@ -36,13 +36,13 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from cemsd import standards_hj212 as p
 from cemsd.aggregate import aggregate
 from cemsd.flags import CODE, CODES, Flag
-from cemsd.hj212 import protocol as p
-from cemsd.hj212.config import Hj212Platform, unit_factor
 from cemsd.hj212.packet import Cp, Group, format_time
 from cemsd.periods import HOUR
 from cemsd.readings import Reading
+from cemsd.settings.hj212 import Hj212Platform, unit_factor
 from cemsd.standards import DAY_MIN_VALID_HOURS
 
 SIGNIFICANT_DIGITS = 6

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from cemsd.hj212 import protocol as p
+from cemsd import standards_hj212 as p
 
 Field = tuple[str, str]
 Group = tuple[Field, ...]  # one CP item: fields separated by ","

@@ -18,8 +18,8 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from cemsd import standards_hj212 as p
 from cemsd.errors import StorageError
-from cemsd.hj212 import protocol as p
 from cemsd.hj212.messages import MessageBuilder, PeriodValue, Upload, day_bounds
 from cemsd.periods import HOUR, MINUTE
 from cemsd.store import schema

@@ -36,11 +36,10 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from cemsd import standards_hj212 as p
 from cemsd.config import Config
 from cemsd.errors import StorageError
 from cemsd.flags import Flag
-from cemsd.hj212 import protocol as p
-from cemsd.hj212.config import MAX_SECONDS, Hj212Platform
 from cemsd.hj212.messages import MessageBuilder, Upload, day_bounds
 from cemsd.hj212.packet import (
     FrameDecoder,
@@ -56,6 +55,7 @@ from cemsd.hj212.packet import (
 from cemsd.hj212.store import PeriodSource, load_cursors, save_cursor
 from cemsd.periods import hour_floor, local_label, minute_floor
 from cemsd.readings import Reading
+from cemsd.settings.hj212 import MAX_SECONDS, Hj212Platform
 
 if TYPE_CHECKING:
     from cemsd.daemon import Daemon
@@ -103,10 +103,6 @@ class UplinkState:
                 "oldest_unacknowledged": label(self.oldest_unacknowledged),
                 "last_acknowledged": label(self.last_acknowledged),
                 "last_error": self.last_error}
-
-
-def uplinks(daemon: Daemon) -> list[PlatformUplink]:
-    return [c for c in daemon.components if isinstance(c, PlatformUplink)]
 
 
 class Connection:
@@ -307,7 +303,7 @@ class PlatformUplink:
     def connected(self) -> bool:
         return self.connection is not None and not self.connection.closed.is_set()
 
-    async def state(self) -> UplinkState:
+    async def uplink_state(self) -> UplinkState:
         """Connection, backlog (stored periods not yet acknowledged) and its oldest start;
         reads the database through the store."""
         backlog, oldest = 0, None

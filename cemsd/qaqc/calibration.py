@@ -30,15 +30,14 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any, Literal
 
-from cemsd import standards
+from cemsd import records, standards
 from cemsd.errors import CemsdError, ExceptionReply, TransportError
 from cemsd.flags import Flag
 from cemsd.plan import ChannelPlan
-from cemsd.qaqc import records
+from cemsd.plantstate import Window, control_window
 from cemsd.qaqc.corrections import invalidate_window
-from cemsd.qaqc.settings import CalibrationSettings
-from cemsd.qaqc.state import Window, control_window
 from cemsd.readings import Reading
+from cemsd.settings.qaqc import CalibrationSettings
 from cemsd.units import Role
 
 if TYPE_CHECKING:

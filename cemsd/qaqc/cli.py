@@ -17,7 +17,6 @@ from cemsd.config import Config
 from cemsd.control import ControlError, request
 from cemsd.errors import CemsdError
 from cemsd.periods import local_label
-from cemsd.qaqc.records import audit_entries, calibrations, default_actor, maintenance_windows
 from cemsd.qaqc.substitution import quarter_start, share_report
 from cemsd.qaqc.trend import drift_trends
 from cemsd.qaqc.views import (
@@ -28,6 +27,7 @@ from cemsd.qaqc.views import (
     plant_times,
     status_lines,
 )
+from cemsd.records import audit_entries, calibrations, default_actor, maintenance_windows
 from cemsd.store.database import open_existing
 
 _QUARTER = re.compile(r"^(\d{4})Q([1-4])$")
@@ -133,7 +133,7 @@ def register(main: click.Group, load_config: Any) -> None:
     def maintenance_start(config_file: str, device: str | None, channel: str | None,
                           technician: str, reason: str, duration: str | None) -> None:
         """Open a maintenance window now, for a planned duration."""
-        from simulators.scenario import parse_offset
+        from cemsd.periods import parse_offset
 
         try:
             seconds = None if duration is None else parse_offset(duration)

@@ -22,13 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from apscheduler.triggers.cron import CronTrigger
 
+from cemsd import records
 from cemsd.commissioning import serve_probe
 from cemsd.config import AbatementUnit, Config
 from cemsd.control import ControlServer, Reply
 from cemsd.errors import CemsdError
 from cemsd.metrics import mqtt_connected, mqtt_refused, uplink_states
 from cemsd.periods import local_label
-from cemsd.qaqc import maintenance, records
+from cemsd.qaqc import maintenance
 from cemsd.qaqc.calibration import CalibrationRequest, Calibrator
 from cemsd.qaqc.substitution import Substituter
 

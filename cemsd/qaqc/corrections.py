@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from cemsd import records
 from cemsd.flags import Flag
 from cemsd.periods import HOUR, hour_floor, local_label
 from cemsd.plan import ChannelPlan
-from cemsd.qaqc import records
 from cemsd.store import schema
 
 if TYPE_CHECKING:

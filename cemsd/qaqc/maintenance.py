@@ -14,10 +14,10 @@ import logging
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
+from cemsd import records
 from cemsd.errors import CemsdError
 from cemsd.periods import local_label
-from cemsd.qaqc import records
-from cemsd.qaqc.state import maintenance_window
+from cemsd.plantstate import maintenance_window
 
 if TYPE_CHECKING:
     from cemsd.daemon import Daemon

@@ -56,7 +56,7 @@ from cemsd.chainhead import head_pin
 from cemsd.config import Config
 from cemsd.errors import CemsdError
 from cemsd.periods import local_label
-from cemsd.qaqc.records import CONFIG_ACTIONS
+from cemsd.records import CONFIG_ACTIONS
 from cemsd.reduction.dictionary import data_dictionary, readme
 from cemsd.reduction.html import to_html
 from cemsd.reduction.report import build_report, calculation, hours_from_rows, to_csv, to_json

@@ -175,7 +175,7 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
     @click.argument("csv_file", type=click.Path(dir_okay=False, exists=True))
     def production_import(config_file: str, actor: str | None, csv_file: str) -> None:
         """Import daily production (CSV with columns date,tonnes)."""
-        from cemsd.qaqc.records import default_actor
+        from cemsd.records import default_actor
         from cemsd.reduction.production import import_days, read_csv_file
         config = load_config(config_file)
         path = Path(csv_file)

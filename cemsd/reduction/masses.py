@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 
 from cemsd.config import AbatementUnit
 from cemsd.periods import MINUTE
-from cemsd.reduction.settings import ReductionSettings
+from cemsd.settings.reduction import ReductionSettings
 from cemsd.store import schema
 from cemsd.store.database import Database
 

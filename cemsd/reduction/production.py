@@ -20,7 +20,7 @@ from sqlalchemy import insert, select
 
 from cemsd.config import Config
 from cemsd.errors import CemsdError
-from cemsd.qaqc.records import audit_row
+from cemsd.records import audit_row
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.units import Role

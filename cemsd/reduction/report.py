@@ -34,7 +34,7 @@ from cemsd.reduction.production import (
     period_production,
     prorated_cap,
 )
-from cemsd.reduction.settings import reduction_warnings
+from cemsd.settings.reduction import reduction_warnings
 from cemsd.store.database import Database
 
 FORMAT_VERSION = 1

@@ -18,8 +18,9 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cemsd.control import MAX_SOCKET_PATH
 from cemsd.errors import StorageError
+
+MAX_SOCKET_PATH = 100  # a Unix socket path: sun_path holds 108 bytes on Linux
 
 if TYPE_CHECKING:
     from cemsd.config import Storage

@@ -8,9 +8,9 @@ from pydantic import BaseModel
 
 from cemsd import chain
 from cemsd.api.listing import ApiContext, context, table_listing
-from cemsd.api.settings import ApiConfig
 from cemsd.chain import utc_text
 from cemsd.periods import local_label
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 
 

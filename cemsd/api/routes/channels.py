@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from cemsd.api.listing import ApiContext, context, table_item, table_model
-from cemsd.api.settings import ApiConfig
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 
 ChannelRow = table_model(schema.channels)

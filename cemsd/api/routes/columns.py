@@ -33,7 +33,7 @@ from cemsd.api.listing import (
     read_span,
 )
 from cemsd.api.routes.periods import current_revision
-from cemsd.api.settings import ApiConfig
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 
 MAX_SPAN_DAYS = 366  # a leap year of all channels in one answer: about 9 MB for 10 channels

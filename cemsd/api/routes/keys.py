@@ -10,8 +10,8 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from cemsd import signing
-from cemsd.api.settings import ApiConfig
 from cemsd.errors import CemsdError
+from cemsd.settings.api import ApiConfig
 
 
 class SigningKey(BaseModel):

@@ -24,9 +24,9 @@ from cemsd.api.listing import (
     respond,
     window_dependency,
 )
-from cemsd.api.settings import ApiConfig
 from cemsd.chain import json_value, seals_for, utc_text
 from cemsd.periods import local_label
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 
 

@@ -10,7 +10,7 @@ from fastapi import APIRouter
 from sqlalchemy import or_, select
 
 from cemsd.api.listing import table_listing
-from cemsd.api.settings import ApiConfig
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 
 

@@ -13,8 +13,8 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from sqlalchemy import true
 
 from cemsd.api.listing import ApiContext, context, table_listing
-from cemsd.api.settings import ApiConfig
 from cemsd.errors import CemsdError
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from cemsd.api.settings import ApiConfig
 from cemsd.errors import StorageError
+from cemsd.settings.api import ApiConfig
 
 STATIC = files("cemsd.api") / "static"
 ASSETS = {"status.html": "text/html; charset=utf-8", "status.css": "text/css; charset=utf-8",

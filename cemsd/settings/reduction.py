@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from cemsd import standards
-from cemsd.settings_base import SettingsModel
+from cemsd.settings.base import SettingsModel
 
 
 class _Strict(SettingsModel):

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 from cemsd.flags import Flag
 from cemsd.plan import ChannelPlan, Plan
-from cemsd.qaqc.settings import ValueChecks
 from cemsd.readings import Reading
+from cemsd.settings.qaqc import ValueChecks
 from cemsd.validity import Condition
 
 

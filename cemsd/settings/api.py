@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Self
 from pydantic import Field, model_validator
 
 from cemsd.errors import ConfigProblem
-from cemsd.settings_base import Host, SettingsModel
+from cemsd.settings.base import Host, SettingsModel
 
 if TYPE_CHECKING:
     from cemsd.config import Config

@@ -20,7 +20,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 
 from cemsd.config import Config
 from cemsd.plan import Plan
-from cemsd.qaqc.state import PlantState
+from cemsd.plantstate import PlantState
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.store.writer import Store

@@ -13,7 +13,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 
 from cemsd import standards
-from cemsd.settings_base import MAX_HOURS, MAX_SECONDS, SettingsModel
+from cemsd.settings.base import MAX_HOURS, MAX_SECONDS, SettingsModel
 
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 

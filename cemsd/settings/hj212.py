@@ -27,9 +27,9 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field
 
+from cemsd import standards_hj212 as p
 from cemsd.errors import ConfigProblem
-from cemsd.hj212 import protocol as p
-from cemsd.settings_base import Host, SettingsModel, item_key
+from cemsd.settings.base import Host, SettingsModel, item_key
 from cemsd.units import Role
 
 if TYPE_CHECKING:

@@ -1,0 +1,2 @@
+"""Settings models of the components, below cemsd.config: validating a configuration
+never imports a component's runtime code (docs/ARCHITECTURE.md, Layers)."""
