@@ -24,6 +24,10 @@ class ApiConfig(BaseModel):
     tls_keyfile: Path | None = None
     default_page_size: Annotated[int, Field(ge=1, le=100_000)] = 500
     max_page_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    # Heavy requests (reports, year pulls of hour columns) served at once; more get 503
+    # with Retry-After: each holds CPU and memory the daemon shares (decision 0111).
+    max_heavy_requests: Annotated[int, Field(ge=1, le=64)] = 2
+    max_report_days: Annotated[int, Field(ge=1, le=3660)] = 366  # span of one /v1/reports
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -8,14 +8,43 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import click
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse
 from sqlalchemy import true
 
+from cemsd.api.limits import BUSY_DESCRIPTION
 from cemsd.api.listing import ApiContext, context, table_listing
 from cemsd.api.settings import ApiConfig
 from cemsd.errors import CemsdError
+from cemsd.reduction.cli import FIRST_REPORT_DAY
 from cemsd.store import schema
+
+REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "A period that cannot be read, or outside the limits (longer than "
+                         "`max_report_days`, before 2000)"},
+    409: {"description": "The period cannot be reported (e.g. production missing for "
+                         "some days, named)"},
+    503: {"description": f"{BUSY_DESCRIPTION}; or the database is unavailable; or no "
+                         f"configuration to report with"},
+}
+
+
+def _span(config: Any, period: str | None, start: str | None, end: str | None,
+          max_days: int) -> tuple[float, float]:
+    """The report's [t0, t1) in epoch seconds, or a 400 naming the limit."""
+    from cemsd.reduction.cli import period_bounds, period_days
+
+    try:
+        first, after = period_days(period, start, end)
+    except click.ClickException as exc:
+        raise HTTPException(400, f"give period=YYYY-MM or from/to dates: "
+                                 f"{exc.format_message()}") from None
+    if (after - first).days > max_days:
+        raise HTTPException(400, f"{(after - first).days} days from {first} to {after}: at "
+                                 f"most {max_days} days per report (max_report_days); ask "
+                                 f"for a longer span in several reports")
+    return period_bounds(config, period, start, end)
 
 
 def routes(settings: ApiConfig) -> APIRouter:
@@ -24,7 +53,11 @@ def routes(settings: ApiConfig) -> APIRouter:
                   summary="Bypass and venting events (open ones have no end)",
                   channel_filter=lambda channels: true(), json_columns=("triggers",))
 
-    @router.get("/reports", summary="Emission reductions of a period (JSON, CSV or HTML)")
+    @router.get("/reports", summary="Emission reductions of a period (JSON, CSV or HTML)",
+                description=f"A month (`period`) or `from`/`to` dates, plant time, at most "
+                            f"`max_report_days` ({settings.max_report_days}) days, from "
+                            f"{FIRST_REPORT_DAY} on.",
+                responses=REPORT_RESPONSES)
     def report(request: Request, ctx: Annotated[ApiContext, Depends(context)],
                period: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
                start: Annotated[str | None, Query(alias="from",
@@ -32,17 +65,13 @@ def routes(settings: ApiConfig) -> APIRouter:
                end: Annotated[str | None, Query(alias="to",
                                                 pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
                format: Annotated[str, Query(pattern="^(json|csv|html)$")] = "json") -> Any:
-        from cemsd.reduction.cli import period_bounds
         from cemsd.reduction.html import to_html
         from cemsd.reduction.report import build_report, to_csv
 
         config = getattr(request.app.state, "config", None)
         if config is None:
             raise HTTPException(503, "reports need the daemon's configuration")
-        try:
-            t0, t1 = period_bounds(config, period, start, end)
-        except Exception as exc:  # click's parameter errors carry the reason
-            raise HTTPException(400, f"give period=YYYY-MM or from/to dates: {exc}") from None
+        t0, t1 = _span(config, period, start, end, settings.max_report_days)
         try:
             result = build_report(ctx.db, config, t0, t1, time.time())
         except CemsdError as exc:
