@@ -12,6 +12,7 @@ from sqlalchemy import select
 
 from cemsd import __version__
 from cemsd.api.auth import require_token
+from cemsd.api.heavy import HeavyWork
 from cemsd.api.limits import HeavyRequestLimit
 from cemsd.api.listing import ApiContext
 from cemsd.api.routes import ROUTES, status
@@ -47,7 +48,8 @@ def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo,
     page (None: `cemsd serve`)."""
     app = FastAPI(title="cemsd registry API", version=__version__, description=DESCRIPTION,
                   openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.api = ApiContext(db, tz, settings)
+    app.state.api = ApiContext(db, tz, settings,
+                               HeavyWork(db.url, settings.max_heavy_requests))
     app.state.config = config
     app.state.live = live
     app.add_exception_handler(StorageError, _database_unavailable)

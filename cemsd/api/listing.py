@@ -29,6 +29,7 @@ from pydantic import BaseModel, create_model
 from sqlalchemy import Column, Float, Integer, Table, and_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from cemsd.api.heavy import HeavyWork
 from cemsd.api.settings import ApiConfig
 from cemsd.chain import json_value, utc_text
 from cemsd.hourly import parse_time
@@ -48,6 +49,7 @@ class ApiContext:
     db: Database
     tz: ZoneInfo
     settings: ApiConfig
+    heavy: HeavyWork  # worker processes for reports and hour columns
 
 
 def context(request: Request) -> ApiContext:

@@ -1,5 +1,6 @@
-"""Serving the API with uvicorn: inside the daemon (ApiComponent) or standalone
-(`cemsd serve`, read-only). Sealing final hours is the daemon's own (cemsd/sealing.py).
+"""Serving the API with uvicorn: inside the daemon (ApiComponent, in a thread of its own
+with its own event loop, decision 0110) or standalone (`cemsd serve`, read-only). Sealing
+final hours is the daemon's own (cemsd/sealing.py).
 
 uvicorn runs on a socket bound here, so a port already in use is our error to report, and
 with its signal capture switched off: only the CLI handles signals (uvicorn would replace
@@ -92,6 +93,7 @@ async def serve(server: ApiServer, sock: socket.socket) -> None:
         await server.serve(sockets=[sock])
     finally:
         sock.close()
+        server.config.app.state.api.heavy.close()
 
 
 class ApiComponent:

@@ -26,6 +26,7 @@ from sqlalchemy import BigInteger, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from cemsd.api.heavy import HeavyWork
 from cemsd.api.limits import BUSY_DESCRIPTION
 from cemsd.api.listing import (
     LATEST,
@@ -127,7 +128,7 @@ def routes(settings: ApiConfig) -> APIRouter:
         _check_span(start, end, t0, t1)
         names = _channels_with_hours(ctx.db, t0, t1, channels)
         head = {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1}
-        return StreamingResponse(_stream(ctx.db, head, t0, t1, names),
+        return StreamingResponse(_stream(ctx.heavy, head, t0, t1, names),
                                  media_type="application/json")
 
     return router
@@ -176,17 +177,26 @@ def _channels_with_hours(db: Database, t0: float, t1: float, asked: tuple[str, .
     return sorted(row.channel for row in db.fetch(query))
 
 
-def _stream(db: Database, head: dict[str, Any], t0: float, t1: float, names: list[str]
+def _stream(heavy: HeavyWork, head: dict[str, Any], t0: float, t1: float, names: list[str]
             ) -> Iterator[bytes]:
-    """The answer one channel at a time (a worker thread runs it): memory holds one
-    channel's year, not every channel's, however many channels the plant has."""
+    """The answer one channel at a time, each computed in a worker process: memory holds
+    one channel's year, not every channel's, and the polling thread keeps the GIL."""
     yield pydantic_core.to_json(head)[:-1] + b',"channels":['
-    for i, name in enumerate(names):
-        # The arrays are built from typed columns in the model's shape: serialised as they
-        # are (see listing.respond); NaN is not a JSON number, it means "no value".
-        for item in _columns(db.fetch(_query(t0, t1, (name,)))):
-            yield (b"," if i else b"") + pydantic_core.to_json(item, inf_nan_mode="null")
+    separator = b""
+    for name in names:
+        body = heavy.run(channel_json, t0, t1, name)
+        if body:
+            yield separator + body
+            separator = b","
     yield b"]}"
+
+
+def channel_json(db: Database, t0: float, t1: float, name: str) -> bytes:
+    """In a worker process: one channel's object of arrays (empty without hours)."""
+    # The arrays are built from typed columns in the model's shape: serialised as they
+    # are (see listing.respond); NaN is not a JSON number, it means "no value".
+    return b"".join(pydantic_core.to_json(item, inf_nan_mode="null")
+                    for item in _columns(db.fetch(_query(t0, t1, (name,)))))
 
 
 def _columns(rows: list[Any]) -> list[dict[str, Any]]:

@@ -5,12 +5,14 @@ computes. A report is computed on request from the stored hours (the same functi
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Annotated, Any
 
 import click
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.encoders import jsonable_encoder
+from fastapi.responses import Response
 from sqlalchemy import true
 
 from cemsd.api.limits import BUSY_DESCRIPTION
@@ -19,6 +21,7 @@ from cemsd.api.settings import ApiConfig
 from cemsd.errors import CemsdError
 from cemsd.reduction.cli import FIRST_REPORT_DAY
 from cemsd.store import schema
+from cemsd.store.database import Database
 
 REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "A period that cannot be read, or outside the limits (longer than "
@@ -47,6 +50,22 @@ def _span(config: Any, period: str | None, start: str | None, end: str | None,
     return period_bounds(config, period, start, end)
 
 
+def report_body(db: Database, config: Any, t0: float, t1: float, now: float, fmt: str
+                ) -> tuple[bytes, str]:
+    """In a worker process (heavy.py): the report, rendered."""
+    from cemsd.reduction.html import to_html
+    from cemsd.reduction.report import build_report, to_csv
+
+    result = build_report(db, config, t0, t1, now)
+    if fmt == "html":
+        return to_html(result).encode(), "text/html; charset=utf-8"
+    if fmt == "csv":
+        return to_csv(result).encode(), "text/csv; charset=utf-8"
+    text = json.dumps(jsonable_encoder(result), ensure_ascii=False, allow_nan=False,
+                      separators=(",", ":"))
+    return text.encode(), "application/json"
+
+
 def routes(settings: ApiConfig) -> APIRouter:
     router = APIRouter()
     table_listing(router, "/bypass-events", schema.bypass_events, settings,
@@ -65,21 +84,14 @@ def routes(settings: ApiConfig) -> APIRouter:
                end: Annotated[str | None, Query(alias="to",
                                                 pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
                format: Annotated[str, Query(pattern="^(json|csv|html)$")] = "json") -> Any:
-        from cemsd.reduction.html import to_html
-        from cemsd.reduction.report import build_report, to_csv
-
         config = getattr(request.app.state, "config", None)
         if config is None:
             raise HTTPException(503, "reports need the daemon's configuration")
         t0, t1 = _span(config, period, start, end, settings.max_report_days)
         try:
-            result = build_report(ctx.db, config, t0, t1, time.time())
+            body, media_type = ctx.heavy.run(report_body, config, t0, t1, time.time(), format)
         except CemsdError as exc:
             raise HTTPException(409, str(exc)) from None
-        if format == "html":
-            return HTMLResponse(to_html(result))
-        if format == "csv":
-            return PlainTextResponse(to_csv(result), media_type="text/csv")
-        return result
+        return Response(body, media_type=media_type)
 
     return router
