@@ -301,6 +301,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120.0)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--devices", type=int, default=4)
+    parser.add_argument("--switch-interval", type=float, default=None,
+                        help="sys.setswitchinterval for the daemon's process (default 0.005)")
     parser.add_argument("--fill", help=argparse.SUPPRESS)
     parser.add_argument("--load", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -316,9 +318,11 @@ def main() -> None:
     from cemsd.logs import setup_logging
 
     setup_logging("WARNING")
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     print(machine_info())
     print(f"pid {os.getpid()}: {args.devices} devices polled every {POLL_SECONDS:g} s, "
-          f"{args.seconds:g} s per phase")
+          f"{args.seconds:g} s per phase, GIL switch interval {sys.getswitchinterval():g} s")
     with tempfile.TemporaryDirectory(prefix="bench-isolation-") as tmp:
         phases = measure(args, Path(tmp))
     report(phases, args)
