@@ -46,18 +46,21 @@ START = 1767196800.0  # 2026-01-01T00:00+08:00, plant time
 GOAL_SECONDS = 0.300
 
 
-def fill(db: Database, seed: int = 7) -> None:
-    """A year of hours per channel, about 5 % invalid and substituted, all sealed."""
+def fill(db: Database, seed: int = 7, start: float = START, names: list[str] | None = None
+         ) -> None:
+    """A year of hours from `start` per channel (`names`, default line<c>.n2o), about 5 %
+    invalid and substituted, all sealed."""
+    names = names or [f"line{c}.n2o" for c in range(CHANNELS)]
     rng = np.random.default_rng(seed)
     db.upgrade()
-    db.upsert_channels([{"name": f"line{c}.n2o", "device": f"line{c}", "key": "n2o",
-                         "unit": "ppm", "kind": "analog"} for c in range(CHANNELS)])
-    created = START + (HOURS + 2) * HOUR
-    for c in range(CHANNELS):
+    db.upsert_channels([{"name": name, "device": name.split(".")[0], "key": "n2o",
+                         "unit": "ppm", "kind": "analog"} for name in names])
+    created = start + (HOURS + 2) * HOUR
+    for name in names:
         values = 300.0 + rng.normal(0, 20, HOURS)
         invalid = rng.random(HOURS) < 0.05
         db.insert_aggregates(schema.hours, [
-            {"channel": f"line{c}.n2o", "ts": START + h * HOUR, "value": float(values[h]),
+            {"channel": name, "ts": start + h * HOUR, "value": float(values[h]),
              "minimum": float(values[h]) - 5, "maximum": float(values[h]) + 5,
              "n_valid": 30 if invalid[h] else 60, "n_expected": 60,
              "flag": "B" if invalid[h] else "N",
@@ -66,12 +69,12 @@ def fill(db: Database, seed: int = 7) -> None:
             for h in range(HOURS)])
         with db.transaction() as conn:
             conn.execute(insert(schema.substitutions), [
-                {"channel": f"line{c}.n2o", "ts": START + h * HOUR, "value": 300.0,
+                {"channel": name, "ts": start + h * HOUR, "value": 300.0,
                  "unit": "ppm", "flag": "S", "method": "hj75.missing.before_after_mean",
-                 "period_kind": "missing", "period_start": START + h * HOUR, "period_hours": 1,
+                 "period_kind": "missing", "period_start": start + h * HOUR, "period_hours": 1,
                  "capture_rate": 0.95, "source_hours": "[]", "created_at": created}
                 for h in np.flatnonzero(invalid).tolist()])
-    chain.seal_due(db, START + HOURS * HOUR, created)
+    chain.seal_due(db, start + HOURS * HOUR, created)
 
 
 def write_config(tmp: Path, port: int, max_page: int) -> Path:

@@ -12,6 +12,7 @@ line.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ HISTORY_HOURS = 24
 RECENT_BYPASS_EVENTS = 20
 CHART_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET})
 MAX_CHART_SERIES = 6
+SNAPSHOT_SECONDS = 5.0  # the longest the page waits for the daemon's loop
 _BYPASS_SHOWN = ("id", "unit", "started_at", "ended_at", "triggers", "gas_volume_nm3", "n2o_kg",
                  "n2o_estimated_kg", "method")
 
@@ -86,25 +88,31 @@ def read_overview(db: Database, series: list[str]) -> Overview:
 
 def summary_line(daemon: Daemon, overview: Overview | None) -> str:
     devices = [h for o in daemon.owners for h in o.health.values()]
-    up = sum(1 for h in devices if h.up)
-    parts = [f"{up}/{len(devices)} devices up"]
+    failing = daemon.store is not None and daemon.store.failing_since is not None
+    return summary_text(sum(1 for h in devices if h.up), len(devices), failing, overview,
+                        daemon.config.plant.tz, daemon.supervisor.report())
+
+
+def summary_text(up: int, devices: int, write_failing: bool, overview: Overview | None,
+                 tz: ZoneInfo, tasks: dict[str, dict[str, Any]]) -> str:
+    parts = [f"{up}/{devices} devices up"]
     if overview is not None:
         last = overview.last_valid_hour
-        hour = "none" if last is None else local_label(last, daemon.config.plant.tz)
+        hour = "none" if last is None else local_label(last, tz)
         parts += [f"last valid hour {hour}", f"outbox {overview.outbox_messages}"]
-    if daemon.store is not None and daemon.store.failing_since is not None:
+    if write_failing:
         parts.append("DATABASE WRITES FAILING")
-    failing = failing_tasks(daemon)
+    failing = failing_tasks(tasks)
     if failing:
         parts.append("TASKS FAILING: " + ", ".join(failing))
     return ", ".join(parts)
 
 
-def failing_tasks(daemon: Daemon) -> list[str]:
-    """Supervised tasks not running or in a crash loop, e.g. "bus:a (crash loop, 3 restarts:
-    ValueError: ...)"."""
+def failing_tasks(tasks: dict[str, dict[str, Any]]) -> list[str]:
+    """Supervised tasks (Supervisor.report()) not running or in a crash loop, e.g.
+    "bus:a (crash loop, 3 restarts: ValueError: ...)"."""
     out = []
-    for name, task in daemon.supervisor.report().items():
+    for name, task in tasks.items():
         if task["up"] and not task["crash_loop"]:
             continue
         state = "crash loop" if task["crash_loop"] else task["state"]
@@ -143,31 +151,86 @@ class StatusLine:
 # --- the status page --------------------------------------------------------------------------
 
 
-class LiveStatus:
-    """Collects the status page's data from a running daemon; attach() before it runs."""
+@dataclass(frozen=True)
+class Snapshot:
+    """The live parts of the page, copied on the daemon's loop in one go: plain data the
+    API's thread may read while the daemon runs on."""
 
-    def __init__(self, daemon: Daemon) -> None:
+    now: float
+    status: dict[str, Any]
+    series: list[str]  # every stored series
+    units: dict[str, str]  # of each series
+    derived: list[str]
+    chart: list[str]
+    plan: Any  # the compiled read plan (immutable)
+
+
+class LiveStatus:
+    """Collects the status page's data from a running daemon, from the API's own thread:
+    the live parts are copied by a callback on the daemon's loop (never read from another
+    thread), the stored parts are read in a worker thread on the API's connections."""
+
+    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop) -> None:
         self.daemon = daemon
+        self.loop = loop  # the daemon's
         self.tz: ZoneInfo = daemon.config.plant.tz
 
     async def collect(self, db: Database) -> dict[str, Any]:
-        """Everything the page shows: live parts now, on the loop; stored parts from `db`
-        in a worker thread."""
+        """Everything the page shows: live parts from the daemon's loop (bounded wait),
+        stored parts from `db` in a worker thread."""
+        snapshot = await self._snapshot()
+        stored = await asyncio.to_thread(read_stored, db, snapshot.now, self.tz,
+                                         snapshot.chart, snapshot.derived)
+        status = _merge(snapshot, stored, self.tz)
+        status["uplinks"] = await self._uplinks()
+        return status
+
+    async def _uplinks(self) -> list[dict[str, Any]]:
+        """Each HJ 212 platform's state, read on the daemon's loop (through its store)."""
+        try:
+            if self._on_daemon_loop():
+                states = await uplink_states(self.daemon)
+            else:
+                future = asyncio.run_coroutine_threadsafe(uplink_states(self.daemon), self.loop)
+                states = await asyncio.wait_for(asyncio.wrap_future(future), SNAPSHOT_SECONDS)
+        except (StorageError, RuntimeError, TimeoutError):  # closing: the page polls again
+            return []
+        return [u.labels(self.tz) for u in states]
+
+    async def _snapshot(self) -> Snapshot:
+        if self._on_daemon_loop():
+            return self.snapshot()
+        result: concurrent.futures.Future[Snapshot] = concurrent.futures.Future()
+
+        def copy() -> None:  # on the daemon's loop
+            try:
+                result.set_result(self.snapshot())
+            except BaseException as exc:
+                result.set_exception(exc)
+
+        try:
+            self.loop.call_soon_threadsafe(copy)
+            return await asyncio.wait_for(asyncio.wrap_future(result), SNAPSHOT_SECONDS)
+        except (TimeoutError, RuntimeError) as exc:  # RuntimeError: the loop is closed
+            raise StorageError("the daemon did not answer for its live state") from exc
+
+    def _on_daemon_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self.loop
+        except RuntimeError:
+            return False
+
+    def snapshot(self) -> Snapshot:
+        """On the daemon's loop."""
         daemon = self.daemon
         if daemon.closer is None or daemon.plant_state is None:
             raise StorageError("the daemon is starting")
         now = daemon.clock.now()
-        status = self._live(now)
-        series = list(daemon.closer.series)
-        derived = [s for s, meta in daemon.closer.series.items() if meta.derived]
-        stored = await asyncio.to_thread(read_stored, db, now, self.tz, chart_series(daemon),
-                                         derived)
-        _merge(status, stored, daemon, series, now)
-        try:
-            status["uplinks"] = [u.labels(self.tz) for u in await uplink_states(daemon)]
-        except (StorageError, RuntimeError):  # the store is closing; the page polls again
-            status["uplinks"] = []
-        return status
+        series = daemon.closer.series
+        return Snapshot(now=now, status=self._live(now), series=list(series),
+                        units={name: meta.unit for name, meta in series.items()},
+                        derived=[name for name, meta in series.items() if meta.derived],
+                        chart=chart_series(daemon), plan=daemon.plan)
 
     def _live(self, now: float) -> dict[str, Any]:
         daemon, tz = self.daemon, self.tz
@@ -320,15 +383,13 @@ def _fields(values: dict[str, Any], tz: ZoneInfo) -> dict[str, Any]:
     return shown
 
 
-def _merge(status: dict[str, Any], stored: Stored, daemon: Daemon, series: list[str],
-           now: float) -> None:
-    tz = daemon.config.plant.tz
+def _merge(snapshot: Snapshot, stored: Stored, tz: ZoneInfo) -> dict[str, Any]:
+    status, series, now = snapshot.status, snapshot.series, snapshot.now  # a fresh copy
     state = stored.state
     for name, row in stored.last_minutes.items():
-        meta = daemon.closer.series[name] if daemon.closer else None
         flag = Flag(row.flag)
         status["channels"].append({
-            "name": name, "device": None, "unit": meta.unit if meta else "", "role": None,
+            "name": name, "device": None, "unit": snapshot.units.get(name, ""), "role": None,
             "description": "derived, per minute", "derived": True, "value": row.value,
             "flag": flag.value, "meaning": flag.meaning, "reason": row.reason,
             "age_s": round(now - row.ts.timestamp(), 1)})
@@ -349,7 +410,7 @@ def _merge(status: dict[str, Any], stored: Stored, daemon: Daemon, series: list[
          "last": None if ch not in state.last_calibration
          else local_label(state.last_calibration[ch], tz),
          "due": None if ch not in due else local_label(due[ch][0], tz)}
-        for ch, kind in sorted(calibration_states(daemon.plan, state).items())]
+        for ch, kind in sorted(calibration_states(snapshot.plan, state).items())]
     start = stored.history_start
     status["history"] = {"hours": HISTORY_HOURS, "start": start,
                          "labels": [local_label(start + i * HOUR, tz)
@@ -360,5 +421,9 @@ def _merge(status: dict[str, Any], stored: Stored, daemon: Daemon, series: list[
     bypass["open"] = [r for r in stored.bypass_rows if r["open"]]
     bypass["recent"] = [r for r in stored.bypass_rows if not r["open"]]
     bypass["active"] = bool(bypass["open"]) if bypass["monitored"] or bypass["open"] else None
-    status["summary"] = summary_line(daemon, Overview(stored.last_valid_hour,
-                                                      state.outbox_messages))
+    devices = status["devices"]
+    status["summary"] = summary_text(
+        sum(1 for d in devices if d["state"] == "up"), len(devices),
+        status["database"]["write_failing"],
+        Overview(stored.last_valid_hour, state.outbox_messages), tz, status["tasks"])
+    return status

@@ -553,9 +553,87 @@ def test_far_times_are_clamped_not_refused(client: httpx.Client) -> None:
     assert _items(client, "/v1/hours", **{"from": "9999-12-31T23:59:59-12:00"}) == []
 
 
+# Report spans a registry (or a fuzzer) may ask for that the API must refuse with a 400
+# naming the limit: the first two were 500s (year 0 in production.days_of), the next
+# one cost 2.8 s of CPU.
+BAD_REPORT_SPANS = [
+    ({"period": "0001-01"}, "2000-01-01"),
+    ({"period": "0000-01"}, "2000-01-01"),
+    ({"period": "9999-12"}, "2200-01-01"),
+    ({"from": "0001-01-01", "to": "9999-12-31"}, "2000-01-01"),
+    ({"from": "2026-01-01", "to": "2027-01-03"}, "at most 366 days per report"),
+    ({"from": "2000-01-01", "to": "2199-12-31"}, "max_report_days"),
+    ({"from": "1999-12-31", "to": "2000-01-02"}, "2000-01-01"),
+    ({"from": "2026-06-02", "to": "2026-06-01"}, "after"),
+    ({"from": "2026-02-30", "to": "2026-03-01"}, "use dates"),
+    ({"period": "2026-13"}, "use a month"),
+    ({"from": "2026-06-01"}, "give period"),
+]
+
+
+@pytest.mark.parametrize(("params", "named"), BAD_REPORT_SPANS)
+def test_report_spans_outside_the_limits_get_a_400_naming_the_limit(
+        client: httpx.Client, params: dict[str, str], named: str) -> None:
+    response = client.get("/v1/reports", params=params)
+    assert response.status_code == 400, response.text
+    assert named in response.json()["detail"]
+
+
+def test_the_report_command_refuses_the_same_dates_without_a_traceback(plant: Plant) -> None:
+    result = CliRunner().invoke(main, ["report", "--config", str(plant.config.source),
+                                       "--period", "0001-01"])
+    assert result.exit_code == 2, result.output
+    assert "reports cover days from 2000-01-01" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_large_answers_are_streamed(plant: Plant, client: httpx.Client) -> None:
+    """Chunked, with no length known in advance: the server never built the whole answer."""
+    span = {"from": _local(0), "to": _local(HOURS_RUN)}
+    for path, params in (("/v1/hours/columns", span),
+                         ("/v1/hours", {"format": "csv", "limit": 200})):
+        with client.stream("GET", path, params=params) as response:
+            assert response.status_code == 200
+            assert response.headers.get("transfer-encoding") == "chunked", path
+            assert "content-length" not in response.headers
+            body = b"".join(response.iter_bytes())
+        assert body  # and whole: the columns are checked against the hours elsewhere
+    columns = client.get("/v1/hours/columns", params=span).json()
+    assert [c["channel"] for c in columns["channels"]] == plant.channels
+
+
+# Status codes FastAPI answers itself for a parameter its schema refuses.
+VALIDATION = "422"
+
+
+def _documented(document: dict[str, Any], path: str) -> set[str]:
+    return set(document["paths"][path]["get"]["responses"])
+
+
+def test_the_openapi_document_lists_every_status_code_of_each_operation(
+        client: httpx.Client) -> None:
+    document = client.get("/v1/openapi.json").json()
+    for path in document["paths"]:
+        codes = _documented(document, path)
+        if path == "/health":
+            assert codes >= {"200", "503"}
+            continue
+        assert codes >= {"200", "401", "403", "503"}, path  # token, revoked, database
+        parameters = document["paths"][path]["get"].get("parameters", [])
+        if parameters:
+            assert VALIDATION in codes, path
+        if any(p["name"] in ("from", "cursor", "period") for p in parameters):
+            assert "400" in codes, path
+    assert "409" in _documented(document, "/v1/reports")
+    for heavy in ("/v1/reports", "/v1/hours/columns"):
+        assert "Retry-After" in document["paths"][heavy]["get"]["responses"]["503"][
+            "description"]
+
+
 def test_fuzzing_from_the_openapi_document_finds_no_server_error(plant: Plant) -> None:
+    """Every query parameter of every operation, valid and broken: never a 5xx, and every
+    status a route really answers is one its operation documents."""
     import schemathesis
-    from hypothesis import HealthCheck, Phase, given, settings
     from schemathesis import GenerationMode
 
     schema = schemathesis.openapi.from_url(f"{plant.base_url}/v1/openapi.json",
@@ -567,18 +645,31 @@ def test_fuzzing_from_the_openapi_document_finds_no_server_error(plant: Plant) -
         # negative cases break a parameter's schema: only for operations that have some
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if operation.query else [])
         for mode in modes:
-            @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=20, deadline=None, database=None, phases=[Phase.generate],
-                      suppress_health_check=list(HealthCheck))
-            def call(case: Any) -> None:
-                response = case.call(base_url=plant.base_url, headers=plant.auth, timeout=30)
-                calls.append((case.path, response.status_code))
-                assert response.status_code < 500, (case.path, case.query, response.text)
-
-            call()
+            _fuzz(plant, operation, mode, calls)()
     assert len(calls) >= 10 * len(operations)
     assert any(status == 200 for _, status in calls)
     assert any(400 <= status < 500 for _, status in calls)
+    assert {"/v1/reports", "/v1/hours/columns"} <= {path for path, _ in calls}
+
+
+HEAVY_OPERATIONS = ("/v1/reports", "/v1/hours/columns")  # they compute more: more cases
+
+
+def _fuzz(plant: Plant, operation: Any, mode: Any, calls: list[tuple[str, int]]) -> Any:
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    documented = set(operation.definition.raw["responses"])
+
+    @given(case=operation.as_strategy(generation_mode=mode))
+    @settings(max_examples=60 if operation.path in HEAVY_OPERATIONS else 20, deadline=None,
+              database=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    def call(case: Any) -> None:
+        response = case.call(base_url=plant.base_url, headers=plant.auth, timeout=30)
+        calls.append((case.path, response.status_code))
+        assert response.status_code < 500, (case.path, case.query, response.text)
+        assert str(response.status_code) in documented, (case.path, case.query, response.text)
+
+    return call
 
 
 # --- tamper evidence on the real data -----------------------------------------------------------

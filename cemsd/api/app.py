@@ -12,6 +12,8 @@ from sqlalchemy import select
 
 from cemsd import __version__
 from cemsd.api.auth import require_token
+from cemsd.api.heavy import HeavyWork
+from cemsd.api.limits import HeavyRequestLimit
 from cemsd.api.listing import ApiContext
 from cemsd.api.routes import ROUTES, status
 from cemsd.errors import StorageError
@@ -25,6 +27,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 API_PREFIX = "/v1"
 OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
+HEAVY_PATHS = (f"{API_PREFIX}/reports", f"{API_PREFIX}/hours/columns")
+# What every route behind the token may answer besides its own codes.
+PROTECTED_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Missing or unknown token (`WWW-Authenticate: Bearer`)"},
+    403: {"description": "The token was revoked"},
+    503: {"description": "The database is unavailable"},
+}
 
 DESCRIPTION = """Validated CEMS data of one plant for the carbon registry: hourly values with
 flags, valid-minute counts and substitutions, minute values, QA/QC records, and the hash
@@ -39,12 +48,16 @@ def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo,
     page (None: `cemsd serve`)."""
     app = FastAPI(title="cemsd registry API", version=__version__, description=DESCRIPTION,
                   openapi_url=None, docs_url=None, redoc_url=None)
-    app.state.api = ApiContext(db, tz, settings)
+    app.state.api = ApiContext(db, tz, settings,
+                               HeavyWork(db.url, settings.max_heavy_requests))
     app.state.config = config
     app.state.live = live
     app.add_exception_handler(StorageError, _database_unavailable)
+    app.add_middleware(HeavyRequestLimit, paths=HEAVY_PATHS,  # type: ignore[arg-type]
+                       limit=settings.max_heavy_requests)
 
-    @app.get("/health", summary="Liveness and database reachability (no token)")
+    @app.get("/health", summary="Liveness and database reachability (no token)",
+             responses={503: {"description": "The database cannot be reached"}})
     def health(request: Request) -> JSONResponse:
         try:
             db.fetch(select(1))
@@ -52,7 +65,8 @@ def create_app(db: Database, settings: ApiConfig, tz: ZoneInfo,
             return JSONResponse({"status": "degraded", "database": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "database": "ok", "version": __version__})
 
-    protected = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)])
+    protected = APIRouter(prefix=API_PREFIX, dependencies=[Depends(require_token)],
+                          responses=PROTECTED_RESPONSES)
     for routes in ROUTES:
         protected.include_router(routes(settings))
 

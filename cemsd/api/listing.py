@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from inspect import isclass
 from typing import Annotated, Any, Generic, Literal, TypeVar, get_args
@@ -24,10 +24,12 @@ from zoneinfo import ZoneInfo
 
 import pydantic_core
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, create_model
 from sqlalchemy import Column, Float, Integer, Table, and_, or_, select
 from sqlalchemy.sql.elements import ColumnElement
 
+from cemsd.api.heavy import HeavyWork
 from cemsd.chain import json_value, utc_text
 from cemsd.hourly import parse_time
 from cemsd.periods import local_label
@@ -47,6 +49,7 @@ class ApiContext:
     db: Database
     tz: ZoneInfo
     settings: ApiConfig
+    heavy: HeavyWork  # worker processes for reports and hour columns
 
 
 def context(request: Request) -> ApiContext:
@@ -200,7 +203,8 @@ def respond(model: type[BaseModel], items: list[dict[str, Any]], next_cursor: st
         headers["X-Next-Cursor"] = next_cursor
         headers["Link"] = f'<{request.url.include_query_params(cursor=next_cursor)}>; rel="next"'
     if window.fmt == "csv":
-        return Response(to_csv(model, items), media_type=CSV_MEDIA_TYPE, headers=headers)
+        return StreamingResponse(csv_chunks(model, items), media_type=CSV_MEDIA_TYPE,
+                                 headers=headers)
     # The items are built from typed columns in the model's shape, so they are serialised
     # as they are: FastAPI's validation of a returned dict against the response model costs
     # more than everything else in a large page (docs/PERFORMANCE.md). The model still
@@ -216,14 +220,23 @@ CSV_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def to_csv(model: type[BaseModel], items: list[dict[str, Any]]) -> str:
+CSV_CHUNK_ROWS = 500
+
+
+def csv_chunks(model: type[BaseModel], items: list[dict[str, Any]]) -> Iterator[str]:
+    """The CSV text in chunks of rows, streamed: never the whole page as one string."""
     columns = _columns(model)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow("_".join(path) for path in columns)
-    for item in items:
-        writer.writerow(_csv_cell(_dig(item, path)) for path in columns)
-    return buffer.getvalue()
+    for start in range(0, len(items), CSV_CHUNK_ROWS):
+        for item in items[start:start + CSV_CHUNK_ROWS]:
+            writer.writerow(_csv_cell(_dig(item, path)) for path in columns)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():  # the header of an empty page
+        yield buffer.getvalue()
 
 
 def _columns(model: type[BaseModel]) -> list[tuple[str, ...]]:

@@ -1,5 +1,6 @@
-"""Serving the API with uvicorn: inside the daemon (ApiComponent) or standalone
-(`cemsd serve`, read-only). Sealing final hours is the daemon's own (cemsd/sealing.py).
+"""Serving the API with uvicorn: inside the daemon (ApiComponent, in a thread of its own
+with its own event loop, decision 0110) or standalone (`cemsd serve`, read-only). Sealing
+final hours is the daemon's own (cemsd/sealing.py).
 
 uvicorn runs on a socket bound here, so a port already in use is our error to report, and
 with its signal capture switched off: only the CLI handles signals (uvicorn would replace
@@ -12,9 +13,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import uvicorn
 
 from cemsd.errors import CemsdError
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 REBIND_SECONDS = 30.0  # wall time between attempts to listen after a failure
 STARTUP_SECONDS = 10.0
 STOP_SECONDS = 5.0
+# Threads that run the synchronous routes (database reads, reports): a bounded pool, so a
+# burst of requests queues instead of spawning threads that all contend for the GIL.
+WORKER_THREADS = 8
 
 
 class _PlainMessages(logging.Filter):
@@ -61,8 +67,9 @@ def build_server(config: Config, db: Database, settings: ApiConfig,
         tls = {"ssl_certfile": str(settings.tls_certfile),
                "ssl_keyfile": str(settings.tls_keyfile)}
     return ApiServer(uvicorn.Config(app, host=settings.host, port=settings.port,
-                                    log_config=None, access_log=settings.access_log, lifespan="off",
-                                    server_header=False, **tls))
+                                    log_config=None, access_log=settings.access_log,
+                                    lifespan="off", server_header=False,
+                                    timeout_graceful_shutdown=STOP_SECONDS / 2, **tls))
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -81,15 +88,20 @@ def listen(host: str, port: int) -> socket.socket:
 
 
 async def serve(server: ApiServer, sock: socket.socket) -> None:
+    anyio.to_thread.current_default_thread_limiter().total_tokens = WORKER_THREADS
     try:
         await server.serve(sockets=[sock])
     finally:
         sock.close()
+        server.config.app.state.api.heavy.close()
 
 
 class ApiComponent:
-    """The daemon's API. A port that cannot be bound is logged and retried; acquisition
-    goes on."""
+    """The daemon's API, served from a thread of its own with its own event loop: however
+    many requests arrive and however long they take, they never run on the loop that polls
+    the buses (decision 0110). What it needs from the running daemon (the status page) it
+    asks that loop for, as a snapshot (cemsd/status.py). A port that cannot be bound is
+    logged and retried; acquisition goes on."""
 
     name = "api"
 
@@ -97,41 +109,61 @@ class ApiComponent:
         assert config.api is not None
         self.config = config
         self.settings = config.api
-        self.daemon: Daemon | None = None
         self.db: Database | None = None
         self.server: ApiServer | None = None
         self.live: LiveStatus | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the API's own loop
+        self._stopping: asyncio.Event | None = None
 
     async def start(self, daemon: Daemon) -> None:
         from cemsd.status import LiveStatus
 
-        self.daemon = daemon
-        self.live = LiveStatus(daemon)  # the operator's status page (/status)
+        # the operator's status page (/status): snapshots taken on this, the daemon's loop
+        self.live = LiveStatus(daemon, asyncio.get_running_loop())
         # Its own connections: API reads never queue behind the daemon's writes.
         self.db = Database(self.config.storage.database_url)
-        self._tasks = [daemon.supervisor.spawn("api", self._serve_forever)]
+        running = threading.Event()
+        self._thread = threading.Thread(target=self._run_thread, args=(running,),
+                                        name="cemsd-api", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(running.wait, STARTUP_SECONDS)
         await self._wait_listening()
+
+    def _run_thread(self, running: threading.Event) -> None:
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
+            running.set()
+            await self._serve_forever(self._stopping)
+
+        try:
+            asyncio.run(main())
+        except Exception:  # never expected: say so, acquisition goes on without the API
+            log.exception("api thread ended")
+        finally:
+            running.set()
 
     async def _wait_listening(self) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STARTUP_SECONDS
         while not (self.server and self.server.started) and loop.time() < deadline:
-            if self._tasks[0].done():
+            if self._thread is None or not self._thread.is_alive():
                 return
             await asyncio.sleep(0.02)
 
-    async def _serve_forever(self) -> None:
+    async def _serve_forever(self, stopping: asyncio.Event) -> None:
+        """On the API's loop: listen, serve, and listen again after a failure."""
         assert self.db is not None
         failing = False
-        while True:
+        while not stopping.is_set():
             try:
                 sock = listen(self.settings.host, self.settings.port)
             except CemsdError as exc:
                 if not failing:
                     log.error("api not serving, retrying", extra={"error": str(exc)})
                 failing = True
-                await asyncio.sleep(REBIND_SECONDS)
+                await _wait(stopping, REBIND_SECONDS)
                 continue
             if failing:
                 log.info("api serving again")
@@ -144,20 +176,28 @@ class ApiComponent:
                 await serve(self.server, sock)
             except Exception:  # e.g. an unreadable certificate: keep acquiring, try again
                 log.exception("api server failed, retrying")
-                await asyncio.sleep(REBIND_SECONDS)
+                await _wait(stopping, REBIND_SECONDS)
             if self.server.should_exit:
                 return
 
     async def stop(self) -> None:
-        if not self._tasks:
+        thread = self._thread
+        if thread is None:
             return
-        [serving] = self._tasks
         if self.server is not None:
             self.server.should_exit = True  # uvicorn closes connections and returns
-        _, pending = await asyncio.wait([serving], timeout=STOP_SECONDS)
-        for task in pending:  # waiting to bind again
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await serving
+        loop, stopping = self._loop, self._stopping
+        if loop is not None and stopping is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stopping.set)
+        await asyncio.to_thread(thread.join, STOP_SECONDS)
+        if thread.is_alive():  # a request handler stuck in the database: leave it behind
+            log.error("api thread did not stop in time", extra={"seconds": STOP_SECONDS})
+            return
         assert self.db is not None
         self.db.close()
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)

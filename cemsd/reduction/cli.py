@@ -22,16 +22,21 @@ _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
 FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
 
 
-def period_bounds(config: Config, period: str | None, start: str | None, end: str | None
-                  ) -> tuple[float, float]:
-    """A month (2026-10) or from/to dates, as plant-local midnights."""
-    tz = config.plant.tz
+# Reports cover days in [FIRST_REPORT_DAY, REPORT_DAYS_END): nothing was stored before 2000,
+# and a date near the ends of the calendar (year 1, 9999) cannot be carried through plant
+# time.
+FIRST_REPORT_DAY = date(2000, 1, 1)
+REPORT_DAYS_END = date(2200, 1, 1)
+
+
+def period_days(period: str | None, start: str | None, end: str | None) -> tuple[date, date]:
+    """A month (2026-10) or from/to dates: the first day and the day after the last."""
     if period:
         match = _MONTH.match(period)
         if not match or not 1 <= int(match[2]) <= 12:
             raise click.BadParameter("use a month, e.g. 2026-10", param_hint="--period")
-        first = date(int(match[1]), int(match[2]), 1)
-        after = (first + timedelta(days=32)).replace(day=1)
+        first = date(max(int(match[1]), 1), int(match[2]), 1)
+        after = first if first >= REPORT_DAYS_END else (first + timedelta(days=32)).replace(day=1)
     elif start and end:
         try:
             first, after = date.fromisoformat(start), date.fromisoformat(end)
@@ -41,9 +46,17 @@ def period_bounds(config: Config, period: str | None, start: str | None, end: st
             raise click.BadParameter("--to must be after --from")
     else:
         raise click.UsageError("give --period YYYY-MM, or --from and --to dates")
-    if first < FIRST_DAY or after > LAST_DAY:  # time zones and date arithmetic end there
-        raise click.BadParameter(f"dates from {FIRST_DAY} to {LAST_DAY}",
-                                 param_hint="--period/--from/--to")
+    if first < FIRST_REPORT_DAY or after > REPORT_DAYS_END:
+        raise click.BadParameter(f"reports cover days from {FIRST_REPORT_DAY} to before "
+                                 f"{REPORT_DAYS_END}; {first} to {after} is outside")
+    return first, after
+
+
+def period_bounds(config: Config, period: str | None, start: str | None, end: str | None
+                  ) -> tuple[float, float]:
+    """A month (2026-10) or from/to dates, as plant-local midnights."""
+    first, after = period_days(period, start, end)
+    tz = config.plant.tz
     return (datetime.combine(first, clock_time(0), tz).timestamp(),
             datetime.combine(after, clock_time(0), tz).timestamp())
 

@@ -26,6 +26,10 @@ class ApiConfig(SettingsModel):
     # uvicorn's line per request: off by default (a status screen polling every few seconds
     # wrote ~17k journal lines a day); errors are logged either way
     access_log: bool = False
+    # Heavy requests (reports, year pulls of hour columns) served at once; more get 503
+    # with Retry-After: each holds CPU and memory the daemon shares (decision 0111).
+    max_heavy_requests: Annotated[int, Field(ge=1, le=64)] = 2
+    max_report_days: Annotated[int, Field(ge=1, le=3660)] = 366  # span of one /v1/reports
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:

@@ -4,24 +4,30 @@ for registry pulls: per channel, parallel arrays instead of one object per hour.
 /v1/hours pages through rows of 17 fields with two SHA-256 strings each; a year of 10
 channels is 46 MB of JSON and seconds of per-row Python on both ends (docs/PERFORMANCE.md).
 Here the hour start is epoch seconds computed by the database, each hour's link in the hash
-chain is its sequence number (the hashes are in /v1/chain/links), and the rows go from
-one query into the arrays and out through one serialisation, without per-row objects.
+chain is its sequence number (the hashes are in /v1/chain/links), and each channel's rows
+go from one query into the arrays and out through one serialisation, without per-row
+objects. The answer is streamed channel by channel, so a request holds one channel's year
+in memory, not the plant's (decision 0112).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
 # time.
 
+from collections.abc import Iterator
 from itertools import groupby
 from operator import itemgetter
 from typing import Annotated, Any
 
 import pydantic_core
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import BigInteger, select
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from cemsd.api.heavy import HeavyWork
+from cemsd.api.limits import BUSY_DESCRIPTION
 from cemsd.api.listing import (
     LATEST,
     ApiContext,
@@ -35,6 +41,7 @@ from cemsd.api.listing import (
 from cemsd.api.routes.periods import current_revision
 from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
+from cemsd.store.database import Database
 
 MAX_SPAN_DAYS = 366  # a leap year of all channels in one answer: about 9 MB for 10 channels
 DAY = 86400.0
@@ -112,17 +119,17 @@ def routes(settings: ApiConfig) -> APIRouter:
                 summary="A span of hours (up to a year) as arrays per channel",
                 description=DESCRIPTION,
                 responses={400: {"description": "A parameter that cannot be read (time, "
-                                                "channel), or a span over the limit"}})
+                                                "channel), or a span over the limit"},
+                           503: {"description": f"{BUSY_DESCRIPTION}; or the database is "
+                                                f"unavailable"}})
     def hour_columns(ctx: Annotated[ApiContext, Depends(context)], start: From = None,
                      end: To = None, channel: Channels = None) -> Any:
         t0, t1, channels = read_span(ctx, start, end, channel)
         _check_span(start, end, t0, t1)
-        answer = {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1,
-                  "channels": _columns(ctx.db.fetch(_query(t0, t1, channels)))}
-        # The arrays are built from typed columns in the model's shape: serialised as they
-        # are (see listing.respond); NaN is not a JSON number, it means "no value".
-        return Response(pydantic_core.to_json(answer, inf_nan_mode="null"),
-                        media_type="application/json")
+        names = _channels_with_hours(ctx.db, t0, t1, channels)
+        head = {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1}
+        return StreamingResponse(_stream(ctx.heavy, head, t0, t1, names),
+                                 media_type="application/json")
 
     return router
 
@@ -158,6 +165,38 @@ def _query(t0: float, t1: float, channels: tuple[str, ...]) -> Any:
     if channels:
         query = query.where(h.channel.in_(channels))
     return query
+
+
+def _channels_with_hours(db: Database, t0: float, t1: float, asked: tuple[str, ...]
+                         ) -> list[str]:
+    """The channels (of those asked, if any) with hours in the span, by name."""
+    h = schema.hours.c
+    query = select(h.channel).distinct().where(h.ts >= t0, h.ts < t1)
+    if asked:
+        query = query.where(h.channel.in_(asked))
+    return sorted(row.channel for row in db.fetch(query))
+
+
+def _stream(heavy: HeavyWork, head: dict[str, Any], t0: float, t1: float, names: list[str]
+            ) -> Iterator[bytes]:
+    """The answer one channel at a time, each computed in a worker process: memory holds
+    one channel's year, not every channel's, and the polling thread keeps the GIL."""
+    yield pydantic_core.to_json(head)[:-1] + b',"channels":['
+    separator = b""
+    for name in names:
+        body = heavy.run(channel_json, t0, t1, name)
+        if body:
+            yield separator + body
+            separator = b","
+    yield b"]}"
+
+
+def channel_json(db: Database, t0: float, t1: float, name: str) -> bytes:
+    """In a worker process: one channel's object of arrays (empty without hours)."""
+    # The arrays are built from typed columns in the model's shape: serialised as they
+    # are (see listing.respond); NaN is not a JSON number, it means "no value".
+    return b"".join(pydantic_core.to_json(item, inf_nan_mode="null")
+                    for item in _columns(db.fetch(_query(t0, t1, (name,)))))
 
 
 def _columns(rows: list[Any]) -> list[dict[str, Any]]:
