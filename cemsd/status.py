@@ -170,9 +170,9 @@ class LiveStatus:
     the live parts are copied by a callback on the daemon's loop (never read from another
     thread), the stored parts are read in a worker thread on the API's connections."""
 
-    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, daemon: Daemon, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.daemon = daemon
-        self.loop = loop  # the daemon's
+        self.loop = loop or asyncio.get_running_loop()  # the daemon's (made on it by default)
         self.tz: ZoneInfo = daemon.config.plant.tz
 
     async def collect(self, db: Database) -> dict[str, Any]:
