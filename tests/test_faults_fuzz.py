@@ -57,7 +57,11 @@ def test_any_16_bit_registers_decode_and_integers_round_trip(
                                    max_size=data_type.registers))
     value = decode(registers, data_type, order)
     if not data_type.is_float:
-        assert value == int(value) and encode(value, data_type, order) == registers
+        assert value == int(value)
+        # a reading is a double: a 64-bit integer beyond 2**53 is stored as its nearest
+        # double, so only integers a double holds exactly come back register for register
+        if abs(value) <= 2**53:
+            assert encode(value, data_type, order) == registers
     elif not math.isnan(value):
         assert encode(value, data_type, order) == registers
 
