@@ -352,8 +352,8 @@ def test_bad_run_arguments_are_usage_errors_and_create_nothing(
 
 
 @pytest.mark.parametrize(("arguments", "fragment"), [
-    (["report", "--period", "0001-01"], "dates from 1970-01-02 to 9998-12-31"),
-    (["report", "--from", "0001-01-01", "--to", "9999-12-31"], "dates from 1970-01-02"),
+    (["report", "--period", "0001-01"], "reports cover days from 2000-01-01 to before 2200-01-01"),
+    (["report", "--from", "0001-01-01", "--to", "9999-12-31"], "cover days from 2000-01-01"),
     (["serve", "--host", "gw..plant.local"], "not a valid host name"),
     (["serve", "--port", "0"], "'--port'"),
 ], ids=["report-year-1", "report-to-year-9999", "serve-host-not-idna", "serve-port-0"])

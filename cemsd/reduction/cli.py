@@ -19,7 +19,6 @@ from cemsd.errors import CemsdError
 from cemsd.periods import local_label
 
 _MONTH = re.compile(r"^(\d{4})-(\d{2})$")
-FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(9998, 12, 31)
 
 
 # Reports cover days in [FIRST_REPORT_DAY, REPORT_DAYS_END): nothing was stored before 2000,
