@@ -167,6 +167,7 @@ class MqttPublisher:
         self.acknowledged = 0  # messages the broker acknowledged in this run
         self.connections = 0
         self._stopping = False
+        self._head: dict[str, Any] | None = None  # the newest chain head this run published
         self._stop_deadline = float("inf")
         self._wakeup = asyncio.Event()
         self._stopped = asyncio.Event()
@@ -245,6 +246,7 @@ class MqttPublisher:
 
     async def on_event(self, kind: str, payload: dict[str, Any]) -> None:
         if kind == CHAIN_HEAD_EVENT:
+            self._head = payload
             await self._append([self.topics.chain_head_message(payload)])
             return
         await self._append([self.topics.event_message(kind, payload, self._now())])
@@ -330,6 +332,7 @@ class MqttPublisher:
         await client.publish(self.topics.status, self.topics.status_payload("online",
                              self._now()), qos=QOS, retain=True,
                              timeout=self.settings.publish_timeout)
+        await self._publish_head(client)
         self.connected = True
         lost = asyncio.create_task(_until_disconnected(client))
         drain = asyncio.create_task(self._drain(client))
@@ -340,6 +343,7 @@ class MqttPublisher:
                 task.cancel()
             await asyncio.gather(lost, drain, return_exceptions=True)
         if not drain.cancelled() and drain.exception() is None:  # stopping: say goodbye
+            await self._publish_head(client)
             await client.publish(self.topics.status, self.topics.status_payload(
                 "offline", self._now(), reason="stopped"), qos=QOS, retain=True,
                 timeout=min(self.settings.publish_timeout, GOODBYE_SECONDS))
@@ -347,6 +351,16 @@ class MqttPublisher:
         for task in (drain, lost):
             if not task.cancelled() and task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
+
+    async def _publish_head(self, client: aiomqtt.Client) -> None:
+        """The newest chain head, retained, straight after "online" and before "offline":
+        a newcomer sees it even while a backlog of periods (which carries it too, in order)
+        is still on its way."""
+        if self._head is None:
+            return
+        message = self.topics.chain_head_message(self._head)
+        await client.publish(message.topic, message.payload, qos=QOS, retain=True,
+                             timeout=min(self.settings.publish_timeout, GOODBYE_SECONDS))
 
     async def _drain(self, client: aiomqtt.Client) -> None:
         """Publish unsent rows in id order; return once stopping and empty (or late)."""
