@@ -194,7 +194,9 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     assert "CONNECTED" in city and backlog and int(backlog[1]) <= 1 and "never" not in city
     minutes = int(AFTER_SECOND_BYPASS // MINUTE)  # closed minutes since 00:00
     assert "DISCONNECTED" in province and "cannot connect to 127.0.0.1:" in province
-    assert f"backlog {minutes + 2} period(s), oldest 06-01 00:00" in province  # + 2 hours
+    # + 2 hours; the minute closing as the page polled may or may not be counted yet
+    backlog = re.search(r"backlog (\d+) period\(s\), oldest 06-01 00:00", province)
+    assert backlog and int(backlog[1]) in (minutes + 1, minutes + 2), province
     assert "last acknowledgement never" in province
     assert seen["updated"] == "updated 02:18"  # plant time, whatever the browser's zone
     # At 02:18 the dead analyzer has 0 valid minutes and 42 to come: its hour is lost. At

@@ -119,7 +119,8 @@ async def test_ready_watchdog_status_and_stopping_and_what_stops_the_watchdog(
         resumed = [r for r in caplog.records if r.getMessage().startswith("watchdog resumed")]
         assert len(withheld) == len(resumed) >= 2, [r.getMessage() for r in caplog.records]
         stalls = [r.stalls for r in withheld]
-        assert sum("database worker busy" in s for s in stalls) == 1, stalls
+        # the provoked writer stall; sealing on a loaded machine may add a real one of its own
+        assert sum("database worker busy" in s for s in stalls) >= 1, stalls
         assert sum("bus a without a poll cycle" in s for s in stalls) == 1, stalls
 
         service.request_stop("test over")
