@@ -45,9 +45,10 @@ class NotifyListener:
         with self._lock:
             return [t for t, f in self.messages if key in f and (value is None or f[key] == value)]
 
-    def values(self, key: str) -> list[str]:
+    def values(self, key: str, since: float = float("-inf")) -> list[str]:
+        """The values of `key` that arrived after monotonic time `since`."""
         with self._lock:
-            return [f[key] for _, f in self.messages if key in f]
+            return [f[key] for t, f in self.messages if key in f and t > since]
 
     def keys_in_order(self) -> list[str]:
         """The kinds of message in arrival order (READY, WATCHDOG, STOPPING, ...), repeats
