@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import distinct, func, or_, select
 
@@ -34,7 +35,7 @@ from cemsd import __version__
 from cemsd.errors import StorageError
 from cemsd.flags import Flag
 from cemsd.logs import Episode
-from cemsd.periods import HOUR, MINUTE, hour_floor
+from cemsd.periods import HOUR, MINUTE, hour_floor, local_label
 from cemsd.readings import Reading
 from cemsd.settings.metrics import MetricsConfig
 from cemsd.store import schema
@@ -247,6 +248,17 @@ def chain_state(daemon: Daemon) -> dict[str, int]:
         return {}
     return {"chain_refused": len(getattr(sealer, "refused", ())),
             "chain_head_seq": int(getattr(sealer, "head_seq", 0))}
+
+
+def chain_refusals(daemon: Daemon, tz: ZoneInfo, shown: int = 5) -> dict[str, Any]:
+    """The chain alarm for people: how many rows due for sealing are refused, the first few
+    named (table, channel, hour in plant time, why)."""
+    sealer = next((c for c in daemon.components if c.name == "sealing"), None)
+    refused = list(getattr(sealer, "refused", ()))
+    return {"refused": len(refused),
+            "first": [{"table": r.table, "channel": r.channel, "revision": r.revision,
+                       "ts": None if r.ts is None else local_label(r.ts.timestamp(), tz),
+                       "why": r.why} for r in refused[:shown]]}
 
 
 def mqtt_refused(daemon: Daemon) -> str | None:

@@ -28,6 +28,7 @@ from cemsd.flags import Flag
 from cemsd.metrics import (
     DatabaseState,
     calibration_states,
+    chain_refusals,
     mqtt_connected,
     mqtt_refused,
     open_minutes,
@@ -37,6 +38,7 @@ from cemsd.metrics import (
 from cemsd.periods import HOUR, MINUTE, hour_floor, local_label
 from cemsd.store import schema
 from cemsd.store.database import Database, as_epoch
+from cemsd.supervisor import failing_tasks
 from cemsd.units import Role
 
 if TYPE_CHECKING:
@@ -90,11 +92,12 @@ def summary_line(daemon: Daemon, overview: Overview | None) -> str:
     devices = [h for o in daemon.owners for h in o.health.values()]
     failing = daemon.store is not None and daemon.store.failing_since is not None
     return summary_text(sum(1 for h in devices if h.up), len(devices), failing, overview,
-                        daemon.config.plant.tz, daemon.supervisor.report())
+                        daemon.config.plant.tz, daemon.supervisor.report(),
+                        chain_refusals(daemon, daemon.config.plant.tz)["refused"])
 
 
 def summary_text(up: int, devices: int, write_failing: bool, overview: Overview | None,
-                 tz: ZoneInfo, tasks: dict[str, dict[str, Any]]) -> str:
+                 tz: ZoneInfo, tasks: dict[str, dict[str, Any]], chain_refused: int = 0) -> str:
     parts = [f"{up}/{devices} devices up"]
     if overview is not None:
         last = overview.last_valid_hour
@@ -105,19 +108,10 @@ def summary_text(up: int, devices: int, write_failing: bool, overview: Overview 
     failing = failing_tasks(tasks)
     if failing:
         parts.append("TASKS FAILING: " + ", ".join(failing))
+    if chain_refused:
+        parts.append(f"CHAIN: {chain_refused} record(s) refused for sealing")
     return ", ".join(parts)
 
-
-def failing_tasks(tasks: dict[str, dict[str, Any]]) -> list[str]:
-    """Supervised tasks (Supervisor.report()) not running or in a crash loop, e.g.
-    "bus:a (crash loop, 3 restarts: ValueError: ...)"."""
-    out = []
-    for name, task in tasks.items():
-        if task["up"] and not task["crash_loop"]:
-            continue
-        state = "crash loop" if task["crash_loop"] else task["state"]
-        out.append(f"{name} ({state}, {task['restarts']} restarts: {task['last_error']})")
-    return out
 
 
 class StatusLine:
@@ -261,6 +255,7 @@ class LiveStatus:
             "bypass": {"monitored": bypass_monitored(daemon)},
             "outputs": {"mqtt_connected": mqtt_connected(daemon),
                         "mqtt_refused": mqtt_refused(daemon)},
+            "chain": chain_refusals(daemon, tz),
             "tasks": daemon.supervisor.report(),
             "database": {"write_failing": daemon.store.failing_since is not None,
                          "error": daemon.store.last_error, "queued_readings": daemon.store.pending},
@@ -425,5 +420,6 @@ def _merge(snapshot: Snapshot, stored: Stored, tz: ZoneInfo) -> dict[str, Any]:
     status["summary"] = summary_text(
         sum(1 for d in devices if d["state"] == "up"), len(devices),
         status["database"]["write_failing"],
-        Overview(stored.last_valid_hour, state.outbox_messages), tz, status["tasks"])
+        Overview(stored.last_valid_hour, state.outbox_messages), tz, status["tasks"],
+        status["chain"]["refused"])
     return status

@@ -182,3 +182,15 @@ class Supervisor:
         finally:
             self._pausing.discard(task)
         return not self._stopping
+
+
+def failing_tasks(tasks: dict[str, dict[str, Any]]) -> list[str]:
+    """Supervised tasks (Supervisor.report()) not running or in a crash loop, e.g.
+    "bus:a (crash loop, 3 restarts: ValueError: ...)"."""
+    out = []
+    for name, task in tasks.items():
+        if task["up"] and not task["crash_loop"]:
+            continue
+        state = "crash loop" if task["crash_loop"] else task["state"]
+        out.append(f"{name} ({state}, {task['restarts']} restarts: {task['last_error']})")
+    return out

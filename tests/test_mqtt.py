@@ -438,6 +438,7 @@ async def test_refused_credentials_are_an_error_visible_in_status_and_metrics(
     """A wrong password is not an unreachable broker: logged at ERROR as a refusal, shown
     in the status and the metrics, and retried at refused_backoff, not every few seconds."""
     from cemsd.metrics import Metrics
+    from cemsd.qaqc.views import fault_lines
     from cemsd.status import LiveStatus
 
     broker = Mosquitto(tmp_path / "broker", extra=("allow_anonymous false",
@@ -471,4 +472,5 @@ async def test_refused_credentials_are_an_error_visible_in_status_and_metrics(
     assert not any(r.getMessage() == "mqtt broker unreachable" for r in caplog.records)
     assert snapshot.mqtt_refused and snapshot.mqtt_connected is False
     assert "authori" in status["outputs"]["mqtt_refused"].lower()
+    assert fault_lines(status)[0].startswith("MQTT broker REFUSES the credentials: ")
     assert "wrong-pw" not in caplog.text

@@ -159,6 +159,7 @@ async def test_status_page_shows_the_plant_as_the_daemon_sees_it(
     # Calibration state of the gas analyzers; the outbox; bypass events live and stored.
     assert seen["calibration"]["analyzer.n2o"] == "in control"
     assert "0 message(s) waiting" in seen["outputs"]
+    assert "hash chainevery due record sealed" in seen["outputs"]  # <dt> then <dd>
     # The bundle-signing key's fingerprint, as the API publishes it and the key file holds.
     key = signing.load_or_create(config.storage.state_dir).public_key()
     assert status["signing"]["fingerprint"] == signing.fingerprint(key)

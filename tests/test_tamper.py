@@ -32,9 +32,11 @@ from cemsd.chainhead import HEAD_FILE, UnknownDatabase, head_pin
 from cemsd.cli import main
 from cemsd.config import Config
 from cemsd.errors import StorageError
-from cemsd.metrics import chain_state
+from cemsd.metrics import chain_refusals, chain_state
 from cemsd.qaqc.corrections import invalidate_window
+from cemsd.qaqc.views import fault_lines
 from cemsd.reduction.production import import_days
+from cemsd.status import summary_line
 from cemsd.store import schema
 from cemsd.store.database import Database
 from helpers import (
@@ -398,6 +400,7 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
     scenario = write_scenario(tmp_path, cli_scenario(int(config.buses[0].port)))
     events: list[tuple[str, dict[str, Any]]] = []
     gauges: dict[str, int] = {}
+    shown: dict[str, Any] = {}
 
     async def run() -> None:
         start = scenario.epoch + 4.5 * HOUR
@@ -411,6 +414,9 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
             running.daemon.event_listeners.append(listen)
             await running.finished()
             gauges.update(chain_state(running.daemon))
+            shown["summary"] = summary_line(running.daemon, None)
+            shown["lines"] = fault_lines(
+                {"chain": chain_refusals(running.daemon, running.daemon.config.plant.tz)})
 
     with caplog.at_level(logging.ERROR, logger="cemsd.sealing"):
         asyncio.run(run())
@@ -420,6 +426,10 @@ def test_the_daemon_refuses_to_seal_a_forged_revision_and_raises_the_alarm(
     refused = [p for k, p in events if k == "chain.refused"]
     assert refused and refused[0]["records"] == 1
     assert gauges["chain_refused"] == 1  # cemsd_chain_refused_records
+    # where a person looks: systemd STATUS / the page's header, `cemsd status`
+    assert "CHAIN: 1 record(s) refused for sealing" in shown["summary"]
+    assert shown["lines"][0].startswith("hash chain: 1 record(s) refused for sealing")
+    assert "revision 7: revision above 0 without an audited correction" in shown["lines"][1]
     heads = [p for k, p in events if k == "chain.head"]
     assert heads and heads[-1]["seq"] > pristine.head["seq"]  # the rest is sealed on
     recorded = json.loads((copy.state / HEAD_FILE).read_text())

@@ -27,7 +27,7 @@ from cemsd.commissioning import serve_probe
 from cemsd.config import AbatementUnit, Config
 from cemsd.control import ControlServer, Reply
 from cemsd.errors import CemsdError
-from cemsd.metrics import mqtt_connected, mqtt_refused, uplink_states
+from cemsd.metrics import chain_refusals, mqtt_connected, mqtt_refused, uplink_states
 from cemsd.periods import local_label
 from cemsd.qaqc import maintenance
 from cemsd.qaqc.calibration import CalibrationRequest, Calibrator
@@ -143,6 +143,7 @@ class Qaqc:
             "uplinks": [u.labels(tz) for u in await uplink_states(self.daemon)],
             "outputs": {"mqtt_connected": mqtt_connected(self.daemon),
                         "mqtt_refused": mqtt_refused(self.daemon)},
+            "chain": chain_refusals(self.daemon, tz),
         }
 
     # --- schedule --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from cemsd.periods import local_label
+from cemsd.supervisor import failing_tasks
 
 CALIBRATION_HEADER = (f"{'id':<5} {'started (plant time)':<22}  {'channel':<24} {'kind':<4} "
                       f"{'mode':<9} {'drift % F.S.':>12}  {'pass/control ±%':<15} "
@@ -81,6 +82,23 @@ def status_lines(status: dict[str, Any]) -> list[str]:
     if uplinks:
         lines.append("HJ 212 uplinks:")
         lines += [f"  {u['platform']:<16} {uplink_text(u)}" for u in uplinks]
+    return lines + fault_lines(status)
+
+
+def fault_lines(status: dict[str, Any]) -> list[str]:
+    """What needs a person now and shows nowhere else: the broker refusing the credentials,
+    supervised tasks down or crash-looping, rows the hash chain refuses to seal."""
+    lines = []
+    refused = status.get("outputs", {}).get("mqtt_refused")
+    if refused:
+        lines.append(f"MQTT broker REFUSES the credentials: {refused}")
+    lines += [f"task {line}" for line in failing_tasks(status.get("tasks", {}))]
+    chain = status.get("chain", {})
+    if chain.get("refused"):
+        lines.append(f"hash chain: {chain['refused']} record(s) refused for sealing "
+                     "(run `cemsd verify`):")
+        lines += [f"  {r['table']} {r['channel']} {r['ts'] or '?'} revision {r['revision']}: "
+                  f"{r['why']}" for r in chain["first"]]
     return lines
 
 

@@ -290,14 +290,23 @@ function failingTasks(tasks) {
   return failing.length ? failing.join("; ") : "all running";
 }
 
+function chainText(chain) {
+  if (!chain || !chain.refused) return "every due record sealed";
+  const first = chain.first.map((r) => `${r.table} ${r.channel} ${r.ts ? shortTime(r.ts) : "?"}`
+    + ` rev ${r.revision}: ${r.why}`);
+  return `${chain.refused} RECORD(S) REFUSED FOR SEALING (run cemsd verify): ${first.join("; ")}`;
+}
+
 function renderOutputs(s) {
   const facts = [
     ["MQTT outbox", `${s.outputs.outbox_messages} message(s) waiting`],
-    ["MQTT broker", s.outputs.mqtt_connected === null ? "not configured"
+    ["MQTT broker", s.outputs.mqtt_refused ? `REFUSES THE CREDENTIALS: ${s.outputs.mqtt_refused}`
+      : s.outputs.mqtt_connected === null ? "not configured"
       : s.outputs.mqtt_connected ? "connected" : "not connected"],
     ["database writes", s.database.write_failing ? `FAILING: ${s.database.error}` : "ok"],
     ["readings queued", s.database.queued_readings],
     ["tasks", failingTasks(s.tasks || {})],
+    ["hash chain", chainText(s.chain)],
     ["bundle signing key", s.signing ? `${s.signing.algorithm} ${s.signing.fingerprint}` : "–"],
   ];
   replaceChildren($("outputs"), facts.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v)]));
