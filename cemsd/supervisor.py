@@ -90,6 +90,22 @@ class Supervisor:
         return asyncio.create_task(self._supervise(health, run, on_failure, stand_in),
                                    name=name)
 
+    def adopt(self, name: str) -> None:
+        """A task that runs outside this event loop (the API on its own thread) and restarts
+        itself: it reports its failures and recoveries here (on this loop), so it shows and
+        alarms like any other task."""
+        self.tasks[name] = TaskHealth(name, started=self.clock.now())
+
+    def failed_elsewhere(self, name: str, failure: BaseException, retry_in: float) -> None:
+        self._failed(self.tasks[name], failure, retry_in)
+
+    def running_again(self, name: str) -> None:
+        health = self.tasks[name]
+        if health.state in (RESTARTING, CRASH_LOOP):
+            health.restarts += 1
+            log.info("task restarted", extra={"task": name, "restarts": health.restarts})
+        health.state, health.started = RUNNING, self.clock.now()
+
     def stop(self) -> None:
         """The daemon is stopping: a task waiting for its restart is not restarted."""
         self._stopping = True
@@ -133,13 +149,16 @@ class Supervisor:
             health.restarts += 1
             log.info("task restarted", extra={"task": health.name, "restarts": health.restarts})
 
-    def _failed(self, health: TaskHealth, failure: BaseException) -> float:
-        """Record a failure, log it; the back-off before the restart."""
+    def _failed(self, health: TaskHealth, failure: BaseException,
+                delay: float | None = None) -> float:
+        """Record a failure, log it; the back-off before the restart (the policy's unless
+        the task keeps its own)."""
         now, policy, cause = self.clock.now(), self.policy, describe(failure)
         if now - health.started >= policy.maximum:
             health.streak = 0  # it ran well for a while: start the back-off again
         health.streak += 1
-        delay = min(policy.maximum, policy.initial * 2 ** (health.streak - 1))
+        if delay is None:
+            delay = min(policy.maximum, policy.initial * 2 ** (health.streak - 1))
         health.last_error, health.last_failure = cause, now
         health.failures.append(now)
         looping = health.crash_looping(now, policy)

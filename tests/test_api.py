@@ -798,9 +798,14 @@ def test_a_taken_port_leaves_acquisition_and_sealing_running(tmp_path: Path,
         raw["storage"]["finalise_after_hours"] = 0
         config = write_config(tmp_path, raw)
         scenario = write_scenario(tmp_path, _scenario(int(config.buses[0].port)))
-        with caplog.at_level("ERROR", logger="cemsd.api.server"):
-            asyncio.run(run_virtual(config, scenario, T0 + 2 * HOUR + 60))
-    assert any("api not serving" in r.getMessage() for r in caplog.records)
+        with caplog.at_level("ERROR", logger="cemsd.supervisor"):
+            daemon = asyncio.run(run_virtual(config, scenario, T0 + 2 * HOUR + 60))
+    # one of the supervisor's tasks: logged at ERROR with the cause, shown as restarting
+    failed = [r for r in caplog.records if r.getMessage() == "task failed, restarting"
+              and r.task == "api"]
+    assert failed and "cannot listen on 127.0.0.1:" in failed[0].error
+    api = daemon.supervisor.report()["api"]
+    assert not api["up"] and "cannot listen" in api["last_error"]
     db = Database(config.storage.database_url)
     hours = db.fetch(select(schema.hours.c.ts).distinct())
     links = db.fetch(select(schema.chain.c.ts).distinct())

@@ -172,3 +172,30 @@ def test_a_failing_stand_in_does_not_shorten_the_backoff(
     assert failures == ["ValueError: poll failed"] * 2
     assert [r.error for r in caplog.records if r.getMessage() == "stand-in failed"] == [
         "RuntimeError: the sink fails too"] * 2
+
+
+def test_a_task_on_a_thread_of_its_own_reports_its_failures_and_recovery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The API's thread restarts its own server; adopted, it shows like any other task:
+    each failure at ERROR with the cause and its own retry time, a crash loop, the restart."""
+    caplog.set_level(logging.INFO, logger="cemsd.supervisor")
+    clock = VirtualClock(T0)
+    supervisor = Supervisor(clock, POLICY)
+    supervisor.adopt("api")
+    assert supervisor.report()["api"]["up"]
+    seen = []
+    for _ in range(3):
+        supervisor.failed_elsewhere("api", OSError(98, "Address already in use"), 30.0)
+        seen.append(supervisor.report()["api"])
+    supervisor.running_again("api")
+    after = supervisor.report()["api"]
+    assert [s["state"] for s in seen] == ["restarting", "restarting", "crash_loop"]
+    cause = "OSError: [Errno 98] Address already in use"
+    assert not seen[0]["up"] and seen[0]["last_error"] == cause
+    assert after == {"state": "running", "up": True, "restarts": 1, "crash_loop": True,
+                     "last_error": cause}
+    failed = [r for r in caplog.records if r.getMessage() == "task failed, restarting"]
+    assert [(r.task, r.restart_in_s, r.levelno) for r in failed] == \
+        [("api", 30.0, logging.ERROR)] * 3
+    assert [r.getMessage() for r in caplog.records].count("task restarted") == 1

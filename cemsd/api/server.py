@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import anyio.to_thread
@@ -115,12 +116,19 @@ class ApiComponent:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the API's own loop
         self._stopping: asyncio.Event | None = None
+        self._tell_supervisor: Callable[..., Any] = lambda *_: None
 
     async def start(self, daemon: Daemon) -> None:
         from cemsd.status import LiveStatus
 
         # the operator's status page (/status): snapshots taken on this, the daemon's loop
-        self.live = LiveStatus(daemon, asyncio.get_running_loop())
+        daemon_loop = asyncio.get_running_loop()
+        self.live = LiveStatus(daemon, daemon_loop)
+        # a task of the supervisor's like the others (status, metrics, crash loops); the
+        # thread reports to it on the daemon's loop, never waiting for that loop
+        daemon.supervisor.adopt(self.name)
+        self._tell_supervisor = lambda method, *args: daemon_loop.call_soon_threadsafe(
+            getattr(daemon.supervisor, method), self.name, *args)
         # Its own connections: API reads never queue behind the daemon's writes.
         self.db = Database(self.config.storage.database_url)
         running = threading.Event()
@@ -139,8 +147,8 @@ class ApiComponent:
 
         try:
             asyncio.run(main())
-        except Exception:  # never expected: say so, acquisition goes on without the API
-            log.exception("api thread ended")
+        except Exception as exc:  # never expected: say so, acquisition goes on without it
+            self._tell_supervisor("failed_elsewhere", exc, math.inf)
         finally:
             running.set()
 
@@ -159,14 +167,13 @@ class ApiComponent:
         while not stopping.is_set():
             try:
                 sock = listen(self.settings.host, self.settings.port)
-            except CemsdError as exc:
-                if not failing:
-                    log.error("api not serving, retrying", extra={"error": str(exc)})
+            except CemsdError as exc:  # the supervisor logs it at ERROR and shows it
+                self._tell_supervisor("failed_elsewhere", exc, REBIND_SECONDS)
                 failing = True
                 await _wait(stopping, REBIND_SECONDS)
                 continue
             if failing:
-                log.info("api serving again")
+                self._tell_supervisor("running_again")
             failing = False
             self.server = build_server(self.config, self.db, self.settings, self.live)
             log.info("api listening", extra={"host": self.settings.host,
@@ -174,8 +181,9 @@ class ApiComponent:
                                               "tls": self.settings.tls})
             try:
                 await serve(self.server, sock)
-            except Exception:  # e.g. an unreadable certificate: keep acquiring, try again
-                log.exception("api server failed, retrying")
+            except Exception as exc:  # e.g. an unreadable certificate: acquiring goes on
+                self._tell_supervisor("failed_elsewhere", exc, REBIND_SECONDS)
+                failing = True
                 await _wait(stopping, REBIND_SECONDS)
             if self.server.should_exit:
                 return
