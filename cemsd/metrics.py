@@ -86,7 +86,7 @@ class Snapshot:
     sealing_failing: bool = False
     uplinks: list[Any] = field(default_factory=list)  # hj212.uplink.UplinkState per platform
     now: float = 0.0
-    mqtt_refused: bool = False  # the broker refuses the credentials
+    mqtt_refused: bool | None = None  # the broker refuses the credentials (None: no MQTT)
 
 
 @dataclass
@@ -166,8 +166,9 @@ class Metrics:
             mqtt_connected=mqtt_connected(daemon),
             tasks=daemon.supervisor.report(),
             **chain_state(daemon),
-            mqtt_refused=mqtt_refused(daemon) is not None,
         )
+        if snap.mqtt_connected is not None:  # only with an MQTT output
+            snap.mqtt_refused = mqtt_refused(daemon) is not None
         hour_start = hour_floor(now, tz)
         snap.now = now
         snap.sealing_failing = any(getattr(c, "failing", False) for c in daemon.components
@@ -314,20 +315,8 @@ class _StateCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         snap = self.metrics.snapshot()
-        yield _labelled("cemsd_device_up", "1 if the device's last poll gave usable values",
-                        "device", {k: float(v) for k, v in snap.devices_up.items()})
-        yield _labelled("cemsd_last_reading_age_seconds",
-                        "Daemon time since the channel's last reading with a value",
-                        "channel", snap.reading_age)
-        yield _labelled("cemsd_current_hour_valid_minute_periods",
-                        "Valid minutes stored so far in the current plant-local hour",
-                        "channel", {k: float(v) for k, v in snap.valid_minutes.items()})
-        yield GaugeMetricFamily("cemsd_current_hour_open_minute_periods",
-                                "Minutes of the current plant-local hour not closed yet",
-                                value=float(snap.open_minutes))
-        yield _labelled("cemsd_calibration_age_seconds",
-                        "Daemon time since the channel's last completed calibration",
-                        "channel", snap.calibration_age)
+        for name, documentation, label, attribute in _LABELLED_GAUGES:
+            yield _labelled(name, documentation, label, getattr(snap, attribute))
         states = GaugeMetricFamily("cemsd_calibration_state",
                                    "1 for the channel's current calibration state",
                                    labels=["channel", "state"])
@@ -335,38 +324,49 @@ class _StateCollector:
             for state in CALIBRATION_STATES:
                 states.add_metric([channel, state], float(state == current))
         yield states
-        yield GaugeMetricFamily("cemsd_bypass_active", "1 while the bypass is open",
-                                value=float(snap.bypass_active))
-        if snap.outbox_messages is not None:
-            yield GaugeMetricFamily("cemsd_outbox_messages",
-                                    "MQTT messages stored and not yet acknowledged by the broker",
-                                    value=float(snap.outbox_messages))
-        yield GaugeMetricFamily("cemsd_database_write_failing",
-                                "1 while writes to the database fail",
-                                value=float(snap.database_write_failing))
-        yield GaugeMetricFamily("cemsd_readings_queued",
-                                "Readings polled and not yet written to the database",
-                                value=float(snap.readings_queued))
+        for name, documentation, attribute in _GAUGES:
+            value = getattr(snap, attribute)
+            if value is not None:  # not configured, or the database did not answer
+                yield GaugeMetricFamily(name, documentation, value=float(value))
         yield CounterMetricFamily("cemsd_readings_dropped",
                                   "Readings dropped because the queue was full while the "
                                   "database refused writes", value=float(snap.readings_dropped))
         yield from _task_metrics(snap.tasks)
-        yield GaugeMetricFamily("cemsd_chain_refused_records",
-                                "Records due for sealing that cemsd refuses to seal (a "
-                                "revision without an audited correction): an alarm",
-                                value=float(snap.chain_refused))
-        yield GaugeMetricFamily("cemsd_chain_head_seq", "Sequence number of the chain head",
-                                value=float(snap.chain_head_seq))
-        if snap.mqtt_connected is not None:
-            yield GaugeMetricFamily("cemsd_mqtt_connected", "1 while connected to the broker",
-                                    value=float(snap.mqtt_connected))
-            yield GaugeMetricFamily("cemsd_mqtt_credentials_refused",
-                                    "1 while the broker refuses the username or password",
-                                    value=float(snap.mqtt_refused))
-        yield GaugeMetricFamily("cemsd_sealing_failing",
-                                "1 while sealing hours into the hash chain fails",
-                                value=float(snap.sealing_failing))
         yield from _uplink_metrics(snap)
+
+
+# Per-label gauges of a Snapshot: (metric, help, label, Snapshot attribute holding a dict).
+_LABELLED_GAUGES = (
+    ("cemsd_device_up", "1 if the device's last poll gave usable values", "device",
+     "devices_up"),
+    ("cemsd_last_reading_age_seconds", "Daemon time since the channel's last reading with a "
+     "value", "channel", "reading_age"),
+    ("cemsd_current_hour_valid_minute_periods", "Valid minutes stored so far in the current "
+     "plant-local hour", "channel", "valid_minutes"),
+    ("cemsd_calibration_age_seconds", "Daemon time since the channel's last completed "
+     "calibration", "channel", "calibration_age"),
+)
+
+# Plain gauges of a Snapshot: (metric, help, Snapshot attribute); None leaves it out.
+_GAUGES = (
+    ("cemsd_current_hour_open_minute_periods", "Minutes of the current plant-local hour not "
+     "closed yet", "open_minutes"),
+    ("cemsd_bypass_active", "1 while the bypass is open", "bypass_active"),
+    ("cemsd_outbox_messages", "MQTT messages stored and not yet acknowledged by the broker",
+     "outbox_messages"),
+    ("cemsd_database_write_failing", "1 while writes to the database fail",
+     "database_write_failing"),
+    ("cemsd_readings_queued", "Readings polled and not yet written to the database",
+     "readings_queued"),
+    ("cemsd_chain_refused_records", "Records due for sealing that cemsd refuses to seal (a "
+     "revision without an audited correction): an alarm", "chain_refused"),
+    ("cemsd_chain_head_seq", "Sequence number of the chain head", "chain_head_seq"),
+    ("cemsd_mqtt_connected", "1 while connected to the broker", "mqtt_connected"),
+    ("cemsd_mqtt_credentials_refused", "1 while the broker refuses the username or password",
+     "mqtt_refused"),
+    ("cemsd_sealing_failing", "1 while sealing hours into the hash chain fails",
+     "sealing_failing"),
+)
 
 
 def _uplink_metrics(snap: Snapshot) -> Iterator[Metric]:
@@ -406,13 +406,14 @@ def _task_metrics(tasks: dict[str, dict[str, Any]]) -> Iterator[Metric]:
                     {name: float(t["crash_loop"]) for name, t in tasks.items()})
 
 
-def _labelled(name: str, documentation: str, label: str, values: dict[str, float]) -> Metric:
+def _labelled(name: str, documentation: str, label: str,
+              values: dict[str, float] | dict[str, bool] | dict[str, int]) -> Metric:
     from prometheus_client.core import GaugeMetricFamily
 
     family = GaugeMetricFamily(name, documentation, labels=[label])
     for key, value in sorted(values.items()):
         if not math.isnan(value):
-            family.add_metric([key], value)
+            family.add_metric([key], float(value))
     return family
 
 
