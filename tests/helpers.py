@@ -331,3 +331,32 @@ def reduction_plant(tmp: Path, reduction: dict[str, Any] | None = None,
     db = Database(config.storage.database_url)
     db.upgrade()
     return config, db
+
+
+def calibration_plant(tmp: Path, start: str, calibration: dict[str, Any],
+                      events: list[dict[str, Any]] | None = None,
+                      **sections: Any) -> tuple[Config, Scenario]:
+    """One 0-5000 ppm N2O analyzer (2000 ppm, noise 2) behind remote zero/span valves (zero
+    gas 0, span gas 4000 ppm), polled every 5 s; `calibration` is the channel's
+    [calibration] table, `sections` more of the config (plant, qaqc)."""
+    port = free_port()
+    scenario = write_scenario(tmp, {
+        "start": start,
+        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
+        "devices": [{"name": "analyzer", "bus": "bus", "device_id": 1,
+                     "profile": "n2o-analyzer-ppm",
+                     "signals": {"n2o": {"base": 2000.0, "noise": 2.0}},
+                     "calibration": {"channel": "n2o", "zero_gas": 0.0, "span_gas": 4000.0}}],
+        "events": events or [],
+    })
+    config = write_config(tmp, {
+        "plant": {"id": "cal"},
+        "points": {"outlet": {}},
+        **sections,
+        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
+                   "timeout": 0.2, "retries": 0}],
+        "devices": [{"name": "analyzer", "bus": "bus", "device_id": 1,
+                     "profile": "n2o-analyzer-ppm", "poll_interval": 5.0,
+                     "channels": {"n2o": {"calibration": calibration}}}],
+    })
+    return config, scenario

@@ -17,7 +17,7 @@ import pytest
 from cemsd.control import request_async
 from cemsd.records import audit_entries, calibrations, control_periods
 from cemsd.store import schema
-from helpers import RunningDaemon, database, free_port, write_config, write_scenario
+from helpers import RunningDaemon, calibration_plant, database
 
 START = "2026-06-01T00:00:00+08:00"
 FULL_SCALE = 5000.0
@@ -25,29 +25,9 @@ FULL_SCALE = 5000.0
 
 def _files(tmp: Path, events: list[dict], calibration: dict[str, Any] | None = None,
            qaqc: dict[str, Any] | None = None) -> tuple:
-    port = free_port()
-    scenario = write_scenario(tmp, {
-        "start": START,
-        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
-        "devices": [{"name": "analyzer", "bus": "bus", "device_id": 1,
-                     "profile": "n2o-analyzer-ppm",
-                     "signals": {"n2o": {"base": 2000.0, "noise": 2.0}},
-                     "calibration": {"channel": "n2o", "zero_gas": 0.0, "span_gas": 4000.0}}],
-        "events": events,
-    })
     settings = {"stabilisation_s": 120, "purge_s": 60, "readings": 6, "span_reference": 4000.0,
                 "adjust_automatically": True, **(calibration or {})}
-    config = write_config(tmp, {
-        "plant": {"id": "cal"},
-        "points": {"outlet": {}},
-        **({"qaqc": qaqc} if qaqc else {}),
-        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
-                   "timeout": 0.2, "retries": 0}],
-        "devices": [{"name": "analyzer", "bus": "bus", "device_id": 1,
-                     "profile": "n2o-analyzer-ppm", "poll_interval": 5.0,
-                     "channels": {"n2o": {"calibration": settings}}}],
-    })
-    return config, scenario
+    return calibration_plant(tmp, START, settings, events, **({"qaqc": qaqc} if qaqc else {}))
 
 
 def _run(config, scenario, hours: float, checks: list[tuple[float, dict]]) -> dict:

@@ -19,39 +19,21 @@ from click.testing import CliRunner
 from cemsd.cli import main
 from cemsd.control import request_async
 from cemsd.records import audit_entries, maintenance_windows
-from helpers import RunningDaemon, database, free_port, write_config, write_scenario
+from helpers import RunningDaemon, calibration_plant, database
 
 START = "2026-06-01T08:00:00+08:00"
 
 
 def _plant(tmp: Path, offset_ppm: float = 0.0) -> tuple[Any, Any]:
-    """One analyzer (0-5000 ppm) behind remote zero/span valves, stabilisation 60 s,
-    6 readings 5 s apart, purge 30 s; maintenance windows warn 15 minutes before."""
-    port = free_port()
+    """Stabilisation 60 s, 6 readings 5 s apart, purge 30 s; maintenance windows warn 15
+    minutes before."""
     events = [{"device": "analyzer", "kind": "offset", "channel": "n2o", "value": offset_ppm,
                "start": 0}] if offset_ppm else []
-    scenario = write_scenario(tmp, {
-        "start": START,
-        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
-        "devices": [{"name": "analyzer", "bus": "bus", "device_id": 1,
-                     "profile": "n2o-analyzer-ppm",
-                     "signals": {"n2o": {"base": 2000.0, "noise": 2.0}},
-                     "calibration": {"channel": "n2o", "zero_gas": 0.0, "span_gas": 4000.0}}],
-        "events": events,
-    })
-    config = write_config(tmp, {
-        "plant": {"id": "tech", "timezone": "Asia/Shanghai"},
-        "points": {"outlet": {}},
-        "qaqc": {"maintenance_hours": 2.0, "maintenance_warn_minutes": 15.0},
-        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
-                   "timeout": 0.2, "retries": 0}],
-        "devices": [{"name": "analyzer", "bus": "bus", "device_id": 1,
-                     "profile": "n2o-analyzer-ppm", "poll_interval": 5.0,
-                     "channels": {"n2o": {"calibration": {
-                         "stabilisation_s": 60, "purge_s": 30, "readings": 6,
-                         "span_reference": 4000.0}}}}],
-    })
-    return config, scenario
+    return calibration_plant(
+        tmp, START, {"stabilisation_s": 60, "purge_s": 30, "readings": 6,
+                     "span_reference": 4000.0}, events,
+        plant={"id": "tech", "timezone": "Asia/Shanghai"},
+        qaqc={"maintenance_hours": 2.0, "maintenance_warn_minutes": 15.0})
 
 
 class SimTimeLog(logging.Handler):
