@@ -17,10 +17,10 @@ When several conditions hold, flags.PRECEDENCE decides which one the reading car
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from cemsd.config import Channel
+from cemsd.config import Channel, Point
 from cemsd.flags import CODE, Flag
 from cemsd.plan import ChannelPlan, DevicePlan
 from cemsd.readings import Reading
@@ -38,11 +38,12 @@ def over_range(reading: Reading, channel: ChannelPlan) -> Condition | None:
     return Flag.T, f"over range: {reading.value:g} > {span[1]:g} {channel.unit}"
 
 
-def default_checks() -> tuple[ValueCheck, ...]:
-    """Over range (T) and plausibility (D); a fresh set per user, as plausibility has state."""
+def default_checks(points: Mapping[str, Point] | None = None) -> tuple[ValueCheck, ...]:
+    """Over range (T) and plausibility (D); a fresh set per user, as plausibility has state.
+    `points` (the configuration's) lets plausibility compare flows with velocity x area."""
     from cemsd.plausibility import PlausibilityChecks
 
-    return over_range, PlausibilityChecks()
+    return over_range, PlausibilityChecks(points)
 
 
 def status_conditions(spec: Channel, word: int) -> list[Condition]:
