@@ -4,19 +4,14 @@ each cites its published source, and the shipped scenario serves it so that `cem
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cemsd.cli import main
 from drivers.registry import BUILTIN_DIR, load_profile
-from helpers import free_port, listening, wait_for, write_toml
+from helpers import cli, free_port, listening, simulator_process, write_toml
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 VENDOR = {"teledyne-t300": "stack-analyzer", "suto-s430": "stack-flow"}  # profile -> device
@@ -32,21 +27,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for bus in scenario["buses"] + config["buses"]:
         bus["port"] = port
     config["storage"]["state_dir"] = str(tmp / "state")
-    scenario_file = write_toml(tmp / "scenario.toml", scenario)
-    sim = subprocess.Popen([sys.executable, "-m", "cemsd", "sim", "--scenario",
-                            str(scenario_file), "--start-now"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: listening(port), timeout=30)
+    with simulator_process(write_toml(tmp / "scenario.toml", scenario),
+                           lambda: listening(port)):
         yield write_toml(tmp / "cemsd.toml", config)
-    finally:
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(timeout=30)
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def test_every_vendor_profile_cites_its_source_and_is_served_by_the_scenario() -> None:
