@@ -165,7 +165,7 @@ async def poll_once(config: Config) -> list[tuple[DevicePlan, list[Reading], str
 
     results = []
     plan = compile_plan(config)
-    checks = default_checks(config.points)
+    checks = default_checks(config)
     validators = {d.name: DeviceValidator(d, checks) for d in plan.devices}
     for bus in plan.buses:
         collected: list[Reading] = []

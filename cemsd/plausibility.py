@@ -174,13 +174,15 @@ class _State:
 class PlausibilityChecks:
     """A value check for validity (one instance per daemon: it remembers each channel).
 
-    `points` (the configuration's) gives the duct areas for the flow cross-check; without
-    them, or without an area, flows are not compared."""
+    `points` (the configuration's) gives the duct areas for the flow cross-check and
+    `device_points` the point of a device's channels that have no role (a meter's own volume
+    flow); without an area, flows are not compared."""
 
-    def __init__(self, points: Mapping[str, Point] | None = None) -> None:
+    def __init__(self, points: Mapping[str, Point] | None = None,
+                 device_points: Mapping[str, str | None] | None = None) -> None:
         self._limits: dict[str, Limits | None] = {}
         self._state: dict[str, _State] = {}
-        self._flows = FlowAgreement(points or {})
+        self._flows = FlowAgreement(points or {}, device_points or {})
         self._decodings: dict[tuple[str, str, str], _Failure] = {}
 
     def __call__(self, reading: Reading, channel: ChannelPlan) -> tuple[Flag, str] | None:
@@ -280,14 +282,16 @@ class FlowAgreement:
     Qs = 3600 F Kv Vp, actual m3/h). Each plausible reading of either is remembered; a new
     one is compared with the other's latest, so both channels go D while they disagree."""
 
-    def __init__(self, points: Mapping[str, Point]) -> None:
+    def __init__(self, points: Mapping[str, Point],
+                 device_points: Mapping[str, str | None]) -> None:
         self._area = {name: p.duct_area_m2 * p.velocity_coefficient
                       for name, p in points.items() if p.duct_area_m2}
+        self._device_points = device_points
         self._latest: dict[tuple[str, Unit], _Flow] = {}
 
     def disagreement(self, channel: ChannelPlan, value: float, ts: float,
                      tolerance_pct: float) -> str | None:
-        unit, point = channel.unit, channel.point
+        unit, point = channel.unit, channel.point or self._device_points.get(channel.device)
         if unit not in (Unit.M_S, Unit.M3_H) or point not in self._area or not tolerance_pct:
             return None
         self._latest[point, unit] = _Flow(ts, value, channel.key)

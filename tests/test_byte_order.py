@@ -151,3 +151,38 @@ def test_no_wrongly_decoded_value_is_stored_valid(tmp_path: Path, shift: int,
     assert minutes and [m.channel for m in minutes if m.flag == "N"] == []
     reasons = {r.reason for r in readings}
     assert any(r and r.startswith("implausible: ") for r in reasons)
+
+
+def test_a_lone_byte_swapped_volume_flow_is_caught_by_velocity_times_area(
+        tmp_path: Path) -> None:
+    """Only the volume flow declared in the wrong byte order (DCBA for CDAB: 50,400 m3/h
+    reads as a plausible few hundred): no sibling is implausible, so it is the comparison
+    with velocity x duct area (HJ 212-2017 Annex D) that keeps it from N, and the velocity
+    with it while they disagree."""
+    port = free_port()
+    scenario = write_scenario(tmp_path, {
+        "start": START, "seed": 3,
+        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
+        "devices": [{"name": "flow", "bus": "bus", "device_id": 1,
+                     "profile": "stack-flow-meter",
+                     "signals": SIGNALS["stack-flow-meter"]}]})
+    config = write_config(tmp_path, {
+        "plant": {"id": "lone-volume-flow"},
+        "points": {"inlet": {"duct_area_m2": 1.0}},
+        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
+                   "timeout": 0.3, "retries": 0}],
+        "devices": [{"name": "flow", "bus": "bus", "device_id": 1, "point": "inlet",
+                     "profile": "stack-flow-meter", "poll_interval": 2.0,
+                     "channels": {"volume_flow": {"byte_order": "DCBA"}}}]})
+    epoch = scenario.epoch
+    asyncio.run(run_virtual(config, scenario, until=epoch + 3 * 60))
+    db = database(config)
+    try:
+        readings = db.readings_between(epoch + 60, epoch + 3 * 60)
+    finally:
+        db.close()
+    volume = [r for r in readings if r.channel == "flow.volume_flow"]
+    assert volume and max(r.value for r in volume) < 20000  # plausible alone, and wrong
+    assert [r.value for r in volume if r.flag == "N"] == []
+    assert all("disagrees with velocity" in r.reason or "held" in r.reason for r in volume)
+    assert any(r.channel == "flow.temperature" and r.flag == "N" for r in readings)
