@@ -161,11 +161,16 @@ async def poll_once(config: Config) -> list[tuple[DevicePlan, list[Reading], str
     from cemsd.clock import WallClock
     from cemsd.daemon import modbus_transport
     from cemsd.plan import compile_plan
+    from cemsd.validity import DeviceValidator, default_checks
 
     results = []
-    for bus in compile_plan(config).buses:
+    plan = compile_plan(config)
+    checks = default_checks(config)
+    validators = {d.name: DeviceValidator(d, checks) for d in plan.devices}
+    for bus in plan.buses:
         collected: list[Reading] = []
-        owner = BusOwner(bus, modbus_transport(bus), WallClock(), collected.extend)
+        owner = BusOwner(bus, modbus_transport(bus), WallClock(), collected.extend,
+                         validators=validators)
         try:
             for device in bus.devices:
                 readings = await owner.poll(device)

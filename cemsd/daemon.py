@@ -152,7 +152,7 @@ class Daemon:
         self.pipeline = Pipeline(store)
         self.plant_state = await load_plant_state(self.config, self.plan, store, self.clock.now())
         self.pipeline.live_listeners.append(self.plant_state.observe)
-        checks = (*default_checks(), ChannelChecks(self.plan))
+        checks = (*default_checks(self.config), ChannelChecks(self.plan))
         validators = {
             d.name: DeviceValidator(d, checks, context=self.plant_state.conditions)
             for d in self.plan.devices

@@ -14,7 +14,13 @@ scale or a stale register produces. Per analog channel, from its unit, role and 
 - frozen: a float of a gas or flow channel that has shown noise, then stayed bit-identical
   for `frozen_minutes` (a hung analyzer or a stale register);
 - after an implausible value the channel stays D for `hold_s`: a decoding error gives
-  plausible-looking numbers between the impossible ones, and those are not data either.
+  plausible-looking numbers between the impossible ones, and those are not data either;
+  so do the other channels of the device read with the same data type and byte order (a
+  wrong order is the firmware's, and it misreads them all, even where a number looks right);
+- flows that disagree: a volume flow (m3/h) and a velocity (m/s) of the same point are one
+  quantity twice (HJ 212-2017 Annex D: Qs = 3600 F Vs); when they differ by more than
+  `flow_agreement_pct`, both are D. This catches what no limit can: a float whose bytes,
+  read in the wrong order, give another plausible number (50,400 m3/h read as 199).
 
 Every default is named below with its source; each channel may override them with a
 `plausibility` table (docs/PROFILES.md).
@@ -22,6 +28,7 @@ Every default is named below with its source; each channel may override them wit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated
 
@@ -33,7 +40,7 @@ from cemsd.standards import StandardValue
 from cemsd.units import Role, Unit
 
 if TYPE_CHECKING:
-    from cemsd.config import Channel
+    from cemsd.config import Channel, Point
     from cemsd.plan import ChannelPlan
     from cemsd.readings import Reading
 
@@ -53,6 +60,10 @@ VANISHING_FRACTION = StandardValue(1e-12, "of the span", ENGINEERING)
 FROZEN_MINUTES = StandardValue(60.0, "min", ENGINEERING)
 FROZEN_ARMED_AFTER = 3  # changes seen before a channel counts as noisy
 HOLD_SECONDS = StandardValue(60.0, "s", ENGINEERING)
+FLOW_AGREEMENT = StandardValue(
+    20.0, "% of the larger flow", f"{ENGINEERING}: a meter's volume flow is its velocity "
+    "times its duct area, so a working one stays far closer; a misread float is off by far more")
+FLOW_PARTNER_AGE = StandardValue(60.0, "s", f"{ENGINEERING}: the other flow reading is recent")
 
 NOT_SAMPLE = frozenset({Flag.C, Flag.M, Flag.F})  # status says the value is no sample
 FRACTION_UNITS = frozenset({Unit.PERCENT_VOL, Unit.PERCENT, Unit.PPM, Unit.MG_M3})
@@ -75,6 +86,8 @@ class PlausibilitySettings(BaseModel):
     tolerance_pct_fs: Annotated[float, Field(ge=0, le=100)] | None = None
     frozen_minutes: Annotated[float, Field(ge=0, le=10080)] | None = None  # 0: off
     hold_s: Annotated[float, Field(ge=0, le=3600)] = HOLD_SECONDS.value
+    # velocity x duct area against volume flow on one point; 0: off
+    flow_agreement_pct: Annotated[float, Field(ge=0, le=1000)] = FLOW_AGREEMENT.value
 
 
 @dataclass(frozen=True)
@@ -88,6 +101,7 @@ class Limits:
     vanishing: float | None = None  # floats only
     frozen_s: float | None = None
     hold_s: float = HOLD_SECONDS.value
+    flow_agreement_pct: float = FLOW_AGREEMENT.value
 
 
 def limits(spec: Channel) -> Limits | None:
@@ -109,7 +123,8 @@ def limits(spec: Channel) -> Limits | None:
     return Limits(
         low, low_why, high, high_why,
         vanishing=span * VANISHING_FRACTION.value if span and spec.data_type.is_float else None,
-        frozen_s=frozen * 60 if frozen else None, hold_s=settings.hold_s)
+        frozen_s=frozen * 60 if frozen else None, hold_s=settings.hold_s,
+        flow_agreement_pct=settings.flow_agreement_pct)
 
 
 def _tolerance(spec: Channel, settings: PlausibilitySettings) -> float:
@@ -157,11 +172,18 @@ class _State:
 
 
 class PlausibilityChecks:
-    """A value check for validity (one instance per daemon: it remembers each channel)."""
+    """A value check for validity (one instance per daemon: it remembers each channel).
 
-    def __init__(self) -> None:
+    `points` (the configuration's) gives the duct areas for the flow cross-check and
+    `device_points` the point of a device's channels that have no role (a meter's own volume
+    flow); without an area, flows are not compared."""
+
+    def __init__(self, points: Mapping[str, Point] | None = None,
+                 device_points: Mapping[str, str | None] | None = None) -> None:
         self._limits: dict[str, Limits | None] = {}
         self._state: dict[str, _State] = {}
+        self._flows = FlowAgreement(points or {}, device_points or {})
+        self._decodings: dict[tuple[str, str, str], _Failure] = {}
 
     def __call__(self, reading: Reading, channel: ChannelPlan) -> tuple[Flag, str] | None:
         if channel.name not in self._limits:
@@ -173,19 +195,50 @@ class PlausibilityChecks:
         value, ts = reading.value, reading.ts
         frozen_for = _track(state, value, ts)
         why = _impossible(bounds, value, channel)
+        sample = reading.flag not in NOT_SAMPLE  # calibration gas, maintenance: no hold
+        if why is not None and sample:
+            self._decodings[_decoding(channel)] = _Failure(ts, channel.key, why)
+        if why is None and sample:
+            why = self._flows.disagreement(channel, value, ts, bounds.flow_agreement_pct)
         if why is not None:
-            if reading.flag not in NOT_SAMPLE:  # calibration gas, maintenance: no hold
+            if sample:
                 state.implausible_at, state.implausible_why = ts, why
             return Flag.D, f"implausible: {why}"
-        if state.implausible_at is not None and ts - state.implausible_at < bounds.hold_s:
-            return Flag.D, (f"implausible: held {bounds.hold_s:g} s after "
-                            f"{state.implausible_why} (wrong byte order or scale?)")
+        if (held := self._held(state, bounds, channel, ts)) is not None:
+            return Flag.D, held
         if (bounds.frozen_s is not None and state.changes >= FROZEN_ARMED_AFTER
                 and frozen_for >= bounds.frozen_s and _in_range(channel, value)):
             return Flag.D, (f"implausible: {channel.key} {value:g} {channel.unit.value} frozen "
                             f"for {frozen_for / 60:.0f} min where noise is expected "
                             f"(limit {bounds.frozen_s / 60:g} min)")
         return None
+
+    def _held(self, state: _State, bounds: Limits, channel: ChannelPlan,
+              ts: float) -> str | None:
+        """D for `hold_s` after this channel, or a channel of its device decoded by the
+        same type and byte order, was implausible: the same wrong order misreads both."""
+        if state.implausible_at is not None and ts - state.implausible_at < bounds.hold_s:
+            return (f"implausible: held {bounds.hold_s:g} s after "
+                    f"{state.implausible_why} (wrong byte order or scale?)")
+        sibling = self._decodings.get(_decoding(channel))
+        if sibling is not None and sibling.key != channel.key and \
+                ts - sibling.ts < bounds.hold_s:
+            data_type, order = _decoding(channel)[1:]
+            return (f"implausible: held {bounds.hold_s:g} s after {sibling.why}, decoded "
+                    f"like {channel.key} ({data_type} {order}: wrong byte order?)")
+        return None
+
+
+@dataclass(frozen=True)
+class _Failure:
+    ts: float
+    key: str
+    why: str
+
+
+def _decoding(channel: ChannelPlan) -> tuple[str, str, str]:
+    """Channels of one device read by one data type and byte order fail together."""
+    return channel.device, channel.spec.data_type.value, channel.spec.byte_order.value
 
 
 def _track(state: _State, value: float, ts: float) -> float:
@@ -215,3 +268,45 @@ def _in_range(channel: ChannelPlan, value: float) -> bool:
     """A saturated, over-range output is T, not frozen."""
     span = channel.spec.range
     return span is None or value <= span[1]
+
+
+@dataclass(frozen=True)
+class _Flow:
+    ts: float
+    value: float
+    channel: str
+
+
+class FlowAgreement:
+    """Volume flow against velocity x duct area on one point (HJ 212-2017 Annex D:
+    Qs = 3600 F Kv Vp, actual m3/h). Each plausible reading of either is remembered; a new
+    one is compared with the other's latest, so both channels go D while they disagree."""
+
+    def __init__(self, points: Mapping[str, Point],
+                 device_points: Mapping[str, str | None]) -> None:
+        self._area = {name: p.duct_area_m2 * p.velocity_coefficient
+                      for name, p in points.items() if p.duct_area_m2}
+        self._device_points = device_points
+        self._latest: dict[tuple[str, Unit], _Flow] = {}
+
+    def disagreement(self, channel: ChannelPlan, value: float, ts: float,
+                     tolerance_pct: float) -> str | None:
+        unit, point = channel.unit, channel.point or self._device_points.get(channel.device)
+        if unit not in (Unit.M_S, Unit.M3_H) or point not in self._area or not tolerance_pct:
+            return None
+        self._latest[point, unit] = _Flow(ts, value, channel.key)
+        other = self._latest.get((point, Unit.M3_H if unit is Unit.M_S else Unit.M_S))
+        if other is None or abs(ts - other.ts) > FLOW_PARTNER_AGE.value:
+            return None
+        area = self._area[point]
+        from_velocity, flow = (value, other.value) if unit is Unit.M_S else (other.value, value)
+        expected = 3600.0 * area * from_velocity
+        difference = abs(flow - expected)
+        floor = 3600.0 * area * standards.FLOW_ZERO_PASS_ABSOLUTE.value  # both near zero
+        if difference <= max(tolerance_pct / 100 * max(abs(flow), abs(expected)), floor):
+            return None
+        velocity_key, flow_key = ((channel.key, other.channel) if unit is Unit.M_S
+                                  else (other.channel, channel.key))
+        return (f"{flow_key} {flow:.4g} m3/h disagrees with {velocity_key} "
+                f"{from_velocity:.4g} m/s x {area:g} m2 = {expected:.4g} m3/h on point "
+                f"{point} (more than {tolerance_pct:g} % apart)")

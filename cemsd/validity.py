@@ -20,7 +20,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from cemsd.config import Channel
+from cemsd.config import Channel, Config
 from cemsd.flags import CODE, Flag
 from cemsd.plan import ChannelPlan, DevicePlan
 from cemsd.readings import Reading
@@ -38,11 +38,15 @@ def over_range(reading: Reading, channel: ChannelPlan) -> Condition | None:
     return Flag.T, f"over range: {reading.value:g} > {span[1]:g} {channel.unit}"
 
 
-def default_checks() -> tuple[ValueCheck, ...]:
-    """Over range (T) and plausibility (D); a fresh set per user, as plausibility has state."""
+def default_checks(config: Config | None = None) -> tuple[ValueCheck, ...]:
+    """Over range (T) and plausibility (D); a fresh set per user, as plausibility has state.
+    With the configuration, plausibility also compares flows with velocity x duct area."""
     from cemsd.plausibility import PlausibilityChecks
 
-    return over_range, PlausibilityChecks()
+    if config is None:
+        return over_range, PlausibilityChecks()
+    return over_range, PlausibilityChecks(config.points,
+                                          {d.name: d.point for d in config.devices})
 
 
 def status_conditions(spec: Channel, word: int) -> list[Condition]:

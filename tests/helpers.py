@@ -8,6 +8,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -360,3 +361,27 @@ def calibration_plant(tmp: Path, start: str, calibration: dict[str, Any],
                      "channels": {"n2o": {"calibration": calibration}}}],
     })
     return config, scenario
+
+
+@contextmanager
+def simulator_process(scenario: Path, ready: Callable[[], bool]) -> Iterator[None]:
+    """`cemsd sim` serving a scenario file in a process of its own while the block runs."""
+    sim = subprocess.Popen([sys.executable, "-m", "cemsd", "sim", "--scenario", str(scenario),
+                            "--start-now"], stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(ready, timeout=30)
+        yield
+    finally:
+        sim.send_signal(signal.SIGTERM)
+        sim.wait(timeout=30)
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """A cemsd command in this process (never two at once: CliRunner swaps sys.stdout)."""
+    from click.testing import CliRunner
+
+    from cemsd.cli import main
+
+    result = CliRunner().invoke(main, list(args))
+    return result.exit_code, result.stdout, result.stderr

@@ -128,7 +128,7 @@ def test_profiles_are_listed() -> None:
     assert result.exit_code == 0
     names = [line.split(":")[0] for line in result.output.splitlines()]
     assert names == ["n2o-analyzer", "n2o-analyzer-percent", "n2o-analyzer-ppm", "plant-io",
-                     "stack-flow-meter"]
+                     "stack-flow-meter", "suto-s430", "teledyne-t300"]
 
 
 def test_postgresql_stores_what_sqlite_stores(stored: dict, pg_url: str,

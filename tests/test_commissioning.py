@@ -17,12 +17,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from cemsd.cli import main
 from cemsd.errors import NoConnection
 from drivers.modbus import ModbusTransport
-from helpers import free_port, listening, wait_for, write_toml
+from helpers import cli, free_port, listening, simulator_process, wait_for, write_toml
 
 START = "2026-06-01T00:00:00+08:00"
 
@@ -59,20 +57,8 @@ def plant(tmp_path_factory: pytest.TempPathFactory, socat: str) -> Iterator[dict
                     {"name": "flow", "bus": "rs485", "device_id": 3, "point": "inlet",
                      "profile": "stack-flow-meter"}],
     })
-    sim = subprocess.Popen([sys.executable, "-m", "cemsd", "sim", "--scenario", str(scenario),
-                            "--start-now"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: listening(port) and (tmp / "tty-cemsd").exists(), timeout=30)
+    with simulator_process(scenario, lambda: listening(port) and (tmp / "tty-cemsd").exists()):
         yield {"tmp": tmp, "port": port, "config": config, "tty": tmp / "tty-cemsd"}
-    finally:
-        sim.send_signal(signal.SIGTERM)
-        sim.wait(timeout=30)
-
-
-def cli(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(main, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 def cells(output: str, start: int, data_type: str) -> dict[str, str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from cemsd.config import Channel
+from cemsd.config import Channel, Point
 from cemsd.flags import Flag
 from cemsd.plan import ChannelPlan
 from cemsd.plausibility import PlausibilityChecks, PlausibilitySettings, limits
@@ -126,3 +126,70 @@ def test_a_reading_the_status_word_already_flags_does_not_start_a_hold() -> None
     assert checks(zero, ch) == (Flag.D, "implausible: n2o -0.4 %vol below -0.25 %vol (0.5 % "
                                         "F.S. below the range's low end 0)")
     assert checks(Reading(ch.name, TS + 5, 24.0, Flag.N), ch) is None
+
+
+# --- flows that disagree ---------------------------------------------------------------------
+
+def _flows(area: float | None = 1.0, **settings: object) -> tuple[ChannelPlan, ChannelPlan,
+                                                                    PlausibilityChecks]:
+    extra = {"plausibility": settings} if settings else {}
+    velocity = ChannelPlan(name="flow.velocity", key="velocity", device="flow", point="stack",
+                           spec=Channel.model_validate({"address": 0, "unit": Unit.M_S,
+                                                        "range": (0.0, 40.0),
+                                                        "role": Role.FLOW, **extra}))
+    volume = ChannelPlan(name="flow.volume_flow", key="volume_flow", device="flow",
+                         point="stack", spec=Channel.model_validate(
+                             {"address": 6, "unit": Unit.M3_H, "range": (0.0, 500000.0),
+                              **extra}))
+    points = {"stack": Point.model_validate({"duct_area_m2": area} if area else {})}
+    return velocity, volume, PlausibilityChecks(points)
+
+
+def _poll(checks: PlausibilityChecks, velocity: ChannelPlan, volume: ChannelPlan, ts: float,
+          v: float, q: float) -> tuple[tuple[Flag, str] | None, tuple[Flag, str] | None]:
+    return (checks(Reading(velocity.name, ts, v, Flag.N), velocity),
+            checks(Reading(volume.name, ts, q, Flag.N), volume))
+
+
+def test_a_volume_flow_that_velocity_times_area_contradicts_is_d_and_so_is_the_velocity(
+) -> None:
+    """50,400 m3/h served CDAB and read DCBA is 199 m3/h: plausible alone, not beside 14 m/s
+    through 1 m2 (HJ 212-2017 Annex D: Qs = 3600 F Vs)."""
+    velocity, volume, checks = _flows()
+    assert _poll(checks, velocity, volume, TS, 14.0, 49000.0) == (None, None)  # 2.8 % apart
+    flagged = _poll(checks, velocity, volume, TS + 2, 14.0, 199.1)
+    reason = ("implausible: volume_flow 199.1 m3/h disagrees with velocity 14 m/s x 1 m2 = "
+              "5.04e+04 m3/h on point stack (more than 20 % apart)")
+    assert flagged[1] == (Flag.D, reason)
+    # the velocity of the next poll, against the last volume flow: either may be the wrong one
+    assert _poll(checks, velocity, volume, TS + 4, 14.0, 199.1)[0] == (Flag.D, reason)
+
+
+def test_flows_near_zero_agree_within_the_flow_zero_tolerance() -> None:
+    """A stopped fan: 0.2 m/s and 0 m3/h differ by 100 % of the larger, but by less than
+    the HJ 75-2017 flow zero pass limit of 0.9 m/s."""
+    velocity, volume, checks = _flows()
+    assert _poll(checks, velocity, volume, TS, 0.2, 0.0) == (None, None)
+
+
+@pytest.mark.parametrize(("area", "settings"), [(None, {}),  # no duct area: nothing to compare
+                                                (1.0, {"flow_agreement_pct": 0})])  # off
+def test_flows_are_not_compared_without_an_area_or_when_switched_off(
+        area: float | None, settings: dict) -> None:
+    velocity, volume, checks = _flows(area, **settings)
+    for i in range(3):
+        assert _poll(checks, velocity, volume, TS + 2 * i, 14.0, 199.0) == (None, None)
+
+
+def test_a_plausible_float_decoded_like_an_implausible_sibling_is_held_d() -> None:
+    """One wrong byte order misreads every float of the device: while its velocity is
+    impossible, its volume flow (199 m3/h, plausible alone) is not data either."""
+    velocity, volume, _ = _flows(area=None)
+    checks = PlausibilityChecks()
+    flagged = _poll(checks, velocity, volume, TS, -3.2e19, 199.1)
+    assert flagged[1] == (Flag.D, "implausible: held 60 s after velocity -3.2e+19 m/s below "
+                                  "-1.2 m/s (3 % F.S. below the range's low end 0), decoded "
+                                  "like volume_flow (float32 ABCD: wrong byte order?)")
+    other = channel("n2o")  # another device: not concerned
+    assert checks(Reading(other.name, TS, 24.0, Flag.N), other) is None
+    assert _poll(checks, velocity, volume, TS + 61, 14.0, 50400.0) == (None, None)
