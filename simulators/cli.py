@@ -19,7 +19,10 @@ from cemsd.errors import ConfigError
 @click.option("--clock-file", default=None, type=click.Path(dir_okay=False),
               help="Follow the simulated time a daemon publishes (cemsd run --clock-file).")
 @click.option("--start-now", is_flag=True, help="On the wall clock, start the scenario now.")
-def sim(scenario_file: str, clock_file: str | None, start_now: bool) -> None:
+@click.option("--ready-file", default=None, type=click.Path(dir_okay=False),
+              help="Write this file (the simulator's pid) once every bus is served.")
+def sim(scenario_file: str, clock_file: str | None, start_now: bool,
+        ready_file: str | None) -> None:
     """Serve the simulated instruments of a scenario until SIGTERM."""
     from simulators.runner import run_simulator
     from simulators.scenario import load_scenario
@@ -30,7 +33,7 @@ def sim(scenario_file: str, clock_file: str | None, start_now: bool) -> None:
         click.echo(str(exc), err=True)
         sys.exit(2)
     try:
-        asyncio.run(run_simulator(scenario, clock_file, start_now))
+        asyncio.run(run_simulator(scenario, clock_file, start_now, ready_file))
     except RuntimeError as exc:
         click.echo(f"cemsd sim: {exc}", err=True)
         sys.exit(1)

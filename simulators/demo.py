@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -60,24 +59,18 @@ def run_demo(config_file: str, scenario_file: str, hours: float, speed: str) -> 
     state.mkdir(parents=True, exist_ok=True)
     for old in state.glob("cemsd.db*"):
         old.unlink()  # a fresh day each time
-    try:
-        config, scenario_file, ports_copy = _free_ports(config, scenario, scenario_file)
-        if ports_copy is not None:
-            scenario = load_scenario(scenario_file)
-    except OSError as exc:
-        click.echo(f"demo: {exc}", err=True)
-        return 2
     clock_path = state / "clock"
     shared = SharedClockFile(clock_path, create=True)
     start, end = scenario.epoch, scenario.epoch + hours * 3600
     shared.write(start)
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "cemsd", "--log-level", "WARNING", "sim",
-         "--scenario", scenario_file, "--clock-file", str(clock_path)],
-        stdin=subprocess.DEVNULL,
-    )
     try:
-        _wait_ready(scenario, sim)
+        sim, config, scenario, ports_copy = _start_simulator(config, scenario, scenario_file,
+                                                             clock_path)
+    except OSError as exc:
+        shared.close()
+        click.echo(f"demo: {exc}", err=True)
+        return 2
+    try:
         clock = VirtualClock(start, speed=None if speed == "max" else float(speed),
                              shared_file=shared)
         daemon = Daemon(config, clock, clock_name=f"virtual x{speed}", until=end)
@@ -199,24 +192,45 @@ def _any_free_port(host: str) -> int:
         return int(probe.getsockname()[1])
 
 
-def _wait_ready(scenario: Scenario, sim: subprocess.Popen[bytes], timeout: float = 30) -> None:
+START_ATTEMPTS = 3  # another program may take a port between our look and the bind
+
+
+def _start_simulator(config: Config, scenario: Scenario, scenario_file: str, clock_path: Path
+                     ) -> tuple[subprocess.Popen[bytes], Config, Scenario, Path | None]:
+    """The simulator serving every bus of the scenario, on free ports. It says when it
+    serves (a ready file with its pid), so the demo never mistakes another program on a
+    port for it; when a port was taken in between, the ports are looked at again.
+    OSError saying why when it cannot be started."""
+    ready = clock_path.with_name("simulator.ready")
+    for attempt in range(1, START_ATTEMPTS + 1):
+        config, scenario_file, ports_copy = _free_ports(config, scenario, scenario_file)
+        if ports_copy is not None:
+            scenario = load_scenario(scenario_file)
+        ready.unlink(missing_ok=True)
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "cemsd", "--log-level", "WARNING", "sim",
+             "--scenario", scenario_file, "--clock-file", str(clock_path),
+             "--ready-file", str(ready)],
+            stdin=subprocess.DEVNULL,
+        )
+        if _wait_ready(sim, ready):
+            return sim, config, scenario, ports_copy
+        if ports_copy is not None:
+            ports_copy.unlink(missing_ok=True)
+        click.echo(f"demo: the simulator exited with code {sim.returncode} (attempt "
+                   f"{attempt} of {START_ATTEMPTS})", err=True)
+    raise OSError(f"the simulator could not be started in {START_ATTEMPTS} attempts; "
+                  "its messages are above")
+
+
+def _wait_ready(sim: subprocess.Popen[bytes], ready: Path, timeout: float = 30) -> bool:
+    """True once the simulator serves every bus; False when it exited first."""
     deadline = time.monotonic() + timeout
-    pending = list(scenario.buses)
-    while pending:
+    while not (ready.exists() and ready.read_text() == str(sim.pid)):
         if sim.poll() is not None:
-            raise SystemExit(f"the simulator exited with code {sim.returncode}")
+            return False
         if time.monotonic() > deadline:
-            raise SystemExit("the simulator did not come up within 30 s")
-        bus = pending[0]
-        if _bus_ready(bus.transport, bus.host, bus.port, bus.link):
-            pending.pop(0)
-        else:
-            time.sleep(0.05)
-
-
-def _bus_ready(transport: str, host: str, port: int | str, link: str | None) -> bool:
-    if transport == "serial":
-        return link is None or os.path.exists(link)
-    with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=0.5):
-        return True
-    return False
+            sim.kill()
+            raise OSError("the simulator did not come up within 30 s")
+        time.sleep(0.05)
+    return True

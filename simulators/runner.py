@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import time
+from pathlib import Path
 
 from cemsd.clock import Clock, FileClock, WallClock
 from simulators.scenario import Scenario
@@ -25,7 +27,8 @@ class _ShiftedClock(WallClock):
         return time.time() + self.offset
 
 
-async def run_simulator(scenario: Scenario, clock_file: str | None, start_now: bool) -> None:
+async def run_simulator(scenario: Scenario, clock_file: str | None, start_now: bool,
+                        ready_file: str | None = None) -> None:
     clock: Clock
     if clock_file:
         clock = FileClock(clock_file)
@@ -41,7 +44,15 @@ async def run_simulator(scenario: Scenario, clock_file: str | None, start_now: b
     await server.start()
     log.info("simulator ready", extra={"scenario": str(scenario.source),
                                        "devices": len(scenario.devices)})
+    if ready_file:  # whoever started us knows it is us serving, not whoever held a port
+        _say_ready(Path(ready_file))
     try:
         await stop.wait()
     finally:
         await server.stop()
+
+
+def _say_ready(path: Path) -> None:
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(str(os.getpid()))
+    partial.replace(path)  # whole or absent: the reader never sees half a pid

@@ -155,7 +155,12 @@ class SimulatorServer:
                 trace_packet=context.trace_packet,
             )
         server.context = context  # type: ignore[assignment]
-        await _listen(server)
+        try:
+            await _listen(server)
+        except RuntimeError as exc:  # pymodbus names neither the port nor the cause
+            where = f"{bus.host}:{bus.port}" if bus.transport == "tcp" else str(bus.port)
+            raise RuntimeError(f"bus {bus.name}: cannot serve on {where} ({exc}); is "
+                               "another process using it?") from None
         self._servers[name] = server
         log.info("simulated bus up", extra={"bus": bus.name, "at": str(bus.port),
                                             "devices": sorted(context.instruments)})

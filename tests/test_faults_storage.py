@@ -86,8 +86,11 @@ def _check_stored(config, polled: list[Reading], dropped: int) -> tuple[list, li
 def _polling_went_on(polled: list[Reading], poll: float, t0: float, t1: float) -> None:
     channel = "n2o-analyzer.n2o"
     times = sorted(r.ts for r in polled if r.channel == channel and t0 <= r.ts < t1)
-    assert times and times[0] < t0 + poll + 0.5 and times[-1] > t1 - poll - 0.5
-    assert max(b - a for a, b in itertools.pairwise(times)) < poll + 0.5
+    # polling went on through the fault: no gap near its length (a loaded machine may skip a
+    # few grid slots; a stalled bus would show one gap as long as the fault)
+    slack = max(0.5, (t1 - t0) / 3)
+    assert times and times[0] < t0 + poll + slack and times[-1] > t1 - poll - slack
+    assert max(b - a for a, b in itertools.pairwise(times)) < poll + slack
 
 
 # --- a locked database ----------------------------------------------------------------------
