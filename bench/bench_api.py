@@ -38,7 +38,7 @@ from cemsd.store import schema
 from cemsd.store.database import Database
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import free_port, machine_info, wait_port
+from benchlib import child_pids, free_port, machine_info, status_kb, wait_port
 
 CHANNELS = 10
 HOURS = 365 * 24
@@ -173,6 +173,13 @@ def report(totals: list[float], parse_times: list[float]) -> None:
           f"{'met' if median <= GOAL_SECONDS else 'MISSED'}")
 
 
+def report_memory(pid: int) -> None:
+    """Peak RSS of the server and of its worker processes (which build the heavy answers)."""
+    workers = [f"{status_kb(child, 'VmHWM') / 1024:.0f}" for child in child_pids(pid)]
+    print(f"peak RSS (VmHWM): server {status_kb(pid, 'VmHWM') / 1024:.0f} MB, its child "
+          f"processes (heavy-work workers; multiprocessing's helper) {', '.join(workers)} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -204,6 +211,7 @@ def main() -> None:
                 run_hours(client, args)
             if args.endpoint in ("both", "columns"):
                 run_columns(client, args)
+        report_memory(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)

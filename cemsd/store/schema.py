@@ -27,6 +27,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -299,6 +300,25 @@ chain = Table(
     UniqueConstraint("record_table", "record_id"),  # each record is sealed exactly once
 )
 
+
+# The pre-serialised answer of /v1/hours/columns for one channel's sealed UTC day, with what
+# it was built from: served only while the day's rows and its last link still match
+# (cemsd/api/routes/sealed_days.py, decision 0260). A cache: deleting rows loses nothing.
+hour_column_days = Table(
+    "hour_column_days",
+    metadata,
+    Column("channel", String(100), primary_key=True),
+    Column("day", BigInteger, primary_key=True, autoincrement=False),  # UTC, epoch seconds
+    Column("hours", Integer, nullable=False),  # hour rows of the day, every revision
+    Column("last_hour_id", Identifier, nullable=False),
+    Column("substitutions", Integer, nullable=False),  # substitution rows, every revision
+    Column("last_substitution_id", Identifier),
+    Column("seal_seq", Identifier, nullable=False),  # the day's last link in the chain
+    Column("chain_hash", String(64), nullable=False),  # that link's chain hash
+    Column("units", Text, nullable=False),  # JSON list of the day's distinct units
+    Column("last_unit", String(16), nullable=False),
+    Column("body", LargeBinary, nullable=False),  # the arrays' JSON fragments, NUL-separated
+)
 
 # --- Bypass events and production (emission reductions, cemsd/reduction/) ----------------
 
