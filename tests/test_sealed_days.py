@@ -125,16 +125,17 @@ def test_sealed_whole_days_are_kept_and_give_the_same_bytes(filled: Database) ->
     assert b'"units":["m3/h"' in body and b"NaN" not in body and b",null," in body
 
 
-def test_kept_days_are_served_not_rebuilt(filled: Database) -> None:
+@pytest.mark.parametrize("name", CHANNELS)  # a.n2o: one unit, joined by the database;
+def test_kept_days_are_served_not_rebuilt(filled: Database, name: str) -> None:  # b: mixed
     k = schema.hour_column_days.c
-    day = (k.channel == "a.n2o") & (k.day == DAY0 + DAY)
-    body = filled.fetch(select(k.body).where(day))[0].body
+    day = (k.channel == name) & (k.day == DAY0 + DAY)
+    flags = filled.fetch(select(k.json_flag).where(day))[0].json_flag
     with filled.transaction() as conn:  # a marker only a kept day can carry into the answer
         conn.execute(schema.hour_column_days.update().where(day).values(
-            body=body.replace(b'"N"', b'"X"')))
-    body = channel_json(filled, DAY0, DAY0 + 2 * DAY, "a.n2o")
+            json_flag=flags.replace('"N"', '"X"')))
+    body = channel_json(filled, T0, T0 + HOURS * HOUR, name)
     assert b'"X"' in body
-    assert body.replace(b'"X"', b'"N"') == reference(filled, DAY0, DAY0 + 2 * DAY, "a.n2o")
+    assert body.replace(b'"X"', b'"N"') == reference(filled, T0, T0 + HOURS * HOUR, name)
 
 
 def test_a_correction_of_a_sealed_hour_makes_its_day_stale(filled: Database) -> None:

@@ -27,7 +27,6 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
-    LargeBinary,
     MetaData,
     String,
     Table,
@@ -313,11 +312,15 @@ hour_column_days = Table(
     Column("last_hour_id", Identifier, nullable=False),
     Column("substitutions", Integer, nullable=False),  # substitution rows, every revision
     Column("last_substitution_id", Identifier),
-    Column("seal_seq", Identifier, nullable=False),  # the day's last link in the chain
+    Column("last_seq", Identifier, nullable=False),  # the day's last link in the chain
     Column("chain_hash", String(64), nullable=False),  # that link's chain hash
     Column("units", Text, nullable=False),  # JSON list of the day's distinct units
     Column("last_unit", String(16), nullable=False),
-    Column("body", LargeBinary, nullable=False),  # the arrays' JSON fragments, NUL-separated
+    # the items of each array of the answer (JSON text without the brackets): each hour's
+    # unit, then the arrays in the order of the answer
+    *(Column(f"json_{name}", Text, nullable=False) for name in (
+        "units", "start_epoch", "value", "flag", "n_valid", "revision", "substitute_value",
+        "substitute_method", "seal_seq")),
 )
 
 # --- Bypass events and production (emission reductions, cemsd/reduction/) ----------------

@@ -32,7 +32,18 @@ from operator import itemgetter
 from typing import Any
 
 import pydantic_core
-from sqlalchemy import BigInteger, delete, func, insert, literal_column, select
+from sqlalchemy import (
+    BigInteger,
+    String,
+    bindparam,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+)
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
@@ -40,6 +51,7 @@ from cemsd.api.routes.periods import current_revision
 from cemsd.errors import StorageError
 from cemsd.store import schema
 from cemsd.store.database import Database
+from cemsd.store.schema import UTCDateTime
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +59,7 @@ DAY = 86400
 FIELDS = ("channel", "unit", "start_epoch", "value", "flag", "n_valid", "revision",
           "substitute_value", "substitute_method", "seal_seq")
 ARRAYS = FIELDS[2:]  # one JSON array each, in this order after channel, unit and units
-SEPARATOR = b"\x00"  # never in JSON text (control characters in strings are escaped)
+PARTS = tuple(f"json_{name}" for name in ("units", *ARRAYS))  # hour_column_days' columns
 
 Fingerprint = tuple[int, int, int, int | None]  # hour rows, last hour id, substitutions, last id
 
@@ -96,44 +108,57 @@ def query(t0: float, t1: float, channels: tuple[str, ...]) -> Any:
     return query
 
 
+# One channel's hours of a span, built once: constructing the query costs more than a
+# small span's rows.
+_CHANNEL_HOURS = query(bindparam("t0", type_=UTCDateTime), bindparam("t1", type_=UTCDateTime),
+                       ()).where(schema.hours.c.channel == bindparam("name"))
+
+
 @dataclass(frozen=True)
 class Piece:
-    """A run of one channel's hours within a UTC day, as JSON fragments."""
+    """A run of one channel's hours within a UTC day (or whole kept days), as JSON
+    fragments."""
 
     day: int | None  # the UTC day's start, epoch seconds (None: hours without a readable time)
     units: frozenset[str]
     last_unit: str
     parts: tuple[bytes, ...]  # each hour's unit, then one fragment per array of ARRAYS
     seal_seq: int | None  # the last link when every hour is sealed, else None
+    days: int = 1  # kept days joined by the database: the whole days from `day`
 
 
 def channel_json(db: Database, t0: float, t1: float, name: str) -> bytes:
     """In a worker process: one channel's object of arrays (empty without hours), from its
     kept sealed days and the rows of the rest; keeps the whole sealed days it built."""
     first, end = -(-int(t0) // DAY) * DAY, int(t1) // DAY * DAY  # the whole days of the span
-    prints = _fingerprints(db, name, first, end) if first < end else {}
-    kept, stale = _kept(db, name, first, end, prints) if prints else ({}, [])
+    kept, stale = _kept(db, name, first, end) if first < end else ([], [])
     pieces: list[Piece] = []
     built: list[Piece] = []
-    for gap_or_day in _plan(t0, t1, sorted(kept)):
-        if isinstance(gap_or_day, int):
-            pieces.append(kept[gap_or_day])
+    prints: dict[int, Fingerprint] = {}
+    for gap_or_kept in _plan(t0, t1, kept):
+        if isinstance(gap_or_kept, Piece):
+            pieces.append(gap_or_kept)
             continue
-        new = pieces_of(db.fetch(query(*gap_or_day, (name,))))
+        a, b = gap_or_kept
+        whole = (max(a, first), min(b, end))  # kept days are whole: so are the gaps' ends
+        if whole[0] < whole[1]:  # read before the rows: see the module's docstring
+            prints.update(_fingerprints(db, name, *whole))
+        new = pieces_of(db.fetch(_CHANNEL_HOURS.params(name=name, t0=a, t1=b)))
         pieces.extend(new)
         built.extend(p for p in new if p.day is not None and first <= p.day < end)
     _keep(db, name, built, prints, stale)
     return assemble(name, pieces)
 
 
-def _plan(t0: float, t1: float, days: Sequence[int]) -> Iterator[int | tuple[float, float]]:
-    """The span in order: a kept day's start, or a (start, end) span to query."""
+def _plan(t0: float, t1: float, kept: Sequence[Piece]) -> Iterator[Piece | tuple[float, float]]:
+    """The span in order: kept days, or a (start, end) span to query."""
     at = t0
-    for day in days:
-        if day > at:
-            yield (at, day)
-        yield day
-        at = day + DAY
+    for piece in kept:
+        assert piece.day is not None
+        if piece.day > at:
+            yield (at, piece.day)
+        yield piece
+        at = piece.day + piece.days * DAY
     if at < t1:
         yield (at, t1)
 
@@ -191,22 +216,93 @@ def _fingerprints(db: Database, name: str, first: int, end: int) -> dict[int, Fi
     return {day: (n, last, *substitutions.get(day, (0, None))) for day, (n, last) in hours.items()}
 
 
-def _kept(db: Database, name: str, first: int, end: int, prints: dict[int, Fingerprint]
-          ) -> tuple[dict[int, Piece], list[int]]:
-    """The kept days of [first, end) that still match their fingerprint and last link, and
-    the days kept that no longer do."""
+def _kept(db: Database, name: str, first: int, end: int) -> tuple[list[Piece], list[int]]:
+    """The kept days of [first, end) that still match their last link and fingerprint, in
+    day order, and the kept days that no longer do."""
+    whole = _whole_run(db, name, first, end)
+    return ([whole], []) if whole is not None else _day_by_day(db, name, first, end)
+
+
+def _kept_days(name: str, first: int, end: int) -> Any:
+    """The kept days with `linked`: 1 where the day's last link still has its chain hash."""
     k, link = schema.hour_column_days.c, schema.chain.c
-    rows = db.fetch(select(k.day, k.hours, k.last_hour_id, k.substitutions,
-                           k.last_substitution_id, k.units, k.last_unit, k.seal_seq, k.body,
-                           k.chain_hash == link.chain_hash)
-                    .outerjoin_from(schema.hour_column_days, schema.chain,
-                                    link.seq == k.seal_seq)
-                    .where(k.channel == name, k.day >= first, k.day < end))
-    current = {row.day: row for row in rows if row[-1] and prints.get(row.day) == tuple(row[1:5])}
-    stale = [row.day for row in rows if row.day not in current]
-    return {day: Piece(day, frozenset(json.loads(row.units)), row.last_unit,
-                       tuple(row.body.split(SEPARATOR)), row.seal_seq)
-            for day, row in current.items()}, stale
+    linked = case((k.chain_hash == link.chain_hash, 1), else_=0).label("linked")
+    return (select(k.day, k.hours, k.last_hour_id, k.substitutions, k.last_substitution_id,
+                   k.units, k.last_unit, k.last_seq, linked, *(k[part] for part in PARTS))
+            .outerjoin_from(schema.hour_column_days, schema.chain, link.seq == k.last_seq)
+            .where(k.channel == name, k.day >= first, k.day < end).order_by(k.day))
+
+
+def _whole_run(db: Database, name: str, first: int, end: int) -> Piece | None:
+    """The usual case at once: the kept days are consecutive, all still linked, of one
+    unit and unchanged, and the database joins their fragments (no Python per day).
+    None when any of that does not hold."""
+    o = _kept_days(name, first, end).subquery().c
+    row = db.fetch(select(
+        func.count(), func.min(o.day), func.max(o.day), func.sum(o.linked),
+        func.count(o.units.distinct()), func.max(o.units), func.max(o.last_unit),
+        func.sum(o.hours), func.max(o.last_hour_id), func.sum(o.substitutions),
+        func.max(o.last_substitution_id), func.aggregate_strings(cast(o.day, String), ","),
+        *(func.aggregate_strings(o[part], ",") for part in PARTS)))[0]
+    n, start, last, linked, n_units, units, last_unit, *prints, days = row[:12]
+    if not n or linked != n or n_units != 1 or (last - start) // DAY + 1 != n:
+        return None
+    if days != ",".join(map(str, range(start, last + DAY, DAY))):  # aggregated out of order
+        return None
+    if not _unchanged(db, name, start, last + DAY, tuple(prints)):
+        return None
+    return Piece(start, frozenset(json.loads(units)), last_unit,
+                 tuple(part.encode() for part in row[12:]), None, n)
+
+
+def _day_by_day(db: Database, name: str, first: int, end: int
+                ) -> tuple[list[Piece], list[int]]:
+    """The kept days checked run by run of consecutive days, and day by day in a run
+    that changed."""
+    rows = db.fetch(_kept_days(name, first, end))
+    current, stale = [], [row for row in rows if not row.linked]
+    for run in _runs([row for row in rows if row.linked]):
+        totals = (sum(r.hours for r in run), max(r.last_hour_id for r in run),
+                  sum(r.substitutions for r in run),
+                  max((r.last_substitution_id for r in run
+                       if r.last_substitution_id is not None), default=None))
+        if _unchanged(db, name, run[0].day, run[-1].day + DAY, totals):
+            current.extend(run)
+            continue
+        prints = _fingerprints(db, name, run[0].day, run[-1].day + DAY)
+        for row in run:
+            (current if prints.get(row.day) == tuple(row[1:5]) else stale).append(row)
+    pieces = [Piece(row.day, frozenset(json.loads(row.units)), row.last_unit,
+                    tuple(row._mapping[part].encode() for part in PARTS), row.last_seq)
+              for row in current]
+    return sorted(pieces, key=lambda p: p.day or 0), [row.day for row in stale]
+
+
+def _runs(rows: Sequence[Any]) -> Iterator[list[Any]]:
+    """Kept days in day order -> runs of consecutive days."""
+    run: list[Any] = []
+    for row in rows:
+        if run and row.day != run[-1].day + DAY:
+            yield run
+            run = []
+        run.append(row)
+    if run:
+        yield run
+
+
+def _unchanged(db: Database, name: str, t0: int, t1: int, prints: Fingerprint) -> bool:
+    """Whether consecutive kept days [t0, t1) still have the rows they were built from, at
+    once: ids only grow, so a row added anywhere among them raises the highest id, a row
+    removed lowers the count. Two counts over the (channel, ts) index, not one per day."""
+    return (*_count(db, schema.hours, name, t0, t1),
+            *_count(db, schema.substitutions, name, t0, t1)) == prints
+
+
+def _count(db: Database, table: Any, name: str, t0: int, t1: int) -> tuple[int, int | None]:
+    c = table.c
+    row = db.fetch(select(func.count(), func.max(c.id))
+                   .where(c.channel == name, c.ts >= t0, c.ts < t1))[0]
+    return row[0], row[1]
 
 
 def _keep(db: Database, name: str, pieces: Sequence[Piece], prints: dict[int, Fingerprint],
@@ -237,6 +333,6 @@ def _kept_row(name: str, piece: Piece, fingerprint: Fingerprint, chain_hash: str
     hours, last_hour, substitutions, last_substitution = fingerprint
     return {"channel": name, "day": piece.day, "hours": hours, "last_hour_id": last_hour,
             "substitutions": substitutions, "last_substitution_id": last_substitution,
-            "seal_seq": piece.seal_seq, "chain_hash": chain_hash,
+            "last_seq": piece.seal_seq, "chain_hash": chain_hash,
             "units": json.dumps(sorted(piece.units)), "last_unit": piece.last_unit,
-            "body": SEPARATOR.join(piece.parts)}
+            **{column: part.decode() for column, part in zip(PARTS, piece.parts, strict=True)}}

@@ -16,6 +16,8 @@ branch_labels = None
 depends_on = None
 
 IDENTIFIER = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+ARRAYS = ("units", "start_epoch", "value", "flag", "n_valid", "revision", "substitute_value",
+          "substitute_method", "seal_seq")  # each kept as the items of its JSON array
 
 
 def upgrade() -> None:
@@ -27,11 +29,11 @@ def upgrade() -> None:
         sa.Column('last_hour_id', IDENTIFIER, nullable=False),
         sa.Column('substitutions', sa.Integer(), nullable=False),
         sa.Column('last_substitution_id', IDENTIFIER, nullable=True),
-        sa.Column('seal_seq', IDENTIFIER, nullable=False),
+        sa.Column('last_seq', IDENTIFIER, nullable=False),
         sa.Column('chain_hash', sa.String(length=64), nullable=False),
         sa.Column('units', sa.Text(), nullable=False),
         sa.Column('last_unit', sa.String(length=16), nullable=False),
-        sa.Column('body', sa.LargeBinary(), nullable=False),
+        *(sa.Column(f'json_{name}', sa.Text(), nullable=False) for name in ARRAYS),
         sa.PrimaryKeyConstraint('channel', 'day', name=op.f('pk_hour_column_days')),
     )
 
