@@ -7,11 +7,14 @@ whose current hours are all sealed is kept as the JSON fragments of its arrays
 (`hour_column_days`); an answer joins the kept fragments and queries only the rest (the
 open tail, a partial first or last day, a day changed since it was kept). The bytes are
 those of the arrays built from the rows in one go: JSON arrays concatenate by their items.
+Usually the kept days of a span are consecutive, unchanged and of one unit: one aggregate
+query then checks them and joins their fragments, with no Python per day.
 
 A kept day is served only while it still matches the database:
 - its fingerprint, the number of hour and substitution rows of the day (every revision)
   and the highest id of each, is unchanged: a correction (a new revision), a new
-  substitution, a row deleted or added make it stale;
+  substitution, a row deleted or added make it stale (checked for consecutive days at
+  once: ids only grow, so the sums of the counts and the highest id do);
 - its last link in the chain still has the chain hash it had: a chain rebuilt from an
   earlier record (the tamper that re-chains) makes it stale.
 A stale day is answered from the rows and kept again if still sealed. The fingerprint is
