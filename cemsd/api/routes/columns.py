@@ -21,7 +21,7 @@ import pydantic_core
 from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 
 from cemsd.api.heavy import HeavyWork
 from cemsd.api.limits import BUSY_DESCRIPTION
@@ -118,12 +118,18 @@ def _check_span(start: str | None, end: str | None, t0: float, t1: float) -> Non
 
 def _channels_with_hours(db: Database, t0: float, t1: float, asked: tuple[str, ...]
                          ) -> list[str]:
-    """The channels (of those asked, if any) with hours in the span, by name."""
+    """The channels (of those asked, if any) with hours in the span, by name: the distinct
+    channels walked one by one along the (channel, ts) index, each probed for an hour in
+    the span, instead of a DISTINCT over every hour of the span (over 100 ms for a year)."""
     h = schema.hours.c
-    query = select(h.channel).distinct().where(h.ts >= t0, h.ts < t1)
+    walk = select(func.min(h.channel).label("name")).cte("channel_walk", recursive=True)
+    following = select(func.min(h.channel)).where(h.channel > walk.c.name).scalar_subquery()
+    walk = walk.union_all(select(following).where(walk.c.name.is_not(None)))
+    query = select(walk.c.name).where(walk.c.name.is_not(None), exists().where(
+        h.channel == walk.c.name, h.ts >= t0, h.ts < t1))
     if asked:
-        query = query.where(h.channel.in_(asked))
-    return sorted(row.channel for row in db.fetch(query))
+        query = query.where(walk.c.name.in_(asked))
+    return sorted(row.name for row in db.fetch(query))
 
 
 def _stream(heavy: HeavyWork, head: dict[str, Any], t0: float, t1: float, names: list[str]
