@@ -30,7 +30,8 @@ T0 = DAY0 - 5 * HOUR  # 5 hours of the day before: a partial first day
 HOURS = 5 + 3 * 24 + 7  # three whole UTC days and 7 hours of a fourth
 SEALED = 5 + 2 * 24 + 10  # the first two whole days sealed, and 10 hours of the third
 CHANNELS = ("a.n2o", "b.flow")
-SPANS = [(T0, T0 + HOURS * HOUR), (DAY0, DAY0 + 2 * DAY), (DAY0 + 7 * HOUR, DAY0 + 30 * HOUR)]
+SPANS = [(T0, T0 + HOURS * HOUR), (DAY0, DAY0 + 2 * DAY), (DAY0 + 7 * HOUR, DAY0 + 30 * HOUR),
+         (DAY0 + 0.5, DAY0 + 2 * DAY - 0.5)]  # a whole day but for half a second: not kept
 CREATED = T0 + (HOURS + 1) * HOUR
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import groupby
@@ -133,7 +134,7 @@ class Piece:
 def channel_json(db: Database, t0: float, t1: float, name: str) -> bytes:
     """In a worker process: one channel's object of arrays (empty without hours), from its
     kept sealed days and the rows of the rest; keeps the whole sealed days it built."""
-    first, end = -(-int(t0) // DAY) * DAY, int(t1) // DAY * DAY  # the whole days of the span
+    first, end = math.ceil(t0 / DAY) * DAY, math.floor(t1 / DAY) * DAY  # the span's whole days
     kept, stale = _kept(db, name, first, end) if first < end else ([], [])
     pieces: list[Piece] = []
     built: list[Piece] = []
