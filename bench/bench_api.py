@@ -9,7 +9,7 @@ checks it received every hour once; and GET /v1/hours/columns, the whole year in
 request as arrays per channel, parsed and checked the same way. Median of several runs
 after a warm-up. Goal: <= 300 ms for the whole year. Usage:
     .venv/bin/python bench/bench_api.py [--runs 7] [--page-size 5000] [--format json]
-                                        [--endpoint both|hours|columns]
+                                        [--endpoint both|hours|columns] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from cemsd.store import schema
 from cemsd.store.database import Database
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import free_port, machine_info, wait_port
+from benchlib import child_pids, free_port, machine_info, status_kb, wait_port
 
 CHANNELS = 10
 HOURS = 365 * 24
@@ -173,6 +173,13 @@ def report(totals: list[float], parse_times: list[float]) -> None:
           f"{'met' if median <= GOAL_SECONDS else 'MISSED'}")
 
 
+def report_memory(pid: int) -> None:
+    """Peak RSS of the server and of its worker processes (which build the heavy answers)."""
+    workers = [f"{status_kb(child, 'VmHWM') / 1024:.0f}" for child in child_pids(pid)]
+    print(f"peak RSS (VmHWM): server {status_kb(pid, 'VmHWM') / 1024:.0f} MB, its child "
+          f"processes (heavy-work workers; multiprocessing's helper) {', '.join(workers)} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=7)
@@ -182,18 +189,27 @@ def main() -> None:
                         help="of /v1/hours")
     parser.add_argument("--endpoint", choices=["both", "hours", "columns"], default="both",
                         help="/v1/hours page by page, /v1/hours/columns in one request")
+    parser.add_argument("--workdir", type=Path,
+                        help="the directory of an earlier run: its database is served as it "
+                             "is (upgraded), not filled again")
     args = parser.parse_args()
     print(machine_info())
-    tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-api-"))
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="cemsd-bench-api-"))
     port = free_port()
     config_path = write_config(tmp, port, args.page_size)
-    db = Database(f"sqlite:///{tmp / 'state' / 'cemsd.db'}")
+    path = tmp / "state" / "cemsd.db"
+    reused = path.exists()
+    db = Database(f"sqlite:///{path}")
     started = time.perf_counter()
-    fill(db)
-    token = create_token(db, "registry", "bench")
+    if reused:
+        db.upgrade()
+        print(f"the database of an earlier run: {path}")
+    else:
+        fill(db)
+        print(f"filled {CHANNELS} channels x {HOURS} hours, sealed, in "
+              f"{time.perf_counter() - started:.1f} s ({path})")
+    token = create_token(db, f"registry-{time.time_ns()}", "bench")
     db.close()
-    print(f"filled {CHANNELS} channels x {HOURS} hours, sealed, in "
-          f"{time.perf_counter() - started:.1f} s")
     server = subprocess.Popen([sys.executable, "-m", "cemsd", "--log-level", "WARNING", "serve",
                                "--config", str(config_path)], stdin=subprocess.DEVNULL)
     try:
@@ -204,6 +220,7 @@ def main() -> None:
                 run_hours(client, args)
             if args.endpoint in ("both", "columns"):
                 run_columns(client, args)
+        report_memory(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(timeout=30)

@@ -28,7 +28,7 @@ from pathlib import Path
 import tomli_w
 
 sys.path.insert(0, str(Path(__file__).parent))
-from benchlib import free_port, machine_info, wait_port
+from benchlib import free_port, machine_info, status_kb, wait_port
 
 BUSES = 5
 ANALYZERS_PER_BUS = 2
@@ -74,13 +74,6 @@ def cpu_seconds(pid: int) -> float:
     text = Path(f"/proc/{pid}/stat").read_text()
     fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) "
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def status_kb(pid: int, key: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
 
 
 def stored_readings(database: Path) -> int:

@@ -1,5 +1,5 @@
 """What the benchmarks share: the machine they ran on, the spread of repeated figures,
-free ports, waiting for a server."""
+free ports, waiting for a server, a process's memory."""
 
 from __future__ import annotations
 
@@ -51,3 +51,17 @@ def spread(values: list[float], fmt: str = ".3f") -> str:
     """Median with the range, e.g. '0.812 (0.790-0.840, 3 runs)'."""
     return (f"{statistics.median(values):{fmt}} ({min(values):{fmt}}-{max(values):{fmt}}, "
             f"{len(values)} runs)")
+
+
+def status_kb(pid: int, key: str) -> int:
+    """A figure of /proc/<pid>/status in kB, e.g. VmHWM (peak RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The process's children, whichever of its threads started them."""
+    return sorted(int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                  for child in (task / "children").read_text().split())

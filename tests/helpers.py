@@ -217,6 +217,13 @@ def tampering(db: Database) -> Iterator[Any]:
         yield conn
 
 
+def hour_row(channel: str, ts: float, value: float | None, unit: str, created: float,
+             valid: bool = True) -> dict[str, Any]:
+    """An hour row as the closer stores it: valid (N, 60 of 60 minutes) or not (B, 20)."""
+    return {"channel": channel, "ts": ts, "value": value, "minimum": None, "maximum": None,
+            "n_valid": 60 if valid else 20, "n_expected": 60, "flag": "N" if valid else "B",
+            "reason": None, "unit": unit, "created_at": created}
+
 def serve_process(config_path: Path, port: int) -> subprocess.Popen[str]:
     """`cemsd serve` as its own process: the registry API over the stored data."""
     return subprocess.Popen(

@@ -18,21 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pydantic_core
 import pytest
 from sqlalchemy import insert, select
+from test_sealed_days import reference
 
 from cemsd import chain
 from cemsd.api.tokens import create_token
 from cemsd.records import audit
 from cemsd.store import schema
 from cemsd.store.database import Database
-from helpers import free_port, serve_process, wait_healthy, write_toml
+from helpers import free_port, hour_row, serve_process, wait_healthy, write_toml
 
 PLANT_TZ = timezone(timedelta(hours=8))
 T0 = datetime(2026, 3, 1, tzinfo=PLANT_TZ).timestamp()
 HOUR = 3600.0
 HOURS = 48
-SEALED_THROUGH = 30  # hours 0..30 sealed
+SEALED_THROUGH = 31  # hours 0..31 sealed: the UTC day 2026-03-01 (hours 8..31) whole
 SPAN = {"from": "2026-03-01", "to": "2026-03-03"}  # plant time: the 48 hours
 CHANNELS = {"a.n2o": "ppm", "b.flow": "m3/h"}
 UNIT_CHANGE = ("b.flow", 40, "Nm3/h")  # from this hour on the channel's hours say Nm3/h
@@ -59,10 +61,7 @@ def _fill(db: Database) -> None:
                          "unit": unit, "kind": "analog"} for name, unit in CHANNELS.items()])
     created = T0 + HOURS * HOUR
     db.insert_aggregates(schema.hours, [
-        {"channel": name, "ts": T0 + h * HOUR, "value": _value(name, h), "minimum": None,
-         "maximum": None, "n_valid": 20 if h % 7 == 0 else 60, "n_expected": 60,
-         "flag": "B" if h % 7 == 0 else "N", "reason": None, "unit": _unit(name, h),
-         "created_at": created}
+        hour_row(name, T0 + h * HOUR, _value(name, h), _unit(name, h), created, h % 7 != 0)
         for name in CHANNELS for h in range(HOURS)])
     h = schema.hours.c
     channel, hour, value = CORRECTED
@@ -204,6 +203,21 @@ def test_a_channel_filter_and_an_empty_span(client: httpx.Client) -> None:
     assert [c["channel"] for c in response.json()["channels"]] == ["b.flow"]
     empty = client.get("/v1/hours/columns", params={"from": "2027-01-01", "to": "2027-02-01"})
     assert empty.status_code == 200 and empty.json()["channels"] == []
+
+
+def test_a_kept_sealed_day_gives_the_same_bytes(client: httpx.Client, db: Database) -> None:
+    cold = client.get("/v1/hours/columns", params=SPAN)
+    k = schema.hour_column_days.c
+    march_1 = int(datetime(2026, 3, 1, tzinfo=UTC).timestamp())
+    assert set(db.fetch(select(k.channel, k.day))) == {(name, march_1) for name in CHANNELS}
+    warm = assert_columns_match_hours(client, SPAN)  # with the kept day: what /v1/hours says
+    t1 = T0 + HOURS * HOUR
+    head = {"timezone": "Asia/Shanghai", "from_epoch": T0, "to_epoch": t1}
+    expected = (pydantic_core.to_json(head)[:-1] + b',"channels":[' + b",".join(
+        reference(db, T0, t1, name) for name in sorted(CHANNELS)) + b"]}")
+    assert cold.content == expected
+    assert client.get("/v1/hours/columns", params=SPAN).content == expected
+    assert warm == json.loads(expected)
 
 
 def test_the_token_is_required(served: Served) -> None:

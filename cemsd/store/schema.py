@@ -300,6 +300,29 @@ chain = Table(
 )
 
 
+# The pre-serialised answer of /v1/hours/columns for one channel's sealed UTC day, with what
+# it was built from: served only while the day's rows and its last link still match
+# (cemsd/api/routes/sealed_days.py, decision 0260). A cache: deleting rows loses nothing.
+hour_column_days = Table(
+    "hour_column_days",
+    metadata,
+    Column("channel", String(100), primary_key=True),
+    Column("day", BigInteger, primary_key=True, autoincrement=False),  # UTC, epoch seconds
+    Column("hours", Integer, nullable=False),  # hour rows of the day, every revision
+    Column("last_hour_id", Identifier, nullable=False),
+    Column("substitutions", Integer, nullable=False),  # substitution rows, every revision
+    Column("last_substitution_id", Identifier),
+    Column("last_seq", Identifier, nullable=False),  # the day's last link in the chain
+    Column("chain_hash", String(64), nullable=False),  # that link's chain hash
+    Column("units", Text, nullable=False),  # JSON list of the day's distinct units
+    Column("last_unit", String(16), nullable=False),
+    # the items of each array of the answer (JSON text without the brackets): each hour's
+    # unit, then the arrays in the order of the answer
+    *(Column(f"json_{name}", Text, nullable=False) for name in (
+        "units", "start_epoch", "value", "flag", "n_valid", "revision", "substitute_value",
+        "substitute_method", "seal_seq")),
+)
+
 # --- Bypass events and production (emission reductions, cemsd/reduction/) ----------------
 
 bypass_events = Table(
