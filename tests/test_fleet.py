@@ -5,6 +5,7 @@ plant offline for a week back-fills without gap or duplicate, tokens see their p
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -72,5 +73,98 @@ async def test_records_arrive_once_and_a_differing_resend_is_a_conflict(
         assert count(store, schema.alarms) == 0
         assert {h.verdict for h in store.db.fetch(select(schema.heads))} == {"extends"}
         assert count(store, schema.links, checked="record") == 2 * 8 * 48
+    finally:
+        store.close()
+
+
+async def test_the_witness_raises_a_rebuilt_and_a_shortened_chain(
+        broker: Mosquitto, pg_url: str) -> None:
+    honest, rebuilt, cut = (SyntheticPlant(name, channels=2)
+                            for name in ("honest", "rebuilt", "cut"))
+    async with running_collector(collector_settings(pg_url, broker.port)) as collector:
+        for plant in (honest, rebuilt, cut):
+            await publish(broker.port, plant.hours(0, 24) + plant.seal(), plant.plant)
+        await until_counted(collector, "heads", 3)
+        assert collector.counts["alarms"] == 0
+        # someone with database access changes a sealed hour and re-seals from its link on
+        await publish(broker.port, rebuilt.rebuild_from(10, {"value": 1.0}), "rebuilt")
+        # another cuts the chain's tail: the next head is shorter than the last one
+        cut.links = cut.links[:40]
+        await publish(broker.port, [cut.head()], "cut")
+        for plant in (honest,):  # life goes on at the honest plant
+            await publish(broker.port, plant.hours(24, 2) + plant.seal(), plant.plant)
+        await until_counted(collector, "heads", 6)
+        await until_counted(collector, "alarms", 2)
+    store = FleetStore(pg_url)
+    try:
+        alarms = {(a.plant, a.problem, a.seq) for a in store.db.fetch(select(schema.alarms))}
+        assert ("rebuilt", "chain rewritten", 10) in alarms
+        assert ("cut", "chain shortened", 40) in alarms
+        assert not [a for a in alarms if a[0] == "honest"]
+        verdicts = {(h.plant, h.seq): h.verdict for h in store.db.fetch(select(schema.heads))}
+        assert verdicts[("rebuilt", 48)] == "rewritten"
+        assert verdicts[("honest", 52)] == "extends"
+        assert verdicts[("cut", 40)] == "shortened"
+        # the first link received stays: the witness's copy is never overwritten
+        kept = store.db.fetch(select(schema.links.c.chain_hash).where(
+            schema.links.c.plant == "rebuilt", schema.links.c.seq == 10))
+        assert kept[0].chain_hash != rebuilt.links[9].chain_hash
+    finally:
+        store.close()
+
+
+async def test_a_sealed_hour_that_differs_from_the_one_received_is_raised(
+        broker: Mosquitto, pg_url: str) -> None:
+    plant = SyntheticPlant("quiet-edit", channels=1)
+    hours = plant.hours(0, 6)
+    plant.rows[3] = {**plant.rows[3], "value": 5.5}  # changed after publishing, then sealed
+    async with running_collector(collector_settings(pg_url, broker.port)) as collector:
+        await publish(broker.port, hours + plant.seal(), plant.plant)
+        await until_counted(collector, "alarms", 1)
+    store = FleetStore(pg_url)
+    try:
+        [alarm] = store.db.fetch(select(schema.alarms))
+        assert (alarm.problem, alarm.seq) == ("sealed record differs", 4)
+    finally:
+        store.close()
+
+
+async def test_a_week_offline_back_fills_in_order_without_gap_or_duplicate(
+        broker: Mosquitto, pg_url: str) -> None:
+    plant = SyntheticPlant("remote", channels=4)
+    settings = collector_settings(pg_url, broker.port)
+    async with running_collector(settings) as collector:
+        await publish(broker.port, plant.hours(0, 24) + plant.seal(), plant.plant)
+        await until_counted(collector, "heads", 1)
+    # the collector is down meanwhile too: its persistent session keeps everything queued
+    week = plant.hours(24, 7 * 24) + plant.seal()
+    await publish(broker.port, week, plant.plant)
+    await publish(broker.port, week[-200:], plant.plant)  # a batch sent twice (lost PUBACKs)
+    async with running_collector(settings) as collector:
+        await until_counted(collector, "messages", len(week) + 200)
+    store = FleetStore(pg_url)
+    try:
+        assert count(store, schema.hours) == 4 * 8 * 24
+        assert store.gaps("remote") == []
+        [progress] = store.progress(datetime.now(UTC))
+        assert (progress["hours_received"], progress["hours_missing"]) == (8 * 24, 0)
+        assert progress["last_hour"] == "2026-06-08T23:00:00Z"
+        assert count(store, schema.alarms) == 0 and count(store, schema.conflicts) == 0
+    finally:
+        store.close()
+
+
+async def test_gaps_and_lag_per_plant(broker: Mosquitto, pg_url: str) -> None:
+    plant = SyntheticPlant("patchy", channels=1)
+    async with running_collector(collector_settings(pg_url, broker.port)) as collector:
+        await publish(broker.port, plant.hours(0, 10) + plant.hours(20, 5), plant.plant)
+        await until_counted(collector, "hours", 15)
+    store = FleetStore(pg_url)
+    try:
+        assert [(a.hour, b.hour) for a, b in store.gaps("patchy")] == [(10, 20)]
+        now = datetime(2026, 6, 2, 3, tzinfo=UTC)
+        [progress] = store.progress(now)
+        assert progress["hours_missing"] == 10
+        assert progress["lag_seconds"] == 2 * 3600  # the newest hour ended at 01:00
     finally:
         store.close()

@@ -39,6 +39,7 @@ class Head:
     seq: int
     hash: str
     time: datetime | None
+    message_id: int | None  # the edge's outbox id; None: the copy sent straight on connect
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,8 @@ def _record(levels: list[str], body: dict[str, Any]) -> Record:
     if levels[-1] == "status":
         return Status(plant, _text(body, "state"))
     if levels[-2:] == ["chain", "head"]:
-        return Head(plant, _whole(body, "seq"), _text(body, "hash"), _time(body.get("time")))
+        return Head(plant, _whole(body, "seq"), _text(body, "hash"), _time(body.get("time")),
+                    _whole(body, "id") if "id" in body else None)
     if levels[-2] == "hour":
         return Hour(plant, _hour(body))
     if levels[-2] == "events":

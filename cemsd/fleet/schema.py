@@ -103,6 +103,7 @@ heads = Table(
     Column("seq", BigInteger, nullable=False),
     Column("hash", String(64), nullable=False),
     Column("time", UTCDateTime),
+    Column("message_id", BigInteger),  # the edge's outbox id (None: sent on connect)
     Column("verdict", String(16), nullable=False),  # extends | pending | rewritten | shortened
     Column("received_at", UTCDateTime, nullable=False),
     Index(None, "plant", "seq", "hash", unique=True),

@@ -29,6 +29,7 @@ from cemsd.fleet import schema
 from cemsd.fleet.messages import Head, utc_time
 
 HOURS = chain.KINDS["hours"]
+REWRITTEN = "chain rewritten"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,9 @@ def witness_links(conn: Connection, plant: str, docs: list[dict[str, Any]],
     found: list[Alarm] = []
     for link in links:
         problems, checked = _check_link(plant, link, known, hours, earliest)
-        found.extend(problems)
+        # the links after a rewritten one differ too: the first names where it starts
+        found.extend(p for p in problems if p.problem != REWRITTEN
+                     or not any(f.problem == REWRITTEN for f in found))
         if link["seq"] in known:
             continue
         conn.execute(insert(schema.links).on_conflict_do_nothing(),
@@ -70,7 +73,7 @@ def _check_link(plant: str, link: dict[str, Any], known: dict[int, str],
     stored = known.get(seq)
     if stored is not None:
         if stored != link["chain_hash"]:
-            out.append(Alarm(plant, "chain rewritten", seq,
+            out.append(Alarm(plant, REWRITTEN, seq,
                              f"link {seq} was received as {stored[:16]}..., now as "
                              f"{link['chain_hash'][:16]}...: the chain was rebuilt from here"))
         return out, "record"
@@ -79,7 +82,7 @@ def _check_link(plant: str, link: dict[str, Any], known: dict[int, str],
                          "chain_hash is not SHA-256(prev_hash + record_hash)"))
     before = known.get(seq - 1, chain.GENESIS if seq == 1 else None)
     if before is not None and before != link["prev_hash"]:
-        out.append(Alarm(plant, "chain rewritten", seq,
+        out.append(Alarm(plant, REWRITTEN, seq,
                          f"prev_hash {link['prev_hash'][:16]}... is not link {seq - 1} as "
                          f"received ({before[:16]}...)"))
     elif before is None and earliest is not None and earliest < seq:
@@ -115,20 +118,21 @@ def witness_head(conn: Connection, head: Head, now: datetime) -> list[Alarm]:
     """Keep a head and judge it against the links received and the heads before it."""
     c = schema.heads.c
     found: list[Alarm] = []
-    if head.seq and head.time is not None:
-        later = conn.execute(select(c.seq, c.time).where(
-            c.plant == head.plant, c.time < head.time, c.seq > head.seq)
+    if head.seq and head.message_id is not None:  # published after a longer head
+        longer = conn.execute(select(c.seq, c.message_id).where(
+            c.plant == head.plant, c.message_id < head.message_id, c.seq > head.seq)
             .order_by(c.seq.desc()).limit(1)).first()
-        if later is not None:
+        if longer is not None:
             found.append(Alarm(head.plant, "chain shortened", head.seq,
-                               f"head {head.seq} at {chain.utc_text(head.time)} is shorter "
-                               f"than head {later.seq} received for "
-                               f"{chain.utc_text(later.time)}: the chain's tail was cut"))
+                               f"head {head.seq} (message {head.message_id}) came after head "
+                               f"{longer.seq} (message {longer.message_id}): the chain's "
+                               "tail was cut"))
     verdict, problem = _head_verdict(conn, head.plant, head.seq, head.hash)
     if problem is not None:
         found.append(problem)
     conn.execute(insert(schema.heads).on_conflict_do_nothing(), {
         "plant": head.plant, "seq": head.seq, "hash": head.hash, "time": head.time,
+        "message_id": head.message_id,
         "verdict": "shortened" if found and verdict == "extends" else verdict,
         "received_at": now})
     return raise_alarms(conn, found, now)
@@ -144,7 +148,7 @@ def _head_verdict(conn: Connection, plant: str, seq: int, value: str
         return "pending", None  # its links are still on their way
     if stored == value:
         return "extends", None
-    return "rewritten", Alarm(plant, "chain rewritten", seq,
+    return "rewritten", Alarm(plant, REWRITTEN, seq,
                               f"head {seq} {value[:16]}... is not link {seq} as received "
                               f"({stored[:16]}...)")
 

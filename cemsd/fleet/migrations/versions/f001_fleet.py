@@ -48,7 +48,7 @@ TABLES = [
         CONSTRAINT pk_fleet_links PRIMARY KEY (plant, seq))""",
     """CREATE TABLE fleet_heads (
         id BIGSERIAL CONSTRAINT pk_fleet_heads PRIMARY KEY, plant VARCHAR(64) NOT NULL,
-        seq BIGINT NOT NULL, hash VARCHAR(64) NOT NULL, time TIMESTAMP,
+        seq BIGINT NOT NULL, hash VARCHAR(64) NOT NULL, time TIMESTAMP, message_id BIGINT,
         verdict VARCHAR(16) NOT NULL, received_at TIMESTAMP NOT NULL)""",
     "CREATE UNIQUE INDEX ix_fleet_heads_plant_seq_hash ON fleet_heads (plant, seq, hash)",
     """CREATE TABLE fleet_alarms (
