@@ -7,12 +7,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
 from cemsd.fleet import schema
+from cemsd.fleet.api import create_app
+from cemsd.fleet.messages import parse
 from cemsd.fleet.store import FleetStore
+from cemsd.fleet.tokens import EVERY_PLANT, create_token, revoke_token
+from cemsd.settings.api import ApiConfig
 from fleet_helpers import (
     SyntheticPlant,
     collector_settings,
@@ -166,5 +172,56 @@ async def test_gaps_and_lag_per_plant(broker: Mosquitto, pg_url: str) -> None:
         [progress] = store.progress(now)
         assert progress["hours_missing"] == 10
         assert progress["lag_seconds"] == 2 * 3600  # the newest hour ended at 01:00
+    finally:
+        store.close()
+
+
+def ingest(store: FleetStore, messages: list[tuple[str, str, bool]]) -> None:
+    store.ingest([parse(topic, payload.encode()) for topic, payload, _ in messages],
+                 datetime.now(UTC))
+
+
+async def test_a_token_sees_only_its_plants(pg_url: str) -> None:
+    store = FleetStore(pg_url)
+    store.upgrade()
+    try:
+        for name in ("north", "south", "east"):
+            plant = SyntheticPlant(name, channels=2)
+            ingest(store, plant.hours(0, 3) + plant.seal())
+        north = create_token(store.db, "registry-north", ["north"])
+        every = create_token(store.db, "programme", [EVERY_PLANT])
+        app = create_app(store, ApiConfig(), ZoneInfo("Asia/Shanghai"))
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                   base_url="http://fleet")
+
+        async def get(path: str, token: str | None, **params: str) -> httpx.Response:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            return await client.get(path, headers=headers, params=params)
+
+        async def status(path: str, token: str | None) -> int:
+            return (await get(path, token)).status_code
+
+        assert [p["plant"] for p in (await get("/v1/plants", north)).json()] == ["north"]
+        assert [p["plant"] for p in (await get("/v1/plants", every)).json()] == [
+            "east", "north", "south"]
+        hours = (await get("/v1/plants/north/hours", north)).json()["items"]
+        assert len(hours) == 6 and {h["plant"] for h in hours} == {"north"}
+        assert hours[0]["ts_local"] == "2026-06-01T08:00+08:00"
+        assert await status("/v1/plants/south/hours", north) == 404
+        assert await status("/v1/plants/south/chain/heads", north) == 404
+        assert await status("/v1/plants/south/hours", every) == 200
+        assert await status("/v1/plants/north/hours", None) == 401
+        assert await status("/v1/plants/north/hours", "forged") == 401
+        csv = (await get("/v1/plants/north/hours", north, format="csv", channel="dev-1.n2o",
+                         **{"from": "2026-06-01T09:00"})).text.splitlines()
+        assert csv[0].startswith("plant,channel,ts,") and len(csv) == 1 + 2
+        heads = (await get("/v1/plants/north/chain/heads", north)).json()["items"]
+        assert [(h["seq"], h["verdict"]) for h in heads] == [(6, "extends")]
+        revoke_token(store.db, "registry-north")
+        assert await status("/v1/plants", north) == 403
+        metrics = (await client.get("/metrics")).text
+        assert 'cemsd_fleet_plant_hours{plant="north"} 3.0' in metrics
+        assert 'cemsd_fleet_witness_alarms{plant="north"} 0.0' in metrics
+        await client.aclose()
     finally:
         store.close()
