@@ -4,6 +4,7 @@ plant offline for a week back-fills without gap or duplicate, tokens see their p
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from cemsd.fleet import schema
 from cemsd.fleet.api import create_app
@@ -68,6 +69,7 @@ async def test_records_arrive_once_and_a_differing_resend_is_a_conflict(
         await publish(broker.port, [(topic, payload, False)] * 2, "resender")
         await until_counted(collector, "conflicts", 1)
         await until_counted(collector, "messages", sum(map(len, sent)) * 2 + 2)
+        await until_counted(collector, "records_checked", 2 * 8 * 48)
     store = FleetStore(pg_url)
     try:
         assert count(store, schema.hours) == 2 * 8 * 48
@@ -223,5 +225,31 @@ async def test_a_token_sees_only_its_plants(pg_url: str) -> None:
         assert 'cemsd_fleet_plant_hours{plant="north"} 3.0' in metrics
         assert 'cemsd_fleet_witness_alarms{plant="north"} 0.0' in metrics
         await client.aclose()
+    finally:
+        store.close()
+
+
+async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
+        broker: Mosquitto, pg_url: str) -> None:
+    plants = [SyntheticPlant(f"fleet-{i:02d}") for i in range(20)]
+    hours = 30 * 24
+    sent = [p.hours(0, hours) + p.seal() for p in plants]
+    settings = collector_settings(pg_url, broker.port)
+    async with running_collector(settings) as collector:
+        await asyncio.gather(*(publish(broker.port, messages, plant.plant)
+                               for plant, messages in zip(plants, sent, strict=True)))
+        await until_counted(collector, "messages", sum(map(len, sent)), timeout=120)
+    store = FleetStore(pg_url)
+    try:
+        progress = store.progress(datetime.now(UTC))
+        assert [p["plant"] for p in progress] == [p.plant for p in plants]
+        assert {(p["hours_received"], p["hours_missing"], p["alarms"], p["conflicts"])
+                for p in progress} == {(hours, 0, 0, 0)}
+        assert count(store, schema.hours) == 20 * 8 * hours
+        assert count(store, schema.links) == 20 * 8 * hours  # their records: audited behind
+        assert {h.verdict for h in store.db.fetch(select(schema.heads))} == {"extends"}
+        partitions = store.db.fetch(text(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'fleet_hours'::regclass"))
+        assert partitions[0][0] == 1  # June 2026
     finally:
         store.close()

@@ -27,6 +27,7 @@ from cemsd.errors import StorageError
 from cemsd.fleet.messages import Record, parse, subscriptions
 from cemsd.fleet.settings import Collector as CollectorSettings
 from cemsd.fleet.store import FleetStore, Ingested
+from cemsd.fleet.witness import Alarm
 
 if TYPE_CHECKING:
     import aiomqtt
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QOS = 1
+AUDIT_IDLE_SECONDS = 1.0  # the record audit's pause when nothing waits
 
 
 class Collector:
@@ -51,7 +53,30 @@ class Collector:
         return datetime.fromtimestamp(self.clock(), UTC)
 
     async def run(self) -> None:
-        """Until stop(): connect, subscribe, collect; reconnect with back-off."""
+        """Until stop(): collect, and audit the records the links seal behind it."""
+        audit = asyncio.create_task(self._audit_forever(), name="record-audit")
+        try:
+            await self._collect_forever()
+        finally:
+            audit.cancel()
+            await asyncio.gather(audit, return_exceptions=True)
+
+    async def _audit_forever(self) -> None:
+        """The witness's record audit (witness.audit_records), behind ingest: a backlog of
+        links is checked as fast as the CPU allows without holding up new messages."""
+        while not self._stopping.is_set():
+            try:
+                checked, alarms = await asyncio.to_thread(self.store.audit_records, self.now())
+            except StorageError as exc:
+                log.error("witness: record audit failed", extra={"error": str(exc)})
+                checked, alarms = 0, []
+            self.counts.update(records_checked=checked, alarms=len(alarms))
+            _log_alarms(alarms)
+            if not checked:
+                await self._pause(AUDIT_IDLE_SECONDS)
+
+    async def _collect_forever(self) -> None:
+        """Connect, subscribe, collect; reconnect with back-off."""
         import aiomqtt
 
         delay = 1.0
@@ -154,9 +179,13 @@ class Collector:
             log.error("collector: conflicting record kept apart (the first stays)", extra={
                 "plant": conflict.plant, "record": conflict.record, "key": conflict.key,
                 "stored": _loggable(conflict.stored), "received": _loggable(conflict.received)})
-        for alarm in done.alarms:
-            log.error(f"witness: {alarm.problem}", extra={
-                "plant": alarm.plant, "seq": alarm.seq, "detail": alarm.detail})
+        _log_alarms(done.alarms)
+
+
+def _log_alarms(alarms: list[Alarm]) -> None:
+    for alarm in alarms:
+        log.error(f"witness: {alarm.problem}", extra={
+            "plant": alarm.plant, "seq": alarm.seq, "detail": alarm.detail})
 
 
 def _manual_acks(client: aiomqtt.Client) -> None:

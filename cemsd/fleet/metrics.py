@@ -53,6 +53,9 @@ class _FleetCollector:
             for plant, seconds in sorted(self.collector.lag.items()):
                 lag.add_metric([plant], seconds)
             yield lag
+        yield GaugeMetricFamily("cemsd_fleet_links_unchecked", "Hour links whose record the "
+                                "witness has not recomputed yet (its audit runs behind)",
+                                value=self.store.unchecked_links())
         progress = self.store.progress(self.now)
         for name, key, text in PLANT_GAUGES:
             gauge = GaugeMetricFamily(name, text, labels=["plant"])

@@ -91,8 +91,11 @@ links = Table(
     Column("prev_hash", String(64), nullable=False),
     Column("chain_hash", String(64), nullable=False),
     Column("sealed_at", UTCDateTime, nullable=False),
-    Column("checked", String(16), nullable=False),  # record | unchecked (no record to hand)
+    # pending (hour links: the record hash not recomputed yet) | record (recomputed) |
+    # unchecked (not an hour, or its hour never came)
+    Column("checked", String(16), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
+    Index("ix_fleet_links_pending", "plant", "seq", postgresql_where="checked = 'pending'"),
 )
 
 # every chain head received per plant, with the witness's verdict

@@ -20,14 +20,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Table, func, select, text, tuple_
+from sqlalchemy import Connection, Table, func, select, text
 from sqlalchemy.dialects.postgresql import insert
 
 from cemsd.chain import utc_text
 from cemsd.errors import StorageError
 from cemsd.fleet import schema
 from cemsd.fleet.messages import Event, Head, Hour, Links, Record, Rejected, Status
-from cemsd.fleet.witness import Alarm, witness_head, witness_links
+from cemsd.fleet.witness import (
+    PENDING,
+    Alarm,
+    audit_records,
+    witness_head,
+    witness_links,
+)
 from cemsd.store.database import Database
 
 log = logging.getLogger(__name__)
@@ -135,6 +141,15 @@ class FleetStore:
             created.add(name)
         return created
 
+    def audit_records(self, now: datetime, limit: int = 2000) -> tuple[int, list[Alarm]]:
+        """One step of the witness's record audit (witness.audit_records)."""
+        with self.db.transaction() as conn:
+            return audit_records(conn, now, limit)
+
+    def unchecked_links(self) -> int:
+        c = schema.links.c
+        return int(self.db.fetch(select(func.count()).where(c.checked == PENDING))[0][0])
+
     # --- reading -----------------------------------------------------------------------------
 
     def plants(self) -> list[str]:
@@ -202,50 +217,55 @@ def _insert_events(conn: Connection, events: list[Event], now: datetime
 def _insert_once(conn: Connection, table: Table, keys: tuple[str, ...],
                  content: tuple[str, ...], record: str, rows: list[dict[str, Any]],
                  now: datetime) -> tuple[int, int, list[Conflict]]:
-    """Insert what is new; compare the rest with what is stored: (new, same, conflicts)."""
+    """Insert what is new; compare the rest with what is stored: (new, same, conflicts).
+
+    The batch is copied (COPY) into a temporary table, inserted from there in one
+    statement, and compared with what is stored in one join: no statement per row."""
     if not rows:
         return 0, 0, []
-    columns = [table.c[k] for k in keys]
-    statement = insert(table).on_conflict_do_nothing().returning(*columns)
-    inserted = {tuple(r) for r in conn.execute(statement, rows)}
-    # the first of two equal keys in one batch is inserted; the second is compared with it
-    rest = _not_the_inserted(rows, keys, inserted)
-    if not rest:
-        return len(inserted), 0, []
-    stored = {tuple(getattr(r, k) for k in keys): r for r in conn.execute(
-        select(table).where(tuple_(*columns).in_([tuple(r[k] for k in keys) for r in rest])))}
+    incoming = _copy_in(conn, table, rows)
+    on_keys = " AND ".join(f"i.{k} = s.{k}" for k in keys)
+    inserted = conn.execute(text(
+        f"INSERT INTO {table.name} SELECT * FROM {incoming} ON CONFLICT DO NOTHING")).rowcount
+    differing = conn.execute(text(
+        f"SELECT {', '.join(f'i.{k}' for k in keys)}, "
+        f"{', '.join(f'i.{n} AS in_{n}, s.{n} AS kept_{n}' for n in content)} "
+        f"FROM {incoming} i JOIN {table.name} s ON {on_keys} "
+        f"WHERE ({', '.join(f'i.{n}' for n in content)}) IS DISTINCT FROM "
+        f"({', '.join(f's.{n}' for n in content)})")).all()
     conflicts = []
-    for row in rest:
-        key = tuple(row[k] for k in keys)
-        kept = stored[key]
-        if all(_same(getattr(kept, name), row[name]) for name in content):
-            continue
-        conflict = Conflict(row["plant"], record, _key_text(key[1:]),
-                            {n: getattr(kept, n) for n in content}, {n: row[n] for n in content})
+    for row in differing:
+        key = tuple(_utc_value(getattr(row, k)) for k in keys)
+        conflict = Conflict(row.plant, record, _key_text(key[1:]),
+                            {n: _utc_value(getattr(row, f"kept_{n}")) for n in content},
+                            {n: _utc_value(getattr(row, f"in_{n}")) for n in content})
         if _keep_conflict(conn, conflict, now):
             conflicts.append(conflict)
-    return len(inserted), len(rest) - len(conflicts), conflicts
+    return inserted, len(rows) - inserted - len(conflicts), conflicts
 
 
-def _not_the_inserted(rows: list[dict[str, Any]], keys: tuple[str, ...],
-                      inserted: set[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """The rows that were not inserted: each inserted key's first row was."""
-    out, taken = [], set()
-    for row in rows:
-        key = tuple(row[k] for k in keys)
-        if key in inserted and key not in taken:
-            taken.add(key)
-            continue
-        out.append(row)
-    return out
+def _copy_in(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> str:
+    """The rows in a temporary table shaped like `table` (emptied at commit)."""
+    name = f"incoming_{table.name}"
+    conn.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (LIKE {table.name}) "
+                      "ON COMMIT DELETE ROWS"))
+    columns = [c.name for c in table.c]
+    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row([_naive(row.get(c)) for c in columns])
+    return name
 
 
-def _same(stored: Any, received: Any) -> bool:
-    if isinstance(stored, datetime) and isinstance(received, datetime):
-        return stored == received
-    if isinstance(stored, float) and isinstance(received, int | float):
-        return stored == float(received)
-    return bool(stored == received)
+def _naive(value: Any) -> Any:
+    """Times as the columns keep them: naive UTC."""
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).replace(tzinfo=None)
+    return value
+
+
+def _utc_value(value: Any) -> Any:
+    return value.replace(tzinfo=UTC) if isinstance(value, datetime) else value
 
 
 def _key_text(key: tuple[Any, ...]) -> str:

@@ -46,6 +46,8 @@ TABLES = [
         sealed_at TIMESTAMP NOT NULL, checked VARCHAR(16) NOT NULL,
         received_at TIMESTAMP NOT NULL,
         CONSTRAINT pk_fleet_links PRIMARY KEY (plant, seq))""",
+    # the links the record audit has still to recompute
+    "CREATE INDEX ix_fleet_links_pending ON fleet_links (plant, seq) WHERE checked = 'pending'",
     """CREATE TABLE fleet_heads (
         id BIGSERIAL CONSTRAINT pk_fleet_heads PRIMARY KEY, plant VARCHAR(64) NOT NULL,
         seq BIGINT NOT NULL, hash VARCHAR(64) NOT NULL, time TIMESTAMP, message_id BIGINT,
