@@ -229,6 +229,7 @@ async def test_a_token_sees_only_its_plants(pg_url: str) -> None:
         store.close()
 
 
+@pytest.mark.slow  # 115,200 hours through a real broker: ~60 s on a quiet 2-core machine
 async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
         broker: Mosquitto, pg_url: str) -> None:
     plants = [SyntheticPlant(f"fleet-{i:02d}") for i in range(20)]
@@ -253,3 +254,39 @@ async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
         assert partitions[0][0] == 1  # June 2026
     finally:
         store.close()
+
+
+def bridge_lines(central_port: int) -> tuple[str, ...]:
+    """The shipped edge bridge (config/mosquitto/edge-bridge.conf) aimed at `central_port`."""
+    shipped = (Path(__file__).parent.parent / "config/mosquitto/edge-bridge.conf").read_text()
+    lines = [line for line in shipped.splitlines() if line and not line.startswith("#")]
+    return tuple(f"address 127.0.0.1:{central_port}" if line.startswith("address ") else line
+                 for line in lines)
+
+
+async def test_the_collector_receives_through_an_edge_to_centre_bridge(
+        tmp_path: Path, pg_url: str) -> None:
+    central = Mosquitto(tmp_path / "central", extra=BROKER)
+    central.start()
+    edge = Mosquitto(tmp_path / "edge", extra=("allow_anonymous true",
+                                               *bridge_lines(central.port)))
+    edge.start()
+    plant = SyntheticPlant("bridged", channels=2)
+    try:
+        async with running_collector(collector_settings(pg_url, central.port)) as collector:
+            await publish(edge.port, plant.hours(0, 6) + plant.seal(), "cemsd-bridged")
+            await until_counted(collector, "heads", 1)
+            central.stop()  # the centre goes away; the box goes on publishing to its broker
+            await publish(edge.port, plant.hours(6, 18) + plant.seal(), "cemsd-bridged")
+            central.start()  # the bridge reconnects, its queue drains, the collector too
+            await until_counted(collector, "hours", 2 * 24, timeout=60)
+            await until_counted(collector, "links", 2 * 24)
+        store = FleetStore(pg_url)
+        try:
+            assert count(store, schema.hours) == 2 * 24 and store.gaps("bridged") == []
+            assert count(store, schema.alarms) == 0
+        finally:
+            store.close()
+    finally:
+        edge.stop()
+        central.stop()
