@@ -5,6 +5,7 @@ plant offline for a week back-fills without gap or duplicate, tokens see their p
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,12 +21,21 @@ from cemsd.fleet.messages import parse
 from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import EVERY_PLANT, create_token, revoke_token
 from cemsd.settings.api import ApiConfig
+from cemsd.store import schema as edge_schema
 from fleet_helpers import (
     SyntheticPlant,
     collector_settings,
     publish,
     running_collector,
     until_counted,
+)
+from helpers import (
+    RunningDaemon,
+    analyzer_and_flow_plant,
+    database,
+    free_port,
+    write_config,
+    write_scenario,
 )
 from mqtt_helpers import Mosquitto
 
@@ -290,3 +300,62 @@ async def test_the_collector_receives_through_an_edge_to_centre_bridge(
     finally:
         edge.stop()
         central.stop()
+
+
+async def test_a_real_edge_box_arrives_equal_and_its_chain_recomputes(
+        broker: Mosquitto, pg_url: str, tmp_path: Path) -> None:
+    """A daemon on a virtual clock publishing to the broker: the central hours equal the
+    edge's hours field by field, and every link of its real chain (hours in form 2 with the
+    minutes' digest, audit entries) extends the last; every hour's seal recomputes."""
+    port = free_port()
+    config = write_config(tmp_path, analyzer_and_flow_plant(
+        "edge-box", port, storage={"state_dir": str(tmp_path / "state"),
+                                   "finalise_after_hours": 0},
+        mqtt={"host": "127.0.0.1", "port": broker.port, "backoff_initial": 0.05,
+              "backoff_max": 0.5, "batch_size": 200}))
+    scenario = write_scenario(tmp_path, {
+        "start": "2026-06-01T00:00:00+08:00",
+        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
+        "devices": [
+            {"name": "analyzer", "bus": "bus", "device_id": 1, "profile": "n2o-analyzer-percent",
+             "signals": {"n2o": {"base": 24.0, "ramp_per_hour": 1.0, "noise": 0.1}}},
+            {"name": "flow", "bus": "bus", "device_id": 2, "profile": "stack-flow-meter",
+             "signals": {"velocity": {"base": 3.0, "noise": 0.02}}}]})
+    async with running_collector(collector_settings(pg_url, broker.port)) as collector:
+        async with RunningDaemon(config, scenario, until=scenario.epoch + 3 * 3600 + 60) as run:
+            await run.finished()
+        edge = database(config)
+        hours = edge.fetch(select(edge_schema.hours).order_by(edge_schema.hours.c.ts,
+                                                               edge_schema.hours.c.channel))
+        o = edge_schema.mqtt_outbox.c
+        sent = [json.loads(r.payload)["data"]["links"] for r in edge.fetch(
+            select(o.payload).where(o.topic.like("%/events/chain.links"), o.sent_at.isnot(None)))]
+        # the last pass, at stop, seals after the output stopped: its links wait in the outbox
+        links = edge.fetch(select(edge_schema.chain).order_by(edge_schema.chain.c.seq)
+                           .limit(sum(map(len, sent))))
+        edge.close()
+        await until_counted(collector, "hours", len(hours))
+        await until_counted(collector, "links", len(links))
+        await until_counted(collector, "records_checked",
+                            sum(1 for ln in links if ln.record_table == "hours"))
+    store = FleetStore(pg_url)
+    try:
+        central = store.db.fetch(select(schema.hours).order_by(schema.hours.c.ts,
+                                                               schema.hours.c.channel))
+        fields = ("channel", "ts", "revision", "value", "minimum", "maximum", "n_valid",
+                  "n_expected", "flag", "reason", "unit", "created_at", "supersedes",
+                  "audit_id")
+        assert len(hours) >= 3 * 4
+        assert [tuple(getattr(h, f) for f in fields) for h in central] == \
+            [tuple(getattr(h, f) for f in fields) for h in hours]
+        assert count(store, schema.alarms) == 0
+        assert len(links) > 10 and [(ln.seq, ln.chain_hash) for ln in store.db.fetch(
+            select(schema.links).order_by(schema.links.c.seq))] == \
+            [(ln.seq, ln.chain_hash) for ln in links]
+        assert count(store, schema.links, checked="record") == \
+            sum(1 for ln in links if ln.record_table == "hours")
+        [head] = [h for h in store.db.fetch(select(schema.heads))
+                  if h.seq == max(ln.seq for ln in links)]
+        assert head.verdict == "extends"
+    finally:
+        store.close()
