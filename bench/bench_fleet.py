@@ -110,7 +110,7 @@ def queries(url: str, plants: int) -> dict[str, float]:
             times.append(time.perf_counter() - t)
         out[name] = statistics.median(times) * 1000
         out[name.replace("_ms", "_rows")] = rows
-    out["partitions"] = store.db.fetch(select(func.count()).select_from(schema.hours))[0][0]
+    out["rows"] = store.db.fetch(select(func.count()).select_from(schema.hours))[0][0]
     store.close()
     return out
 
