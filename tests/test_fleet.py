@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,7 +80,12 @@ async def test_records_arrive_once_and_a_differing_resend_is_a_conflict(
             plants[0].topics.period_messages("hour", [changed])[0].payload, False
         await publish(broker.port, [(topic, payload, False)] * 2, "resender")
         await until_counted(collector, "conflicts", 1)
-        await until_counted(collector, "messages", sum(map(len, sent)) * 2 + 2)
+        # a malformed message is refused (logged, counted) and does not block the rest
+        await publish(broker.port, [("cemsd/plant-0/hour/x", "{not json", False),
+                                    ("cemsd/plant-0/hour/x", '{"plant": "plant-0"}', False)],
+                      "garbage")
+        await until_counted(collector, "rejected", 2)
+        await until_counted(collector, "messages", sum(map(len, sent)) * 2 + 4)
         await until_counted(collector, "records_checked", 2 * 8 * 48)
     store = FleetStore(pg_url)
     try:
@@ -359,3 +366,16 @@ async def test_a_real_edge_box_arrives_equal_and_its_chain_recomputes(
         assert head.verdict == "extends"
     finally:
         store.close()
+
+
+def test_collect_refuses_a_bad_configuration_naming_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "collector.toml"
+    config.write_text('[collector]\ndatabase_url = "sqlite:///x.db"\nbatch_size = true\n'
+                      '[collector.broker]\nport = 70000\nclientid = "typo"\n')
+    done = subprocess.run([sys.executable, "-m", "cemsd", "collect", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    for key in ("collector.database_url", "collector.batch_size", "collector.broker.port",
+                "collector.broker.clientid"):
+        assert f"{config}: {key}" in done.stderr
+    assert "nothing was started" in done.stderr
