@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ from helpers import (
     analyzer_and_flow_plant,
     database,
     free_port,
+    listening,
+    wait_for,
     write_config,
     write_scenario,
 )
@@ -379,3 +382,39 @@ def test_collect_refuses_a_bad_configuration_naming_the_key(tmp_path: Path) -> N
                 "collector.broker.clientid"):
         assert f"{config}: {key}" in done.stderr
     assert "nothing was started" in done.stderr
+
+
+def test_cemsd_collect_serves_the_fleet_api(broker: Mosquitto, pg_url: str,
+                                            tmp_path: Path) -> None:
+    api_port = free_port()
+    config = tmp_path / "collector.toml"
+    config.write_text(f'[collector]\ndatabase_url = "{pg_url}"\n'
+                      f'[collector.broker]\nport = {broker.port}\nclient_id = "cli-collector"\n'
+                      f'[collector.api]\nport = {api_port}\n')
+    cemsd = [sys.executable, "-m", "cemsd"]
+    token = subprocess.run([*cemsd, "fleet-token", "create", "--config", str(config),
+                            "--name", "registry", "--plant", "cli-plant"],
+                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    process = subprocess.Popen([*cemsd, "collect", "--config", str(config)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: listening(api_port), 30)
+        with httpx.Client(base_url=f"http://127.0.0.1:{api_port}",
+                          headers={"Authorization": f"Bearer {token}"}) as client:
+            wait_for(lambda: "cemsd_fleet_broker_connected 1.0" in client.get("/metrics").text,
+                     30, 0.1)  # subscribed: from now on the broker keeps what comes
+            plant = SyntheticPlant("cli-plant", channels=1)
+            asyncio.run(publish(broker.port, plant.hours(0, 4) + plant.seal(), "cli-plant"))
+
+            def hours() -> int:
+                answer = client.get("/v1/plants/cli-plant/hours")
+                return len(answer.json()["items"]) if answer.status_code == 200 else -1
+
+            wait_for(lambda: hours() == 4, 20, 0.1)
+            [progress] = client.get("/v1/plants").json()
+            assert (progress["plant"], progress["hours_missing"]) == ("cli-plant", 0)
+            assert client.get("/v1/plants/other/hours").status_code == 404
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors

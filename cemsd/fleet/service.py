@@ -61,12 +61,12 @@ class CollectorService:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.sock is not None:
+                with contextlib.suppress(OSError):
+                    self.sock.close()
             self.store.close()
 
     def stop(self) -> None:
         self.collector.stop()
         if self.server is not None:
             self.server.should_exit = True
-        if self.sock is not None:
-            with contextlib.suppress(OSError):
-                self.sock.close()
