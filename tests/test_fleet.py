@@ -84,11 +84,14 @@ async def test_records_arrive_once_and_a_differing_resend_is_a_conflict(
         await publish(broker.port, [(topic, payload, False)] * 2, "resender")
         await until_counted(collector, "conflicts", 1)
         # a malformed message is refused (logged, counted) and does not block the rest
+        bad_links = json.dumps({"plant": "plant-0", "kind": "chain.links",
+                                "at": "2026-06-01T00:00:00Z", "data": {"links": [{"seq": 1}]}})
         await publish(broker.port, [("cemsd/plant-0/hour/x", "{not json", False),
-                                    ("cemsd/plant-0/hour/x", '{"plant": "plant-0"}', False)],
+                                    ("cemsd/plant-0/hour/x", '{"plant": "plant-0"}', False),
+                                    ("cemsd/plant-0/events/chain.links", bad_links, False)],
                       "garbage")
-        await until_counted(collector, "rejected", 2)
-        await until_counted(collector, "messages", sum(map(len, sent)) * 2 + 4)
+        await until_counted(collector, "rejected", 3)
+        await until_counted(collector, "messages", sum(map(len, sent)) * 2 + 5)
         await until_counted(collector, "records_checked", 2 * 8 * 48)
     store = FleetStore(pg_url)
     try:

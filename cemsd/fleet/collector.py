@@ -96,6 +96,8 @@ class Collector:
             except StorageError as exc:
                 log.error("collector: database unavailable; messages stay with the broker",
                           extra={"error": str(exc)})
+            except Exception:  # a fault of ours must not end collection for good
+                log.exception("collector failed; unacknowledged messages come again")
             finally:
                 self.connected = False
             await self._pause(delay)

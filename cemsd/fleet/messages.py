@@ -78,14 +78,14 @@ def _record(levels: list[str], body: dict[str, Any]) -> Record:
     if levels[-1] == "status":
         return Status(plant, _text(body, "state"))
     if levels[-2:] == ["chain", "head"]:
-        return Head(plant, _whole(body, "seq"), _text(body, "hash"), _time(body.get("time")),
+        return Head(plant, _whole(body, "seq"), _hex(body, "hash"), _time(body.get("time")),
                     _whole(body, "id") if "id" in body else None)
     if levels[-2] == "hour":
         return Hour(plant, _hour(body))
     if levels[-2] == "events":
         kind = _text(body, "kind")
         if kind == CHAIN_LINKS_EVENT:
-            return Links(plant, list(body["data"]["links"]))
+            return Links(plant, [_link(doc) for doc in body["data"]["links"]])
         return Event(plant, kind, utc_time(body.get("at")), _whole(body, "id"),
                      json.dumps(body.get("data"), sort_keys=True, separators=(",", ":")))
     raise ValueError("not a topic the collector reads")
@@ -103,6 +103,24 @@ def _hour(body: dict[str, Any]) -> dict[str, Any]:
         "created_at": utc_time(written), "supersedes": body.get("supersedes"),
         "audit_id": body.get("audit_id"), "message_id": body.get("id"),
     }
+
+
+def _link(doc: dict[str, Any]) -> dict[str, Any]:
+    """A link as chain.link_document wrote it, typed as fleet_links keeps it."""
+    hashes = {key: _hex(doc, key) for key in ("record_hash", "prev_hash", "chain_hash")}
+    minutes = doc.get("minutes_sha256")
+    return {"seq": _whole(doc, "seq"), "record_table": _text(doc, "table"),
+            "record_id": _whole(doc, "record_id"), "channel": _text(doc, "channel"),
+            "ts": utc_time(doc["ts"]), "form": _whole(doc, "form"), **hashes,
+            "minutes_sha256": None if minutes is None else _hex(doc, "minutes_sha256"),
+            "sealed_at": utc_time(doc["sealed_at"])}
+
+
+def _hex(body: dict[str, Any], key: str) -> str:
+    value = body[key]
+    if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+        raise ValueError(f"{key} must be 64 lower-case hex digits, not {value!r}")
+    return value
 
 
 def _text(body: dict[str, Any], key: str) -> str:

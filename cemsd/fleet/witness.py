@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from cemsd import chain
 from cemsd.fleet import schema
-from cemsd.fleet.messages import Head, utc_time
+from cemsd.fleet.messages import Head
 
 HOURS = chain.KINDS["hours"]
 REWRITTEN = "chain rewritten"
@@ -41,10 +41,11 @@ class Alarm:
     detail: str
 
 
-def witness_links(conn: Connection, plant: str, docs: list[dict[str, Any]],
+def witness_links(conn: Connection, plant: str, links: list[dict[str, Any]],
                   now: datetime) -> list[Alarm]:
-    """Check and keep the links of one `chain.links` message; the alarms newly raised."""
-    links = sorted((_link(doc) for doc in docs), key=lambda ln: ln["seq"])
+    """Check and keep the links of one `chain.links` message (typed by messages.parse);
+    the alarms newly raised."""
+    links = sorted(links, key=lambda ln: ln["seq"])
     if not links:
         return []
     known = _stored_links(conn, plant, links[0]["seq"] - 1, links[-1]["seq"])
@@ -199,15 +200,6 @@ def raise_alarms(conn: Connection, alarms: list[Alarm], now: datetime) -> list[A
         if inserted is not None:
             new.append(alarm)
     return new
-
-
-def _link(doc: dict[str, Any]) -> dict[str, Any]:
-    return {"seq": int(doc["seq"]), "record_table": str(doc["table"]),
-            "record_id": int(doc["record_id"]), "channel": str(doc["channel"]),
-            "ts": utc_time(doc["ts"]), "form": int(doc["form"]),
-            "record_hash": str(doc["record_hash"]), "minutes_sha256": doc.get("minutes_sha256"),
-            "prev_hash": str(doc["prev_hash"]), "chain_hash": str(doc["chain_hash"]),
-            "sealed_at": utc_time(doc["sealed_at"])}
 
 
 def _stored_links(conn: Connection, plant: str, first: int, last: int) -> dict[int, str]:
