@@ -33,6 +33,7 @@ from cemsd.fleet import schema  # noqa: E402
 from cemsd.fleet.messages import parse  # noqa: E402
 from cemsd.fleet.store import FleetStore  # noqa: E402
 from fleet_helpers import (  # noqa: E402
+    BROKER,
     START,
     SyntheticPlant,
     collector_settings,
@@ -41,8 +42,6 @@ from fleet_helpers import (  # noqa: E402
 )
 from helpers import PostgresServer  # noqa: E402
 from mqtt_helpers import Mosquitto, wait_until  # noqa: E402
-
-BROKER = ("allow_anonymous true", "max_inflight_messages 1000")
 
 
 async def through_broker(url: str, port: int, sent: list[list[tuple[str, str, bool]]],

@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import paho.mqtt.client as mqtt
+from sqlalchemy import func, select
 
 from cemsd import chain
 from cemsd.chainhead import head_pin
@@ -29,6 +30,8 @@ from mqtt_helpers import wait_until
 START = datetime(2026, 6, 1, tzinfo=UTC).timestamp()  # a month boundary: two partitions
 TZ = ZoneInfo("Asia/Shanghai")
 Message = tuple[str, str, bool]  # topic, payload, retain
+# a central broker for the collector: many messages in flight to it (it acks after commit)
+BROKER = ("allow_anonymous true", "max_inflight_messages 1000")
 
 
 @dataclass
@@ -166,3 +169,10 @@ async def until_counted(collector: Collector, kind: str, at_least: int,
     except TimeoutError:
         raise AssertionError(f"{kind}: {collector.counts[kind]} of {at_least} within "
                              f"{timeout} s ({dict(collector.counts)})") from None
+
+
+def count(store: FleetStore, table, **where: str) -> int:  # type: ignore[no-untyped-def]
+    query = select(func.count()).select_from(table)
+    for column, value in where.items():
+        query = query.where(table.c[column] == value)
+    return int(store.db.fetch(query)[0][0])

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import select
 
 from cemsd.fleet import schema
 from cemsd.fleet.api import create_app
@@ -26,8 +26,10 @@ from cemsd.fleet.tokens import EVERY_PLANT, create_token, revoke_token
 from cemsd.settings.api import ApiConfig
 from cemsd.store import schema as edge_schema
 from fleet_helpers import (
+    BROKER,
     SyntheticPlant,
     collector_settings,
+    count,
     publish,
     running_collector,
     until_counted,
@@ -46,9 +48,6 @@ from mqtt_helpers import Mosquitto
 
 pytestmark = pytest.mark.postgres
 
-BROKER = ("allow_anonymous true", "max_inflight_messages 1000")
-
-
 @pytest.fixture
 def broker(tmp_path: Path) -> Iterator[Mosquitto]:
     server = Mosquitto(tmp_path / "broker", extra=BROKER)
@@ -57,13 +56,6 @@ def broker(tmp_path: Path) -> Iterator[Mosquitto]:
         yield server
     finally:
         server.stop()
-
-
-def count(store: FleetStore, table, **where: str) -> int:  # type: ignore[no-untyped-def]
-    query = select(func.count()).select_from(table)
-    for column, value in where.items():
-        query = query.where(table.c[column] == value)
-    return int(store.db.fetch(query)[0][0])
 
 
 async def test_records_arrive_once_and_a_differing_resend_is_a_conflict(
@@ -248,33 +240,6 @@ async def test_a_token_sees_only_its_plants(pg_url: str) -> None:
         assert 'cemsd_fleet_plant_hours{plant="north"} 3.0' in metrics
         assert 'cemsd_fleet_witness_alarms{plant="north"} 0.0' in metrics
         await client.aclose()
-    finally:
-        store.close()
-
-
-@pytest.mark.slow  # 115,200 hours through a real broker: ~60 s on a quiet 2-core machine
-async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
-        broker: Mosquitto, pg_url: str) -> None:
-    plants = [SyntheticPlant(f"fleet-{i:02d}") for i in range(20)]
-    hours = 30 * 24
-    sent = [p.hours(0, hours) + p.seal() for p in plants]
-    settings = collector_settings(pg_url, broker.port)
-    async with running_collector(settings) as collector:
-        await asyncio.gather(*(publish(broker.port, messages, plant.plant)
-                               for plant, messages in zip(plants, sent, strict=True)))
-        await until_counted(collector, "messages", sum(map(len, sent)), timeout=120)
-    store = FleetStore(pg_url)
-    try:
-        progress = store.progress(datetime.now(UTC))
-        assert [p["plant"] for p in progress] == [p.plant for p in plants]
-        assert {(p["hours_received"], p["hours_missing"], p["alarms"], p["conflicts"])
-                for p in progress} == {(hours, 0, 0, 0)}
-        assert count(store, schema.hours) == 20 * 8 * hours
-        assert count(store, schema.links) == 20 * 8 * hours  # their records: audited behind
-        assert {h.verdict for h in store.db.fetch(select(schema.heads))} == {"extends"}
-        partitions = store.db.fetch(text(
-            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'fleet_hours'::regclass"))
-        assert partitions[0][0] == 1  # June 2026
     finally:
         store.close()
 

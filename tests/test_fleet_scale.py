@@ -1,0 +1,63 @@
+"""A fleet of 20 plants x 8 channels x a month of hours through a real mosquitto into a
+real PostgreSQL arrives complete (its own file: `--dist loadfile` runs it beside the rest
+of the fleet tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+from cemsd.fleet import schema
+from cemsd.fleet.store import FleetStore
+from fleet_helpers import (
+    BROKER,
+    SyntheticPlant,
+    collector_settings,
+    count,
+    publish,
+    running_collector,
+    until_counted,
+)
+from mqtt_helpers import Mosquitto
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.mark.slow  # 115,200 hours through a real broker: ~60 s on a quiet 2-core machine
+async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
+        tmp_path: Path, pg_url: str) -> None:
+    broker = Mosquitto(tmp_path / "broker", extra=BROKER)
+    broker.start()
+    try:
+        await _arrives_complete(broker, pg_url)
+    finally:
+        broker.stop()
+
+
+async def _arrives_complete(broker: Mosquitto, pg_url: str) -> None:
+    plants = [SyntheticPlant(f"fleet-{i:02d}") for i in range(20)]
+    hours = 30 * 24
+    sent = [p.hours(0, hours) + p.seal() for p in plants]
+    settings = collector_settings(pg_url, broker.port)
+    async with running_collector(settings) as collector:
+        await asyncio.gather(*(publish(broker.port, messages, plant.plant)
+                               for plant, messages in zip(plants, sent, strict=True)))
+        await until_counted(collector, "messages", sum(map(len, sent)), timeout=120)
+    store = FleetStore(pg_url)
+    try:
+        progress = store.progress(datetime.now(UTC))
+        assert [p["plant"] for p in progress] == [p.plant for p in plants]
+        assert {(p["hours_received"], p["hours_missing"], p["alarms"], p["conflicts"])
+                for p in progress} == {(hours, 0, 0, 0)}
+        assert count(store, schema.hours) == 20 * 8 * hours
+        assert count(store, schema.links) == 20 * 8 * hours  # their records: audited behind
+        assert {h.verdict for h in store.db.fetch(select(schema.heads))} == {"extends"}
+        partitions = store.db.fetch(text(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'fleet_hours'::regclass"))
+        assert partitions[0][0] == 1  # June 2026
+    finally:
+        store.close()
