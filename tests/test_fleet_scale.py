@@ -20,6 +20,7 @@ pytestmark = pytest.mark.postgres
 
 
 @pytest.mark.slow  # 115,200 hours through a real broker: ~60 s on a quiet 2-core machine
+@pytest.mark.timeout(900)  # minutes when the machine is shared
 async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
         tmp_path: Path, pg_url: str) -> None:
     broker = Mosquitto(tmp_path / "broker", extra=fleet.BROKER)
