@@ -77,6 +77,3 @@ def load_collector(path: str | Path) -> Collector:
         return CollectorFile.model_validate(raw).collector
     except ValidationError as exc:
         raise ConfigError(pydantic_problems(exc, str(path), raw)) from None
-
-
-
