@@ -48,6 +48,10 @@ class Collector:
         self.connected = False
         self.lag: dict[str, float] = {}  # plant: seconds from an hour's write to its commit
         self._stopping = asyncio.Event()
+        # set while the stream is caught up (the last batch was not full): the record audit
+        # waits during a back-fill, so the backlog is stored first
+        self._caught_up = asyncio.Event()
+        self._caught_up.set()
 
     def now(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), UTC)
@@ -62,9 +66,10 @@ class Collector:
             await asyncio.gather(audit, return_exceptions=True)
 
     async def _audit_forever(self) -> None:
-        """The witness's record audit (witness.audit_records), behind ingest: a backlog of
-        links is checked as fast as the CPU allows without holding up new messages."""
+        """The witness's record audit (witness.audit_records), behind ingest: it pauses
+        while a backlog of messages arrives (full batches) and catches up after."""
         while not self._stopping.is_set():
+            await self._caught_up.wait()
             try:
                 checked, alarms = await asyncio.to_thread(self.store.audit_records, self.now())
             except StorageError as exc:
@@ -105,6 +110,7 @@ class Collector:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._caught_up.set()  # an audit step waiting for it ends
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -129,6 +135,10 @@ class Collector:
         try:
             while not self._stopping.is_set():
                 batch, pending = await self._next_batch(messages, stopping, pending)
+                if len(batch) < self.settings.batch_size:
+                    self._caught_up.set()
+                else:
+                    self._caught_up.clear()
                 if batch:
                     await self._store(client, batch)
         finally:
