@@ -569,6 +569,16 @@ def links_after(db: Database, after_seq: int, limit: int) -> list[Any]:
     return db.fetch(select(schema.chain).where(c.seq > after_seq).order_by(c.seq).limit(limit))
 
 
+def link_document(link: Any) -> dict[str, Any]:
+    """A link as JSON (MQTT `chain.links`, docs/MQTT.md): what a witness needs to recompute
+    it from the previous link and the record (cemsd/fleet/witness.py)."""
+    return {"seq": int(link.seq), "table": link.record_table, "record_id": int(link.record_id),
+            "channel": link.channel, "ts": utc_text(link.ts), "form": int(link.form),
+            "record_hash": link.record_hash, "minutes_sha256": link.minutes_sha256,
+            "prev_hash": link.prev_hash, "chain_hash": link.chain_hash,
+            "sealed_at": utc_text(link.sealed_at)}
+
+
 def seals_for(db: Database, table: str, record_ids: Iterable[int]) -> dict[int, Any]:
     """Links of the given records of one table, by record id."""
     ids = list(record_ids)

@@ -541,3 +541,67 @@ def token_revoke(config_file: str, name: str, actor: str | None, reason: str | N
     finally:
         db.close()
     click.echo(f"token {name!r} revoked")
+
+
+# --- the fleet collector (cemsd/fleet/, docs/SCALING.md) -------------------------------------
+
+
+def _collector_settings(config_file: str):  # type: ignore[no-untyped-def]
+    from cemsd.fleet.settings import load_collector
+
+    try:
+        return load_collector(config_file)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        click.echo(f"{len(exc.problems)} problem(s); nothing was started.", err=True)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+def collect(config_file: str) -> None:
+    """Collect every plant's MQTT records into the fleet database; serve the fleet API."""
+    from cemsd.fleet.service import CollectorService
+
+    service = CollectorService(_collector_settings(config_file))
+    try:
+        service.prepare()
+    except CemsdError as exc:
+        click.echo(f"cemsd collect: {exc}; nothing was started.", err=True)
+        sys.exit(1)
+    if service.api_port is not None:
+        click.echo(f"fleet API on port {service.api_port}", err=True)
+
+    async def main_task() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, service.stop)
+        await service.run()
+
+    asyncio.run(main_task())
+
+
+@main.group("fleet-token")
+def fleet_token() -> None:
+    """Tokens of the fleet API, each scoped to plants."""
+
+
+@fleet_token.command("create")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--name", required=True)
+@click.option("--plant", "plants", multiple=True, required=True,
+              help="A plant the token may read (repeat; '*' for every plant).")
+def fleet_token_create(config_file: str, name: str, plants: tuple[str, ...]) -> None:
+    """Create a token for a registry client; it is printed once."""
+    from cemsd.fleet.store import FleetStore
+    from cemsd.fleet.tokens import create_token
+
+    store = FleetStore(_collector_settings(config_file).database_url)
+    try:
+        store.upgrade()
+        click.echo(create_token(store.db, name, list(plants)))
+    except CemsdError as exc:
+        click.echo(f"cemsd fleet-token create: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        store.close()

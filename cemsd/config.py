@@ -325,7 +325,7 @@ class Config(Strict):
 def load_config(path: str | Path) -> Config:
     """Read, merge profiles, validate and cross-check. Raises ConfigError with every problem."""
     path = Path(path)
-    raw = _read_toml(path)
+    raw = read_toml(path)
     problems: list[ConfigProblem] = []
     _merge_profiles(raw, str(path), problems)
     _resolve_paths(raw, path.parent)
@@ -342,7 +342,8 @@ def load_config(path: str | Path) -> Config:
     return config
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
+    """A TOML file as a dict; ConfigError names the file (unreadable, syntax, nesting)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -23,9 +23,11 @@ import math
 import os
 import re
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from cemsd import __version__
+from cemsd.chain import utc_text
 from cemsd.errors import StorageError
 from cemsd.outbox import Outbox, OutboxMessage, PendingMessage
 from cemsd.periods import HOUR, MINUTE, local_label, utc_label
@@ -66,6 +68,7 @@ def read_password(settings: MqttConfig, config: Config) -> str | None:
 # --- the topic scheme and payloads (docs/MQTT.md) --------------------------------------------
 
 CHAIN_HEAD_EVENT = "chain.head"  # cemsd/sealing.py publishes it after each sealing pass
+CHAIN_LINKS_EVENT = "chain.links"  # the links a sealing pass added, just before its head
 
 
 class Topics:
@@ -100,6 +103,12 @@ class Topics:
             "n_expected": row["n_expected"],
             "reason": row["reason"],
             "created_at": utc_label(row["created_at"]),
+            # what a central witness needs to recompute the record's seal (cemsd/fleet/):
+            # the revision fields and the write time as the database keeps it (microseconds)
+            "revision": row.get("revision", 0),
+            "supersedes": row.get("supersedes"),
+            "audit_id": row.get("audit_id"),
+            "written_at": utc_text(_utc(row["created_at"])),
         }
 
     def event_message(self, kind: str, payload: dict[str, Any], now: float) -> OutboxMessage:
@@ -123,6 +132,13 @@ class Topics:
         if now is not None:
             body["at"] = utc_label(now)
         return _json(body)
+
+
+def _utc(moment: float | datetime) -> datetime:
+    """A period's write time as the UTC column stores it (microseconds, epoch rounding)."""
+    if isinstance(moment, datetime):
+        return moment.astimezone(UTC)
+    return datetime.fromtimestamp(moment, UTC)
 
 
 def _json(body: dict[str, Any]) -> str:

@@ -7,9 +7,11 @@ in its own task through the daemon's store, so it never holds up acquisition.
 
 After each pass the chain head goes where a database writer cannot reach back: the head
 file in the state directory (cemsd/chainhead.py), a log line (the journal), and the
-`chain.head` event (MQTT publishes it retained). A revision above 0 without an audited
-correction is never sealed: an alarm (ERROR log, `cemsd_chain_refused_records`, the
-`chain.refused` event) names it at the first pass that meets it.
+`chain.head` event (MQTT publishes it retained), preceded by the `chain.links` events with
+the links the pass added (a central witness recomputes them, cemsd/fleet/). A revision
+above 0 without an audited correction is never sealed: an alarm (ERROR log,
+`cemsd_chain_refused_records`, the `chain.refused` event) names it at the first pass that
+meets it.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+LINKS_PER_MESSAGE = 500  # links per `chain.links` event: a backlog stays in small messages
+
 
 class Sealer:
     name = "sealing"
@@ -40,6 +44,9 @@ class Sealer:
         self.daemon: Daemon | None = None
         self.sealed = 0
         self.head_seq = 0
+        # the newest link published over `chain.links` (None until the first pass of the run
+        # reads the head it starts from: earlier links went out in earlier runs)
+        self.links_published: int | None = None
         self.refused: list[chain.Refused] = []  # rows due but not sealable, as of the last pass
         self._alarmed: set[tuple[str, int]] = set()
         self.failing = False  # the last attempt to seal failed (cemsd_sealing_failing)
@@ -70,6 +77,9 @@ class Sealer:
         store, now = daemon.store, daemon.clock.now()
         through = chain.due_before(now, self.finalise_after_hours)
         try:
+            if self.links_published is None:
+                start = await store.call(chain.head, store.db)
+                self.links_published = 0 if start is None else int(start.seq)
             sealed = await store.call(chain.seal_due, store.db, through, now)
             refused = await store.call(chain.refused, store.db, through)
             link = await store.call(chain.head, store.db)
@@ -102,7 +112,21 @@ class Sealer:
         self.head_seq = pin.seq
         log.info("chain head", extra={"seq": pin.seq, "hash": pin.hash, "time": pin.time})
         assert self.daemon is not None
+        await self._publish_links()
         await self.daemon.publish_event("chain.head", pin.as_json())
+
+    async def _publish_links(self) -> None:
+        """The links added since the last ones published, before their head, in chunks."""
+        assert self.daemon is not None and self.daemon.store is not None
+        store = self.daemon.store
+        while self.links_published is not None:
+            links = await store.call(chain.links_after, store.db, self.links_published,
+                                     LINKS_PER_MESSAGE)
+            if not links:
+                return
+            await self.daemon.publish_event("chain.links", {
+                "links": [chain.link_document(link) for link in links]})
+            self.links_published = int(links[-1].seq)
 
     async def _alarm(self, refused: list[chain.Refused]) -> None:
         self.refused = refused

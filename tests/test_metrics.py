@@ -94,11 +94,12 @@ def _count_minutes(db: Database) -> int:
 
 
 def _count_head_messages(db: Database) -> int:
-    """The retained chain head, published when the head moves (the start's audit record)."""
+    """The retained chain head, published when the head moves (the start's audit record),
+    each after the `chain.links` message with the links it adds."""
     o = schema.mqtt_outbox.c
     with db.engine.connect() as conn:
-        return int(conn.execute(select(func.count()).where(o.topic.like("%/chain/head")))
-                   .scalar_one())
+        return int(conn.execute(select(func.count()).where(
+            o.topic.like("%/chain/head") | o.topic.like("%/events/chain.links"))).scalar_one())
 
 
 async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:

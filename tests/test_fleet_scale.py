@@ -1,0 +1,57 @@
+"""A fleet of 20 plants x 8 channels x a month of hours through a real mosquitto into a
+real PostgreSQL arrives complete (its own file: `--dist loadfile` runs it beside the rest
+of the fleet tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, text
+
+import fleet_helpers as fleet
+from cemsd.fleet import schema
+from cemsd.fleet.store import FleetStore
+from mqtt_helpers import Mosquitto
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.mark.slow  # 115,200 hours through a real broker: ~60 s on a quiet 2-core machine
+@pytest.mark.timeout(900)  # minutes when the machine is shared
+async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
+        tmp_path: Path, pg_url: str) -> None:
+    broker = Mosquitto(tmp_path / "broker", extra=fleet.BROKER)
+    broker.start()
+    try:
+        await _arrives_complete(broker, pg_url)
+    finally:
+        broker.stop()
+
+
+async def _arrives_complete(broker: Mosquitto, pg_url: str) -> None:
+    plants = [fleet.SyntheticPlant(f"fleet-{i:02d}") for i in range(20)]
+    hours = 30 * 24
+    sent = [p.hours(0, hours) + p.seal() for p in plants]
+    settings = fleet.collector_settings(pg_url, broker.port)
+    async with fleet.running_collector(settings) as collector:
+        await asyncio.gather(*(fleet.publish(broker.port, messages, plant.plant)
+                               for plant, messages in zip(plants, sent, strict=True)))
+        # completeness, not speed: a loaded machine may take minutes (bench_fleet.py times it)
+        await fleet.until_counted(collector, "messages", sum(map(len, sent)), timeout=900)
+    store = FleetStore(pg_url)
+    try:
+        progress = store.progress(datetime.now(UTC))
+        assert [p["plant"] for p in progress] == [p.plant for p in plants]
+        assert {(p["hours_received"], p["hours_missing"], p["alarms"], p["conflicts"])
+                for p in progress} == {(hours, 0, 0, 0)}
+        assert fleet.count(store, schema.hours) == 20 * 8 * hours
+        assert fleet.count(store, schema.links) == 20 * 8 * hours  # their records: audited behind
+        assert {h.verdict for h in store.db.fetch(select(schema.heads))} == {"extends"}
+        partitions = store.db.fetch(text(
+            "SELECT count(*) FROM pg_inherits WHERE inhparent = 'fleet_hours'::regclass"))
+        assert partitions[0][0] == 1  # June 2026
+    finally:
+        store.close()
