@@ -52,6 +52,15 @@ class Aggregates:
     def __len__(self) -> int:
         return len(self.value)
 
+    def part(self, start: int, stop: int) -> Aggregates:
+        """Buckets [start, stop) alone."""
+        return Aggregates(
+            self.value[start:stop], self.minimum[start:stop], self.maximum[start:stop],
+            self.n_valid[start:stop], self.n_present[start:stop], self.flag[start:stop],
+            self.counts[start:stop], self.expected[start:stop], self.min_valid,
+            None if self.reasons is None else self.reasons[start:stop],
+            None if self.causes is None else self.causes[start:stop])
+
     def reason(self, i: int, what: str = "readings") -> str | None:
         """Why bucket i is not N: counts of valid and of each abnormal flag."""
         if self.reasons is not None:
@@ -136,3 +145,25 @@ def _causes(bucket: np.ndarray, codes: np.ndarray, causes: Sequence[str | None] 
         if cause and flag[bucket[i]] != NORMAL_CODE:
             tallies[bucket[i]][cause] += 1
     return [t.most_common(1)[0][0] if t else None for t in tallies]
+
+
+def aggregate_many(
+    series: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, Sequence[str | None]]],
+    n_buckets: int,
+    expected: int,
+    min_valid: int,
+    how: Literal["mean", "last"] = "mean",
+) -> list[Aggregates]:
+    """aggregate() of several series with the same rules in one call of the kernel: each
+    series' (bucket, values, codes, causes) gets its own range of buckets. The results are
+    those of one call per series (every bucket is computed on its own); a minute of a
+    plant's channels costs one call instead of one per channel."""
+    if not series:
+        return []
+    bucket = np.concatenate([s[0] + k * n_buckets for k, s in enumerate(series)])
+    values = np.concatenate([s[1] for s in series])
+    codes = np.concatenate([s[2] for s in series])
+    causes = [cause for s in series for cause in s[3]]
+    together = aggregate(bucket, values, codes, n_buckets * len(series), expected, min_valid,
+                         how=how, causes=causes)
+    return [together.part(k * n_buckets, (k + 1) * n_buckets) for k in range(len(series))]

@@ -1,9 +1,12 @@
 """Closing periods: stored readings -> minute values -> hour values.
 
-Minutes and hours are always computed from what is stored, never from memory: the
-closer flushes the writer, reads the minute's readings back and aggregates them. So
-the live path and the recovery path after a crash are the same code, and a period
-closed twice is the same period (unique keys make the second insert a no-op).
+Minutes and hours are always computed from what is stored: the closer flushes the
+writer and only then aggregates the minute. Live, it takes the minute's readings from
+the copy the pipeline kept of what it handed to the writer (`HandedReadings`), which the
+flush has just stored; where that copy may be incomplete (the minute this run started in,
+minutes before it, readings the writer's or the copy's bound dropped) it reads them back,
+as recovery after a crash does (0002, 0240). A period closed twice is the same period
+(unique keys make the second insert a no-op).
 
 Live: the closer wakes at each minute end, waits (boundedly) until every bus owner has
 delivered the readings of that minute (its watermark), and closes it. When a minute
@@ -27,15 +30,17 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from cemsd.acquisition import BusOwner
-from cemsd.aggregate import Aggregates, aggregate, root_cause
+from cemsd.aggregate import Aggregates, aggregate, aggregate_many, root_cause
 from cemsd.clock import Clock, StoppableSleep
 from cemsd.config import Config
 from cemsd.errors import StorageError
 from cemsd.flags import CODE, CODES
 from cemsd.logs import Episode
 from cemsd.periods import HOUR, MINUTE, hour_floor, minute_floor
+from cemsd.pipeline import HandedReadings, between
 from cemsd.plan import Plan, minute_threshold
 from cemsd.points import PointCalculator
+from cemsd.readings import Reading
 from cemsd.store import schema
 from cemsd.store.writer import Store
 
@@ -67,6 +72,7 @@ class Closer:
         clock: Clock,
         buses: Sequence[BusOwner] = (),
         listeners: list[PeriodListener] | None = None,
+        handed: HandedReadings | None = None,
     ) -> None:
         self.config = config
         self.rules = config.processing
@@ -78,10 +84,16 @@ class Closer:
         self.listeners = listeners if listeners is not None else []
         self.calculator = PointCalculator(config, plan)
         self.series = self._series(plan)
+        # one reading per poll slot of these series (_group)
+        self._poll_intervals = {m.name: m.poll_interval for m in self.series.values()
+                                if m.poll_interval}
         self.next_minute: float | None = None
         self.next_hour: float | None = None
         self.run_started: float = 0.0
         self.last_pruned: float = -math.inf
+        self.handed = handed  # None: every minute is read back
+        self.memory_from = math.inf  # minutes from here on are complete in `handed`
+        self._drops_seen = store.dropped_readings
         self._sleep = StoppableSleep(clock)
         self._close_fault = Episode(log, "cannot close period, retrying")
 
@@ -102,6 +114,8 @@ class Closer:
         """Close whatever was left open when the daemon last stopped (or died)."""
         now = self.clock.now()
         self.run_started = minute_floor(now)
+        # a killed run may have stored readings of the minute this one starts in
+        self.memory_from = self.run_started + MINUTE
         last_minute = await self.store.call(self.store.db.last_ts, schema.minutes)
         last_hour = await self.store.call(self.store.db.last_ts, schema.hours)
         if last_minute is not None:
@@ -165,33 +179,47 @@ class Closer:
     async def close_through(self, t_end: float) -> None:
         """Close every minute ending at or before t_end, and every hour they complete."""
         assert self.next_minute is not None and self.next_hour is not None
+        handed: list[Reading] = []
         if self.next_minute + MINUTE <= t_end:
+            # taken before the flush: only readings this flush stores
+            handed = self.handed.before(t_end) if self.handed is not None else []
             await self.store.flush()
+            self._note_losses()
         while self.next_minute + MINUTE <= t_end:
             window_end = min(t_end, hour_floor(self.next_minute, self.tz) + HOUR)
             window_end = max(window_end, self.next_minute + MINUTE)
-            await self._close_minutes(self.next_minute, minute_floor(window_end))
+            await self._close_minutes(self.next_minute, minute_floor(window_end), handed)
             self.next_minute = minute_floor(window_end)
             await self._close_hours(self.next_minute)
         await self._close_hours(self.next_minute)
+        if self.handed is not None:
+            self.handed.discard_before(self.next_minute)
 
-    async def _close_minutes(self, t0: float, t1: float) -> None:
-        n = round((t1 - t0) / MINUTE)
+    def _note_losses(self) -> None:
+        """Readings dropped by the writer's bound (all polled by now) or by the copy's make
+        the copy incomplete for every minute up to now's: those minutes are read back."""
+        lost_through = -math.inf if self.handed is None else self.handed.lost_through
+        if self.store.dropped_readings != self._drops_seen:
+            self._drops_seen = self.store.dropped_readings
+            lost_through = max(lost_through, self.clock.now())
+        if lost_through > -math.inf:
+            self.memory_from = max(self.memory_from, minute_floor(lost_through) + MINUTE)
+
+    async def _stored_readings(self, t0: float, t1: float, handed: list[Reading]
+                               ) -> list[Stamped]:
+        """The readings of [t0, t1) as stored, in time order (then in the order stored)."""
+        if self.handed is not None and t0 >= self.memory_from:
+            return [(r.ts, r.channel, r.value, r.flag.value, r.reason)
+                    for r in between(handed, t0, t1)]
         rows = await self.store.call(self.store.db.readings_between, t0, t1)
-        grouped = _group(self._first_per_slot(_stamped_readings(rows)), t0, MINUTE)
+        return _stamped_readings(rows)
+
+    async def _close_minutes(self, t0: float, t1: float, handed: list[Reading]) -> None:
+        n = round((t1 - t0) / MINUTE)
+        stamped = await self._stored_readings(t0, t1, handed)
+        grouped = _group(stamped, t0, MINUTE, self._poll_intervals)
         starts = t0 + MINUTE * np.arange(n)
-        aggregates: dict[str, Aggregates] = {}
-        for meta in self.series.values():
-            if meta.derived:
-                continue
-            s = grouped.get(meta.name, _EMPTY)
-            expected = meta.per_minute
-            aggregates[meta.name] = aggregate(
-                s.bucket, s.values, s.codes, n, expected,
-                minute_threshold(expected, self.rules.minute_min_readings,
-                                 self.rules.minute_min_valid_fraction),
-                how=meta.how, causes=s.causes,
-            )
+        aggregates = self._minute_aggregates(grouped, n)
         aggregates.update(self.calculator.compute(aggregates))
         keep = np.ones(n, dtype=bool)
         before_run = starts < self.run_started
@@ -207,21 +235,20 @@ class Closer:
         if inserted:
             await self.notify("minute", inserted)
 
-    def _first_per_slot(self, stamped: list[Stamped]) -> list[Stamped]:
-        """One reading per channel and poll slot, the first stored in time order. A slot is
-        polled twice only when the wall clock was set back while its minute was open, or
-        when a restart begins on the slot a killed run had polled already."""
-        seen: set[tuple[str, int]] = set()
-        kept = []
-        for row in stamped:
-            meta = self.series.get(row[1])
-            if meta is not None and meta.poll_interval:
-                slot = (row[1], math.floor(row[0] / meta.poll_interval + 1e-9))
-                if slot in seen:
-                    continue
-                seen.add(slot)
-            kept.append(row)
-        return kept
+    def _minute_aggregates(self, grouped: dict[str, _Series], n: int) -> dict[str, Aggregates]:
+        """The polled series' minutes, one kernel call per set of rules (aggregate_many)."""
+        by_rules: dict[tuple[int, str], list[str]] = {}
+        for meta in self.series.values():
+            if not meta.derived:
+                by_rules.setdefault((meta.per_minute, meta.how), []).append(meta.name)
+        aggregates: dict[str, Aggregates] = {}
+        for (expected, how), names in by_rules.items():
+            threshold = minute_threshold(expected, self.rules.minute_min_readings,
+                                         self.rules.minute_min_valid_fraction)
+            series = [grouped.get(name, _EMPTY) for name in names]
+            results = aggregate_many(series, n, expected, threshold, how)
+            aggregates.update(zip(names, results, strict=True))
+        return aggregates
 
     async def _close_hours(self, through: float) -> None:
         """Close every plant-local hour that ends at or before `through`."""
@@ -314,17 +341,31 @@ def _stamped_periods(rows: Sequence[Any]) -> list[Stamped]:
     return [(r.ts.timestamp(), r.channel, r.value, r.flag, r.reason) for r in rows]
 
 
-def _group(stamped: Sequence[Stamped], t0: float, width: float) -> dict[str, _Series]:
-    """Stored rows (readings or minutes) in time order -> per channel series by bucket."""
+def _group(stamped: Sequence[Stamped], t0: float, width: float,
+           poll_intervals: dict[str, float] | None = None) -> dict[str, _Series]:
+    """Stored rows (readings or minutes) in time order -> per channel series by bucket.
+
+    With `poll_intervals`, one reading per channel and poll slot is kept: the first stored
+    in time order. A slot is polled twice only when the wall clock was set back while its
+    minute was open, or when a restart begins on the slot a killed run had polled already.
+    In time order a channel's slots never decrease, so a repeat follows its first."""
+    intervals = poll_intervals or {}
     columns: dict[str, tuple[list[float], list[float], list[int], list[str | None]]] = {}
+    last_slot: dict[str, int] = {}
     for ts, channel, value, flag, reason in stamped:
+        interval = intervals.get(channel)
+        if interval is not None:
+            slot = math.floor(ts / interval + 1e-9)
+            if last_slot.get(channel) == slot:
+                continue
+            last_slot[channel] = slot
         series = columns.get(channel)
         if series is None:
             series = columns[channel] = ([], [], [], [])
         series[0].append(ts)
         series[1].append(math.nan if value is None else value)
         series[2].append(_CODE_OF_LETTER[flag])
-        series[3].append(root_cause(reason))
+        series[3].append(root_cause(reason) if reason else None)
     out = {}
     for name, (times, values, codes, causes) in columns.items():
         bucket = np.floor((np.array(times) - t0) / width + 1e-9).astype(np.int64)

@@ -163,7 +163,7 @@ class Daemon:
             for bus in self.plan.buses
         ]
         self.closer = Closer(self.config, self.plan, store, self.clock, self.owners,
-                             self.period_listeners)
+                             self.period_listeners, handed=self.pipeline.handed)
         await store.call(db.upsert_channels, _channel_rows(self.plan, self.closer))
         started: list[Component] = []
         try:

@@ -14,9 +14,10 @@ byte swap matters. pymodbus' convert_from_registers handles word order only (fie
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
 
 
@@ -79,48 +80,65 @@ class ByteOrder(StrEnum):
         return self in (ByteOrder.BADC, ByteOrder.DCBA)
 
 
-def _swap_bytes(raw: bytes) -> bytes:
-    swapped = bytearray(raw)
-    swapped[0::2], swapped[1::2] = raw[1::2], raw[0::2]
-    return bytes(swapped)
-
-
 def decode(registers: Sequence[int], data_type: DataType, order: ByteOrder) -> float:
     """Decode the registers of one value. Floats may come back NaN or infinite.
 
     Anything that is not `data_type.registers` 16-bit words raises ValueError."""
+    return _decoder(data_type, order)(registers)
+
+
+@functools.cache
+def _decoder(data_type: DataType, order: ByteOrder) -> Callable[[Sequence[int]], float]:
+    """decode() for one type and order, its structs built once (it runs for every value
+    polled). Bytes swapped inside each word are the words packed little endian."""
     n = data_type.registers
-    if len(registers) != n:
-        raise ValueError(f"{data_type} needs {n} registers, got {len(registers)}")
-    words = list(registers)
-    try:
-        raw = struct.pack(f">{n}H", *(reversed(words) if order.word_swap else words))
-    except struct.error:
-        raise ValueError(f"registers must be 16-bit words 0-65535: {words}") from None
-    if data_type is DataType.BOOL:
-        return 1.0 if words[0] else 0.0
-    if order.byte_swap:
-        raw = _swap_bytes(raw)
-    return float(struct.unpack(_STRUCT[data_type], raw)[0])
+    words = struct.Struct(f"{'<' if order.byte_swap else '>'}{n}H")
+    value = struct.Struct(_STRUCT.get(data_type, ">H"))
+    reverse = order.word_swap
+
+    def run(registers: Sequence[int]) -> float:
+        if len(registers) != n:
+            raise ValueError(f"{data_type} needs {n} registers, got {len(registers)}")
+        try:
+            raw = words.pack(*(reversed(registers) if reverse else registers))
+        except struct.error:
+            raise ValueError(f"registers must be 16-bit words 0-65535: {list(registers)}"
+                             ) from None
+        if data_type is DataType.BOOL:
+            return 1.0 if registers[0] else 0.0
+        return float(value.unpack(raw)[0])
+
+    return run
 
 
 def encode(value: float, data_type: DataType, order: ByteOrder) -> list[int]:
     """Encode one value into registers (the inverse of decode; used by simulators)."""
+    return _encoder(data_type, order)(value)
+
+
+@functools.cache
+def _encoder(data_type: DataType, order: ByteOrder) -> Callable[[float], list[int]]:
+    """encode() for one type and order, its structs built once."""
     if data_type is DataType.BOOL:
-        return [1 if value else 0]
-    if data_type.is_float:
-        try:
-            raw = struct.pack(_STRUCT[data_type], value)
-        except OverflowError:  # too large for float32: the instrument would show infinity
-            raw = struct.pack(_STRUCT[data_type], math.copysign(math.inf, value))
-    else:
-        raw = struct.pack(_STRUCT[data_type], _to_int(value, data_type))
-    if order.byte_swap:
-        raw = _swap_bytes(raw)
-    words = list(struct.unpack(f">{data_type.registers}H", raw))
-    if order.word_swap:
-        words.reverse()
-    return words
+        return lambda value: [1 if value else 0]
+    number = struct.Struct(_STRUCT[data_type])
+    words = struct.Struct(f"{'<' if order.byte_swap else '>'}{data_type.registers}H")
+    reverse = order.word_swap
+
+    def run(value: float) -> list[int]:
+        if not data_type.is_float:
+            raw = number.pack(_to_int(value, data_type))
+        else:
+            try:
+                raw = number.pack(value)
+            except OverflowError:  # too large for float32: the instrument would show infinity
+                raw = number.pack(math.copysign(math.inf, value))
+        unpacked = list(words.unpack(raw))
+        if reverse:
+            unpacked.reverse()
+        return unpacked
+
+    return run
 
 
 _INT_LIMITS = {

@@ -65,6 +65,13 @@ class SimulatedInstrument:
         self.adjusted_at = float("-inf")  # drift before this moment was corrected
         self._streams = {k: zlib.crc32(f"{device.name}.{k}".encode()) for k in self.channels}
         self._spans = self._address_spans()
+        # looked up per register read: a month in process makes millions of them
+        self._of_channel = {k: [e for e in self.events if e.channel == k] for k in self.channels}
+        self._status_events = [e for e in self.events if e.kind == "status"]
+        self._fault_events = [e for e in self.events if e.kind in FAULT_KINDS]
+        self._by_function: dict[int, list[tuple[str, Channel]]] = {}
+        for key, ch in self.channels.items():
+            self._by_function.setdefault(ch.function_code, []).append((key, ch))
 
     # --- values ------------------------------------------------------------------------
 
@@ -79,11 +86,14 @@ class SimulatedInstrument:
         seen = self._calibration_gas(key)
         if seen is None:
             seen = signal.deterministic(t) if signal else 0.0
-        value = seen * (1 + self._gain_error(key, t) / 100.0) + self._offset_error(key, t)
+        events = self._of_channel.get(key)
+        value = seen
+        if events:  # most channels have none
+            value = seen * (1 + self._gain_error(key, t) / 100.0) + self._offset_error(key, t)
         if signal and signal.noise:
             value += signal.noise * gaussian(self.scenario.seed, self._streams[key], t)
-        for event in self.events:
-            if event.channel == key and event.kind == "set" and event.active(t):
+        for event in events or ():
+            if event.kind == "set" and event.active(t):
                 assert event.value is not None
                 value = event.value
         return value
@@ -106,9 +116,7 @@ class SimulatedInstrument:
 
     def _offset_error(self, key: str, t: float) -> float:
         error = 0.0
-        for event in self.events:
-            if event.channel != key:
-                continue
+        for event in self._of_channel.get(key, ()):
             if event.kind == "drift" and t >= event.start:
                 error += event.per_hour * self._drifted(event, t)
             elif event.kind == "offset" and event.active(t) and event.value is not None:
@@ -116,13 +124,13 @@ class SimulatedInstrument:
         return error
 
     def _gain_error(self, key: str, t: float) -> float:
-        return sum(e.per_hour * self._drifted(e, t) for e in self.events
-                   if e.channel == key and e.kind == "gain_drift" and t >= e.start)
+        return sum(e.per_hour * self._drifted(e, t) for e in self._of_channel.get(key, ())
+                   if e.kind == "gain_drift" and t >= e.start)
 
     def status_word(self, key: str, t: float) -> int:
         word = int(self.value(key, t))
-        for event in self.events:
-            if event.kind == "status" and event.active(t) and event.channel in (None, key):
+        for event in self._status_events:
+            if event.active(t) and event.channel in (None, key):
                 if event.value is not None:
                     word = int(event.value)
                 for bit in event.bits:
@@ -130,7 +138,7 @@ class SimulatedInstrument:
         return word
 
     def fault(self, t: float) -> Event | None:
-        return next((e for e in self.events if e.kind in FAULT_KINDS and e.active(t)), None)
+        return next((e for e in self._fault_events if e.active(t)), None)
 
     # --- registers -----------------------------------------------------------------------
 
@@ -144,9 +152,7 @@ class SimulatedInstrument:
 
     def image(self, function_code: int, t: float) -> dict[int, int]:
         words: dict[int, int] = {}
-        for key, ch in self.channels.items():
-            if ch.function_code != function_code:
-                continue
+        for key, ch in self._by_function.get(function_code, ()):
             if ch.kind == "status":
                 engineering = float(self.status_word(key, t))
             else:

@@ -27,7 +27,7 @@ from pymodbus.simulator import DataType, SimData
 from pymodbus.simulator import SimDevice as PymodbusSimDevice
 
 from cemsd.clock import Clock
-from simulators.instrument import NoReply, SimulatedInstrument, corrupt
+from simulators.instrument import NoReply, ReadOutcome, SimulatedInstrument, corrupt
 from simulators.line import PacedLine
 from simulators.scenario import Scenario, SimBus
 
@@ -61,17 +61,21 @@ class SimulatedBus:
     def elapsed(self) -> float:
         return self.clock.now() - self.epoch
 
-    async def async_getValues(
-        self, device_id: int, func_code: int, address: int, count: int = 1
-    ) -> list[int] | list[bool] | ExcCodes:
+    def answer(self, device_id: int, func_code: int, address: int, count: int) -> ReadOutcome:
+        """The instrument's answer to a read now; NoReply when it stays silent."""
         self.requests += 1
         self.requests_by_device[device_id] += 1
         instrument = self.instruments.get(device_id)
         if instrument is None:
-            raise NoSuchIdException(f"no device {device_id}")
+            raise NoReply(f"no device {device_id}")
+        return instrument.read(TABLE_OF.get(func_code, func_code), address, count,
+                               self.elapsed())
+
+    async def async_getValues(
+        self, device_id: int, func_code: int, address: int, count: int = 1
+    ) -> list[int] | list[bool] | ExcCodes:
         try:
-            outcome = instrument.read(TABLE_OF.get(func_code, func_code), address, count,
-                                      self.elapsed())
+            outcome = self.answer(device_id, func_code, address, count)
         except NoReply:
             raise NoSuchIdException(f"device {device_id} is silent") from None
         if outcome.delay:
@@ -84,18 +88,24 @@ class SimulatedBus:
             return [bool(v) for v in outcome.registers]
         return outcome.registers
 
-    async def async_setValues(
-        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
-    ) -> ExcCodes | None:
+    def accept_write(self, device_id: int, func_code: int, address: int,
+                     values: list[int] | list[bool]) -> ExcCodes | None:
+        """Carry out a write now; NoReply when the instrument stays silent."""
         instrument = self.instruments.get(device_id)
-        if instrument is None:
-            raise NoSuchIdException(f"no device {device_id}")
-        if instrument.fault(self.elapsed()) is not None:
-            raise NoSuchIdException(f"device {device_id} is silent")
+        if instrument is None or instrument.fault(self.elapsed()) is not None:
+            raise NoReply(f"device {device_id} is silent")
         if func_code not in (5, 15):
             return ExcCodes.ILLEGAL_FUNCTION
         instrument.write_coils(address, [bool(v) for v in values], self.elapsed())
         return None
+
+    async def async_setValues(
+        self, device_id: int, func_code: int, address: int, values: list[int] | list[bool]
+    ) -> ExcCodes | None:
+        try:
+            return self.accept_write(device_id, func_code, address, values)
+        except NoReply as exc:
+            raise NoSuchIdException(str(exc)) from None
 
     def trace_packet(self, sending: bool, data: bytes) -> bytes:
         if sending and self._pending_corruption:

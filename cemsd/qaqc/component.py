@@ -49,6 +49,7 @@ class Qaqc:
         self._device_locks: dict[str, asyncio.Lock] = {}
         self._overdue_open: set[str] = set()
         self._inconsistent: set[str] = set()  # abatement units whose outlet >= inlet
+        self._units = config.abatement_units()  # checked every minute: built once
 
     async def start(self, daemon: Daemon) -> None:
         self.daemon = daemon
@@ -205,7 +206,7 @@ class Qaqc:
     async def _check_consistency(self, rows: list[dict[str, Any]]) -> None:
         """Outlet N2O mass at or above the inlet's while an abatement unit runs."""
         by_channel = {r["channel"]: r for r in rows}
-        for unit in self.config.abatement_units():
+        for unit in self._units:
             await self._check_unit_consistency(unit, by_channel)
 
     async def _check_unit_consistency(self, unit: AbatementUnit,
