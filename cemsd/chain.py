@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -126,6 +127,11 @@ REVISED = (KINDS["hours"], KINDS["substitutions"], KINDS["production_days"], MIN
 def canonical_json(value: Any) -> str:
     """Keys sorted, no spaces, floats as C printf %.17g, strings as JSON escapes them
     (non-ASCII kept, UTF-8 when hashed), None as null (forms 1 and 2 alike)."""
+    # Sealing and verify canonicalise every minute under every hour: the exact types first
+    # (a dict lookup), the isinstance chain for the rest (bool before int, subclasses).
+    fast = _EXACT.get(type(value))
+    if fast is not None:
+        return fast(value)
     if value is None:
         return "null"
     if isinstance(value, bool):
@@ -135,14 +141,31 @@ def canonical_json(value: Any) -> str:
     if isinstance(value, float):
         return _float(value)
     if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
+        return _string(value)
     if isinstance(value, dict):
-        items = sorted(value.items())
-        return "{" + ",".join(f"{canonical_json(str(k))}:{canonical_json(v)}"
-                              for k, v in items) + "}"
+        return _object(value)
     if isinstance(value, list | tuple):
-        return "[" + ",".join(canonical_json(v) for v in value) + "]"
+        return _array(value)
     raise TypeError(f"no canonical form for {type(value).__name__}")
+
+
+_NEEDS_ESCAPE = re.compile(r'[\x00-\x1f"\\]')
+
+
+def _string(text: str) -> str:
+    """As json.dumps(ensure_ascii=False) writes it; most strings need no escape at all."""
+    if _NEEDS_ESCAPE.search(text) is None:
+        return f'"{text}"'
+    return json.dumps(text, ensure_ascii=False)
+
+
+def _object(value: dict[Any, Any]) -> str:
+    return "{" + ",".join([f"{_string(str(k))}:{canonical_json(v)}"
+                           for k, v in sorted(value.items())]) + "}"
+
+
+def _array(value: list[Any] | tuple[Any, ...]) -> str:
+    return "[" + ",".join([canonical_json(v) for v in value]) + "]"
 
 
 def _float(x: float) -> str:
@@ -151,6 +174,12 @@ def _float(x: float) -> str:
     if math.isinf(x):
         return '"Infinity"' if x > 0 else '"-Infinity"'
     return format(x, ".17g")
+
+
+_EXACT: dict[type, Callable[[Any], str]] = {
+    type(None): lambda _: "null", bool: lambda b: "true" if b else "false", int: str,
+    float: _float, str: _string, dict: _object, list: _array, tuple: _array,
+}
 
 
 def utc_text(moment: datetime) -> str:
@@ -180,18 +209,29 @@ def canonical_document(kind: SealedKind, row: Any, form: int = 1,
 def _typed(kind: SealedKind, name: str, value: Any) -> Any:
     if value is None:
         return None
+    convert = _CONVERTERS.get((kind.name, name))
+    if convert is None:
+        convert = _CONVERTERS[kind.name, name] = _converter(kind, name)
+    return convert(value)
+
+
+_CONVERTERS: dict[tuple[str, str], Callable[[Any], Any]] = {}
+
+
+def _converter(kind: SealedKind, name: str) -> Callable[[Any], Any]:
+    """How a column's value is typed in the canonical form (by its declared type)."""
     column_type = kind.table.c[name].type
     if name in kind.json_fields:
-        return json_value(value)
+        return json_value
     if isinstance(column_type, UTCDateTime):
-        return utc_text(value)
+        return utc_text
     if isinstance(column_type, Date):
-        return value.isoformat()
+        return lambda value: value.isoformat()
     if isinstance(column_type, Float):
-        return float(value)
+        return float
     if isinstance(column_type, Integer):
-        return int(value)
-    return str(value)
+        return int
+    return str
 
 
 def json_value(text: str | None) -> Any:
@@ -441,7 +481,7 @@ def seal_due(db: Database, through: float, sealed_at: float, batch: int = _SEAL_
         skip |= bad
         if records:
             records.sort(key=lambda r: r[:4])
-            _append(db, [(kind, row, under) for *_, kind, row, under in records], sealed_at)
+            _append(db, [(kind, row, hashes) for *_, kind, row, hashes in records], sealed_at)
             sealed += len(records)
         elif not bad:
             return sealed
@@ -463,19 +503,18 @@ def _next_due(db: Database, through: float, batch: int, skip: set[tuple[str, int
         under = minutes_under(db, rows) if kind.name == "hours" else {}
         good = []
         for row in rows:
-            try:
-                hash_record(kind, row, FORM, under)
-                good.append(row)
+            try:  # hashed once: what cannot be hashed is skipped, the rest sealed with it
+                good.append((row, _seal_hashes(kind, row, under)))
             except (Malformed, TypeError, ValueError):
                 bad.add((kind.name, row.id))
         full = kind.periodic and len(loaded.rows) + len(loaded.malformed) == batch
-        fetched.append((kind, good, full and good, under))
+        fetched.append((kind, good, full and good))
     # a table that filled its batch may have more records in its last period: leave that
     # period (and later ones of the other tables) for the next round
-    cut = min((rows[-1].ts for _, rows, full, _ in fetched if full), default=None)
+    cut = min((rows[-1][0].ts for _, rows, full in fetched if full), default=None)
     records = [(kind.link_time(row).timestamp(), kind.link_channel(row), kind.name, row.id,
-                kind, row, under)
-               for kind, rows, _, under in fetched for row in rows
+                kind, row, hashes)
+               for kind, rows, _ in fetched for row, hashes in rows
                if cut is None or not kind.periodic or row.ts < cut]
     if not records and cut is not None and not bad:  # one period holds more than a batch
         records = _whole_period(db, cut)
@@ -491,22 +530,27 @@ def _whole_period(db: Database, start: datetime) -> list[tuple[Any, ...]]:
             _sealable(kind, start.timestamp()), kind.table.c.ts == start))
         rows = list(loaded.rows.values())
         under = minutes_under(db, rows) if kind.name == "hours" else {}
-        out += [(start.timestamp(), row.channel, kind.name, row.id, kind, row, under)
-                for row in rows]
+        out += [(start.timestamp(), row.channel, kind.name, row.id, kind, row,
+                 _seal_hashes(kind, row, under)) for row in rows]
     return out
 
 
-def _append(db: Database, records: Sequence[tuple[SealedKind, Any, Any]],
+def _seal_hashes(kind: SealedKind, row: Any, under: dict[tuple[str, datetime], list[Any]]
+                 ) -> tuple[str, str | None]:
+    """(record hash, minutes digest) of a record in the form sealing writes."""
+    digest = hour_minutes_digest(row, under) if kind.name == "hours" and FORM == 2 \
+        else None  # form 1 does not cover the minutes
+    return record_hash(kind, row, FORM, digest), digest
+
+
+def _append(db: Database, records: Sequence[tuple[SealedKind, Any, tuple[str, str | None]]],
             sealed_at: float) -> None:
     c = schema.chain.c
     with db.transaction() as conn:
         head = conn.execute(select(c.seq, c.chain_hash).order_by(c.seq.desc()).limit(1)).first()
         seq, prev = (int(head.seq), head.chain_hash) if head else (0, GENESIS)
         links = []
-        for kind, row, under in records:
-            digest = hour_minutes_digest(row, under) if kind.name == "hours" and FORM == 2 \
-                else None  # form 1 does not cover the minutes
-            rec = record_hash(kind, row, FORM, digest)
+        for kind, row, (rec, digest) in records:
             seq += 1
             chained = link_hash(prev, rec)
             links.append({"seq": seq, "record_table": kind.name, "record_id": row.id,

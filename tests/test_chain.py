@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import delete, insert, select, update
 
 from cemsd import chain
@@ -105,6 +107,40 @@ def test_canonical_serialisation_rules() -> None:
     assert chain.canonical_json([1, "x", [True]]) == '[1,"x",[true]]'
     assert chain.utc_text(datetime(2026, 6, 1, 0, 0, 0, 250000, tzinfo=UTC)) == \
         "2026-06-01T00:00:00.250000Z"
+
+
+def _documented_form(value: object) -> str:
+    """docs/TAMPER-EVIDENCE.md's serialisation, the plain way: the reference for the fast
+    one the daemon seals with."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return '"NaN"'
+        if value in (float("inf"), float("-inf")):
+            return '"Infinity"' if value > 0 else '"-Infinity"'
+        return format(value, ".17g")
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{json.dumps(k, ensure_ascii=False)}:{_documented_form(v)}"
+                              for k, v in sorted(value.items())) + "}"
+    return "[" + ",".join(_documented_form(v) for v in value) + "]"  # type: ignore[union-attr]
+
+
+_SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text())
+_DOCUMENTS = st.recursive(_SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(), inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(_DOCUMENTS)
+def test_the_fast_serialisation_is_the_documented_one(document: object) -> None:
+    assert chain.canonical_json(document) == _documented_form(document)
 
 
 # --- sealing -----------------------------------------------------------------------------------
