@@ -1,0 +1,251 @@
+"""Readings on disk: bytes per reading (table plus indexes) and the writer's cost per reading,
+the one-row-a-reading layout of migration 0012 ("before") against the packed blocks of 0013
+("after"), both measured in this run; and the SQLite file's size across retention.
+
+Readings are written as the daemon's writer writes them: one transaction per batch of
+`batch_seconds` (1 s) of real time, every channel's readings of that second together.
+Plants: the demo plant's channel set (config/demo.toml: 19 channels every 5 s) and 50
+channels every 1 s. Values: status words and switches are small integers, measurements
+carry full float64 noise (the worst case for packing: a Modbus float32 or scaled integer
+packs tighter). Bytes are what the database holds for the readings: SQLite's `dbstat`
+(pages of the tables and their indexes), PostgreSQL's pg_total_relation_size (heap, TOAST,
+indexes, free space map), after VACUUM (ANALYZE) on PostgreSQL.
+
+Usage:
+    .venv/bin/python bench/bench_storage.py [--hours 24] [--pg-url URL] [--retention-hours 3]
+Without --pg-url a private PostgreSQL server is started (tests/helpers.py, as the tests do).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import (
+    Column,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    insert,
+    text,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+from benchlib import machine_info
+
+from cemsd.config import load_config
+from cemsd.plan import compile_plan
+from cemsd.store.database import MIGRATIONS, Database
+from cemsd.store.schema import UTCDateTime
+
+T0 = 1_780_272_000.0  # 2026-06-01 00:00 UTC
+DEMO = Path(__file__).parent.parent / "config" / "demo.toml"
+OLD_TABLES = ("readings",)
+NEW_TABLES = ("reading_blocks", "reading_channels")
+Batch = list[tuple[str, float, float | None, str, str | None]]
+_OLD = Table("readings", MetaData(), Column("id", Integer, primary_key=True),
+             Column("channel", String(100)), Column("ts", UTCDateTime),
+             Column("value", Float(precision=53)), Column("flag", String(1)),
+             Column("reason", Text))
+
+
+def demo_channels() -> list[tuple[str, float]]:
+    plan = compile_plan(load_config(DEMO))
+    return [(ch.name, d.poll_interval) for d in plan.devices for ch in d.channels]
+
+
+def fifty_channels() -> list[tuple[str, float]]:
+    return [(f"line{i // 10}-dev{i % 10}.ch{i}", 1.0) for i in range(50)]
+
+
+def batches(channels: list[tuple[str, float]], seconds: int, start: float = T0
+            ) -> Iterator[Batch]:
+    """One writer batch a second: every reading whose poll fell in that second."""
+    rng = np.random.default_rng(7)
+    discrete = [any(k in name for k in ("status", "running", "open", "counter"))
+                for name, _ in channels]
+    for s in range(seconds):
+        t = start + s
+        batch: Batch = []
+        for (name, interval), whole in zip(channels, discrete, strict=True):
+            if s % round(interval):
+                continue
+            if whole:
+                value = float(s // 3600 if "counter" in name else 0)
+            else:
+                value = 100.0 * (1 + 0.05 * math.sin(t / 600)) + rng.normal(0, 0.8)
+            batch.append((name, t, value, "N", None))
+        if batch:
+            yield batch
+
+
+# --- the two layouts ------------------------------------------------------------------------------
+
+
+def at_revision(url: str, revision: str) -> Database:
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+
+    db = Database(url)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)
+    return db
+
+
+def write_old(db: Database, batch: Batch) -> None:
+    """How cemsd wrote a batch until 0013: a dict per reading, one row each."""
+    with db.engine.begin() as conn:
+        conn.execute(insert(_OLD), [dict(zip(("channel", "ts", "value", "flag", "reason"),
+                                             row, strict=True)) for row in batch])
+
+
+def write_new(db: Database, batch: Batch) -> None:
+    db.insert_reading_rows(batch)
+
+
+def fill(db: Database, write: Callable[[Database, Batch], None],
+         channels: list[tuple[str, float]], seconds: int) -> tuple[int, float]:
+    """Write the batches; returns (readings, CPU seconds of this process in the writes)."""
+    n, cpu = 0, 0.0
+    for batch in batches(channels, seconds):
+        started = time.process_time()
+        write(db, batch)
+        cpu += time.process_time() - started
+        n += len(batch)
+    return n, cpu
+
+
+def stored_bytes(db: Database, tables: tuple[str, ...]) -> int:
+    with db.engine.connect() as conn:
+        if db.dialect == "sqlite":
+            listed = ",".join(f"'{t}'" for t in tables)
+            names = conn.execute(text("SELECT name FROM sqlite_master WHERE tbl_name IN "
+                                      f"({listed})")).scalars().all()
+            listed = ",".join(f"'{n}'" for n in names)
+            return int(conn.execute(text("SELECT coalesce(sum(pgsize), 0) FROM dbstat "
+                                         f"WHERE name IN ({listed})")).scalar_one())
+        return sum(int(conn.execute(text(f"SELECT pg_total_relation_size('{t}')"))
+                       .scalar_one()) for t in tables)
+
+
+def vacuum(db: Database) -> None:
+    if db.dialect == "postgresql":
+        with db.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE"))
+
+
+def measure(url: str, layout: str, channels: list[tuple[str, float]], seconds: int
+            ) -> tuple[float, float]:
+    """(bytes per reading, writer CPU µs per reading) of one layout."""
+    old = layout == "before"
+    db = at_revision(url, "0012") if old else at_revision(url, "head")
+    try:
+        n, cpu = fill(db, write_old if old else write_new, channels, seconds)
+        vacuum(db)
+        size = stored_bytes(db, OLD_TABLES if old else NEW_TABLES)
+    finally:
+        db.close()
+    return size / n, cpu / n * 1e6
+
+
+# --- retention ----------------------------------------------------------------------------------
+
+
+def retention(tmp: Path, hours: int, keep_hours: int) -> list[tuple[int, int, int]]:
+    """50 channels at 1 s for `hours`, pruned hourly to `keep_hours` in the daemon's steps:
+    (hour, file bytes, free pages) at the end of each hour."""
+    path = tmp / "retention.db"
+    db = at_revision(f"sqlite:///{path}", "head")
+    sizes = []
+    try:
+        for hour in range(hours):
+            for batch in batches(fifty_channels(), 3600, T0 + hour * 3600):
+                db.insert_reading_rows(batch)
+            before = T0 + (hour + 1 - keep_hours) * 3600
+            while db.prune_readings(before, max_blocks=500):
+                pass
+            with db.engine.connect() as conn:
+                conn.execute(text("PRAGMA wal_checkpoint(TRUNCATE)"))
+                free = int(conn.execute(text("PRAGMA freelist_count")).scalar_one())
+            sizes.append((hour + 1, path.stat().st_size, free))
+    finally:
+        db.close()
+    return sizes
+
+
+# --- main -----------------------------------------------------------------------------------------
+
+
+def databases(tmp: Path, pg: Any) -> Iterator[tuple[str, Callable[[str], str]]]:
+    yield "SQLite", lambda name: f"sqlite:///{tmp / name}.db"
+    yield "PostgreSQL", lambda name: pg.create_database(name) if hasattr(pg, "create_database") \
+        else _pg_database(pg, name)
+
+
+def _pg_database(server_url: str, name: str) -> str:
+    engine = create_engine(server_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return server_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hours", type=float, default=24.0, help="span written per case")
+    parser.add_argument("--pg-url", help="a PostgreSQL server (else a private one)")
+    parser.add_argument("--retention-hours", type=int, default=3)
+    parser.add_argument("--retention-span", type=int, default=10, help="hours written")
+    args = parser.parse_args()
+    print(machine_info())
+    seconds = round(args.hours * 3600)
+    server = None
+    if args.pg_url:
+        pg: Any = args.pg_url
+    else:
+        from helpers import PostgresServer
+
+        server = pg = PostgresServer()
+        server.start()
+    plants = {"demo plant (19 ch / 5 s)": demo_channels(), "50 ch / 1 s": fifty_channels()}
+    try:
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            print(f"\nreadings written in 1 s batches over {args.hours:g} h; bytes on disk "
+                  "per reading (tables + indexes), writer CPU per reading")
+            print(f"{'database':<11} {'plant':<26} {'before B':>9} {'after B':>8} "
+                  f"{'ratio':>6} {'before µs':>10} {'after µs':>9} {'ratio':>6}")
+            for backend, url_for in databases(tmp, pg):
+                for i, (plant, channels) in enumerate(plants.items()):
+                    b_bytes, b_cpu = measure(url_for(f"before{i}"), "before", channels, seconds)
+                    a_bytes, a_cpu = measure(url_for(f"after{i}"), "after", channels, seconds)
+                    print(f"{backend:<11} {plant:<26} {b_bytes:9.1f} {a_bytes:8.1f} "
+                          f"{b_bytes / a_bytes:6.1f} {b_cpu:10.2f} {a_cpu:9.2f} "
+                          f"{b_cpu / a_cpu:6.1f}", flush=True)
+            print(f"\nSQLite file across retention ({args.retention_hours} h kept, 50 ch / 1 s,"
+                  " pruned hourly in steps of 500 blocks)")
+            for hour, size, free in retention(tmp, args.retention_span, args.retention_hours):
+                print(f"  after hour {hour:2d}: {size / 2**20:7.2f} MiB, {free} free pages")
+    finally:
+        if server is not None:
+            server.stop()
+
+
+if __name__ == "__main__":
+    main()
