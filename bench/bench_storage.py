@@ -23,7 +23,7 @@ import math
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     insert,
+    select,
     text,
 )
 
@@ -118,11 +119,11 @@ def write_new(db: Database, batch: Batch) -> None:
     db.insert_reading_rows(batch)
 
 
-def fill(db: Database, write: Callable[[Database, Batch], None],
-         channels: list[tuple[str, float]], seconds: int) -> tuple[int, float]:
+def fill(db: Database, write: Callable[[Database, Batch], None], batched: Iterable[Batch]
+         ) -> tuple[int, float]:
     """Write the batches; returns (readings, CPU seconds of this process in the writes)."""
     n, cpu = 0, 0.0
-    for batch in batches(channels, seconds):
+    for batch in batched:
         started = time.process_time()
         write(db, batch)
         cpu += time.process_time() - started
@@ -149,18 +150,51 @@ def vacuum(db: Database) -> None:
             conn.execute(text("VACUUM ANALYZE"))
 
 
+def read_old(db: Database, t0: float, t1: float) -> list[Any]:
+    """How cemsd read a minute back until 0013."""
+    c = _OLD.c
+    return db.fetch(select(c.channel, c.ts, c.value, c.flag, c.reason)
+                    .where(c.ts >= t0, c.ts < t1).order_by(c.ts, c.id))
+
+
+def read_back(db: Database, read: Callable[[Database, float, float], list[Any]],
+              seconds: int) -> float:
+    """CPU µs per reading to read the last (up to) 30 minutes back a minute at a time, as
+    the closer does."""
+    n, cpu = 0, 0.0
+    for m in range(max(0, seconds // 60 - 30), seconds // 60):
+        started = time.process_time()
+        n += len(read(db, T0 + 60 * m, T0 + 60 * (m + 1)))
+        cpu += time.process_time() - started
+    return cpu / n * 1e6
+
+
 def measure(url: str, layout: str, channels: list[tuple[str, float]], seconds: int
-            ) -> tuple[float, float]:
-    """(bytes per reading, writer CPU µs per reading) of one layout."""
+            ) -> tuple[float, float, float]:
+    """(bytes per reading, writer CPU µs per reading, read-back CPU µs per reading)."""
     old = layout == "before"
     db = at_revision(url, "0012") if old else at_revision(url, "head")
     try:
-        n, cpu = fill(db, write_old if old else write_new, channels, seconds)
+        n, cpu = fill(db, write_old if old else write_new, batches(channels, seconds))
         vacuum(db)
         size = stored_bytes(db, OLD_TABLES if old else NEW_TABLES)
+        read = read_back(db, read_old if old else Database.readings_between, seconds)
     finally:
         db.close()
-    return size / n, cpu / n * 1e6
+    return size / n, cpu / n * 1e6, read
+
+
+def big_batches(url: str, layout: str) -> float:
+    old = layout == "before"
+    db = at_revision(url, "0012") if old else at_revision(url, "head")
+    seconds = list(batches(fifty_channels(), 1800))
+    minutes = ([row for second in seconds[i:i + 60] for row in second]
+               for i in range(0, len(seconds), 60))
+    try:
+        n, cpu = fill(db, write_old if old else write_new, minutes)
+    finally:
+        db.close()
+    return cpu / n * 1e6
 
 
 # --- retention ----------------------------------------------------------------------------------
@@ -229,15 +263,23 @@ def main() -> None:
             tmp = Path(tmp_name)
             print(f"\nreadings written in 1 s batches over {args.hours:g} h; bytes on disk "
                   "per reading (tables + indexes), writer CPU per reading")
-            print(f"{'database':<11} {'plant':<26} {'before B':>9} {'after B':>8} "
-                  f"{'ratio':>6} {'before µs':>10} {'after µs':>9} {'ratio':>6}")
+            print("and CPU per reading to read each minute back (closer), before -> after")
+            print(f"{'database':<11} {'plant':<25} {'bytes/reading':>17} {'write µs':>17} "
+                  f"{'read µs':>15}")
             for backend, url_for in databases(tmp, pg):
                 for i, (plant, channels) in enumerate(plants.items()):
-                    b_bytes, b_cpu = measure(url_for(f"before{i}"), "before", channels, seconds)
-                    a_bytes, a_cpu = measure(url_for(f"after{i}"), "after", channels, seconds)
-                    print(f"{backend:<11} {plant:<26} {b_bytes:9.1f} {a_bytes:8.1f} "
-                          f"{b_bytes / a_bytes:6.1f} {b_cpu:10.2f} {a_cpu:9.2f} "
-                          f"{b_cpu / a_cpu:6.1f}", flush=True)
+                    before = measure(url_for(f"before{i}"), "before", channels, seconds)
+                    after = measure(url_for(f"after{i}"), "after", channels, seconds)
+                    figures = " ".join(f"{b:6.1f} -> {a:5.1f} ({b / a:4.1f}x)"
+                                       for b, a in zip(before, after, strict=True))
+                    print(f"{backend:<11} {plant:<25} {figures}", flush=True)
+            print("\nwriter CPU per reading in 60 s batches (a simulated run, a backlog), "
+                  "50 ch, 30 min, before -> after")
+            for backend, url_for in databases(tmp, pg):
+                before, after = (big_batches(url_for(f"big{layout}"), layout)
+                                 for layout in ("before", "after"))
+                print(f"{backend:<11} {before:6.2f} -> {after:5.2f} ({before / after:4.1f}x)",
+                      flush=True)
             print(f"\nSQLite file across retention ({args.retention_hours} h kept, 50 ch / 1 s,"
                   " pruned hourly in steps of 500 blocks)")
             for hour, size, free in retention(tmp, args.retention_span, args.retention_hours):

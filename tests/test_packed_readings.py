@@ -18,9 +18,12 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, in
 from test_cli import _scenario as cli_scenario
 
 from cemsd.cli import main
-from cemsd.store import packing, schema
+from cemsd.flags import Flag
+from cemsd.readings import Reading
+from cemsd.store import packing, schema, writer
 from cemsd.store.database import MIGRATIONS, Database
 from cemsd.store.schema import UTCDateTime
+from cemsd.store.writer import Store
 from helpers import analyzer_and_flow_plant, free_port, run_virtual, write_config, write_scenario
 
 T0 = 1_780_272_000.0  # 2026-06-01 00:00 UTC
@@ -182,3 +185,35 @@ def test_a_daemon_database_migrated_keeps_minutes_hours_and_verify(
     assert _periods(fresh, schema.minutes, end) == minutes
     assert _periods(fresh, schema.hours, end) == hours
     fresh.close()
+
+
+async def test_the_writer_goes_between_prune_steps(db: Database,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A prune is many short transactions, each its own call on the store's worker thread:
+    a batch flushed meanwhile is written before the prune ends, not behind all of it."""
+    monkeypatch.setattr(writer, "PRUNE_STEP_BLOCKS", 1)
+    db.insert_readings([{"channel": "a.n2o", "ts": T0 + 5.0 * i, "value": float(i),
+                         "flag": "N", "reason": None} for i in range(12 * 10)])  # 10 blocks
+    calls: list[str] = []
+    prune, write = db.prune_readings, db.insert_reading_rows
+
+    def pruning(before: float, max_blocks: int | None = None) -> int:
+        calls.append("prune")
+        return prune(before, max_blocks)
+
+    def writing(rows: Any) -> None:
+        calls.append("write")
+        write(rows)
+
+    monkeypatch.setattr(db, "prune_readings", pruning)
+    monkeypatch.setattr(db, "insert_reading_rows", writing)
+    store = Store(db)
+    pruned = asyncio.create_task(store.prune_readings(T0 + 600))
+    await asyncio.sleep(0)  # the first step is on the worker thread
+    store.add_readings([Reading("a.n2o", T0 + 900.0, 1.0, Flag.N)])
+    await store.flush()
+    assert await pruned == 120
+    assert calls.count("prune") == 11  # ten blocks one by one, then nothing left
+    assert calls.index("write") < len(calls) - 2  # between steps, long before the last
+    assert [r.ts.timestamp() for r in db.readings_between(0, 2e9)] == [T0 + 900.0]
+    await store.close()

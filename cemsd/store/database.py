@@ -257,7 +257,7 @@ class Database:
             # blocks that end before `before` (they span less than BLOCK_SPAN_US) go whole
             whole = conn.execute(
                 select(b.id, b.n).where(b.start <= before_us - packing.BLOCK_SPAN_US)
-                .order_by(b.start).limit(max_blocks)).all()
+                .limit(max_blocks)).all()  # any of them: no sort over the whole range
             if whole:
                 conn.execute(delete(schema.reading_blocks)
                              .where(b.id.in_([row.id for row in whole])))

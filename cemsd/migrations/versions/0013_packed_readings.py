@@ -78,7 +78,8 @@ def _create_packed() -> None:
         sa.PrimaryKeyConstraint('id', name=op.f('pk_reading_blocks')),
     )
     op.create_index(op.f('ix_reading_blocks_start'), 'reading_blocks', ['start'],
-                    unique=False, postgresql_using='brin')
+                    unique=False, postgresql_using='brin',
+                    postgresql_with={'pages_per_range': 16})
     _no_update("reading_blocks")
 
 
