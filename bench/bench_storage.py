@@ -5,9 +5,10 @@ the one-row-a-reading layout of migration 0012 ("before") against the packed blo
 Readings are written as the daemon's writer writes them: one transaction per batch of
 `batch_seconds` (1 s) of real time, every channel's readings of that second together.
 Plants: the demo plant's channel set (config/demo.toml: 19 channels every 5 s) and 50
-channels every 1 s. Values: status words and switches are small integers, measurements
-carry full float64 noise (the worst case for packing: a Modbus float32 or scaled integer
-packs tighter). Bytes are what the database holds for the readings: SQLite's `dbstat`
+channels every 1 s. Values: status words and switches are small integers, measurements are
+noisy values as the drivers decode them (float32 registers, integers scaled by 0.1);
+--full-precision gives every measurement float64 noise, the worst case for packing.
+Bytes are what the database holds for the readings: SQLite's `dbstat`
 (pages of the tables and their indexes), PostgreSQL's pg_total_relation_size (heap, TOAST,
 indexes, free space map), after VACUUM (ANALYZE) on PostgreSQL.
 
@@ -71,6 +72,19 @@ def fifty_channels() -> list[tuple[str, float]]:
     return [(f"line{i // 10}-dev{i % 10}.ch{i}", 1.0) for i in range(50)]
 
 
+FULL_PRECISION = False  # --full-precision: every measurement with float64 noise
+
+
+def decoded(name: str, x: float) -> float:
+    """A measurement as the drivers deliver it: a float32 register widened, or a scaled
+    16-bit integer (profiles: temperature, pressure, moisture at 0.1)."""
+    if FULL_PRECISION:
+        return x
+    if any(k in name for k in ("temperature", "pressure", "moisture")) or name[-1] in "13579":
+        return round(x / 0.1) * 0.1
+    return float(np.float32(x))
+
+
 def batches(channels: list[tuple[str, float]], seconds: int, start: float = T0
             ) -> Iterator[Batch]:
     """One writer batch a second: every reading whose poll fell in that second."""
@@ -86,7 +100,8 @@ def batches(channels: list[tuple[str, float]], seconds: int, start: float = T0
             if whole:
                 value = float(s // 3600 if "counter" in name else 0)
             else:
-                value = 100.0 * (1 + 0.05 * math.sin(t / 600)) + rng.normal(0, 0.8)
+                value = decoded(name, 100.0 * (1 + 0.05 * math.sin(t / 600))
+                                + rng.normal(0, 0.8))
             batch.append((name, t, value, "N", None))
         if batch:
             yield batch
@@ -246,7 +261,11 @@ def main() -> None:
     parser.add_argument("--pg-url", help="a PostgreSQL server (else a private one)")
     parser.add_argument("--retention-hours", type=int, default=3)
     parser.add_argument("--retention-span", type=int, default=10, help="hours written")
+    parser.add_argument("--full-precision", action="store_true",
+                        help="measurements with float64 noise (the worst case for packing)")
     args = parser.parse_args()
+    global FULL_PRECISION
+    FULL_PRECISION = args.full_precision
     print(machine_info())
     seconds = round(args.hours * 3600)
     server = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy import Column, Float, Integer, MetaData, String, Table, Text, in
 from test_cli import _scenario as cli_scenario
 
 from cemsd.cli import main
+from cemsd.errors import StorageError
 from cemsd.flags import Flag
 from cemsd.readings import Reading
 from cemsd.store import packing, schema, writer
@@ -217,3 +219,20 @@ async def test_the_writer_goes_between_prune_steps(db: Database,
     assert calls.index("write") < len(calls) - 2  # between steps, long before the last
     assert [r.ts.timestamp() for r in db.readings_between(0, 2e9)] == [T0 + 900.0]
     await store.close()
+
+
+@pytest.mark.parametrize(("row", "named"), [
+    ({"ts": math.nan}, "reading time nan"),
+    ({"value": "high"}, "not a number"),
+    ({"flag": "NB"}, "reading flag 'NB'"),
+    ({"channel": 7}, "reading channel 7"),
+    ({"channel": None, "ts": T0 + 3}, "reading channel None"),
+])
+def test_a_bad_reading_is_named_and_the_batch_is_not_half_written(
+        db: Database, row: dict[str, Any], named: str) -> None:
+    good = {"channel": "a.n2o", "ts": T0, "value": 1.0, "flag": "N", "reason": None}
+    db.insert_readings([good])
+    batch = [{**good, "channel": "b.n2o", "ts": T0 + 1}, {**good, "ts": T0 + 2, **row}]
+    with pytest.raises(StorageError, match=re.escape(named)):
+        db.insert_readings(batch)
+    assert [r.ts.timestamp() for r in db.readings_between(0, 2e9)] == [T0]

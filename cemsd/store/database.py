@@ -186,11 +186,11 @@ class Database:
     def _channel_ids(self, conn: Connection, names: set[str]) -> dict[str, int]:
         """The id of each channel name, adding the names not seen before."""
         ids = {name: self._channels[name] for name in names if name in self._channels}
+        bad = [name for name in names - ids.keys() if not isinstance(name, str)]
+        if bad:
+            raise StorageError(f"reading channel {bad[0]!r} is not a name")
         missing = sorted(names - ids.keys())
         if missing:
-            bad = [name for name in missing if not isinstance(name, str)]
-            if bad:
-                raise StorageError(f"reading channel {bad[0]!r} is not a name")
             c = schema.reading_channels.c
             conn.execute(self._insert_ignoring_duplicates(schema.reading_channels),
                          [{"name": name} for name in missing])

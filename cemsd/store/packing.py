@@ -122,9 +122,12 @@ def columns_of(rows: Sequence[tuple[Any, Any, Any, Any, Any]],
 
 
 def _times_us(times: Sequence[Any]) -> np.ndarray:
-    if all(type(t) is float for t in times):  # the writer's epoch seconds
-        return np.round(np.array(times, np.float64) * 1_000_000).astype(np.int64)
-    return np.array([epoch_us(t) for t in times], np.int64)
+    if not all(type(t) is float for t in times):  # datetimes, ints: one by one
+        return np.array([epoch_us(t) for t in times], np.int64)
+    seconds = np.array(times, np.float64)  # the writer's epoch seconds
+    if not np.isfinite(seconds).all():
+        raise StorageError(f"reading time {seconds[~np.isfinite(seconds)][0]} is not a time")
+    return np.round(seconds * 1_000_000).astype(np.int64)
 
 
 def _flag_bytes(flags: Sequence[Any]) -> np.ndarray:
