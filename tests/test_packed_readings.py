@@ -194,8 +194,9 @@ async def test_the_writer_goes_between_prune_steps(db: Database,
     """A prune is many short transactions, each its own call on the store's worker thread:
     a batch flushed meanwhile is written before the prune ends, not behind all of it."""
     monkeypatch.setattr(writer, "PRUNE_STEP_BLOCKS", 1)
-    db.insert_readings([{"channel": "a.n2o", "ts": T0 + 5.0 * i, "value": float(i),
-                         "flag": "N", "reason": None} for i in range(12 * 10)])  # 10 blocks
+    step = packing.BLOCK_SPAN_US / 1e6 / 4  # four readings a block, ten blocks
+    db.insert_readings([{"channel": "a.n2o", "ts": T0 + step * i, "value": float(i),
+                         "flag": "N", "reason": None} for i in range(4 * 10)])
     calls: list[str] = []
     prune, write = db.prune_readings, db.insert_reading_rows
 
@@ -210,11 +211,11 @@ async def test_the_writer_goes_between_prune_steps(db: Database,
     monkeypatch.setattr(db, "prune_readings", pruning)
     monkeypatch.setattr(db, "insert_reading_rows", writing)
     store = Store(db)
-    pruned = asyncio.create_task(store.prune_readings(T0 + 600))
+    pruned = asyncio.create_task(store.prune_readings(T0 + step * 40))
     await asyncio.sleep(0)  # the first step is on the worker thread
     store.add_readings([Reading("a.n2o", T0 + 900.0, 1.0, Flag.N)])
     await store.flush()
-    assert await pruned == 120
+    assert await pruned == 40
     assert calls.count("prune") == 11  # ten blocks one by one, then nothing left
     assert calls.index("write") < len(calls) - 2  # between steps, long before the last
     assert [r.ts.timestamp() for r in db.readings_between(0, 2e9)] == [T0 + 900.0]

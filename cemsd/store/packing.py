@@ -32,8 +32,8 @@ import numpy as np
 from cemsd.errors import StorageError
 
 VERSION = 1
-BLOCK_SPAN_US = 60_000_000  # a block covers at most a minute: a read of [t0, t1) decodes
-#                            blocks starting from t0 - 1 min, at most one minute extra
+BLOCK_SPAN_US = 10_000_000  # a block covers at most 10 s: a read of [t0, t1) decodes the
+#                            blocks starting from t0 - 10 s (a minute's read: 1/6 extra)
 MAX_BLOCK_READINGS = 65_535
 MAX_CHANNEL_ID = 65_535
 MIGRATION_CHUNK = 50_000  # readings converted at a time by migration 0013 (bounded memory)
@@ -138,11 +138,11 @@ def _flag_bytes(flags: Sequence[Any]) -> np.ndarray:
 def rows(cols: Columns, names: dict[int, str],
          make: Callable[[Iterable[Any]], Any] = tuple) -> list[Any]:
     """Columns -> (channel, ts, value, flag, reason) rows made by `make`."""
-    return [make((names[c], to_datetime(us), None if f & MISSING else v, chr(f & ~MISSING),
-                  reason))
-            for c, us, v, f, reason in zip(cols.channel.tolist(), cols.ts_us.tolist(),
-                                           cols.value.tolist(), cols.flag.tolist(),
-                                           cols.reason, strict=True)]
+    # from float seconds: exact to the microsecond (a double carries 16 digits)
+    times = [datetime.fromtimestamp(t, UTC) for t in (cols.ts_us / 1e6).tolist()]
+    return [make((names[c], ts, None if f & MISSING else v, chr(f & ~MISSING), reason))
+            for c, ts, v, f, reason in zip(cols.channel.tolist(), times, cols.value.tolist(),
+                                           cols.flag.tolist(), cols.reason, strict=True)]
 
 
 # --- blocks --------------------------------------------------------------------------------------
