@@ -212,6 +212,19 @@ def big_batches(url: str, layout: str) -> float:
     return cpu / n * 1e6
 
 
+def migration(url: str, hours: float) -> tuple[int, float]:
+    """Readings of 50 ch / 1 s written in the 0012 layout, then migration 0013 timed:
+    (readings, wall seconds)."""
+    db = at_revision(url, "0012")
+    try:
+        n, _ = fill(db, write_old, batches(fifty_channels(), round(hours * 3600)))
+    finally:
+        db.close()
+    started = time.perf_counter()
+    at_revision(url, "head").close()
+    return n, time.perf_counter() - started
+
+
 # --- retention ----------------------------------------------------------------------------------
 
 
@@ -261,6 +274,7 @@ def main() -> None:
     parser.add_argument("--pg-url", help="a PostgreSQL server (else a private one)")
     parser.add_argument("--retention-hours", type=int, default=3)
     parser.add_argument("--retention-span", type=int, default=10, help="hours written")
+    parser.add_argument("--migrate-hours", type=float, default=2.0)
     parser.add_argument("--full-precision", action="store_true",
                         help="measurements with float64 noise (the worst case for packing)")
     args = parser.parse_args()
@@ -298,6 +312,11 @@ def main() -> None:
                 before, after = (big_batches(url_for(f"big{layout}"), layout)
                                  for layout in ("before", "after"))
                 print(f"{backend:<11} {before:6.2f} -> {after:5.2f} ({before / after:4.1f}x)",
+                      flush=True)
+            print(f"\nmigration 0013 of {args.migrate_hours:g} h of 50 ch / 1 s")
+            for backend, url_for in databases(tmp, pg):
+                n, wall = migration(url_for("migrate"), args.migrate_hours)
+                print(f"{backend:<11} {n} readings in {wall:.1f} s: {n / wall:,.0f} readings/s",
                       flush=True)
             print(f"\nSQLite file across retention ({args.retention_hours} h kept, 50 ch / 1 s,"
                   " pruned hourly in steps of 500 blocks)")
