@@ -14,7 +14,7 @@ sorted by time (ties keep their arrival order). Its row stores the first reading
 
 Multi-byte columns are stored byte-plane by byte-plane ("shuffled"), so the bytes that
 barely change between readings (exponents, high bytes of ids and deltas) sit together
-and compress to almost nothing; the result is ~9-11 bytes a reading (docs/decisions/0220).
+and compress to almost nothing: 7-11 bytes a reading on disk (docs/decisions/0220).
 """
 
 from __future__ import annotations
