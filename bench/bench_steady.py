@@ -78,7 +78,7 @@ def cpu_seconds(pid: int) -> float:
 
 def stored_readings(database: Path) -> int:
     with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as db:
-        return int(db.execute("SELECT count(*) FROM readings").fetchone()[0])
+        return int(db.execute("SELECT coalesce(sum(n), 0) FROM reading_blocks").fetchone()[0])
 
 
 def one_run(seconds: float, warmup: float, fresh: bool) -> dict[str, float]:

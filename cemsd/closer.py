@@ -311,7 +311,7 @@ class Closer:
         if now - self.last_pruned < HOUR or self.next_minute is None:
             return
         before = min(now - self.config.storage.reading_retention_days * 86400, self.next_minute)
-        removed = await self.store.call(self.store.db.prune_readings, before)
+        removed = await self.store.prune_readings(before)
         self.last_pruned = now
         if removed:
             log.info("pruned readings", extra={"rows": removed, "before": before})

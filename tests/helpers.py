@@ -211,7 +211,7 @@ def tampering(db: Database) -> Iterator[Any]:
                 conn.exec_driver_sql(f"DROP TRIGGER {name}")
         else:
             for table in ("minutes", "hours", "calibrations", "substitutions", "audit_log",
-                          "readings", "maintenance", "control_periods", "chain",
+                          "reading_blocks", "maintenance", "control_periods", "chain",
                           "production_days", "bypass_events"):
                 conn.exec_driver_sql(f"ALTER TABLE {table} DISABLE TRIGGER USER")
         yield conn

@@ -192,7 +192,7 @@ def test_stored_records_cannot_be_changed_or_deleted(db: Database, table: str) -
 def test_readings_can_be_pruned_but_not_changed(db: Database) -> None:
     fill(db)
     with pytest.raises(DBAPIError, match=REFUSED):
-        raw(db, "UPDATE readings SET value = 0")
+        raw(db, "UPDATE reading_blocks SET n = 0")
     assert [r.value for r in db.readings_between(T0, T0 + 10)] == [1.0, 2.0, 3.0]
     assert db.prune_readings(T0 + 2) == 2
     assert [r.value for r in db.readings_between(T0, T0 + 10)] == [3.0]

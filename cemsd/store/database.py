@@ -14,8 +14,9 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from sqlalchemy import (
     Engine,
     Table,
@@ -34,9 +35,19 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from cemsd.errors import StorageError
-from cemsd.store import schema
+from cemsd.store import packing, schema
 
 log = logging.getLogger(__name__)
+PRUNE_STEP_BLOCKS = 500  # per transaction: a few ms of write lock, the writer goes between
+
+
+class StoredReading(NamedTuple):
+    channel: str
+    ts: datetime
+    value: float | None
+    flag: str
+    reason: str | None
+
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
@@ -89,6 +100,8 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.dialect = self.engine.dialect.name
+        self._channels: dict[str, int] = {}  # reading channel name -> id (committed)
+        self._names: dict[int, str] = {}
 
     def close(self) -> None:
         self.engine.dispose()
@@ -151,8 +164,42 @@ class Database:
         raise StorageError(f"unsupported database {self.dialect}")
 
     def insert_readings(self, rows: Sequence[dict[str, Any]]) -> None:
-        if rows:
-            self._execute_many(insert(schema.readings), rows)
+        """Readings as dicts (channel, ts, value, flag, reason), in one transaction."""
+        self.insert_reading_rows([(r["channel"], r["ts"], r["value"], r["flag"],
+                                   r.get("reason")) for r in rows])
+
+    def insert_reading_rows(self, rows: Sequence[tuple[Any, Any, Any, Any, Any]]) -> None:
+        """Readings as (channel, ts, value, flag, reason) tuples, packed into blocks
+        (store/packing.py) and written in one transaction: all of them or none."""
+        if not rows:
+            return
+        try:
+            with self.engine.begin() as conn:
+                ids = self._channel_ids(conn, {r[0] for r in rows})
+                blocks = [{"start": start, "n": len(cols), "data": packing.pack(cols)}
+                          for start, cols in packing.blocks(packing.columns_of(rows, ids))]
+                conn.execute(insert(schema.reading_blocks), blocks)
+        except SQLAlchemyError as exc:
+            raise StorageError(f"write to {self.location} failed: {_short(exc)}") from exc
+        self._channels.update(ids)  # only ids that are committed are remembered
+
+    def _channel_ids(self, conn: Connection, names: set[str]) -> dict[str, int]:
+        """The id of each channel name, adding the names not seen before."""
+        ids = {name: self._channels[name] for name in names if name in self._channels}
+        bad = [name for name in names - ids.keys() if not isinstance(name, str)]
+        if bad:
+            raise StorageError(f"reading channel {bad[0]!r} is not a name")
+        missing = sorted(names - ids.keys())
+        if missing:
+            c = schema.reading_channels.c
+            conn.execute(self._insert_ignoring_duplicates(schema.reading_channels),
+                         [{"name": name} for name in missing])
+            ids.update(conn.execute(select(c.name, c.id).where(c.name.in_(missing))).all())
+            too_high = [name for name in missing if ids[name] > packing.MAX_CHANNEL_ID]
+            if too_high:
+                raise StorageError(f"more than {packing.MAX_CHANNEL_ID} reading channels: "
+                                   f"cannot add {too_high[0]!r}")
+        return ids
 
     def insert_aggregates(self, table: Table, rows: Sequence[dict[str, Any]]
                           ) -> list[dict[str, Any]]:
@@ -191,10 +238,46 @@ class Database:
                 if done.rowcount == 0:
                     conn.execute(insert(schema.channels), values)
 
-    def prune_readings(self, before: float) -> int:
+    def prune_readings(self, before: float, max_blocks: int | None = None) -> int:
+        """Delete the readings before `before`; returns how many. With `max_blocks`, one
+        short transaction of at most that many blocks (0 returned: nothing left to prune);
+        without, such steps until done. The writer's Store.prune_readings runs the steps
+        as separate calls so that batches of new readings are written in between."""
+        before_us = packing.epoch_us(before)
+        if max_blocks is not None:
+            return self._prune_step(before_us, max_blocks)
+        removed = 0
+        while step := self._prune_step(before_us, PRUNE_STEP_BLOCKS):
+            removed += step
+        return removed
+
+    def _prune_step(self, before_us: int, max_blocks: int) -> int:
+        b = schema.reading_blocks.c
         with self.transaction() as conn:
-            result = conn.execute(delete(schema.readings).where(schema.readings.c.ts < before))
-            return max(result.rowcount, 0)
+            # blocks that end before `before` (they span less than BLOCK_SPAN_US) go whole
+            whole = conn.execute(
+                select(b.id, b.n).where(b.start <= before_us - packing.BLOCK_SPAN_US)
+                .limit(max_blocks)).all()  # any of them: no sort over the whole range
+            if whole:
+                conn.execute(delete(schema.reading_blocks)
+                             .where(b.id.in_([row.id for row in whole])))
+                return sum(row.n for row in whole)
+            # the few that straddle it keep their newer readings, under the same id
+            straddling = conn.execute(
+                select(b.id, b.start, b.n, b.data)
+                .where(b.start > before_us - packing.BLOCK_SPAN_US, b.start < before_us)
+                .limit(max_blocks)).all()
+            removed = 0
+            for row in straddling:
+                cols = packing.unpack(row.data, row.start)
+                kept = cols.take(np.flatnonzero(cols.ts_us >= before_us))
+                conn.execute(delete(schema.reading_blocks).where(b.id == row.id))
+                if len(kept):
+                    conn.execute(insert(schema.reading_blocks).values(
+                        id=row.id, start=int(kept.ts_us[0]), n=len(kept),
+                        data=packing.pack(kept)))
+                removed += row.n - len(kept)
+            return removed
 
     def start_run(self, started: float, clock: str, version: str, config_path: str,
                   config_sha256: str) -> int:
@@ -221,14 +304,34 @@ class Database:
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def readings_between(self, t0: float, t1: float) -> list[Any]:
-        r = schema.readings.c
-        query = (
-            select(r.channel, r.ts, r.value, r.flag, r.reason)
-            .where(r.ts >= t0, r.ts < t1)
-            .order_by(r.ts, r.id)
-        )
-        return self._fetch(query)
+    def readings_between(self, t0: float, t1: float) -> list[StoredReading]:
+        """Readings in [t0, t1) in time order, ties in the order they were written."""
+        cols = self.reading_columns(t0, t1)
+        names = self.channel_names(set(cols.channel.tolist()))
+        return packing.rows(cols, names, StoredReading._make)
+
+    def reading_columns(self, t0: float, t1: float) -> packing.Columns:
+        """`readings_between` as columns (channel ids: `channel_names`), for callers
+        that work on arrays: no Python object per reading."""
+        t0_us, t1_us = packing.epoch_us(t0), packing.epoch_us(t1)
+        b = schema.reading_blocks.c
+        # no ORDER BY id in SQL: the planner would walk the whole table in id order
+        rows = sorted(self._fetch(select(b.id, b.start, b.data).where(
+            b.start > t0_us - packing.BLOCK_SPAN_US, b.start < t1_us)))
+        cols = packing.concat([packing.unpack(data, start) for _, start, data in rows])
+        inside = np.flatnonzero((cols.ts_us >= t0_us) & (cols.ts_us < t1_us))
+        return cols.take(inside[np.argsort(cols.ts_us[inside], kind="stable")])
+
+    def channel_names(self, ids: set[int]) -> dict[int, str]:
+        """Names of reading channel ids (the lookup table is read again for a new id)."""
+        if not ids <= self._names.keys():
+            c = schema.reading_channels.c
+            self._names = dict(self._fetch(select(c.id, c.name)))
+        unknown = ids - self._names.keys()
+        if unknown:
+            raise StorageError(f"{self.location}: reading blocks name channel id "
+                               f"{min(unknown)}, which reading_channels does not have")
+        return self._names
 
     def aggregates_between(
         self,
@@ -256,7 +359,8 @@ class Database:
         return as_epoch(self._fetch(select(func.max(table.c.ts)))[0][0])
 
     def first_reading_ts(self) -> float | None:
-        return as_epoch(self._fetch(select(func.min(schema.readings.c.ts)))[0][0])
+        first = self._fetch(select(func.min(schema.reading_blocks.c.start)))[0][0]
+        return None if first is None else first / 1_000_000
 
     def channel_rows(self) -> list[Any]:
         return self._fetch(select(schema.channels).order_by(schema.channels.c.name))

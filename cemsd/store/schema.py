@@ -27,6 +27,7 @@ from sqlalchemy import (
     Float,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
@@ -66,16 +67,26 @@ class UTCDateTime(TypeDecorator[datetime]):
 Identifier = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements INTEGER only
 Double = Float(precision=53)
 
-readings = Table(
-    "readings",
+# Readings are packed, many to a row (cemsd/store/packing.py, docs/decisions/0220): a
+# block of one writer batch, keyed by its first reading's time in integer microseconds.
+reading_channels = Table(
+    "reading_channels",
     metadata,
-    Column("id", Identifier, primary_key=True, autoincrement=True),
-    Column("channel", String(100), nullable=False),
-    Column("ts", UTCDateTime, nullable=False),
-    Column("value", Double),
-    Column("flag", String(1), nullable=False),
-    Column("reason", Text),
-    Index(None, "ts", "channel"),
+    Column("id", Integer, primary_key=True, autoincrement=True),  # uint16 in the blocks
+    Column("name", String(100), nullable=False),
+    UniqueConstraint("name"),
+)
+
+reading_blocks = Table(
+    "reading_blocks",
+    metadata,
+    Column("id", Identifier, primary_key=True, autoincrement=True),  # the write order
+    Column("start", BigInteger, nullable=False),  # first reading, µs since the epoch (UTC)
+    Column("n", Integer, nullable=False),  # readings in the block
+    Column("data", LargeBinary, nullable=False),
+    # BRIN on PostgreSQL: blocks arrive in time order, a few pages index them all (a range
+    # of 16 pages: a minute's read visits ~128 kB of heap, not 1 MB)
+    Index(None, "start", postgresql_using="brin", postgresql_with={"pages_per_range": 16}),
 )
 
 

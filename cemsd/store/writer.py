@@ -3,7 +3,8 @@
 - Every database call runs on a single worker thread, in order. SQLite sees one writer;
   the event loop never blocks on disk.
 - Readings are queued in memory and written in one transaction about every
-  `batch_seconds` (wall clock), so a kill -9 loses at most the last batch.
+  `batch_seconds` (wall clock), so a kill -9 loses at most the last batch. A batch is
+  stored packed, a few rows for all its readings (store/packing.py).
 - A failed write (locked or full database) keeps the batch and tries again next time;
   the fault is logged when it starts and when it ends. The queue is bounded: past
   `max_pending` readings the oldest are dropped and counted, so memory stays bounded
@@ -24,12 +25,11 @@ from typing import Any, TypeVar
 
 from cemsd.errors import StorageError
 from cemsd.readings import Reading
-from cemsd.store.database import Database
+from cemsd.store.database import PRUNE_STEP_BLOCKS, Database
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 WRITE_CHUNK = 10_000  # readings per transaction while catching up
-_FIELDS = ("channel", "ts", "value", "flag", "reason")
 Row = tuple[str, float, float | None, str, str | None]
 
 
@@ -82,8 +82,7 @@ class Store:
                          for _ in range(min(WRITE_CHUNK, len(self._pending)))]
                 self._in_flight = len(chunk)
                 try:
-                    await self.call(self.db.insert_readings,
-                                    [dict(zip(_FIELDS, row, strict=True)) for row in chunk])
+                    await self.call(self.db.insert_reading_rows, chunk)
                 except StorageError as exc:
                     self._requeue(chunk)
                     self._fault(str(exc))
@@ -98,6 +97,15 @@ class Store:
         self._in_flight = 0
         self._pending.extendleft(reversed(chunk))
         self._drop_oldest(self.pending - self.max_pending)
+
+    async def prune_readings(self, before: float) -> int:
+        """Delete the readings before `before` in short transactions, each its own call on
+        the worker thread: a batch of new readings queued meanwhile is written between two
+        steps, never behind the whole prune."""
+        removed = 0
+        while step := await self.call(self.db.prune_readings, before, PRUNE_STEP_BLOCKS):
+            removed += step
+        return removed
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush about every batch_seconds until stop is set, then once more."""
