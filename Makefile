@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint bench install install-service clean
+.PHONY: demo test test-long lint bench install install-service clean
 
 $(BIN)/cemsd: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,12 @@ test: $(VENV)/.test-deps
 	scripts/install-system-deps test
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
-	$(BIN)/pytest -q -p no:cacheprovider -n auto --dist loadfile
+	$(BIN)/pytest -q -p no:cacheprovider -n auto --dist loadfile -m "not long"
+
+# The long tier (a simulated month to its report and bundle): CI runs it after `make test`.
+test-long: $(VENV)/.test-deps
+	scripts/install-system-deps test
+	$(BIN)/pytest -q -p no:cacheprovider -n auto --dist loadfile -m long
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check .

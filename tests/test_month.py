@@ -32,7 +32,7 @@ from simulators.inprocess import InProcessSimulator
 from simulators.scenario import Scenario
 
 # minutes of CPU (the first test also waits for the month): docs/PERFORMANCE.md
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.slow, pytest.mark.long, pytest.mark.timeout(1800)]
 
 START = "2026-06-01T00:00:00+08:00"
 DAYS = 30  # June
