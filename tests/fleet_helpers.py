@@ -30,8 +30,9 @@ from mqtt_helpers import wait_until
 START = datetime(2026, 6, 1, tzinfo=UTC).timestamp()  # a month boundary: two partitions
 TZ = ZoneInfo("Asia/Shanghai")
 Message = tuple[str, str, bool]  # topic, payload, retain
-# a central broker for the collector: many messages in flight to it (it acks after commit)
-BROKER = ("allow_anonymous true", "max_inflight_messages 1000")
+# a central broker for the collector: many messages in flight to it (it acks after commit),
+# two batches' worth as config/mosquitto/central.conf: one arrives while one is stored
+BROKER = ("allow_anonymous true", "max_inflight_messages 4000")
 
 
 @dataclass
@@ -103,6 +104,14 @@ class SyntheticPlant:
             sealed_at=_utc(row["ts"] + 3 * 86400))
         self.links.append(link)
         return link
+
+    def as_plant(self, messages: list[Message], plant: str) -> list[Message]:
+        """The same messages as another plant publishes them (its topics, its id in each
+        payload): a fleet of copies costs one plant's chain hashes (~0.3 ms an hour)."""
+        prefix, mine = f"{self.topics.prefix}/", f'"plant": "{self.plant}"'
+        return [(f"cemsd/{plant}/{topic.removeprefix(prefix)}",
+                 payload.replace(mine, f'"plant": "{plant}"', 1), retain)
+                for topic, payload, retain in messages]
 
     def _with_id(self, topic: str, payload: str) -> Message:
         body = {"id": self.next_id, **json.loads(payload)}
