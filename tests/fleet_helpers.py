@@ -8,7 +8,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import multiprocessing
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -128,6 +130,22 @@ async def publish(port: int, messages: list[Message], client_id: str) -> None:
     acknowledged every message. paho itself, in a thread: aiomqtt's await per message
     costs ~1 ms, which a fleet's month of hours does not afford."""
     await asyncio.to_thread(_publish, port, messages, client_id)
+
+
+async def publish_fleet(port: int, sent: dict[str, list[Message]]) -> None:
+    """Every plant's messages (by client id) at once, each plant its own client, from
+    another process: its MQTT work does not share this process's interpreter lock with
+    the collector (the edge boxes are other machines)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(1, mp_context=context) as pool:
+        await asyncio.get_running_loop().run_in_executor(pool, _publish_all, port, sent)
+
+
+def _publish_all(port: int, sent: dict[str, list[Message]]) -> None:
+    with ThreadPoolExecutor(len(sent)) as threads:
+        for done in [threads.submit(_publish, port, messages, client_id)
+                     for client_id, messages in sent.items()]:
+            done.result()
 
 
 def _publish(port: int, messages: list[Message], client_id: str) -> None:

@@ -5,7 +5,6 @@ the same records, chains and heads per plant, one plant's hashes to compute."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,8 +41,8 @@ async def _arrives_complete(broker: Mosquitto, pg_url: str) -> None:
     assert json.loads(sent[7][0][1])["plant"] == "fleet-07"
     settings = fleet.collector_settings(pg_url, broker.port)
     async with fleet.running_collector(settings) as collector:
-        await asyncio.gather(*(fleet.publish(broker.port, messages, plant.plant)
-                               for plant, messages in zip(plants, sent, strict=True)))
+        await fleet.publish_fleet(broker.port, {plant.plant: messages for plant, messages
+                                                in zip(plants, sent, strict=True)})
         # completeness, not speed: a loaded machine may take minutes (bench_fleet.py times it)
         await fleet.until_counted(collector, "messages", sum(map(len, sent)), timeout=900)
     store = FleetStore(pg_url)

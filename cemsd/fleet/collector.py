@@ -135,7 +135,7 @@ class Collector:
         pending: asyncio.Future[Any] | None = None
         try:
             while not self._stopping.is_set():
-                batch, pending = await self._next_batch(messages, stopping, pending)
+                batch, pending = await self._next_batch(client, messages, stopping, pending)
                 if len(batch) < self.settings.batch_size:
                     self._caught_up.set()
                 else:
@@ -147,7 +147,8 @@ class Collector:
                 if task is not None:
                     task.cancel()
 
-    async def _next_batch(self, messages: Any, stopping: asyncio.Future[Any],
+    async def _next_batch(self, client: aiomqtt.Client, messages: Any,
+                          stopping: asyncio.Future[Any],
                           pending: asyncio.Future[Any] | None
                           ) -> tuple[list[aiomqtt.Message], asyncio.Future[Any] | None]:
         """The first message whenever it comes, then whatever follows within batch_seconds
@@ -168,6 +169,7 @@ class Collector:
                 return batch, pending
             batch.append(pending.result())
             pending = None
+            batch += _take_queued(client, self.settings.batch_size - len(batch))
             deadline = deadline or loop.time() + self.settings.batch_seconds
         return batch, pending
 
@@ -214,6 +216,14 @@ def _manual_acks(client: aiomqtt.Client) -> None:
     """PUBACK only once stored: paho's manual_ack, set on the client aiomqtt wraps (aiomqtt
     2.x has no parameter for it; paho's `ack(mid, qos)` is public)."""
     client._client.manual_ack_set(True)
+
+
+def _take_queued(client: aiomqtt.Client, limit: int) -> list[aiomqtt.Message]:
+    """Up to `limit` messages already received, without a wait (a task) per message: a
+    backlog arrives at thousands a second. From aiomqtt's own queue, which its iterator
+    reads (no public way to take several)."""
+    queue = client._queue
+    return [queue.get_nowait() for _ in range(min(limit, queue.qsize()))]
 
 
 def _payload(value: Any) -> bytes:
