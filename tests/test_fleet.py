@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -49,15 +48,6 @@ from helpers import (
 from mqtt_helpers import Mosquitto
 
 pytestmark = pytest.mark.postgres
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker", extra=BROKER)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_records_arrive_once_and_a_differing_resend_is_a_conflict(

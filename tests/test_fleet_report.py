@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,13 +15,14 @@ import pytest
 from reduction_line import reduction_line
 from sqlalchemy import func, select
 
+from cemsd.config import Config
 from cemsd.fleet import schema as fleet
 from cemsd.fleet.messages import parse
 from cemsd.fleet.reports import CentralReportError, central_report
 from cemsd.fleet.store import FleetStore
 from cemsd.reduction.report import build_report
 from cemsd.store import schema
-from fleet_helpers import BROKER, collector_settings, running_collector, until_counted
+from fleet_helpers import collector_settings, running_collector, until_counted
 from helpers import RunningDaemon, database
 from mqtt_helpers import Mosquitto, wait_until
 
@@ -32,21 +32,11 @@ DAY = 24 * 3600
 CEMSD = [sys.executable, "-m", "cemsd"]
 
 
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker", extra=BROKER)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 def _cemsd(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*CEMSD, *args], capture_output=True, text=True, timeout=120)
 
 
-def _edge_events(config, kinds: tuple[str, ...]) -> int:  # type: ignore[no-untyped-def]
+def _edge_events(config: Config, kinds: tuple[str, ...]) -> int:
     """The events of these kinds the edge's outbox sent."""
     edge = database(config)
     try:
