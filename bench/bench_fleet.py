@@ -38,6 +38,7 @@ from fleet_helpers import (  # noqa: E402
     SyntheticPlant,
     collector_settings,
     publish,
+    publish_fleet,
     running_collector,
 )
 from helpers import PostgresServer  # noqa: E402
@@ -50,8 +51,7 @@ async def through_broker(url: str, port: int, sent: list[list[tuple[str, str, bo
     hours = sum(len(p.rows) for p in plants)
     async with running_collector(collector_settings(url, port)) as collector:
         t0 = time.perf_counter()
-        await asyncio.gather(*(publish(port, m, p.plant) for p, m in zip(plants, sent,
-                                                                          strict=True)))
+        await publish_fleet(port, {p.plant: m for p, m in zip(plants, sent, strict=True)})
         published = time.perf_counter() - t0
         await wait_until(lambda: collector.counts["messages"] >= total, 1800, "all stored")
         stored = time.perf_counter() - t0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 
@@ -557,10 +558,16 @@ def _collector_settings(config_file: str):  # type: ignore[no-untyped-def]
         sys.exit(2)
 
 
-@main.command()
-@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False))
-def collect(config_file: str) -> None:
-    """Collect every plant's MQTT records into the fleet database; serve the fleet API."""
+@main.group(invoke_without_command=True)
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False))
+@click.pass_context
+def collect(ctx: click.Context, config_file: str | None) -> None:
+    """Collect every plant's MQTT records into the fleet database; serve the fleet API.
+    `cemsd collect report ...`: a plant's report from the fleet database."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if config_file is None:
+        raise click.UsageError("give --config (the collector's configuration)")
     from cemsd.fleet.service import CollectorService
 
     service = CollectorService(_collector_settings(config_file))
@@ -579,6 +586,41 @@ def collect(config_file: str) -> None:
         await service.run()
 
     asyncio.run(main_task())
+
+
+@collect.command("report")
+@click.option("--config", "config_file", required=True, type=click.Path(dir_okay=False),
+              help="the collector's configuration")
+@click.option("--plant-config", required=True, type=click.Path(dir_okay=False, exists=True),
+              help="the plant's configuration (its monitoring plan: units, reduction)")
+@click.option("--period", default=None, help="a month, e.g. 2026-10 (plant time)")
+@click.option("--from", "start", default=None, help="first day (plant time)")
+@click.option("--to", "end", default=None, help="day after the last")
+@click.option("--format", "fmt", default="json", type=click.Choice(["json", "csv", "html"]))
+@click.option("--output", default=None, type=click.Path(dir_okay=False))
+@click.option("--bundle", default=None, type=click.Path(dir_okay=False),
+              help="write the verification bundle (.tar.gz) instead")
+def collect_report(config_file: str, plant_config: str, period: str | None, start: str | None,
+                   end: str | None, fmt: str, output: str | None, bundle: str | None) -> None:
+    """A plant's emission reductions from the fleet database, by the edge's report code."""
+    from cemsd.fleet.reports import central_bundle, central_report
+    from cemsd.fleet.store import FleetStore
+    from cemsd.reduction.cli import emit_report, period_bounds
+
+    config = _load_config(plant_config)
+    t0, t1 = period_bounds(config, period, start, end)
+    store = FleetStore(_collector_settings(config_file).database_url)
+    try:
+        if bundle:
+            manifest = central_bundle(store, config, t0, t1, time.time(), Path(bundle))
+            click.echo(f"written {bundle} ({len(manifest['files'])} files)", err=True)
+            return
+        result = central_report(store, config, t0, t1, time.time())
+    except CemsdError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    emit_report(result, fmt, output)
 
 
 @main.group("fleet-token")

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from cemsd.closer import Rows
     from cemsd.config import Config
     from cemsd.daemon import Daemon
+    from cemsd.store.database import Database
     from cemsd.store.writer import Store
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,20 @@ class Topics:
         if now is not None:
             body["at"] = utc_label(now)
         return _json(body)
+
+
+PRODUCTION_EVENT = "production"  # days imported by `cemsd production import`
+
+
+def queue_event(config: Config, db: Database, kind: str, payload: dict[str, Any], now: float
+                ) -> None:
+    """An event known to a command, not the daemon: into the outbox, which the daemon's
+    sender drains when it runs (nothing without [mqtt])."""
+    if config.mqtt is None:
+        return
+    plant = config.plant
+    topics = Topics(topic_prefix(config.mqtt, plant.id), plant.id, plant.tz)
+    Outbox(db).append([topics.event_message(kind, payload, now)], now)
 
 
 def _utc(moment: float | datetime) -> datetime:

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from cemsd.store.database import Database
+from fleet_helpers import BROKER
 from helpers import PostgresServer
+from mqtt_helpers import Mosquitto
 
 OUTPUT = Path(__file__).resolve().parent.parent / "test-output"
 
@@ -88,3 +90,15 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     listed = ", ".join(f"{topic} {n}" for topic, n in counts.items())
     terminalreporter.write_line(f"regulatory cases in tests/cases: {sum(counts.values())} "
                                 f"({listed})")
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A central broker for the fleet tests (fleet_helpers.BROKER; test_mqtt.py has its
+    own)."""
+    server = Mosquitto(tmp_path / "broker", extra=BROKER)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

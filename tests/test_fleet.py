@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -23,10 +22,12 @@ from cemsd.fleet.api import create_app
 from cemsd.fleet.messages import parse
 from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import EVERY_PLANT, create_token, revoke_token
+from cemsd.qaqc.substitution import substitution_document
 from cemsd.settings.api import ApiConfig
 from cemsd.store import schema as edge_schema
 from fleet_helpers import (
     BROKER,
+    START,
     SyntheticPlant,
     collector_settings,
     count,
@@ -47,15 +48,6 @@ from helpers import (
 from mqtt_helpers import Mosquitto
 
 pytestmark = pytest.mark.postgres
-
-@pytest.fixture
-def broker(tmp_path: Path) -> Iterator[Mosquitto]:
-    server = Mosquitto(tmp_path / "broker", extra=BROKER)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 async def test_records_arrive_once_and_a_differing_resend_is_a_conflict(
@@ -389,3 +381,48 @@ def test_cemsd_collect_serves_the_fleet_api(broker: Mosquitto, pg_url: str,
         process.send_signal(signal.SIGTERM)
         _, errors = process.communicate(timeout=30)
     assert process.returncode == 0, errors
+
+
+async def test_hour_columns_of_a_plant_with_a_correction_and_a_substitute(pg_url: str) -> None:
+    """The edge's column answer from the fleet database: current revisions, the substitute
+    the plant published, each hour's link in the witness's copy of the chain."""
+    store = FleetStore(pg_url)
+    store.upgrade()
+    try:
+        plant = SyntheticPlant("cols", channels=2)
+        ingest(store, plant.hours(0, 4) + plant.seal())
+        corrected = {**plant.hour_row(2, 0), "revision": 1, "value": 99.5, "audit_id": 3}
+        substitute = {"channel": "dev-1.n2o", "ts": START + 3 * 3600, "value": 7.25,
+                      "unit": "mg/m3", "flag": "S", "method": "hj75.missing.before_after_mean",
+                      "period_kind": "missing", "period_start": START + 3 * 3600,
+                      "period_hours": 1, "capture_rate": 0.95, "source_hours": "[]",
+                      "created_at": START + 5 * 3600}
+        event = plant.topics.event_message("substitution", {
+            "rows": [substitution_document(substitute)]}, START + 5 * 3600)
+        ingest(store, [plant._with_id(m.topic, m.payload) for m in
+                       plant.topics.period_messages("hour", [corrected])]
+               + [plant._with_id(event.topic, event.payload)])
+        token = create_token(store.db, "registry", ["cols"])
+        app = create_app(store, ApiConfig(), ZoneInfo("Asia/Shanghai"))
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://fleet",
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            span = {"from": "2026-06-01T08:00", "to": "2026-06-01T12:00"}  # UTC 00:00-04:00
+            answer = (await client.get("/v1/plants/cols/hours/columns", params=span)).json()
+            assert (await client.get("/v1/plants/cols/hours/columns")).status_code == 400
+            assert (await client.get("/v1/plants/other/hours/columns",
+                                     params=span)).status_code == 404
+    finally:
+        store.close()
+    assert (answer["from_epoch"], answer["to_epoch"]) == (START, START + 4 * 3600)
+    dev0, dev1 = answer["channels"]
+    assert [dev0["channel"], dev1["channel"]] == ["dev-0.n2o", "dev-1.n2o"]
+    assert dev0["start_epoch"] == [int(START) + h * 3600 for h in range(4)]
+    assert dev0["revision"] == [0, 0, 1, 0]
+    assert dev0["value"] == [plant.hour_row(0, 0)["value"], plant.hour_row(1, 0)["value"],
+                             99.5, plant.hour_row(3, 0)["value"]]
+    assert dev1["substitute_value"] == [None, None, None, 7.25]
+    assert dev1["substitute_method"][3] == "hj75.missing.before_after_mean"
+    # the links seal hour by hour, channel by channel: seq = hour x 2 + channel + 1
+    assert dev0["seal_seq"] == [1, 3, 5, 7] and dev1["seal_seq"] == [2, 4, 6, 8]
+    assert dev0["unit"] == "mg/m3" and dev0["units"] is None

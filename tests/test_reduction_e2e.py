@@ -15,11 +15,11 @@ import hashlib
 import io
 import json
 import tarfile
-from pathlib import Path
 
 import httpx
 import pytest
 from click.testing import CliRunner
+from reduction_line import reduction_line
 
 from cemsd import chain
 from cemsd.chainhead import head_pin
@@ -34,71 +34,20 @@ from helpers import (
     run_virtual,
     serve_process,
     wait_healthy,
-    write_config,
-    write_scenario,
 )
 
-START = "2026-06-01T00:00:00+08:00"
 K = 44.013 / 22.414
 REL = 1e-9
-
-
-def _files(tmp: Path) -> tuple:
-    port = free_port()
-    scenario = write_scenario(tmp, {
-        "start": START, "seed": 3,
-        "buses": [{"name": "bus", "transport": "tcp", "port": port}],
-        "devices": [
-            {"name": "inlet-analyzer", "bus": "bus", "device_id": 1,
-             "profile": "n2o-analyzer-percent", "signals": {"n2o": {"base": 24.0, "noise": 0.02}}},
-            {"name": "outlet-analyzer", "bus": "bus", "device_id": 2,
-             "profile": "n2o-analyzer-ppm", "signals": {"n2o": {"base": 2000.0, "noise": 5.0}}},
-            {"name": "inlet-flow", "bus": "bus", "device_id": 3, "profile": "stack-flow-meter",
-             "signals": {"volume_flow": {"base": 10_000.0}}},
-            {"name": "outlet-flow", "bus": "bus", "device_id": 4, "profile": "stack-flow-meter",
-             "signals": {"volume_flow": {"base": 12_000.0}}},
-            {"name": "plant", "bus": "bus", "device_id": 5, "profile": "plant-io",
-             "signals": {"abatement_running": {"base": 1}, "production_running": {"base": 1}}},
-        ],
-        "events": [
-            {"device": "plant", "kind": "set", "channel": "bypass_position", "value": 100.0,
-             "start": "3h", "end": "4h30m"},
-            {"device": "outlet-analyzer", "kind": "no_reply", "start": "18h", "end": "19h30m"},
-        ],
-    })
-    flow = {"velocity": {"enabled": False}, "temperature": {"enabled": False},
-            "pressure": {"enabled": False}, "moisture": {"enabled": False},
-            "volume_flow": {"role": "flow", "unit": "m3/h"}}
-    config = write_config(tmp, {
-        "plant": {"id": "aa", "name": "Adipic acid line 1"},
-        "points": {"inlet": {"flow_basis": "standard_dry"},
-                   "outlet": {"flow_basis": "standard_dry"}},
-        "reduction": {"production_cap_t_per_year": 150_000.0,
-                      "installation_date": "2025-01-01"},
-        "buses": [{"name": "bus", "transport": "tcp", "host": "127.0.0.1", "port": port,
-                   "timeout": 0.2, "retries": 0}],
-        "devices": [
-            {"name": "inlet-analyzer", "bus": "bus", "device_id": 1,
-             "profile": "n2o-analyzer-percent", "poll_interval": 5.0},
-            {"name": "outlet-analyzer", "bus": "bus", "device_id": 2,
-             "profile": "n2o-analyzer-ppm", "poll_interval": 5.0,
-             # silence costs real time even on a virtual clock: short timeout, long back-off
-             "timeout": 0.05, "backoff_max": 60.0},
-            {"name": "inlet-flow", "bus": "bus", "device_id": 3, "profile": "stack-flow-meter",
-             "poll_interval": 5.0, "point": "inlet", "channels": flow},
-            {"name": "outlet-flow", "bus": "bus", "device_id": 4, "profile": "stack-flow-meter",
-             "poll_interval": 5.0, "point": "outlet", "channels": flow},
-            {"name": "plant", "bus": "bus", "device_id": 5, "profile": "plant-io",
-             "poll_interval": 5.0},
-        ],
-    })
-    return config, scenario
 
 
 @pytest.fixture(scope="module")
 def day(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("reduction")
-    config, scenario = _files(tmp)
+    config, scenario = reduction_line(tmp, [
+        {"device": "plant", "kind": "set", "channel": "bypass_position", "value": 100.0,
+         "start": "3h", "end": "4h30m"},
+        {"device": "outlet-analyzer", "kind": "no_reply", "start": "18h", "end": "19h30m"},
+    ])
     epoch = scenario.epoch
     asyncio.run(run_virtual(config, scenario, epoch + 24 * 3600 + 120))
     (tmp / "production.csv").write_text("date,tonnes\n2026-06-01,420\n")

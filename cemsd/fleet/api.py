@@ -35,9 +35,12 @@ from cemsd.api.listing import (
     table_item,
     table_model,
 )
+from cemsd.api.routes.columns import DESCRIPTION as COLUMNS_DESCRIPTION
+from cemsd.api.routes.columns import HourColumns, check_span
 from cemsd.chain import utc_text
 from cemsd.errors import StorageError
 from cemsd.fleet import schema
+from cemsd.fleet.columns import plant_columns
 from cemsd.fleet.metrics import metrics_text
 from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import Scope, scope_of
@@ -118,6 +121,22 @@ def _plant_routes(router: APIRouter, settings: ApiConfig) -> None:
              plant: Annotated[str, Depends(allowed_plant)]) -> list[dict[str, str]]:
         return [{"start_utc": utc_text(a), "end_utc": utc_text(b)}
                 for a, b in ctx.store.gaps(plant)]
+
+    @router.get("/plants/{plant}/hours/columns", response_model=HourColumns,
+                summary="A span of a plant's hours (up to a year) as arrays per channel",
+                description=COLUMNS_DESCRIPTION.replace("/v1/chain/links",
+                                                        "/v1/plants/{plant}/chain/links"),
+                responses={400: {"description": "A time that cannot be read, or a span "
+                                                "over the limit"}})
+    def hour_columns(ctx: Annotated[FleetContext, Depends(fleet)],
+                     plant: Annotated[str, Depends(allowed_plant)], start: From = None,
+                     end: To = None, channel: Channels = None) -> dict[str, Any]:
+        t0 = _bound(start, ctx.tz, "from", EARLIEST)
+        t1 = _bound(end, ctx.tz, "to", LATEST)
+        check_span(start, end, t0, t1)
+        return {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1,
+                "channels": plant_columns(ctx.store, plant, t0, t1,
+                                          tuple(dict.fromkeys(channel or ())))}
 
     c = schema
     _listing(router, "/plants/{plant}/hours", c.hours, settings, c.hours.c.ts,

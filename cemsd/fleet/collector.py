@@ -6,8 +6,9 @@
   a crash or a database failure loses nothing: the broker delivers the unacknowledged
   messages again on the next connection, and the inserts are idempotent. aiomqtt 2.x
   acknowledges inside paho's callback; paho's `manual_ack` defers it (`_manual_acks`).
-- Messages are taken in batches (`batch_size`, or whatever came within `batch_seconds`),
-  one transaction each, in the order the broker delivered them.
+- Messages are taken in batches (`batch_size`, or whatever came within `batch_seconds`
+  until a pause of `batch_idle_seconds`), one transaction each, in the order the broker
+  delivered them.
 - A database or broker failure ends the connection; it is opened again with back-off.
 """
 
@@ -134,7 +135,7 @@ class Collector:
         pending: asyncio.Future[Any] | None = None
         try:
             while not self._stopping.is_set():
-                batch, pending = await self._next_batch(messages, stopping, pending)
+                batch, pending = await self._next_batch(client, messages, stopping, pending)
                 if len(batch) < self.settings.batch_size:
                     self._caught_up.set()
                 else:
@@ -146,16 +147,21 @@ class Collector:
                 if task is not None:
                     task.cancel()
 
-    async def _next_batch(self, messages: Any, stopping: asyncio.Future[Any],
+    async def _next_batch(self, client: aiomqtt.Client, messages: Any,
+                          stopping: asyncio.Future[Any],
                           pending: asyncio.Future[Any] | None
                           ) -> tuple[list[aiomqtt.Message], asyncio.Future[Any] | None]:
         """The first message whenever it comes, then whatever follows within batch_seconds
-        up to batch_size; and the read still pending."""
+        up to batch_size, each within batch_idle_seconds of the one before (a pause: the
+        broker's in-flight window is full, or the stream is idle: commit now, not at the
+        deadline); and the read still pending."""
         batch: list[aiomqtt.Message] = []
         loop = asyncio.get_running_loop()
         deadline = None
+        idle = self.settings.batch_idle_seconds
         while len(batch) < self.settings.batch_size:
-            timeout = None if deadline is None else max(0.0, deadline - loop.time())
+            timeout = None if deadline is None else \
+                max(0.0, min(deadline - loop.time(), idle))
             pending = pending or asyncio.ensure_future(anext(messages))
             done, _ = await asyncio.wait({pending, stopping}, timeout=timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
@@ -163,16 +169,22 @@ class Collector:
                 return batch, pending
             batch.append(pending.result())
             pending = None
+            batch += _take_queued(client, self.settings.batch_size - len(batch))
             deadline = deadline or loop.time() + self.settings.batch_seconds
         return batch, pending
 
     async def _store(self, client: aiomqtt.Client, batch: list[aiomqtt.Message]) -> None:
-        records = [parse(str(m.topic), _payload(m.payload)) for m in batch]
-        done = await asyncio.to_thread(self.store.ingest, records, self.now())
+        raw = [(str(m.topic), _payload(m.payload)) for m in batch]
+        # parsed beside the insert, off the event loop: the loop keeps reading the broker
+        records, done = await asyncio.to_thread(self._parse_and_ingest, raw)
         for message in batch:  # committed: now the broker may forget them
             if message.qos > 0:
                 client._client.ack(message.mid, message.qos)
         self._account(records, done)
+
+    def _parse_and_ingest(self, raw: list[tuple[str, bytes]]) -> tuple[list[Record], Ingested]:
+        records = [parse(topic, payload) for topic, payload in raw]
+        return records, self.store.ingest(records, self.now())
 
     def _account(self, records: list[Record], done: Ingested) -> None:
         self.counts.update(messages=len(records), hours=done.hours, events=done.events,
@@ -204,6 +216,14 @@ def _manual_acks(client: aiomqtt.Client) -> None:
     """PUBACK only once stored: paho's manual_ack, set on the client aiomqtt wraps (aiomqtt
     2.x has no parameter for it; paho's `ack(mid, qos)` is public)."""
     client._client.manual_ack_set(True)
+
+
+def _take_queued(client: aiomqtt.Client, limit: int) -> list[aiomqtt.Message]:
+    """Up to `limit` messages already received, without a wait (a task) per message: a
+    backlog arrives at thousands a second. From aiomqtt's own queue, which its iterator
+    reads (no public way to take several)."""
+    queue = client._queue
+    return [queue.get_nowait() for _ in range(min(limit, queue.qsize()))]
 
 
 def _payload(value: Any) -> bytes:

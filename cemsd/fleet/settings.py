@@ -48,6 +48,9 @@ class Collector(SettingsModel):
     api: ApiConfig | None = None  # the fleet registry API (and /metrics); None: not served
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 2000  # messages per transaction
     batch_seconds: Annotated[float, Field(gt=0, le=60)] = 0.5  # longest wait to fill one
+    # A batch also closes when nothing came for this long: the broker stops sending once
+    # its in-flight window (max_inflight_messages) waits for our acknowledgements.
+    batch_idle_seconds: Annotated[float, Field(gt=0, le=60)] = 0.05
     # A plant whose newest hour is older than this is reported as lagging (hours).
     lag_alarm_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 3.0
 

@@ -26,6 +26,7 @@ from sqlalchemy.dialects.postgresql import insert
 from cemsd.chain import utc_text
 from cemsd.errors import StorageError
 from cemsd.fleet import schema
+from cemsd.fleet.bulk import copy_in
 from cemsd.fleet.messages import Event, Head, Hour, Links, Record, Rejected, Status
 from cemsd.fleet.witness import (
     PENDING,
@@ -223,7 +224,7 @@ def _insert_once(conn: Connection, table: Table, keys: tuple[str, ...],
     statement, and compared with what is stored in one join: no statement per row."""
     if not rows:
         return 0, 0, []
-    incoming = _copy_in(conn, table, rows)
+    incoming = copy_in(conn, table, rows)
     on_keys = " AND ".join(f"i.{k} = s.{k}" for k in keys)
     inserted = conn.execute(text(
         f"INSERT INTO {table.name} SELECT * FROM {incoming} ON CONFLICT DO NOTHING")).rowcount
@@ -242,26 +243,6 @@ def _insert_once(conn: Connection, table: Table, keys: tuple[str, ...],
         if _keep_conflict(conn, conflict, now):
             conflicts.append(conflict)
     return inserted, len(rows) - inserted - len(conflicts), conflicts
-
-
-def _copy_in(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> str:
-    """The rows in a temporary table shaped like `table` (emptied at commit)."""
-    name = f"incoming_{table.name}"
-    conn.execute(text(f"CREATE TEMPORARY TABLE IF NOT EXISTS {name} (LIKE {table.name}) "
-                      "ON COMMIT DELETE ROWS"))
-    columns = [c.name for c in table.c]
-    cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-    with cursor.copy(f"COPY {name} ({', '.join(columns)}) FROM STDIN") as copy:
-        for row in rows:
-            copy.write_row([_naive(row.get(c)) for c in columns])
-    return name
-
-
-def _naive(value: Any) -> Any:
-    """Times as the columns keep them: naive UTC."""
-    if isinstance(value, datetime):
-        return value.astimezone(UTC).replace(tzinfo=None)
-    return value
 
 
 def _utc_value(value: Any) -> Any:

@@ -21,11 +21,12 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, tuple_, update
+from sqlalchemy import Connection, bindparam, select, text, tuple_, update
 from sqlalchemy.dialects.postgresql import insert
 
 from cemsd import chain
 from cemsd.fleet import schema
+from cemsd.fleet.bulk import copy_in
 from cemsd.fleet.messages import Head
 
 HOURS = chain.KINDS["hours"]
@@ -64,7 +65,9 @@ def witness_links(conn: Connection, plant: str, links: list[dict[str, Any]],
         known[link["seq"]] = link["chain_hash"]
         earliest = link["seq"] if earliest is None else min(earliest, link["seq"])
     if new:
-        conn.execute(insert(schema.links).on_conflict_do_nothing(), new)
+        incoming = copy_in(conn, schema.links, new)
+        conn.execute(text(f"INSERT INTO {schema.links.name} SELECT * FROM {incoming} "
+                          "ON CONFLICT DO NOTHING"))
     found.extend(_settle_pending_heads(conn, plant))
     return raise_alarms(conn, found, now)
 

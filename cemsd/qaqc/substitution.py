@@ -296,6 +296,16 @@ def substitution_rows(channel: str, unit: str, substitutes: list[Substitute], no
     } for s in substitutes]
 
 
+SUBSTITUTION_EVENT = "substitution"
+SUBSTITUTION_TIMES = ("ts", "period_start", "created_at")
+
+
+def substitution_document(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored substitution row as an event publishes it: times as UTC labels (whole
+    seconds: the hours and periods are whole hours)."""
+    return {k: utc_label(v) if k in SUBSTITUTION_TIMES else v for k, v in row.items()}
+
+
 def plan_substitutions(db: Database, channel: str, inputs: Sequence[str], now: float,
                        tz: ZoneInfo, rules: Rules = Rules()
                        ) -> tuple[list[Substitute], list[Period]]:
@@ -382,8 +392,11 @@ class Substituter:
             subs, unruled = await store.call(plan_substitutions, store.db, channel, inputs, now,
                                              self.daemon.config.plant.tz, self.rules[channel])
             if subs:
-                await store.call(store.db.insert_aggregates, schema.substitutions,
-                                 substitution_rows(channel, unit, subs, now))
+                rows = substitution_rows(channel, unit, subs, now)
+                await store.call(store.db.insert_aggregates, schema.substitutions, rows)
+                # the collector keeps them for central reports (docs/decisions/0204)
+                await self.daemon.publish_event(SUBSTITUTION_EVENT, {
+                    "rows": [substitution_document(row) for row in rows]})
                 log.info("hours substituted", extra={"channel": channel, "hours": len(subs),
                                                       "method": subs[0].method})
             for period in unruled:

@@ -60,7 +60,7 @@ def period_bounds(config: Config, period: str | None, start: str | None, end: st
             datetime.combine(after, clock_time(0), tz).timestamp())
 
 
-def _emit(report: dict[str, Any], fmt: str, output: str | None) -> None:
+def emit_report(report: dict[str, Any], fmt: str, output: str | None) -> None:
     from cemsd.reduction.html import to_html
     from cemsd.reduction.report import to_csv, to_json
 
@@ -101,7 +101,7 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
             raise click.ClickException(str(exc)) from None
         finally:
             db.close()
-        _emit(result, fmt, output)
+        emit_report(result, fmt, output)
 
     def _from_bundle(path: Path, fmt: str, output: str | None) -> None:
         from cemsd.reduction.bundle import open_bundle, recompute
@@ -118,7 +118,7 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
                    f"{'equals' if same else 'DIFFERS FROM'} report.json", err=True)
         units = {name: {**unit, **again["units"].get(name, {})}
                  for name, unit in original.get("units", {}).items()}
-        _emit({**original, **again, "units": units}, fmt, output)
+        emit_report({**original, **again, "units": units}, fmt, output)
         if not same:
             sys.exit(1)
 
@@ -187,6 +187,7 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
     @click.argument("csv_file", type=click.Path(dir_okay=False, exists=True))
     def production_import(config_file: str, actor: str | None, csv_file: str) -> None:
         """Import daily production (CSV with columns date,tonnes)."""
+        from cemsd.mqtt import PRODUCTION_EVENT, queue_event
         from cemsd.records import default_actor
         from cemsd.reduction.production import import_days, read_csv_file
         config = load_config(config_file)
@@ -200,6 +201,9 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
             now = time.time()
             counts = import_days(db, rows, f"import:{path.name}", now,
                                  actor or default_actor())
+            queue_event(config, db, PRODUCTION_EVENT, {
+                "source": f"import:{path.name}",
+                "days": [{"day": str(day), "tonnes": tonnes} for day, tonnes in rows]}, now)
         except CemsdError as exc:
             raise click.ClickException(str(exc)) from None
         finally:

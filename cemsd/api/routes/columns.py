@@ -99,7 +99,7 @@ def routes(settings: ApiConfig) -> APIRouter:
     def hour_columns(ctx: Annotated[ApiContext, Depends(context)], start: From = None,
                      end: To = None, channel: Channels = None) -> Any:
         t0, t1, channels = read_span(ctx, start, end, channel)
-        _check_span(start, end, t0, t1)
+        check_span(start, end, t0, t1)
         names = _channels_with_hours(ctx.db, t0, t1, channels)
         head = {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1}
         return StreamingResponse(_stream(ctx.heavy, head, t0, t1, names),
@@ -108,7 +108,7 @@ def routes(settings: ApiConfig) -> APIRouter:
     return router
 
 
-def _check_span(start: str | None, end: str | None, t0: float, t1: float) -> None:
+def check_span(start: str | None, end: str | None, t0: float, t1: float) -> None:
     if start is None or end is None or t1 >= LATEST:
         raise bad_request(f"`from` and `to` are required, at most {MAX_SPAN_DAYS} days apart")
     if t1 - t0 > MAX_SPAN_DAYS * DAY:
