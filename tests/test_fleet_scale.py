@@ -20,6 +20,7 @@ from mqtt_helpers import Mosquitto
 pytestmark = pytest.mark.postgres
 
 
+@pytest.mark.long  # a fleet's month, the span is the point (decision 0037)
 @pytest.mark.slow  # 115,200 hours through a real broker: ~45 s on a quiet 2-core machine
 @pytest.mark.timeout(900)  # minutes when the machine is shared
 async def test_a_fleet_of_20_plants_8_channels_a_month_arrives_complete(
