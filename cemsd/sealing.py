@@ -109,11 +109,13 @@ class Sealer:
         except OSError as exc:
             log.error("chain head not recorded", extra={"error": str(exc),
                                                          "state_dir": str(self.state_dir)})
-        self.head_seq = pin.seq
         log.info("chain head", extra={"seq": pin.seq, "hash": pin.hash, "time": pin.time})
         assert self.daemon is not None
         await self._publish_links()
         await self.daemon.publish_event("chain.head", pin.as_json())
+        # only once the outputs have it: a pass cancelled on the way (the daemon stopping
+        # mid-pass) leaves the head to the next pass instead of taking it as published
+        self.head_seq = pin.seq
 
     async def _publish_links(self) -> None:
         """The links added since the last ones published, before their head, in chunks."""

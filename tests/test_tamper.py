@@ -17,8 +17,9 @@ import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -566,3 +567,37 @@ def test_migration_0010_down_and_up_keeps_the_older_guards(db: Database) -> None
     with pytest.raises(StorageError, match=r"append-only|not allowed"), \
             db.transaction() as conn:
         conn.execute(text("DELETE FROM chain"))
+
+
+def test_a_head_whose_publication_was_cut_short_is_published_by_the_next_pass(
+        tmp_path: Path) -> None:
+    """The daemon stopping mid-pass cancels the sealing task between recording a head and
+    handing it to the outputs: the stopping pass, which finds the same head, publishes it
+    then (CI once saw the retained head missing on MQTT after such a stop)."""
+    from cemsd.sealing import Sealer
+
+    config = write_config(tmp_path, analyzer_and_flow_plant("tamper", free_port(), storage={
+        "state_dir": str(tmp_path / "state")}))
+    sealer = Sealer(config)
+    heads: list[dict[str, Any]] = []
+
+    async def publish_event(kind: str, payload: dict[str, Any]) -> None:
+        heads.append(payload)
+        if len(heads) == 1:
+            raise asyncio.CancelledError  # the stop cancels the pass right here
+
+    # no links to publish (links_published None): the head alone
+    sealer.daemon = SimpleNamespace(  # type: ignore[assignment]
+        publish_event=publish_event, store=object())
+    link = SimpleNamespace(seq=8, chain_hash="ab" * 32,
+                           sealed_at=datetime(2026, 6, 1, 1, 30, tzinfo=UTC))
+
+    async def two_passes() -> None:
+        with pytest.raises(asyncio.CancelledError):
+            await sealer._record_head(link, "db")
+        await sealer._record_head(link, "db")  # the stopping pass: the same head
+        await sealer._record_head(link, "db")  # and once published, never again
+
+    asyncio.run(two_passes())
+    assert [h["seq"] for h in heads] == [8, 8]
+    assert sealer.head_seq == 8
