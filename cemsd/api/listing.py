@@ -92,8 +92,8 @@ def read_span(ctx: ApiContext, start: str | None, end: str | None,
               channel: list[str] | None) -> tuple[float, float, tuple[str, ...]]:
     """The asked [from, to) as epoch seconds (open ends: EARLIEST, LATEST) and the known,
     distinct channels asked for; a clear 400 otherwise."""
-    t0 = _time(start, ctx.tz, "from", EARLIEST)
-    t1 = _time(end, ctx.tz, "to", LATEST)
+    t0 = read_time(start, ctx.tz, "from", EARLIEST)
+    t1 = read_time(end, ctx.tz, "to", LATEST)
     if t0 > t1:
         raise bad_request("`from` is after `to`")
     channels = tuple(dict.fromkeys(channel or ()))
@@ -121,7 +121,9 @@ def window_dependency(settings: ApiConfig) -> Callable[..., Window]:
     return window
 
 
-def _time(text: str | None, tz: ZoneInfo, name: str, default: float) -> float:
+def read_time(text: str | None, tz: ZoneInfo, name: str, default: float) -> float:
+    """One end of an asked span as epoch seconds, clamped to [EARLIEST, LATEST]; a 400
+    naming the parameter when it cannot be read."""
     if text is None:
         return default
     try:

@@ -31,6 +31,7 @@ from cemsd.api.listing import (
     Window,
     bad_request,
     fetch_page,
+    read_time,
     respond,
     table_item,
     table_model,
@@ -44,7 +45,6 @@ from cemsd.fleet.columns import plant_columns
 from cemsd.fleet.metrics import metrics_text
 from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import Scope, scope_of
-from cemsd.hourly import parse_time
 from cemsd.settings.api import ApiConfig
 
 API_PREFIX = "/v1"
@@ -131,8 +131,8 @@ def _plant_routes(router: APIRouter, settings: ApiConfig) -> None:
     def hour_columns(ctx: Annotated[FleetContext, Depends(fleet)],
                      plant: Annotated[str, Depends(allowed_plant)], start: From = None,
                      end: To = None, channel: Channels = None) -> dict[str, Any]:
-        t0 = _bound(start, ctx.tz, "from", EARLIEST)
-        t1 = _bound(end, ctx.tz, "to", LATEST)
+        t0 = read_time(start, ctx.tz, "from", EARLIEST)
+        t1 = read_time(end, ctx.tz, "to", LATEST)
         check_span(start, end, t0, t1)
         return {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1,
                 "channels": plant_columns(ctx.store, plant, t0, t1,
@@ -187,22 +187,13 @@ def _window(settings: ApiConfig) -> Callable[..., Window]:
                cursor: Annotated[str | None, Query(max_length=512)] = None,
                fmt: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
                ) -> Window:
-        t0 = _bound(start, ctx.tz, "from", EARLIEST)
-        t1 = _bound(end, ctx.tz, "to", LATEST)
+        t0 = read_time(start, ctx.tz, "from", EARLIEST)
+        t1 = read_time(end, ctx.tz, "to", LATEST)
         if t0 > t1:
             raise bad_request("`from` is after `to`")
         return Window(t0, t1, tuple(dict.fromkeys(channel or ())), limit, cursor, fmt)
 
     return window
-
-
-def _bound(text: str | None, tz: ZoneInfo, name: str, default: float) -> float:
-    if text is None:
-        return default
-    try:
-        return min(max(parse_time(text, tz), EARLIEST), LATEST)
-    except (ValueError, OverflowError) as exc:
-        raise bad_request(f"`{name}`: {exc}") from None
 
 
 def _utc(t: float) -> datetime:
