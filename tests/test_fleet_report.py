@@ -1,25 +1,30 @@
 """The central report equals the edge's (issue 16): a real edge daemon on a virtual clock
 publishes to a real mosquitto, the collector stores into a real PostgreSQL, and the report
-of the day taken from the fleet database (`cemsd collect report`) is the edge's report;
-the central verification bundle passes `cemsd verify-bundle`."""
+of the day taken from the fleet database (`cemsd collect report`) is the edge's report,
+bypass event included; the central verification bundle carries the edge's chain and
+passes `cemsd verify-bundle`, and a central hour changed in PostgreSQL fails it."""
 
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 from reduction_line import reduction_line
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from cemsd.chain import head as chain_head
+from cemsd.chainhead import head_pin
 from cemsd.cli import main
 from cemsd.config import Config
 from cemsd.fleet import schema as fleet
 from cemsd.fleet.messages import parse
 from cemsd.fleet.reports import CentralReportError, central_report
 from cemsd.fleet.store import FleetStore
+from cemsd.reduction.bundle import read_bundle
 from cemsd.reduction.report import build_report
 from cemsd.store import schema
 from fleet_helpers import collector_settings, running_collector, until_counted
@@ -55,11 +60,14 @@ def _central_events(store: FleetStore, kinds: tuple[str, ...]) -> int:
 async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_url: str,
                                                          tmp_path: Path) -> None:
     """Five hours of a line whose outlet analyzer is silent 03:00-03:30 (the hour is
-    substituted), with the day's production imported: the central report of the day, JSON
-    for JSON, is the edge's; a period with a bypass event is refused, naming it."""
+    substituted) and whose bypass valve is open 01:00-01:30, with the day's production
+    imported: the central report of the day, JSON for JSON, is the edge's; the central
+    bundle verifies against the edge's chain, and fails it once a central hour changed."""
     config, scenario = reduction_line(
         tmp_path, [{"device": "outlet-analyzer", "kind": "no_reply", "start": "3h",
-                    "end": "3h30m"}],
+                    "end": "3h30m"},
+                   {"device": "plant", "kind": "set", "channel": "bypass_position",
+                    "value": 100.0, "start": "1h", "end": "1h30m"}],
         storage={"state_dir": str(tmp_path / "state"), "finalise_after_hours": 0},
         mqtt={"host": "127.0.0.1", "port": broker.port, "backoff_initial": 0.05,
               "backoff_max": 0.5, "batch_size": 200})
@@ -71,7 +79,7 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
                       str(tmp_path / "production.csv"))
     assert imported.exit_code == 0, imported.output
     t0 = scenario.epoch
-    kinds = ("substitution", "production")
+    kinds = ("substitution", "production", "bypass", "bypass.minutes")
     async with running_collector(collector_settings(pg_url, broker.port)) as collector:
         async with RunningDaemon(config, scenario, until=t0 + 5 * 3600 + 60) as run:
             await run.finished()
@@ -79,6 +87,7 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
         hours = len(edge.fetch(select(schema.hours)))
         substituted = edge.fetch(select(schema.substitutions))
         edge_report = build_report(edge, config, t0, t0 + DAY, t0 + DAY)
+        edge_head = head_pin(chain_head(edge)).as_json()
         edge.close()
         await until_counted(collector, "hours", hours)
         sent = _edge_events(config, kinds)
@@ -90,6 +99,9 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
     assert [s.channel for s in substituted] == ["outlet.n2o_kg_h"]
     assert edge_report["production"]["total_t"] == 420
     assert edge_report["hours"][3]["outlet_method"] == substituted[0].method
+    [event] = edge_report["bypass_events"]
+    assert event["n2o_kg"] > 0 and event["method"] == "measured_inlet: 30 min"
+    assert edge_report["hours"][1]["bypass_kg"] == pytest.approx(event["n2o_kg"], rel=1e-12)
 
     collector_file = tmp_path / "collector.toml"
     collector_file.write_text(f'[collector]\ndatabase_url = "{pg_url}"\n')
@@ -104,21 +116,60 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
     assert made.exit_code == 0, made.output
     verified = _cemsd("verify-bundle", str(bundle))
     assert verified.exit_code == 0, verified.output
+    # the edge's links: the hours of the day checked against them, minutes where carried
+    assert re.search(r"checked against their links: ([1-9]\d*) hours, 1 substitutions, "
+                     r"1 production_days, 0 audit_log \(([1-9]\d*) minutes",
+                     verified.output), verified.output
+    assert "hours without their minutes in this bundle (made by the collector)" in \
+        verified.output
+    assert json.loads(read_bundle(bundle).files["chain/head.json"]) == edge_head
+
+    _tamper(pg_url, "inlet.n2o_kg_h", t0 + 2 * 3600)
+    tampered = tmp_path / "tampered.tar.gz"
+    made = _cemsd("collect", "report", *asked, "--bundle", str(tampered))
+    assert made.exit_code == 0, made.output
+    verified = _cemsd("verify-bundle", str(tampered))
+    assert verified.exit_code != 0
+    assert re.search(r"inlet\.n2o_kg_h 2026-05-31T18:00:00\+00:00\): changed, does not "
+                     r"hash to chain link \d+", verified.output), verified.output
 
 
-def test_a_period_with_a_bypass_event_is_refused_naming_it(pg_url: str,
-                                                           tmp_path: Path) -> None:
-    """The collector keeps no minutes: a bypass mass cannot be recomputed centrally."""
+def _tamper(url: str, channel: str, hour: float) -> None:
+    """A central hour changed in PostgreSQL, behind the collector's back."""
+    store = FleetStore(url)
+    try:
+        c = fleet.hours.c
+        with store.db.transaction() as conn:
+            changed = conn.execute(update(fleet.hours).where(
+                c.channel == channel, c.ts == datetime.fromtimestamp(hour, UTC))
+                .values(value=c.value * 1.01)).rowcount
+        assert changed == 1
+    finally:
+        store.close()
+
+
+def test_a_bypass_event_open_or_without_its_minutes_is_refused_naming_it(
+        pg_url: str, tmp_path: Path) -> None:
+    """An open event's mass grows at the edge; a closed one is recomputed from the minutes
+    of its hours: without them the central report is refused, naming the event and hour."""
     config, scenario = reduction_line(tmp_path, [])
     store = FleetStore(pg_url)
     try:
         store.upgrade()
         at = scenario.epoch + 3600
+        event = {"active": True, "id": 4, "unit": "main", "started_at": at}
         opened = {"id": 7, "plant": "aa", "kind": "bypass", "at": "2026-05-31T17:00:00Z",
-                  "data": {"active": True, "id": 4, "unit": None, "started_at": at}}
+                  "data": event}
         store.ingest([parse("cemsd/aa/events/bypass", json.dumps(opened).encode())],
                      datetime.fromtimestamp(at, UTC))
-        with pytest.raises(CentralReportError, match=r"bypass event 4 .* minutes"):
+        with pytest.raises(CentralReportError, match=r"bypass event 4 .* still open"):
+            central_report(store, config, scenario.epoch, scenario.epoch + DAY, at)
+        closed = {**opened, "id": 8, "data": {**event, "active": False,
+                                              "ended_at": at + 1800, "n2o_kg": 1.0}}
+        store.ingest([parse("cemsd/aa/events/bypass", json.dumps(closed).encode())],
+                     datetime.fromtimestamp(at, UTC))
+        with pytest.raises(CentralReportError, match=r"bypass event 4 .* the minutes of the "
+                           r"hour 2026-05-31 17:00 UTC \(bypass.minutes\) have not been"):
             central_report(store, config, scenario.epoch, scenario.epoch + DAY, at)
         with pytest.raises(CentralReportError, match="'other': nothing received"):
             central_report(store, config.model_copy(update={

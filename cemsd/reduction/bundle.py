@@ -90,7 +90,9 @@ class Bundle:
 
 
 def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float,
-                  path: Path) -> dict[str, Any]:
+                  path: Path, scope: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`scope`: what the bundle holds of the plant's records when not all (the manifest's
+    `scope`, a central bundle: cemsd/fleet/reports.py); None: everything, as at the edge."""
     report = build_report(db, config, t0, t1, now)
     key = signing.load_or_create(config.storage.state_dir)
     tz = config.plant.tz
@@ -118,6 +120,8 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
                                 report, key))
         encoded = {name: text.encode() for name, text in files.items()}
         manifest = _manifest(report, links, key, encoded, {MINUTES_FILE: minutes_sha256})
+        if scope is not None:
+            manifest["scope"] = scope
         encoded[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
         encoded[SIGNATURE] = base64.b64encode(key.sign(encoded[MANIFEST])) + b"\n"
         with tarfile.open(path, "w:gz") as archive:

@@ -9,6 +9,10 @@
   data/substitutions.csv, data/production_days.csv and data/audit.jsonl with a link hashes
   to it in the link's canonical form (1 or 2, cemsd/chain.py), and every link of the
   period has its row; a changed minute names its hour ("minutes changed");
+- a bundle whose manifest names a `scope` (a central bundle, cemsd/fleet/reports.py) holds
+  less than the edge's: the links of tables it names `rows_absent` need no row (they still
+  chain), and with `minutes: bypass` an hour without any minute in the bundle is checked
+  against the minute digest its link sealed (the minutes stay at the edge);
 - pinned: chain heads pinned earlier (and chain/head.json) agree with the links;
 - recompute: the report again from inputs/ alone equals report.json.
 """
@@ -167,11 +171,21 @@ def _rows(bundle: Bundle, links: list[dict[str, str]]) -> Check:
         minutes += len(under)
         for record, link in waiting.pop(key, []):
             _compare(check, record, link, {key: under})
+    scope = bundle.manifest.get("scope") or {}
+    sealed_digest = 0
     for record, link in itertools.chain.from_iterable(waiting.values()):  # no minutes
-        _compare(check, record, link, {})
-    check.problems += _rows_missing(bundle, by_record, {(r.table, r.row.id) for r in records})
+        if scope.get("minutes") == "bypass" and _fields_sealed(record, link):
+            sealed_digest += 1
+        else:
+            _compare(check, record, link, {})
+    check.problems += _rows_missing(bundle, by_record, {(r.table, r.row.id) for r in records},
+                                    check)
     check.notes.append("checked against their links: " + ", ".join(
         f"{checked[t]} {t}" for t in SEALED_FILES) + f" ({minutes} minutes under the hours)")
+    if sealed_digest:
+        check.notes.append(f"{sealed_digest} hours without their minutes in this bundle "
+                           f"(made by the {scope.get('made_by')}): checked against the "
+                           "minute digest their links sealed")
     form1 = sum(by_record[("hours", r.row.id)].form == 1 for r in records
                 if r.table == "hours" and ("hours", r.row.id) in by_record)
     if form1:
@@ -222,6 +236,14 @@ def _minutes_by_hour(bundle: Bundle, hours: list[Any], check: Check
         run.append(minute)
     if key is not None:
         yield key, run
+
+
+def _fields_sealed(record: Sealed, link: Any) -> bool:
+    """The hour hashes to its form 2 link with the minute digest the link sealed."""
+    kind, row = chain.KINDS[record.table], record.row
+    return link.form == 2 and link.minutes_sha256 is not None and \
+        chain.record_hash(kind, row, 2, link.minutes_sha256) == link.record_hash and \
+        (kind.link_channel(row), kind.link_time(row)) == (link.channel, link.ts)
 
 
 def _finding(record: Sealed, link: Any, problem: str, detail: str) -> str:
@@ -291,24 +313,32 @@ def _sealed_by(record: Sealed, last: Any) -> bool:
 
 
 def _rows_missing(bundle: Bundle, by_record: dict[tuple[str, int], Any],
-                  seen: set[tuple[str, int]]) -> list[str]:
-    """Links of the bundle's scope whose row is not in the bundle."""
+                  seen: set[tuple[str, int]], check: Check) -> list[str]:
+    """Links of the bundle's scope whose row is not in the bundle (but of the tables whose
+    rows the manifest's scope leaves out: noted)."""
     period, plant = bundle.manifest.get("period", {}), bundle.manifest.get("plant", {})
+    absent = set((bundle.manifest.get("scope") or {}).get("rows_absent", []))
     try:
         t0, t1 = _utc(period["from_utc"]), _utc(period["to_utc"])
         first, last = period_days(t0.timestamp(), t1.timestamp(), ZoneInfo(plant["timezone"]))
     except (KeyError, TypeError, ValueError, AttributeError, ZoneInfoNotFoundError):
         return [f"{MANIFEST}: no readable period (from_utc, to_utc) and plant timezone to "
                 "check the rows' links against"]
-    out = []
+    out, left_out = [], defaultdict(int)
     for (table, record), link in by_record.items():
         if table == "production_days":
             inside = first <= link.ts.date() <= last
         else:
             inside = table in SEALED_FILES and t0 <= link.ts < t1
-        if inside and (table, record) not in seen:
+        if inside and table in absent:
+            left_out[table] += (table, record) not in seen
+        elif inside and (table, record) not in seen:
             out.append(f"{SEALED_FILES[table]}: row id {record} ({link.channel} "
                        f"{chain.utc_text(link.ts)}) of chain link {link.seq} is missing")
+    for table, count in left_out.items():
+        check.notes.append(f"{count} links of {table} without their rows: the manifest's "
+                           "scope leaves these rows out (they stay at the plant); the links "
+                           "still chain")
     return out
 
 
