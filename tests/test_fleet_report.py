@@ -16,17 +16,21 @@ from click.testing import CliRunner, Result
 from reduction_line import reduction_line
 from sqlalchemy import func, select, update
 
+from cemsd import records
 from cemsd.chain import head as chain_head
 from cemsd.chainhead import head_pin
 from cemsd.cli import main
 from cemsd.config import Config
 from cemsd.fleet import schema as fleet
 from cemsd.fleet.messages import parse
-from cemsd.fleet.reports import CentralReportError, central_report
+from cemsd.fleet.reports import CentralReportError, central_report, edge_copy
 from cemsd.fleet.store import FleetStore
+from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT
+from cemsd.reduction.bundle import _table_csv as table_csv
 from cemsd.reduction.bundle import read_bundle
 from cemsd.reduction.report import build_report
 from cemsd.store import schema
+from cemsd.store.database import Database
 from fleet_helpers import collector_settings, running_collector, until_counted
 from helpers import RunningDaemon, database
 from mqtt_helpers import Mosquitto, wait_until
@@ -177,3 +181,62 @@ def test_a_bypass_event_open_or_without_its_minutes_is_refused_naming_it(
                 scenario.epoch, scenario.epoch + DAY, at)
     finally:
         store.close()
+
+
+def test_the_central_copy_holds_the_edges_qaqc_records(pg_url: str, tmp_path: Path) -> None:
+    """Calibrations, a maintenance window and control periods, published as the daemon
+    publishes them (a window's start then its close; a control period opened then
+    closed), are in the central copy as the edge stores them: the bundle's QA/QC files
+    are the edge's."""
+    config, scenario = reduction_line(tmp_path, [])
+    edge = database(config)
+    edge.upgrade()
+    t = scenario.epoch + 3600.125
+    published: list[tuple[str, dict[str, object]]] = []
+    calibration = {
+        "channel": "inlet-analyzer.n2o", "kind": "span", "mode": "remote", "started_at": t,
+        "ended_at": t + 300.5, "reference": 20.0, "measured": 20.9, "full_scale": 30.0,
+        "drift_pct_fs": 3.0, "result": "out_of_control", "pass_limit_pct": 2.0,
+        "control_limit_pct": 2.5, "n_readings": 12, "stabilisation_s": 120.0,
+        "technician": "Li", "note": None, "created_at": t + 301.0}
+    calibration["id"] = records.insert_calibration(edge, calibration)
+    published.append(("calibration", calibration))
+    window = {"device": "outlet-flow", "channel": None, "started_at": t, "ended_at": None,
+              "planned_end_at": t + 3600, "reason": "probe cleaning", "technician": "Li",
+              "created_at": t}
+    window["id"] = records.insert_maintenance(edge, window)
+    published.append(("maintenance", dict(window)))
+    records.end_maintenance(edge, window["id"], t + 1800)
+    published.append(("maintenance", {**{k: window[k] for k in (
+        "id", "device", "channel", "started_at", "planned_end_at", "reason")},
+        "ended_at": t + 1800}))
+    period = records.insert_control_period(edge, {
+        "channel": "inlet-analyzer.n2o", "kind": "out_of_control", "started_at": t + 300.5,
+        "ended_at": None, "opened_by": calibration["id"], "closed_by": None,
+        "reason": "out of control", "created_at": t + 301.0})
+    published.append(_control_period(edge, period))  # opened
+    records.close_control_periods(edge, "inlet-analyzer.n2o", ("out_of_control",), t + 7200,
+                                  calibration["id"])
+    published.append(_control_period(edge, period))  # closed by a passing check
+    store = FleetStore(pg_url)
+    try:
+        store.upgrade()
+        store.ingest([parse(f"cemsd/aa/events/{kind}", json.dumps({
+            "id": n, "plant": "aa", "kind": kind, "at": "2026-05-31T17:00:00Z",
+            "data": data}).encode()) for n, (kind, data) in enumerate(published, start=1)],
+            datetime.fromtimestamp(t, UTC))
+        t0, tz = scenario.epoch, config.plant.tz
+        with edge_copy(store, config, t0, t0 + DAY) as copy:
+            for table in (schema.calibrations, schema.maintenance, schema.control_periods):
+                central = table_csv(copy, table, t0, t0 + DAY, tz)
+                assert central == table_csv(edge, table, t0, t0 + DAY, tz)
+                assert len(central.splitlines()) == 2, central  # the header and the row
+    finally:
+        store.close()
+        edge.close()
+
+
+def _control_period(edge: Database, period: int) -> tuple[str, dict[str, object]]:
+    """The event the daemon publishes (qaqc.calibration.publish_control_periods)."""
+    rows = records.control_periods_by_id(edge, [period])
+    return CONTROL_PERIOD_EVENT, {"rows": [records.row_document(r) for r in rows]}

@@ -35,18 +35,22 @@ from cemsd.fleet.messages import utc_time
 from cemsd.fleet.store import FleetStore
 from cemsd.mqtt import PRODUCTION_EVENT
 from cemsd.periods import HOUR, hour_floor
+from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT
 from cemsd.qaqc.substitution import SUBSTITUTION_EVENT, SUBSTITUTION_TIMES
 from cemsd.reduction.bundle import export_bundle
 from cemsd.reduction.bypass import BYPASS_EVENT, BYPASS_MINUTES_EVENT
 from cemsd.reduction.report import build_report
 from cemsd.store import schema
 from cemsd.store.database import Database
+from cemsd.store.schema import UTCDateTime
 
 # Hours copied before the period: the production counter's end of the day before.
 LOOKBACK_SECONDS = 2 * 86400.0
 HOUR_COLUMNS = ("channel", "ts", "revision", "value", "minimum", "maximum", "n_valid",
                 "n_expected", "flag", "reason", "unit", "created_at", "supersedes", "audit_id")
-REPORT_EVENTS = (BYPASS_EVENT, BYPASS_MINUTES_EVENT, SUBSTITUTION_EVENT, PRODUCTION_EVENT)
+CALIBRATION_EVENT, MAINTENANCE_EVENT = "calibration", "maintenance"  # cemsd/qaqc/
+REPORT_EVENTS = (BYPASS_EVENT, BYPASS_MINUTES_EVENT, SUBSTITUTION_EVENT, PRODUCTION_EVENT,
+                 CALIBRATION_EVENT, MAINTENANCE_EVENT, CONTROL_PERIOD_EVENT)
 # What a central bundle holds of the edge's records (its manifest's `scope`, read by
 # `cemsd verify-bundle`): the collector receives no audit log, and minutes only under the
 # hours with bypass; the links of both still chain (docs/decisions/0212).
@@ -91,7 +95,7 @@ def edge_copy(store: FleetStore, config: Config, t0: float, t1: float) -> Iterat
         (schema.production_days, _sealed("production_days", _production_days(events), links)),
         (schema.bypass_events, _bypass_events(events.get(BYPASS_EVENT, []))),
         (schema.minutes, _minutes(store, plant, since, t1)),
-        (schema.chain, links)]
+        (schema.chain, links), *_qaqc(events)]
     with tempfile.TemporaryDirectory(prefix=f"cemsd-central-{plant}-") as folder:
         db = Database(f"sqlite:///{Path(folder) / 'edge.db'}")
         try:
@@ -257,6 +261,36 @@ def _bypass_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
             **{k: event.get(k) for k in ("gas_volume_nm3", "n2o_kg", "n2o_estimated_kg",
                                          "method")}}
     return list(rows.values())
+
+
+def _qaqc(events: dict[str, list[dict[str, Any]]]) -> list[tuple[Table, list[dict[str, Any]]]]:
+    """Calibrations, maintenance windows and control periods as the edge stored them (each
+    by id, as its last event left it: a window's close follows its start), for the
+    bundle's QA/QC evidence (docs/decisions/0213)."""
+    docs: dict[Table, dict[int, dict[str, Any]]] = {
+        schema.calibrations: {}, schema.maintenance: {}, schema.control_periods: {}}
+    for table, kind in ((schema.calibrations, CALIBRATION_EVENT),
+                        (schema.maintenance, MAINTENANCE_EVENT)):
+        for event in events.get(kind, []):
+            docs[table][event["id"]] = {**docs[table].get(event["id"], {}), **event}
+    for event in events.get(CONTROL_PERIOD_EVENT, []):
+        docs[schema.control_periods].update({doc["id"]: doc for doc in event["rows"]})
+    return [(table, [row for row in (_table_row(table, doc) for doc in by_id.values())
+                     if row is not None]) for table, by_id in docs.items()]
+
+
+def _table_row(table: Table, doc: dict[str, Any]) -> dict[str, Any] | None:
+    """An event's record as the table's row (times as epoch seconds or UTC text); None if
+    a required column never came (a window whose start was not received)."""
+    row = {}
+    for column in table.c:
+        value = doc.get(column.name)
+        if value is None and not column.nullable:
+            return None
+        if value is not None and isinstance(column.type, UTCDateTime):
+            value = _utc(value) if isinstance(value, int | float) else utc_time(value)
+        row[column.name] = value
+    return row
 
 
 def _require_minutes(config: Config, bypass: list[dict[str, Any]],

@@ -42,6 +42,7 @@ from cemsd.chain import utc_text
 from cemsd.config import IMPLICIT_UNIT, AbatementUnit, Config
 from cemsd.periods import HOUR, MINUTE, hour_floor, local_label, minute_floor
 from cemsd.readings import Reading
+from cemsd.records import row_document
 from cemsd.reduction.masses import bypass_mass, series_names
 from cemsd.store import schema
 from cemsd.store.database import Database
@@ -112,12 +113,6 @@ def hour_minutes(db: Database, unit: AbatementUnit, hour: float) -> list[dict[st
         m.channel.in_(wanted), m.ts >= hour, m.ts < hour + HOUR)
         .order_by(m.channel, m.ts, m.revision, m.id))
     return [row_document(row) for row in rows]
-
-
-def row_document(row: Any) -> dict[str, Any]:
-    """A stored row as JSON: each column by name, times in UTC text (microseconds kept)."""
-    return {k: utc_text(v) if hasattr(v, "astimezone") else v
-            for k, v in row._mapping.items()}
 
 
 Signal = tuple[UnitSignals, str, Callable[[float], bool]]

@@ -188,8 +188,7 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
     def production_import(config_file: str, actor: str | None, csv_file: str) -> None:
         """Import daily production (CSV with columns date,tonnes)."""
         from cemsd.mqtt import PRODUCTION_EVENT, queue_event
-        from cemsd.records import default_actor
-        from cemsd.reduction.bypass import row_document
+        from cemsd.records import default_actor, row_document
         from cemsd.reduction.production import days_written, import_days, read_csv_file
         config = load_config(config_file)
         path = Path(csv_file)
