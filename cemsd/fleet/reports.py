@@ -71,7 +71,7 @@ def central_bundle(store: FleetStore, config: Config, t0: float, t1: float, now:
                    path: Path) -> dict[str, Any]:
     """The verification bundle of central data with the edge's chain links, signed with
     the key in the plant configuration's state_dir (the collector's copy of it: its
-    attestation, docs/decisions/0205 and 0212)."""
+    attestation, docs/decisions/0204 and 0212)."""
     with edge_copy(store, config, t0, t1) as db:
         return export_bundle(db, config, t0, t1, now, path, scope=CENTRAL_SCOPE)
 
