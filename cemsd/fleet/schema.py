@@ -103,6 +103,7 @@ links = Table(
     Column("checked", String(16), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Index("ix_fleet_links_pending", "plant", "seq", postgresql_where="checked = 'pending'"),
+    Index(None, "plant", "ts"),  # the links of a period (a central bundle's)
 )
 
 # every chain head received per plant, with the witness's verdict

@@ -127,7 +127,8 @@ class BypassMonitor:
         self.config = config
         self.settings = config.reduction
         self.units = [UnitSignals(u) for u in config.abatement_units()]
-        self._work: asyncio.Queue[tuple[str, OpenEvent, Any]] = asyncio.Queue()
+        # ("open" | "close", the event, its triggers | end) or ("hour", None, its start)
+        self._work: asyncio.Queue[tuple[str, OpenEvent | None, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._channels: dict[str, list[Signal]] = {}
         self._stopping = False
@@ -215,7 +216,7 @@ class BypassMonitor:
         """A closed hour: its bypass minutes go out from the worker, in turn with events."""
         if kind == "hour":
             for hour in sorted({float(row["ts"]) for row in rows}):
-                self._work.put_nowait(("hour", OpenEvent(None, hour), None))
+                self._work.put_nowait(("hour", None, hour))
 
     @staticmethod
     def active_triggers(state: UnitSignals) -> set[str]:
@@ -250,14 +251,14 @@ class BypassMonitor:
         while True:
             action, event, detail = await self._work.get()
             try:
-                if action == "open":
+                if event is None:
+                    await self._publish_hour(detail)
+                elif action == "open":
                     await self._open(event, detail)
-                elif action == "hour":
-                    await self._publish_hour(event.start)
                 else:
                     await self._close(event, detail)
             except Exception:  # the next event must still be recorded
-                log.exception("bypass event could not be stored")
+                log.exception("bypass event could not be stored", extra={"action": action})
             finally:
                 self._work.task_done()
 

@@ -1,5 +1,5 @@
 """The minutes under the hours with bypass (`bypass.minutes`), partitioned by month like
-the hours (docs/decisions/0210)
+the hours (docs/decisions/0210); the links of a plant by time (a central bundle's links)
 
 Revision ID: f002
 Revises: f001
@@ -26,7 +26,9 @@ def upgrade() -> None:
         edge_id BIGINT NOT NULL, received_at TIMESTAMP NOT NULL,
         CONSTRAINT pk_fleet_minutes PRIMARY KEY (plant, channel, ts, revision)
     ) PARTITION BY RANGE (ts)""")
+    op.execute("CREATE INDEX ix_fleet_links_plant_ts ON fleet_links (plant, ts)")
 
 
 def downgrade() -> None:
+    op.execute("DROP INDEX ix_fleet_links_plant_ts")
     op.execute("DROP TABLE fleet_minutes")
