@@ -130,6 +130,7 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
     assert "hours without their minutes in this bundle (made by the collector)" in \
         verified.output
     assert json.loads(read_bundle(bundle).files["chain/head.json"]) == edge_head
+    assert f"chain/head.json head {edge_head['seq']}: matches" in verified.output
 
     _tamper(pg_url, "inlet.n2o_kg_h", t0 + 2 * 3600)
     tampered = tmp_path / "tampered.tar.gz"

@@ -83,6 +83,11 @@ def _signature(bundle: Bundle, public_key: str | None) -> Check:
         check.problems.append(f"{SIGNATURE}: {exc}")
         return check
     given = signing.fingerprint(key)
+    made_by = (bundle.manifest.get("scope") or {}).get("made_by")
+    if made_by is not None:
+        check.notes.append(f"signed by the {made_by}: its attestation of what it received; "
+                           "the rows rest on the plant's chain (pin chain/head.json against "
+                           "a head seen at the plant)")
     if public_key is None:
         check.notes.append(f"checked with the key the manifest names ({given}): compare it "
                            "with the plant's published fingerprint, or pass --public-key")
@@ -371,15 +376,17 @@ def _pinned(bundle: Bundle, links: list[dict[str, str]], pinned: str | None) -> 
 
 
 def _heads(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Chain heads as GET /v1/chain/head answers them: one object, a list, or JSON lines;
-    entries without seq and chain_hash are skipped."""
+    """Chain heads as GET /v1/chain/head answers them, or as pins {seq, hash, time} are
+    written (chain/head.json, the head file, MQTT): one object, a list, or JSON lines;
+    entries without seq and chain_hash (or hash) are skipped."""
     try:
         data = json.loads(text)
         items = data if isinstance(data, list) else [data]
     except ValueError:
         items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [("pinned ", h) for h in items
-            if isinstance(h, dict) and "seq" in h and "chain_hash" in h]
+    heads = [{**h, "chain_hash": h.get("chain_hash", h.get("hash"))} for h in items
+             if isinstance(h, dict)]
+    return [("pinned ", h) for h in heads if "seq" in h and h["chain_hash"] is not None]
 
 
 def _recompute(bundle: Bundle) -> Check:
