@@ -131,6 +131,7 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
         verified.output
     assert json.loads(read_bundle(bundle).files["chain/head.json"]) == edge_head
     assert f"chain/head.json head {edge_head['seq']}: matches" in verified.output
+    assert "Made by the collector" in read_bundle(bundle).text("README.md")
 
     _tamper(pg_url, "inlet.n2o_kg_h", t0 + 2 * 3600)
     tampered = tmp_path / "tampered.tar.gz"

@@ -117,7 +117,7 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
     with tempfile.TemporaryFile(dir=path.parent) as minutes:
         minutes_sha256 = _write_minutes(db, t0, t1, tz, minutes)
         files.update(_explained({**files, MINUTES_FILE: _rows_csv(schema.minutes, [], tz)},
-                                report, key))
+                                report, key, scope))
         encoded = {name: text.encode() for name, text in files.items()}
         manifest = _manifest(report, links, key, encoded, {MINUTES_FILE: minutes_sha256})
         if scope is not None:
@@ -301,10 +301,11 @@ def _production_days(db: Database, t0: float, t1: float, tz: Any) -> list[Any]:
                     .order_by(d.id))
 
 
-def _explained(files: dict[str, str], report: dict[str, Any], key: Any) -> dict[str, str]:
+def _explained(files: dict[str, str], report: dict[str, Any], key: Any,
+               scope: dict[str, Any] | None) -> dict[str, str]:
     """README.md and DATA-DICTIONARY.md, describing the files they sit beside."""
     public = signing.public_info(key.public_key())
-    return {"README.md": readme(report, sorted([*files, MANIFEST, SIGNATURE]), public),
+    return {"README.md": readme(report, sorted([*files, MANIFEST, SIGNATURE]), public, scope),
             "DATA-DICTIONARY.md": data_dictionary(files, report)}
 
 
