@@ -82,20 +82,7 @@ def edge_copy(store: FleetStore, config: Config, t0: float, t1: float) -> Iterat
     plant = config.plant.id
     if not store.db.fetch(select(fleet.plants.c.plant).where(fleet.plants.c.plant == plant)):
         raise CentralReportError(f"plant {plant!r}: nothing received from it")
-    events = _events(store, plant)
-    bypass = [e for e in _bypass_events(events.get(BYPASS_EVENT, []))
-              if e["started_at"].timestamp() < t1
-              and (e["ended_at"] is None or e["ended_at"].timestamp() > t0)]
-    _require_minutes(config, bypass, events.get(BYPASS_MINUTES_EVENT, []), t0, t1)
-    since = t0 - _lookback(config, bypass)
-    links = _links(store, plant, since, t1)
-    tables: list[tuple[Table, list[dict[str, Any]]]] = [
-        (schema.hours, _sealed("hours", _hours(store, plant, since, t1), links)),
-        (schema.substitutions, _sealed("substitutions", _substitutions(events), links)),
-        (schema.production_days, _sealed("production_days", _production_days(events), links)),
-        (schema.bypass_events, _bypass_events(events.get(BYPASS_EVENT, []))),
-        (schema.minutes, _minutes(store, plant, since, t1)),
-        (schema.chain, links), *_qaqc(events)]
+    tables = _edge_tables(store, config, t0, t1)
     with tempfile.TemporaryDirectory(prefix=f"cemsd-central-{plant}-") as folder:
         db = Database(f"sqlite:///{Path(folder) / 'edge.db'}")
         try:
@@ -107,6 +94,27 @@ def edge_copy(store: FleetStore, config: Config, t0: float, t1: float) -> Iterat
             yield db
         finally:
             db.close()
+
+
+def _edge_tables(store: FleetStore, config: Config, t0: float, t1: float
+                 ) -> list[tuple[Table, list[dict[str, Any]]]]:
+    """The edge's rows for the copy, table by table (refused: a bypass event of the
+    period the copy could not recompute)."""
+    plant = config.plant.id
+    events = _events(store, plant)
+    bypass = _bypass_events(events.get(BYPASS_EVENT, []))
+    in_period = [e for e in bypass if e["started_at"].timestamp() < t1
+                 and (e["ended_at"] is None or e["ended_at"].timestamp() > t0)]
+    _require_minutes(config, in_period, events.get(BYPASS_MINUTES_EVENT, []), t0, t1)
+    since = t0 - _lookback(config, in_period)
+    links = _links(store, plant, since, t1)
+    return [
+        (schema.hours, _sealed("hours", _hours(store, plant, since, t1), links)),
+        (schema.substitutions, _sealed("substitutions", _substitutions(events), links)),
+        (schema.production_days, _sealed("production_days", _production_days(events), links)),
+        (schema.bypass_events, bypass),
+        (schema.minutes, _minutes(store, plant, since, t1)),
+        (schema.chain, links), *_qaqc(events)]
 
 
 def _lookback(config: Config, bypass: list[dict[str, Any]]) -> float:
