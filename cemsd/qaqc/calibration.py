@@ -363,16 +363,18 @@ class Calibrator:
         db, at = store.db, row["ended_at"]
         if row["result"] == "out_of_control":
             await self._out_of_control(channel, row)
+        closed: list[int] = []
         if row["result"] == "pass":
-            closed = await store.call(records.close_out_of_control, db, channel.name,
-                                      row["kind"], at, row["id"])
+            closed += await store.call(records.close_out_of_control, db, channel.name,
+                                       row["kind"], at, row["id"])
             for period in closed:
                 state.close_window(f"control:{period}", at)
         if row["result"] in records.GOOD_RESULTS:
-            await store.call(records.close_control_periods, db, channel.name,
-                             ("calibration_overdue",), at, row["id"])
+            closed += await store.call(records.close_control_periods, db, channel.name,
+                                       ("calibration_overdue",), at, row["id"])
             state.calibration_due[channel.name] = (at + settings.interval,
                                                    "last check within limits")
+        await publish_control_periods(self.daemon, closed)
 
     async def _out_of_control(self, channel: ChannelPlan, row: dict[str, Any]) -> None:
         store, state = self.daemon.store, self.daemon.plant_state
@@ -386,16 +388,32 @@ class Calibrator:
                   "reason": reason, "created_at": row["created_at"]}
         period["id"] = await store.call(records.insert_control_period, store.db, period)
         state.open_window(control_window(SimpleNamespace(**period)))
+        opened = [period["id"]]
         if self.config.qaqc.out_of_control_back_to_last_pass:
             good = await store.call(records.last_good_calibrations, store.db)
             since = good.get(channel.name)
             if since is not None and since < row["started_at"]:
                 back = f"{reason}; back to the last good check"
                 # the back-dated hours are out of control too (stricter substitution)
-                await store.call(records.insert_control_period, store.db, {
+                opened.append(await store.call(records.insert_control_period, store.db, {
                     **period, "id": None, "started_at": since, "ended_at": row["started_at"],
-                    "closed_by": row["id"], "reason": back})
+                    "closed_by": row["id"], "reason": back}))
                 await invalidate_window(self.daemon, channel, since, row["started_at"], back)
+        await publish_control_periods(self.daemon, opened)
+
+
+CONTROL_PERIOD_EVENT = "control_period"
+
+
+async def publish_control_periods(daemon: Daemon, ids: list[int]) -> None:
+    """Control periods opened or closed, as stored, to the outputs: a central copy keeps
+    them for the bundle's QA/QC evidence (cemsd/fleet/reports.py, docs/decisions/0213)."""
+    store = daemon.store
+    if not ids or store is None:
+        return
+    rows = await store.call(records.control_periods_by_id, store.db, ids)
+    await daemon.publish_event(CONTROL_PERIOD_EVENT, {
+        "rows": [records.row_document(row) for row in rows]})
 
 
 def _summary(row: dict[str, Any], channel: ChannelPlan) -> str:

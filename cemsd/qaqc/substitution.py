@@ -42,7 +42,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -301,9 +301,15 @@ SUBSTITUTION_TIMES = ("ts", "period_start", "created_at")
 
 
 def substitution_document(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored substitution row as an event publishes it: times as UTC labels (whole
-    seconds: the hours and periods are whole hours)."""
-    return {k: utc_label(v) if k in SUBSTITUTION_TIMES else v for k, v in row.items()}
+    """A stored substitution row as an event publishes it: the hours and periods as UTC
+    labels (whole hours), the write time to the microsecond as the database keeps it (a
+    central copy hashes to the row's seal, docs/decisions/0211)."""
+    return {k: _written(v) if k == "created_at" else utc_label(v)
+            if k in SUBSTITUTION_TIMES else v for k, v in row.items()}
+
+
+def _written(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
 
 
 def plan_substitutions(db: Database, channel: str, inputs: Sequence[str], now: float,
