@@ -1,0 +1,97 @@
+"""The compact layout of GET /v1/hours/columns (`layout=compact`, decision 0261): the same
+information as the default arrays, with the arrays that are almost constant as runs.
+
+Standard library only, so a registry can copy this file as its decoder:
+`decode(json.loads(body))` gives exactly what `json.loads` gives for the default answer of
+the same request.
+
+Per channel, `value` stays one JSON array of the hourly means (the float repr round-trips
+exactly); the other arrays are lists of runs:
+- `flag`, `n_valid`, `revision`, `substitute_value`, `substitute_method` and `units`
+  (null when the unit did not change in the span): `[item, count]`, `count` hours in a
+  row of that item;
+- `start_epoch` and `seal_seq`: `[first, step, count]`, `count` hours whose items are
+  `first`, `first + step`, ...; `first` null: `count` hours without one (not sealed).
+Runs restart at each UTC day (the server keeps sealed days pre-serialised), so two
+adjacent runs may carry the same item.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# the arrays kept as [item, count] runs and as [first, step, count] runs
+RUNS = ("flag", "n_valid", "revision", "substitute_value", "substitute_method")
+STEPS = ("start_epoch", "seal_seq")
+LAYOUT = "compact"
+
+
+def _same(a: Any, b: Any) -> bool:
+    # 1 and 1.0 (and True) are equal in Python but not the same JSON item
+    return type(a) is type(b) and a == b
+
+
+def encode_runs(items: list[Any]) -> list[list[Any]]:
+    """[a, a, b] -> [[a, 2], [b, 1]]."""
+    runs: list[list[Any]] = []
+    for item in items:
+        if runs and _same(runs[-1][0], item):
+            runs[-1][1] += 1
+        else:
+            runs.append([item, 1])
+    return runs
+
+
+def encode_steps(items: list[int | None]) -> list[list[Any]]:
+    """[5, 7, 9, None, None] -> [[5, 2, 3], [None, 0, 2]]: integers as arithmetic runs,
+    nulls as runs of nulls."""
+    runs: list[list[Any]] = []
+    for item in items:
+        if runs and _extends(runs[-1], item):
+            first, step, count = runs[-1]
+            runs[-1] = [first, item - first if count == 1 and item is not None else step,
+                        count + 1]
+        else:
+            runs.append([item, 0, 1])
+    return runs
+
+
+def _extends(run: list[Any], item: int | None) -> bool:
+    first, step, count = run
+    if first is None or item is None:
+        return first is None and item is None
+    return count == 1 or item == first + step * count
+
+
+def decode_runs(runs: list[list[Any]]) -> list[Any]:
+    items: list[Any] = []
+    for item, count in runs:
+        items.extend([item] * count)
+    return items
+
+
+def decode_steps(runs: list[list[Any]]) -> list[Any]:
+    items: list[Any] = []
+    for first, step, count in runs:
+        items.extend([None] * count if first is None
+                     else range(first, first + step * count, step) if step
+                     else [first] * count)
+    return items
+
+
+def decode_channel(channel: dict[str, Any]) -> dict[str, Any]:
+    """One channel of the compact answer -> that channel as the default answer has it."""
+    units = channel["units"]
+    out = {"channel": channel["channel"], "unit": channel["unit"],
+           "units": None if units is None else decode_runs(units)}
+    for name in ("start_epoch", "value", *RUNS, "seal_seq"):  # the default answer's order
+        items = channel[name]
+        out[name] = (decode_steps(items) if name in STEPS
+                     else decode_runs(items) if name in RUNS else items)
+    return out
+
+
+def decode(answer: dict[str, Any]) -> dict[str, Any]:
+    """The compact answer -> the default answer of the same request."""
+    head = {key: value for key, value in answer.items() if key not in ("layout", "channels")}
+    return {**head, "channels": [decode_channel(c) for c in answer["channels"]]}
