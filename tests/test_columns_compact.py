@@ -7,7 +7,14 @@ import json
 
 import pytest
 
-from cemsd.api.columns_compact import decode_runs, decode_steps, encode_runs, encode_steps
+from cemsd.api.columns_compact import (
+    decode_deltas,
+    decode_runs,
+    decode_steps,
+    encode_deltas,
+    encode_runs,
+    encode_steps,
+)
 
 RUN_CASES = [
     [],
@@ -35,13 +42,17 @@ def test_runs_round_trip_through_json(items: list) -> None:
 
 
 @pytest.mark.parametrize("items", STEP_CASES)
-def test_steps_round_trip_through_json(items: list) -> None:
+def test_steps_and_deltas_round_trip_through_json(items: list) -> None:
     runs = json.loads(json.dumps(encode_steps(items)))
     assert decode_steps(runs) == items
     assert all(count > 0 for _, _, count in runs)
+    deltas = json.loads(json.dumps(encode_deltas(items)))
+    assert decode_deltas(deltas) == items
+    assert all(run[1] > 0 for run in deltas if run[0] is None)
 
 
 def test_regular_sequences_are_one_run() -> None:
     assert encode_steps(list(range(100, 400, 10))) == [[100, 10, 30]]
     assert encode_steps([None] * 4) == [[None, 0, 4]]
     assert encode_runs(["N"] * 24) == [["N", 24]]
+    assert encode_deltas([1, 11, 21, 32, None, None, 50]) == [[1, 10, 10, 11], [None, 2], [50]]

@@ -93,7 +93,10 @@ class CompactChannelColumns(BaseModel):
     revision: list[Run]
     substitute_value: list[Run]
     substitute_method: list[Run]
-    seal_seq: Annotated[Steps, Field(description="links in the hash chain; null: not sealed")]
+    seal_seq: Annotated[list[list[int | None]], Field(
+        description="runs [first, delta, ...] of sealed hours: the first's link in the hash "
+                    "chain, each next one the previous plus its delta; [null, count]: "
+                    "count hours not sealed")]
 
 
 class HourColumns(BaseModel):
@@ -129,8 +132,9 @@ COMPACT_DESCRIPTION = """
 `layout=compact`: the same answer in about half the bytes, with `"layout": "compact"`.
 `value` is the same array; `flag`, `n_valid`, `revision`, `substitute_value`,
 `substitute_method` and `units` (null when one unit) are runs `[item, count]`;
-`start_epoch` and `seal_seq` are runs `[first, step, count]` (items first, first + step,
-...; first null: count hours without one). Runs restart at each UTC day. Decoding the runs
+`start_epoch` runs `[first, step, count]` (first, first + step, ...); `seal_seq` runs
+`[first, delta, delta, ...]` of sealed hours (first, first + delta, ...) and `[null, count]`
+of hours not sealed. Runs restart at each UTC day. Decoding the runs
 gives exactly the default answer (a decoder in Python: cemsd/api/columns_compact.py,
 standard library only)."""
 

@@ -51,7 +51,15 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
-from cemsd.api.columns_compact import LAYOUT, RUNS, STEPS, encode_runs, encode_steps
+from cemsd.api.columns_compact import (
+    DELTAS,
+    LAYOUT,
+    RUNS,
+    STEPS,
+    encode_deltas,
+    encode_runs,
+    encode_steps,
+)
 from cemsd.api.routes.periods import current_revision
 from cemsd.errors import StorageError
 from cemsd.store import schema
@@ -196,10 +204,14 @@ def _day_of(start: int | None) -> int | None:
 def _parts(units: list[str], columns: dict[str, list[Any]]) -> dict[str, tuple[bytes, ...]]:
     """A day's fragments in every layout."""
     arrays = {f: _fragment(columns[f]) for f in ARRAYS}
-    compact = {f: arrays[f] if f not in (*RUNS, *STEPS) else _fragment(
-        encode_steps(columns[f]) if f in STEPS else encode_runs(columns[f])) for f in ARRAYS}
+    compact = {f: _fragment(_ENCODE[f](columns[f])) if f in _ENCODE else arrays[f]
+               for f in ARRAYS}
     return {"arrays": (_fragment(units), *arrays.values()),
             LAYOUT: (_fragment(encode_runs(units)), *compact.values())}
+
+
+_ENCODE = {**dict.fromkeys(RUNS, encode_runs), **dict.fromkeys(STEPS, encode_steps),
+           **dict.fromkeys(DELTAS, encode_deltas)}
 
 
 def _fragment(values: list[Any]) -> bytes:
