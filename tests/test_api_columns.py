@@ -274,7 +274,7 @@ def test_the_compact_layout_decodes_to_the_default_answer(client: httpx.Client) 
             assert decode(answer) == default.json()
             assert len(compact.content) < len(default.content)
     flow = next(c for c in answer["channels"] if c["channel"] == "b.flow")
-    assert flow["units"] is not None and len(flow["flag"]) < HOURS  # runs, not hours
+    assert flow["units"] is not None and len(flow["start_epoch"]) == 3 * 3  # runs per UTC day
 
 
 def test_an_unknown_layout_is_a_clear_error(client: httpx.Client) -> None:

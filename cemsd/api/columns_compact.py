@@ -6,20 +6,21 @@ Standard library only, so a registry can copy this file as its decoder:
 the same request.
 
 Per channel, `value` stays one JSON array of the hourly means (the float repr round-trips
-exactly); the other arrays are lists of runs:
+exactly); the other arrays are runs, flat in one array (thousands of small nested lists
+would cost the client's parser and garbage collector more than the items they replace):
 - `flag`, `n_valid`, `revision`, `substitute_value`, `substitute_method` and `units`
-  (null when the unit did not change in the span): `[item, count]`, `count` hours in a
-  row of that item;
-- `start_epoch`: `[first, step, count]`, `count` hours starting at `first`,
+  (null when the unit did not change in the span): `item, count, item, count, ...`,
+  `count` hours in a row of that item;
+- `start_epoch`: `first, step, count, ...`, `count` hours starting at `first`,
   `first + step`, ...;
-- `seal_seq`: `[first, delta, delta, ...]`, hours in a row that are sealed, the first
-  sealed at `first`, each next one at the previous one plus its delta (links are given
-  out across channels, so the steps vary); `[null, count]`: `count` hours not sealed.
+- `seal_seq`, nested: `[first, delta, delta, ...]`, hours in a row that are sealed, the
+  first at link `first`, each next one at the previous one plus its delta (links are
+  given out across channels, so the steps vary); `[null, count]`: `count` hours not
+  sealed.
 Runs restart at each UTC day (the server keeps sealed days pre-serialised), so two
 adjacent runs may carry the same item.
 
-Decoding into Python lists costs about what parsing the arrays' items would (the runs
-mostly save bytes and the server's work); the hourly means are most of the parsing.
+The hourly means are most of the client's parsing in both layouts.
 """
 
 from __future__ import annotations
@@ -39,20 +40,20 @@ def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
 
-def encode_runs(items: list[Any]) -> list[list[Any]]:
-    """[a, a, b] -> [[a, 2], [b, 1]]."""
+def encode_runs(items: list[Any]) -> list[Any]:
+    """[a, a, b] -> [a, 2, b, 1]."""
     runs: list[list[Any]] = []
     for item in items:
         if runs and _same(runs[-1][0], item):
             runs[-1][1] += 1
         else:
             runs.append([item, 1])
-    return runs
+    return [x for run in runs for x in run]
 
 
-def encode_steps(items: list[int | None]) -> list[list[Any]]:
-    """[5, 7, 9, None, None] -> [[5, 2, 3], [None, 0, 2]]: integers as arithmetic runs,
-    nulls as runs of nulls (an hour whose start could not be read)."""
+def encode_steps(items: list[int | None]) -> list[Any]:
+    """[5, 7, 9, None, None] -> [5, 2, 3, None, 0, 2]: integers as arithmetic runs, nulls
+    as runs of nulls (an hour whose start could not be read)."""
     runs: list[list[Any]] = []
     for item in items:
         if runs and _extends(runs[-1], item):
@@ -61,7 +62,7 @@ def encode_steps(items: list[int | None]) -> list[list[Any]]:
                         count + 1]
         else:
             runs.append([item, 0, 1])
-    return runs
+    return [x for run in runs for x in run]
 
 
 def _extends(run: list[Any], item: int | None) -> bool:
@@ -89,9 +90,10 @@ def encode_deltas(items: list[int | None]) -> list[list[Any]]:
     return runs
 
 
-def decode_runs(runs: list[list[Any]]) -> list[Any]:
+def decode_runs(runs: list[Any]) -> list[Any]:
     items: list[Any] = []
-    for item, count in runs:
+    flat = iter(runs)
+    for item, count in zip(flat, flat, strict=True):
         items += [item] * count
     return items
 
@@ -103,9 +105,10 @@ def decode_deltas(runs: list[list[Any]]) -> list[Any]:
     return items
 
 
-def decode_steps(runs: list[list[Any]]) -> list[Any]:
+def decode_steps(runs: list[Any]) -> list[Any]:
     items: list[Any] = []
-    for first, step, count in runs:
+    flat = iter(runs)
+    for first, step, count in zip(flat, flat, flat, strict=True):
         items.extend([None] * count if first is None
                      else range(first, first + step * count, step) if step
                      else [first] * count)

@@ -72,10 +72,8 @@ class ChannelColumns(BaseModel):
                     "while not yet sealed")]
 
 
-Run = Annotated[list[Any], Field(description="[item, count]: count hours of that item")]
-Steps = Annotated[list[list[int | None]], Field(
-    description="runs [first, step, count]: count hours of first, first + step, ...; "
-                "first null: count hours without one")]
+Runs = Annotated[list[Any], Field(
+    description="runs, flat: item, count, item, count, ...: count hours of that item")]
 
 
 class CompactChannelColumns(BaseModel):
@@ -84,15 +82,18 @@ class CompactChannelColumns(BaseModel):
 
     channel: str
     unit: Annotated[str, Field(description="the unit of the channel's latest hour in the span")]
-    units: Annotated[list[Run] | None, Field(
-        description="runs of each hour's unit, only when the unit changed within the span")]
-    start_epoch: Annotated[Steps, Field(description="hour starts, integer epoch seconds, UTC")]
+    units: Annotated[Runs | None, Field(
+        description="runs (item, count, ...) of each hour's unit, only when the unit "
+                    "changed within the span")]
+    start_epoch: Annotated[list[int | None], Field(
+        description="hour starts (integer epoch seconds, UTC) as runs, flat: first, step, "
+                    "count, ...: count hours starting at first, first + step, ...")]
     value: Annotated[list[float | None], Field(description="hourly mean; null when none")]
-    flag: list[Run]
-    n_valid: list[Run]
-    revision: list[Run]
-    substitute_value: list[Run]
-    substitute_method: list[Run]
+    flag: Runs
+    n_valid: Runs
+    revision: Runs
+    substitute_value: Runs
+    substitute_method: Runs
     seal_seq: Annotated[list[list[int | None]], Field(
         description="runs [first, delta, ...] of sealed hours: the first's link in the hash "
                     "chain, each next one the previous plus its delta; [null, count]: "
@@ -131,10 +132,11 @@ COMPACT_DESCRIPTION = """
 
 `layout=compact`: the same answer in about half the bytes, with `"layout": "compact"`.
 `value` is the same array; `flag`, `n_valid`, `revision`, `substitute_value`,
-`substitute_method` and `units` (null when one unit) are runs `[item, count]`;
-`start_epoch` runs `[first, step, count]` (first, first + step, ...); `seal_seq` runs
-`[first, delta, delta, ...]` of sealed hours (first, first + delta, ...) and `[null, count]`
-of hours not sealed. Runs restart at each UTC day. Decoding the runs
+`substitute_method` and `units` (null when one unit) are runs, flat in one array:
+`item, count, item, count, ...`; `start_epoch` runs `first, step, count, ...` (first,
+first + step, ...); `seal_seq` a list of runs `[first, delta, delta, ...]` of sealed hours
+(first, first + delta, ...) and `[null, count]` of hours not sealed. Runs restart at each
+UTC day. Decoding the runs
 gives exactly the default answer (a decoder in Python: cemsd/api/columns_compact.py,
 standard library only)."""
 
