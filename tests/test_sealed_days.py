@@ -17,6 +17,7 @@ from operator import itemgetter
 import pydantic_core
 import pytest
 from sqlalchemy import insert, select, text
+from test_packed_readings import _alembic
 
 from cemsd import chain
 from cemsd.api.columns_compact import decode_channel, decode_steps
@@ -225,3 +226,15 @@ def test_hours_missing_from_the_span_are_runs_of_starts(db: Database) -> None:
     served = json.loads(channel_json(db, T0, T0 + HOURS * HOUR, "c.gap", "compact"))["value"]
     assert served == [None if v is None or math.isnan(v) else v for v in stored]  # exact
     assert len(starts) < 3 * 12  # a few runs, not an item per hour
+
+
+def test_migration_0015_empties_the_kept_days_and_keeps_both_layouts_again(
+        filled: Database) -> None:
+    _alembic(filled, "downgrade", "0014")  # kept days of the arrays layout only
+    assert kept(filled)
+    _alembic(filled, "upgrade", "head")
+    assert kept(filled) == {}  # a cache: dropped, not converted
+    assert_same_bytes(filled)
+    k = schema.hour_column_days.c
+    rows = filled.fetch(select(k.compact_flag, k.compact_seal_seq))
+    assert len(rows) == len(kept(filled)) == 4 and all(all(row) for row in rows)
