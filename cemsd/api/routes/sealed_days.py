@@ -3,10 +3,11 @@
 
 The database producing a year's 87,600 joined hour rows takes about 300 ms on its own
 (docs/PERFORMANCE.md). A sealed hour is final (cemsd/chain.py), so each channel's UTC day
-whose current hours are all sealed is kept as the JSON fragments of its arrays
-(`hour_column_days`); an answer joins the kept fragments and queries only the rest (the
-open tail, a partial first or last day, a day changed since it was kept). The bytes are
-those of the arrays built from the rows in one go: JSON arrays concatenate by their items.
+whose current hours are all sealed is kept as the JSON fragments of its arrays, in both
+layouts of the answer (`hour_column_days`; the compact one's runs restart at each day,
+decision 0261); an answer joins the kept fragments and queries only the rest (the open
+tail, a partial first or last day, a day changed since it was kept). The bytes are those
+of the arrays built from the rows in one go: JSON arrays concatenate by their items.
 Usually the kept days of a span are consecutive, unchanged and of one unit: one aggregate
 query then checks them and joins their fragments, with no Python per day.
 
