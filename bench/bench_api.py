@@ -11,8 +11,8 @@ request as arrays per channel, parsed and checked the same way; and its compact 
 needs) before the check. Median of several runs after a warm-up. Goal: <= 300 ms for the
 whole year. Usage:
     .venv/bin/python bench/bench_api.py [--runs 7] [--page-size 5000] [--format json]
-        [--endpoint both|hours|columns|compact|all] [--workdir DIR]
-(both: hours and columns; all: the three.)
+        [--endpoint both|hours|columns|compact|bulk|all] [--workdir DIR]
+(both: hours and columns; bulk: the two layouts of columns, alternating; all: the three.)
 """
 
 from __future__ import annotations
@@ -160,18 +160,25 @@ def run_hours(client: httpx.Client, args: argparse.Namespace) -> None:
     report(totals, parse_times)
 
 
-def run_columns(client: httpx.Client, args: argparse.Namespace, layout: str) -> None:
-    fetch_year_columns(client, layout)  # warm-up
-    totals, parse_times = [], []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        rows, parsing = fetch_year_columns(client, layout)
-        totals.append(time.perf_counter() - t0)
-        parse_times.append(parsing)
-    size = len(client.get("/v1/hours/columns", params={**YEAR, "layout": layout}).content)
-    print(f"GET /v1/hours/columns?layout={layout}: {rows:,} hours in one request of "
-          f"{size / 1e6:.2f} MB, {args.runs} runs after a warm-up")
-    report(totals, parse_times, "parsing" + " and decoding" * (layout == "compact"))
+def run_columns(client: httpx.Client, args: argparse.Namespace, layouts: list[str]) -> None:
+    """Each run fetches the year in each of `layouts`, alternating which goes first, so
+    the layouts share the machine's load."""
+    for layout in layouts:
+        fetch_year_columns(client, layout)  # warm-up
+    totals: dict[str, list[float]] = {layout: [] for layout in layouts}
+    parse_times: dict[str, list[float]] = {layout: [] for layout in layouts}
+    for run in range(args.runs):
+        for layout in layouts[::-1] if run % 2 else layouts:
+            t0 = time.perf_counter()
+            rows, parsing = fetch_year_columns(client, layout)
+            totals[layout].append(time.perf_counter() - t0)
+            parse_times[layout].append(parsing)
+    for layout in layouts:
+        size = len(client.get("/v1/hours/columns", params={**YEAR, "layout": layout}).content)
+        print(f"GET /v1/hours/columns?layout={layout}: {rows:,} hours in one request of "
+              f"{size / 1e6:.2f} MB, {args.runs} runs after a warm-up")
+        report(totals[layout], parse_times[layout],
+               "parsing" + " and decoding" * (layout == "compact"))
 
 
 def report(totals: list[float], parse_times: list[float], work: str = "parsing") -> None:
@@ -196,10 +203,11 @@ def main() -> None:
                         help="limit per request; also the server's max_page_size")
     parser.add_argument("--format", choices=["json", "csv"], default="json",
                         help="of /v1/hours")
-    parser.add_argument("--endpoint", choices=["both", "hours", "columns", "compact", "all"],
-                        default="both", help="/v1/hours page by page, /v1/hours/columns in "
-                        "one request, in its compact layout; both: the first two; all: the "
-                        "three")
+    parser.add_argument("--endpoint", default="both",
+                        choices=["both", "hours", "columns", "compact", "bulk", "all"],
+                        help="/v1/hours page by page, /v1/hours/columns in one request, in "
+                        "its compact layout; both: the first two; bulk: the last two, "
+                        "alternating; all: the three")
     parser.add_argument("--workdir", type=Path,
                         help="the directory of an earlier run: its database is served as it "
                              "is (upgraded), not filled again")
@@ -229,10 +237,11 @@ def main() -> None:
                           headers={"Authorization": f"Bearer {token}"}) as client:
             if args.endpoint in ("both", "all", "hours"):
                 run_hours(client, args)
-            if args.endpoint in ("both", "all", "columns"):
-                run_columns(client, args, "arrays")
-            if args.endpoint in ("all", "compact"):
-                run_columns(client, args, "compact")
+            layouts = {"both": ["arrays"], "columns": ["arrays"], "compact": ["compact"],
+                       "bulk": ["arrays", "compact"], "all": ["arrays", "compact"]
+                       }.get(args.endpoint, [])
+            if layouts:
+                run_columns(client, args, layouts)
         report_memory(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)
