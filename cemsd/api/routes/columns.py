@@ -9,8 +9,9 @@ go from one query into the arrays and out through one serialisation, without per
 objects. The answer is streamed channel by channel, so a request holds one channel's year
 in memory, not the plant's (decision 0112); each channel's sealed days are kept
 pre-serialised and joined as stored (cemsd/api/routes/sealed_days.py, decision 0260).
-`layout=compact` gives the same answer with the almost constant arrays as runs, about half
-the bytes and of the client's parsing (cemsd/api/columns_compact.py, decision 0261).
+`layout=compact` gives the same answer with the almost constant arrays as runs: half the
+bytes to join, pickle from the worker and send (cemsd/api/columns_compact.py, decision
+0261).
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
