@@ -259,7 +259,8 @@ def test_a_whole_leap_year_is_within_the_limit(client: httpx.Client) -> None:
     assert answer["to_epoch"] - answer["from_epoch"] == 366 * 86400
 
 
-def test_the_compact_layout_decodes_to_the_default_answer(client: httpx.Client) -> None:
+def test_the_compact_layout_decodes_to_the_default_answer_and_a_bad_one_is_a_422(
+        client: httpx.Client) -> None:
     """Cold (built from the rows, keeping the sealed day) and warm (from the kept day), with
     a corrected hour, substitutions, a unit change, an unsealed tail and UTC day boundaries
     (absent hours: tests/test_sealed_days.py)."""
@@ -275,9 +276,7 @@ def test_the_compact_layout_decodes_to_the_default_answer(client: httpx.Client) 
             assert len(compact.content) < len(default.content)
     flow = next(c for c in answer["channels"] if c["channel"] == "b.flow")
     assert flow["units"] is not None and len(flow["start_epoch"]) == 3 * 3  # runs per UTC day
-
-
-def test_an_unknown_layout_is_a_clear_error(client: httpx.Client) -> None:
+    # an unknown layout is a clear error (same server: one fewer to start)
     response = client.get("/v1/hours/columns", params={**SPAN, "layout": "binary"})
     assert response.status_code == 422
     error = response.json()["detail"][0]
