@@ -6,10 +6,13 @@ finalised hours), then `cemsd serve` (a separate process) serves it on 127.0.0.1
 client fetches GET /v1/hours for the whole year as a registry would: the largest page
 the API allows, following `next_cursor` to the end, reading and parsing every page, and
 checks it received every hour once; and GET /v1/hours/columns, the whole year in one
-request as arrays per channel, parsed and checked the same way. Median of several runs
-after a warm-up. Goal: <= 300 ms for the whole year. Usage:
+request as arrays per channel, parsed and checked the same way; and its compact layout
+(`layout=compact`), parsed and decoded to the same arrays (what a registry storing arrays
+needs) before the check. Median of several runs after a warm-up. Goal: <= 300 ms for the
+whole year. Usage:
     .venv/bin/python bench/bench_api.py [--runs 7] [--page-size 5000] [--format json]
-                                        [--endpoint both|hours|columns] [--workdir DIR]
+        [--endpoint both|hours|columns|compact|bulk|all] [--workdir DIR]
+(both: hours and columns; bulk: the two layouts of columns, alternating; all: the three.)
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import tomli_w
 from sqlalchemy import insert
 
 from cemsd import chain
+from cemsd.api.columns_compact import decode
 from cemsd.api.tokens import create_token
 from cemsd.periods import HOUR
 from cemsd.store import schema
@@ -119,13 +123,19 @@ def fetch_year(client: httpx.Client, page_size: int, fmt: str
     return rows, pages, parsing
 
 
-def fetch_year_columns(client: httpx.Client) -> tuple[int, float]:
-    """Every hour of the year in one request of arrays per channel; returns the hours and
-    the seconds the client spent parsing the body."""
-    response = client.get("/v1/hours/columns", params={"from": "2026-01-01", "to": "2027-01-01"})
+YEAR = {"from": "2026-01-01", "to": "2027-01-01"}
+
+
+def fetch_year_columns(client: httpx.Client, layout: str) -> tuple[int, float]:
+    """Every hour of the year in one request of arrays per channel (the compact layout
+    decoded to them); returns the hours and the seconds the client spent parsing and
+    decoding the body."""
+    response = client.get("/v1/hours/columns", params={**YEAR, "layout": layout})
     response.raise_for_status()
     received = time.perf_counter()
     body = json.loads(response.content)
+    if layout == "compact":
+        body = decode(body)
     keys = {(c["channel"], start) for c in body["channels"] for start in c["start_epoch"]}
     parsing = time.perf_counter() - received
     rows = sum(len(c["start_epoch"]) for c in body["channels"])
@@ -150,25 +160,31 @@ def run_hours(client: httpx.Client, args: argparse.Namespace) -> None:
     report(totals, parse_times)
 
 
-def run_columns(client: httpx.Client, args: argparse.Namespace) -> None:
-    fetch_year_columns(client)  # warm-up
-    totals, parse_times = [], []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
-        rows, parsing = fetch_year_columns(client)
-        totals.append(time.perf_counter() - t0)
-        parse_times.append(parsing)
-    size = len(client.get("/v1/hours/columns",
-                          params={"from": "2026-01-01", "to": "2027-01-01"}).content)
-    print(f"GET /v1/hours/columns: {rows:,} hours in one request of {size / 1e6:.1f} MB, "
-          f"{args.runs} runs after a warm-up")
-    report(totals, parse_times)
+def run_columns(client: httpx.Client, args: argparse.Namespace, layouts: list[str]) -> None:
+    """Each run fetches the year in each of `layouts`, alternating which goes first, so
+    the layouts share the machine's load."""
+    for layout in layouts:
+        fetch_year_columns(client, layout)  # warm-up
+    totals: dict[str, list[float]] = {layout: [] for layout in layouts}
+    parse_times: dict[str, list[float]] = {layout: [] for layout in layouts}
+    for run in range(args.runs):
+        for layout in layouts[::-1] if run % 2 else layouts:
+            t0 = time.perf_counter()
+            rows, parsing = fetch_year_columns(client, layout)
+            totals[layout].append(time.perf_counter() - t0)
+            parse_times[layout].append(parsing)
+    for layout in layouts:
+        size = len(client.get("/v1/hours/columns", params={**YEAR, "layout": layout}).content)
+        print(f"GET /v1/hours/columns?layout={layout}: {rows:,} hours in one request of "
+              f"{size / 1e6:.2f} MB, {args.runs} runs after a warm-up")
+        report(totals[layout], parse_times[layout],
+               "parsing" + " and decoding" * (layout == "compact"))
 
 
-def report(totals: list[float], parse_times: list[float]) -> None:
+def report(totals: list[float], parse_times: list[float], work: str = "parsing") -> None:
     median = statistics.median(totals)
     print(f"whole year: median {1000 * median:.0f} ms (min {1000 * min(totals):.0f}, "
-          f"max {1000 * max(totals):.0f}), of which the client parsing the bodies "
+          f"max {1000 * max(totals):.0f}), of which the client {work} the bodies "
           f"{1000 * statistics.median(parse_times):.0f} ms; goal <= {1000 * GOAL_SECONDS:.0f} ms: "
           f"{'met' if median <= GOAL_SECONDS else 'MISSED'}")
 
@@ -187,8 +203,11 @@ def main() -> None:
                         help="limit per request; also the server's max_page_size")
     parser.add_argument("--format", choices=["json", "csv"], default="json",
                         help="of /v1/hours")
-    parser.add_argument("--endpoint", choices=["both", "hours", "columns"], default="both",
-                        help="/v1/hours page by page, /v1/hours/columns in one request")
+    parser.add_argument("--endpoint", default="both",
+                        choices=["both", "hours", "columns", "compact", "bulk", "all"],
+                        help="/v1/hours page by page, /v1/hours/columns in one request, in "
+                        "its compact layout; both: the first two; bulk: the last two, "
+                        "alternating; all: the three")
     parser.add_argument("--workdir", type=Path,
                         help="the directory of an earlier run: its database is served as it "
                              "is (upgraded), not filled again")
@@ -216,10 +235,13 @@ def main() -> None:
         wait_port(port)
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                           headers={"Authorization": f"Bearer {token}"}) as client:
-            if args.endpoint in ("both", "hours"):
+            if args.endpoint in ("both", "all", "hours"):
                 run_hours(client, args)
-            if args.endpoint in ("both", "columns"):
-                run_columns(client, args)
+            layouts = {"both": ["arrays"], "columns": ["arrays"], "compact": ["compact"],
+                       "bulk": ["arrays", "compact"], "all": ["arrays", "compact"]
+                       }.get(args.endpoint, [])
+            if layouts:
+                run_columns(client, args, layouts)
         report_memory(server.pid)
     finally:
         server.send_signal(signal.SIGTERM)

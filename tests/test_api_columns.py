@@ -24,6 +24,7 @@ from sqlalchemy import insert, select
 from test_sealed_days import reference
 
 from cemsd import chain
+from cemsd.api.columns_compact import decode
 from cemsd.api.tokens import create_token
 from cemsd.records import audit
 from cemsd.store import schema
@@ -132,8 +133,9 @@ def _epoch(utc_text: str) -> int:
 
 
 def assert_columns_match_hours(client: httpx.Client, span: dict[str, str]) -> dict[str, Any]:
-    """The columnar answer says what /v1/hours says, hour by hour, and each seal number
-    names that hour in /v1/chain/links. Returns the columnar answer."""
+    """The columnar answer says what /v1/hours says, hour by hour, each seal number names
+    that hour in /v1/chain/links, and the compact layout decodes to it. Returns the
+    columnar answer."""
     response = client.get("/v1/hours/columns", params=span)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -164,6 +166,8 @@ def assert_columns_match_hours(client: httpx.Client, span: dict[str, str]) -> di
                 link = links[seal["seq"]]
                 assert (link["record_table"], link["record_id"]) == ("hours", row["id"])
                 assert link["record_hash"] == seal["record_hash"]
+    compact = client.get("/v1/hours/columns", params={**span, "layout": "compact"})
+    assert decode(compact.json()) == answer  # the compact layout says the same
     return answer
 
 
@@ -253,3 +257,27 @@ def test_a_whole_leap_year_is_within_the_limit(client: httpx.Client) -> None:
     assert response.status_code == 200, response.text
     answer = json.loads(response.content)
     assert answer["to_epoch"] - answer["from_epoch"] == 366 * 86400
+
+
+def test_the_compact_layout_decodes_to_the_default_answer_and_a_bad_one_is_a_422(
+        client: httpx.Client) -> None:
+    """Cold (built from the rows, keeping the sealed day) and warm (from the kept day), with
+    a corrected hour, substitutions, a unit change, an unsealed tail and UTC day boundaries
+    (absent hours: tests/test_sealed_days.py)."""
+    for params in ({"from": "2026-03-01T05:00", "to": "2026-03-02T11:00"},
+                   {**SPAN, "channel": "b.flow"}, SPAN):
+        for _ in range(2):
+            default = client.get("/v1/hours/columns", params=params)
+            compact = client.get("/v1/hours/columns", params={**params, "layout": "compact"})
+            assert compact.status_code == 200, compact.text
+            answer = compact.json()
+            assert answer["layout"] == "compact"
+            assert decode(answer) == default.json()
+            assert len(compact.content) < len(default.content)
+    flow = next(c for c in answer["channels"] if c["channel"] == "b.flow")
+    assert flow["units"] is not None and len(flow["start_epoch"]) == 3 * 3  # runs per UTC day
+    # an unknown layout is a clear error (same server: one fewer to start)
+    response = client.get("/v1/hours/columns", params={**SPAN, "layout": "binary"})
+    assert response.status_code == 422
+    error = response.json()["detail"][0]
+    assert error["loc"] == ["query", "layout"] and "'compact'" in error["msg"]

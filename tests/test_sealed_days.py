@@ -8,6 +8,7 @@ arrays of all the rows of the span, serialised at once.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -16,8 +17,10 @@ from operator import itemgetter
 import pydantic_core
 import pytest
 from sqlalchemy import insert, select, text
+from test_packed_readings import _alembic
 
 from cemsd import chain
+from cemsd.api.columns_compact import decode_channel, decode_steps
 from cemsd.api.routes.sealed_days import DAY, FIELDS, channel_json, query
 from cemsd.records import audit
 from cemsd.store import schema
@@ -99,10 +102,18 @@ def reference(db: Database, t0: float, t1: float, name: str) -> bytes:
     return pydantic_core.to_json(item, inf_nan_mode="null")
 
 
-def assert_same_bytes(db: Database) -> None:
+def assert_same_bytes(db: Database, channels: tuple[str, ...] = CHANNELS) -> None:
+    """Both layouts say what the rows say: the default byte for byte, the compact one once
+    decoded."""
     for t0, t1 in SPANS:
-        for name in CHANNELS:
-            assert channel_json(db, t0, t1, name) == reference(db, t0, t1, name), (name, t0)
+        for name in channels:
+            expected = reference(db, t0, t1, name)
+            assert channel_json(db, t0, t1, name) == expected, (name, t0)
+            compact = channel_json(db, t0, t1, name, "compact")
+            assert bool(compact) == bool(expected), (name, t0)
+            if expected:
+                decoded = decode_channel(json.loads(compact))
+                assert decoded == json.loads(expected), (name, t0)
 
 
 def kept(db: Database) -> dict[tuple[str, int], tuple[int, int]]:
@@ -126,17 +137,26 @@ def test_sealed_whole_days_are_kept_and_give_the_same_bytes(filled: Database) ->
     assert b'"units":["m3/h"' in body and b"NaN" not in body and b",null," in body
 
 
+@pytest.mark.parametrize("layout", ["arrays", "compact"])
 @pytest.mark.parametrize("name", CHANNELS)  # a.n2o: one unit, joined by the database;
-def test_kept_days_are_served_not_rebuilt(filled: Database, name: str) -> None:  # b: mixed
+def test_kept_days_are_served_not_rebuilt(filled: Database, name: str,  # b: mixed
+                                          layout: str) -> None:
     k = schema.hour_column_days.c
+    column = k[f"{'json' if layout == 'arrays' else layout}_flag"]
     day = (k.channel == name) & (k.day == DAY0 + DAY)
-    flags = filled.fetch(select(k.json_flag).where(day))[0].json_flag
+    flags = filled.fetch(select(column).where(day))[0][0]
     with filled.transaction() as conn:  # a marker only a kept day can carry into the answer
         conn.execute(schema.hour_column_days.update().where(day).values(
-            json_flag=flags.replace('"N"', '"X"')))
-    body = channel_json(filled, T0, T0 + HOURS * HOUR, name)
+            {column: flags.replace('"N"', '"X"')}))
+    body = channel_json(filled, T0, T0 + HOURS * HOUR, name, layout)
     assert b'"X"' in body
-    assert body.replace(b'"X"', b'"N"') == reference(filled, T0, T0 + HOURS * HOUR, name)
+    expected = reference(filled, T0, T0 + HOURS * HOUR, name)
+    if layout == "arrays":
+        assert body.replace(b'"X"', b'"N"') == expected
+    else:
+        compact = json.loads(body.replace(b'"X"', b'"N"'))
+        assert decode_channel(compact) == json.loads(expected)
+        assert len(compact["flag"]) < 4 * 24 / 2  # runs: far fewer than the hours
 
 
 def test_a_correction_of_a_sealed_hour_makes_its_day_stale(filled: Database) -> None:
@@ -186,3 +206,35 @@ def test_a_changed_chain_hash_is_not_served_and_verify_still_sees_a_changed_row(
                      {"c": "ab" * 32, "s": last.seq})
     assert_same_bytes(filled)  # no longer the kept day: the rows as they are now
     assert b"1234.5" in channel_json(filled, DAY0, DAY0 + DAY, "a.n2o")
+
+
+def test_hours_missing_from_the_span_are_runs_of_starts(db: Database) -> None:
+    """Absent hours (the daemon stopped) in sealed and unsealed days: the compact starts
+    skip them, and the kept days decode as the rows say."""
+    present = [h for h in range(HOURS) if not 30 <= h < 40 and h not in (3, 60, 61)]
+    db.insert_aggregates(schema.hours, [
+        hour_row("c.gap", T0 + h * HOUR, _value("c.gap", h), "ppm", CREATED, h % 11 != 0)
+        for h in present])
+    chain.seal_due(db, T0 + SEALED * HOUR, sealed_at=CREATED)
+    for _ in range(2):  # from the rows, then from the kept days
+        assert_same_bytes(db, ("c.gap",))
+    assert {day for _, day in kept(db)} == {DAY0, DAY0 + DAY}
+    starts = json.loads(channel_json(db, T0, T0 + HOURS * HOUR, "c.gap", "compact"))[
+        "start_epoch"]
+    assert decode_steps(starts) == [int(T0) + h * HOUR for h in present]
+    stored = [row.value for row in db.fetch(query(T0, T0 + HOURS * HOUR, ("c.gap",)))]
+    served = json.loads(channel_json(db, T0, T0 + HOURS * HOUR, "c.gap", "compact"))["value"]
+    assert served == [None if v is None or math.isnan(v) else v for v in stored]  # exact
+    assert len(starts) < 3 * 12  # a few runs, not an item per hour
+
+
+def test_migration_0015_empties_the_kept_days_and_keeps_both_layouts_again(
+        filled: Database) -> None:
+    _alembic(filled, "downgrade", "0014")  # kept days of the arrays layout only
+    assert kept(filled)
+    _alembic(filled, "upgrade", "head")
+    assert kept(filled) == {}  # a cache: dropped, not converted
+    assert_same_bytes(filled)
+    k = schema.hour_column_days.c
+    rows = filled.fetch(select(k.compact_flag, k.compact_seal_seq))
+    assert len(rows) == len(kept(filled)) == 4 and all(all(row) for row in rows)

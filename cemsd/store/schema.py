@@ -332,6 +332,11 @@ hour_column_days = Table(
     *(Column(f"json_{name}", Text, nullable=False) for name in (
         "units", "start_epoch", "value", "flag", "n_valid", "revision", "substitute_value",
         "substitute_method", "seal_seq")),
+    # the same days in the compact layout (decision 0261): runs instead of items; `value`
+    # is json_value
+    *(Column(f"compact_{name}", Text, nullable=False) for name in (
+        "units", "start_epoch", "flag", "n_valid", "revision", "substitute_value",
+        "substitute_method", "seal_seq")),
 )
 
 # --- Bypass events and production (emission reductions, cemsd/reduction/) ----------------

@@ -3,10 +3,11 @@
 
 The database producing a year's 87,600 joined hour rows takes about 300 ms on its own
 (docs/PERFORMANCE.md). A sealed hour is final (cemsd/chain.py), so each channel's UTC day
-whose current hours are all sealed is kept as the JSON fragments of its arrays
-(`hour_column_days`); an answer joins the kept fragments and queries only the rest (the
-open tail, a partial first or last day, a day changed since it was kept). The bytes are
-those of the arrays built from the rows in one go: JSON arrays concatenate by their items.
+whose current hours are all sealed is kept as the JSON fragments of its arrays, in both
+layouts of the answer (`hour_column_days`; the compact one's runs restart at each day,
+decision 0261); an answer joins the kept fragments and queries only the rest (the open
+tail, a partial first or last day, a day changed since it was kept). The bytes are those
+of the arrays built from the rows in one go: JSON arrays concatenate by their items.
 Usually the kept days of a span are consecutive, unchanged and of one unit: one aggregate
 query then checks them and joins their fragments, with no Python per day.
 
@@ -51,6 +52,15 @@ from sqlalchemy import (
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
 
+from cemsd.api.columns_compact import (
+    DELTAS,
+    LAYOUT,
+    RUNS,
+    STEPS,
+    encode_deltas,
+    encode_runs,
+    encode_steps,
+)
 from cemsd.api.routes.periods import current_revision
 from cemsd.errors import StorageError
 from cemsd.store import schema
@@ -63,7 +73,11 @@ DAY = 86400
 FIELDS = ("channel", "unit", "start_epoch", "value", "flag", "n_valid", "revision",
           "substitute_value", "substitute_method", "seal_seq")
 ARRAYS = FIELDS[2:]  # one JSON array each, in this order after channel, unit and units
-PARTS = tuple(f"json_{name}" for name in ("units", *ARRAYS))  # hour_column_days' columns
+# hour_column_days' columns of each layout: each hour's unit, then one per array of ARRAYS
+# (the compact layout shares `value`, decision 0261)
+PARTS = {"arrays": tuple(f"json_{name}" for name in ("units", *ARRAYS)),
+         LAYOUT: tuple("json_value" if name == "value" else f"compact_{name}"
+                       for name in ("units", *ARRAYS))}
 
 Fingerprint = tuple[int, int, int, int | None]  # hour rows, last hour id, substitutions, last id
 
@@ -126,16 +140,18 @@ class Piece:
     day: int | None  # the UTC day's start, epoch seconds (None: hours without a readable time)
     units: frozenset[str]
     last_unit: str
-    parts: tuple[bytes, ...]  # each hour's unit, then one fragment per array of ARRAYS
+    parts: dict[str, tuple[bytes, ...]]  # per layout: as the columns of PARTS
     seal_seq: int | None  # the last link when every hour is sealed, else None
     days: int = 1  # kept days joined by the database: the whole days from `day`
 
 
-def channel_json(db: Database, t0: float, t1: float, name: str) -> bytes:
-    """In a worker process: one channel's object of arrays (empty without hours), from its
-    kept sealed days and the rows of the rest; keeps the whole sealed days it built."""
+def channel_json(db: Database, t0: float, t1: float, name: str, layout: str = "arrays"
+                 ) -> bytes:
+    """In a worker process: one channel's object of arrays in `layout` (empty without
+    hours), from its kept sealed days and the rows of the rest; keeps the whole sealed
+    days it built (in every layout)."""
     first, end = math.ceil(t0 / DAY) * DAY, math.floor(t1 / DAY) * DAY  # the span's whole days
-    kept, stale = _kept(db, name, first, end) if first < end else ([], [])
+    kept, stale = _kept(db, name, first, end, layout) if first < end else ([], [])
     pieces: list[Piece] = []
     built: list[Piece] = []
     prints: dict[int, Fingerprint] = {}
@@ -151,7 +167,7 @@ def channel_json(db: Database, t0: float, t1: float, name: str) -> bytes:
         pieces.extend(new)
         built.extend(p for p in new if p.day is not None and first <= p.day < end)
     _keep(db, name, built, prints, stale)
-    return assemble(name, pieces)
+    return assemble(name, pieces, layout)
 
 
 def _plan(t0: float, t1: float, kept: Sequence[Piece]) -> Iterator[Piece | tuple[float, float]]:
@@ -175,7 +191,7 @@ def pieces_of(rows: Sequence[Any]) -> list[Piece]:
         last = first + sum(1 for _ in hours)
         units = columns["unit"][first:last]
         seals = columns["seal_seq"][first:last]
-        parts = (_fragment(units), *(_fragment(columns[f][first:last]) for f in ARRAYS))
+        parts = _parts(units, {f: columns[f][first:last] for f in ARRAYS})
         pieces.append(Piece(day, frozenset(units), units[-1], parts,
                             None if None in seals else max(seals)))
         first = last
@@ -186,18 +202,31 @@ def _day_of(start: int | None) -> int | None:
     return None if start is None else start - start % DAY
 
 
+def _parts(units: list[str], columns: dict[str, list[Any]]) -> dict[str, tuple[bytes, ...]]:
+    """A day's fragments in every layout."""
+    arrays = {f: _fragment(columns[f]) for f in ARRAYS}
+    compact = {f: _fragment(_ENCODE[f](columns[f])) if f in _ENCODE else arrays[f]
+               for f in ARRAYS}
+    return {"arrays": (_fragment(units), *arrays.values()),
+            LAYOUT: (_fragment(encode_runs(units)), *compact.values())}
+
+
+_ENCODE = {**dict.fromkeys(RUNS, encode_runs), **dict.fromkeys(STEPS, encode_steps),
+           **dict.fromkeys(DELTAS, encode_deltas)}
+
+
 def _fragment(values: list[Any]) -> bytes:
     # NaN is not a JSON number, it means "no value" (as listing.respond serialises it)
     return pydantic_core.to_json(values, inf_nan_mode="null")[1:-1]
 
 
-def assemble(name: str, pieces: Sequence[Piece]) -> bytes:
-    """The channel's object of arrays from its pieces in start order (empty without any),
-    byte for byte what serialising the arrays built from all the rows at once gives."""
+def assemble(name: str, pieces: Sequence[Piece], layout: str = "arrays") -> bytes:
+    """The channel's object of arrays in `layout` from its pieces in start order (empty
+    without any), byte for byte what building them from all the rows at once gives."""
     if not pieces:
         return b""
     head = pydantic_core.to_json({"channel": name, "unit": pieces[-1].last_unit})[:-1]
-    joined = [b",".join(p.parts[i] for p in pieces) for i in range(len(ARRAYS) + 1)]
+    joined = [b",".join(p.parts[layout][i] for p in pieces) for i in range(len(ARRAYS) + 1)]
     mixed = len(frozenset().union(*(p.units for p in pieces))) > 1
     body = [head, b',"units":', b"[" + joined[0] + b"]" if mixed else b"null"]
     arrays = zip(ARRAYS, joined[1:], strict=True)
@@ -220,34 +249,46 @@ def _fingerprints(db: Database, name: str, first: int, end: int) -> dict[int, Fi
     return {day: (n, last, *substitutions.get(day, (0, None))) for day, (n, last) in hours.items()}
 
 
-def _kept(db: Database, name: str, first: int, end: int) -> tuple[list[Piece], list[int]]:
-    """The kept days of [first, end) that still match their last link and fingerprint, in
-    day order, and the kept days that no longer do."""
-    whole = _whole_run(db, name, first, end)
-    return ([whole], []) if whole is not None else _day_by_day(db, name, first, end)
+def _kept(db: Database, name: str, first: int, end: int, layout: str
+          ) -> tuple[list[Piece], list[int]]:
+    """The kept days of [first, end) in `layout` that still match their last link and
+    fingerprint, in day order, and the kept days that no longer do."""
+    whole = _whole_run(db, name, first, end, layout)
+    return ([whole], []) if whole is not None else _day_by_day(db, name, first, end, layout)
 
 
-def _kept_days(name: str, first: int, end: int) -> Any:
+def _kept_days(name: str, first: int, end: int, layout: str) -> Any:
     """The kept days with `linked`: 1 where the day's last link still has its chain hash."""
     k, link = schema.hour_column_days.c, schema.chain.c
     linked = case((k.chain_hash == link.chain_hash, 1), else_=0).label("linked")
     return (select(k.day, k.hours, k.last_hour_id, k.substitutions, k.last_substitution_id,
-                   k.units, k.last_unit, k.last_seq, linked, *(k[part] for part in PARTS))
+                   k.units, k.last_unit, k.last_seq, linked, *(k[p] for p in PARTS[layout]))
             .outerjoin_from(schema.hour_column_days, schema.chain, link.seq == k.last_seq)
             .where(k.channel == name, k.day >= first, k.day < end).order_by(k.day))
 
 
-def _whole_run(db: Database, name: str, first: int, end: int) -> Piece | None:
-    """The usual case at once: the kept days are consecutive, all still linked, of one
-    unit and unchanged, and the database joins their fragments (no Python per day).
-    None when any of that does not hold."""
-    o = _kept_days(name, first, end).subquery().c
-    row = db.fetch(select(
+def _whole_run_query(layout: str) -> Any:
+    """The aggregate of _whole_run, of the channel `name`'s days [`first`, `end`)."""
+    o = _kept_days(bindparam("name"), bindparam("first"), bindparam("end"), layout
+                   ).subquery().c
+    return select(
         func.count(), func.min(o.day), func.max(o.day), func.sum(o.linked),
         func.count(o.units.distinct()), func.max(o.units), func.max(o.last_unit),
         func.sum(o.hours), func.max(o.last_hour_id), func.sum(o.substitutions),
         func.max(o.last_substitution_id), func.aggregate_strings(cast(o.day, String), ","),
-        *(func.aggregate_strings(o[part], ",") for part in PARTS)))[0]
+        *(func.aggregate_strings(o[part], ",") for part in PARTS[layout]))
+
+
+# Built once per layout, as _CHANNEL_HOURS: building them took about a fifth of a year
+# pull's time in the worker.
+_WHOLE_RUN = {layout: _whole_run_query(layout) for layout in PARTS}
+
+
+def _whole_run(db: Database, name: str, first: int, end: int, layout: str) -> Piece | None:
+    """The usual case at once: the kept days are consecutive, all still linked, of one
+    unit and unchanged, and the database joins their fragments (no Python per day).
+    None when any of that does not hold."""
+    row = db.fetch(_WHOLE_RUN[layout].params(name=name, first=first, end=end))[0]
     n, start, last, linked, n_units, units, last_unit, *prints, days = row[:12]
     if not n or linked != n or n_units != 1 or (last - start) // DAY + 1 != n:
         return None
@@ -256,14 +297,14 @@ def _whole_run(db: Database, name: str, first: int, end: int) -> Piece | None:
     if not _unchanged(db, name, start, last + DAY, tuple(prints)):
         return None
     return Piece(start, frozenset(json.loads(units)), last_unit,
-                 tuple(part.encode() for part in row[12:]), None, n)
+                 {layout: tuple(part.encode() for part in row[12:])}, None, n)
 
 
-def _day_by_day(db: Database, name: str, first: int, end: int
+def _day_by_day(db: Database, name: str, first: int, end: int, layout: str
                 ) -> tuple[list[Piece], list[int]]:
     """The kept days checked run by run of consecutive days, and day by day in a run
     that changed."""
-    rows = db.fetch(_kept_days(name, first, end))
+    rows = db.fetch(_kept_days(name, first, end, layout))
     current, stale = [], [row for row in rows if not row.linked]
     for run in _runs([row for row in rows if row.linked]):
         totals = (sum(r.hours for r in run), max(r.last_hour_id for r in run),
@@ -277,7 +318,8 @@ def _day_by_day(db: Database, name: str, first: int, end: int
         for row in run:
             (current if prints.get(row.day) == tuple(row[1:5]) else stale).append(row)
     pieces = [Piece(row.day, frozenset(json.loads(row.units)), row.last_unit,
-                    tuple(row._mapping[part].encode() for part in PARTS), row.last_seq)
+                    {layout: tuple(row._mapping[part].encode() for part in PARTS[layout])},
+                    row.last_seq)
               for row in current]
     return sorted(pieces, key=lambda p: p.day or 0), [row.day for row in stale]
 
@@ -302,10 +344,18 @@ def _unchanged(db: Database, name: str, t0: int, t1: int, prints: Fingerprint) -
             *_count(db, schema.substitutions, name, t0, t1)) == prints
 
 
-def _count(db: Database, table: Any, name: str, t0: int, t1: int) -> tuple[int, int | None]:
+def _count_query(table: Any) -> Any:
     c = table.c
-    row = db.fetch(select(func.count(), func.max(c.id))
-                   .where(c.channel == name, c.ts >= t0, c.ts < t1))[0]
+    return select(func.count(), func.max(c.id)).where(
+        c.channel == bindparam("name"), c.ts >= bindparam("t0", type_=UTCDateTime),
+        c.ts < bindparam("t1", type_=UTCDateTime))
+
+
+_COUNT = {table: _count_query(table) for table in (schema.hours, schema.substitutions)}
+
+
+def _count(db: Database, table: Any, name: str, t0: int, t1: int) -> tuple[int, int | None]:
+    row = db.fetch(_COUNT[table].params(name=name, t0=t0, t1=t1))[0]
     return row[0], row[1]
 
 
@@ -339,4 +389,5 @@ def _kept_row(name: str, piece: Piece, fingerprint: Fingerprint, chain_hash: str
             "substitutions": substitutions, "last_substitution_id": last_substitution,
             "last_seq": piece.seal_seq, "chain_hash": chain_hash,
             "units": json.dumps(sorted(piece.units)), "last_unit": piece.last_unit,
-            **{column: part.decode() for column, part in zip(PARTS, piece.parts, strict=True)}}
+            **{column: part.decode() for layout, columns in PARTS.items()
+               for column, part in zip(columns, piece.parts[layout], strict=True)}}
