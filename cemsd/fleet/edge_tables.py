@@ -1,0 +1,91 @@
+"""The edge's channel, QA/QC and bypass tables of a plant, rebuilt from the events it
+published (docs/MQTT.md), so the fleet API lists them in the edge's row shapes
+(docs/decisions/0207).
+
+Each table is one `EventTable`: the event kind that carries its rows, where an event's
+data holds them (the data itself, or a list under a key), and the row's key. Events are
+read in the order the edge sent them (its outbox id); a later document with the same key
+completes the row, as the edge's UPDATE did (a maintenance window's or a control period's
+end, a bypass event's figures). Values are typed by the edge table's columns: epoch seconds
+or ISO text to UTC times, lists to JSON text, a missing column to its default."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import Column, Float, Integer, Table, Text, select
+
+from cemsd.daemon import CHANNELS_EVENT
+from cemsd.fleet import schema as fleet
+from cemsd.fleet.messages import utc_time
+from cemsd.fleet.reports import BYPASS_EVENT
+from cemsd.fleet.store import FleetStore
+from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT
+from cemsd.qaqc.substitution import SUBSTITUTION_EVENT
+from cemsd.store import schema
+from cemsd.store.schema import UTCDateTime
+
+
+@dataclass(frozen=True)
+class EventTable:
+    table: Table  # the edge table whose rows the events carry
+    kind: str  # the event kind
+    rows_under: str | None = None  # the data holds a list of rows under this key; None: a row
+    key: tuple[str, ...] = ("id",)  # a later document with this key completes the row
+
+
+CHANNELS = EventTable(schema.channels, CHANNELS_EVENT, "channels", ("name",))
+CALIBRATIONS = EventTable(schema.calibrations, "calibration")
+MAINTENANCE = EventTable(schema.maintenance, "maintenance")
+CONTROL_PERIODS = EventTable(schema.control_periods, CONTROL_PERIOD_EVENT)
+SUBSTITUTIONS = EventTable(schema.substitutions, SUBSTITUTION_EVENT, "rows",
+                           ("channel", "ts", "revision"))
+BYPASS_EVENTS = EventTable(schema.bypass_events, BYPASS_EVENT)
+
+
+def rebuilt_rows(store: FleetStore, plant: str, spec: EventTable) -> list[SimpleNamespace]:
+    """The plant's rows of `spec.table` as the edge stores them, in no particular order."""
+    c = fleet.events.c
+    events = store.db.fetch(select(c.data).where(c.plant == plant, c.kind == spec.kind)
+                            .order_by(c.message_id))
+    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for event in events:
+        data = json.loads(event.data)
+        documents = [data] if spec.rows_under is None else data.get(spec.rows_under) or []
+        for document in documents:
+            typed = _typed(spec.table, document)
+            key = tuple(typed.get(name) for name in spec.key)
+            merged[key] = {**merged.get(key, _defaults(spec.table)), **typed}
+    return [SimpleNamespace(**{column.name: row.get(column.name)
+                               for column in spec.table.columns})
+            for row in merged.values()]
+
+
+def _defaults(table: Table) -> dict[str, Any]:
+    """What the edge's database fills in when the insert leaves a column out."""
+    return {column.name: _value(column, column.server_default.arg)  # type: ignore[attr-defined]
+            for column in table.columns if column.server_default is not None}
+
+
+def _typed(table: Table, document: dict[str, Any]) -> dict[str, Any]:
+    return {name: _value(table.c[name], value) for name, value in document.items()
+            if name in table.c}
+
+
+def _value(column: Column[Any], value: Any) -> Any:
+    if value is None:
+        return None
+    kind = column.type
+    if isinstance(kind, UTCDateTime):
+        return utc_time(value) if isinstance(value, str) else datetime.fromtimestamp(value, UTC)
+    if isinstance(kind, Float):
+        return float(value)
+    if isinstance(kind, Integer):
+        return int(value)
+    if isinstance(kind, Text) and not isinstance(value, str):  # a JSON column's list
+        return json.dumps(value)
+    return value
