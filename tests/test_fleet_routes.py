@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,6 +26,7 @@ from cemsd.api.tokens import create_token as edge_token
 from cemsd.config import Config
 from cemsd.control import request_async
 from cemsd.fleet.api import create_app as fleet_app
+from cemsd.fleet.settings import load_collector
 from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import create_token
 from cemsd.settings.api import ApiConfig
@@ -219,3 +221,33 @@ async def test_a_report_with_a_bypass_event_is_refused_naming_it(
     _, ours, _ = clients
     answer = await ours.get("/v1/plants/aa/reports", params={"period": "2026-06"})
     assert answer.status_code == 409 and "bypass event 1" in answer.json()["detail"]
+
+
+async def test_keys_and_reports_take_the_plants_configuration(
+        clients: tuple[httpx.AsyncClient, ...], line: dict[str, Any]) -> None:
+    """From [collector.plants]: the key in its state_dir (here the box's own folder, so
+    the box's key); a plant without one, or with another plant's file, a clear 503."""
+    own, ours, _ = clients
+    assert (await ours.get("/v1/plants/aa/keys")).json() == (await own.get("/v1/keys")).json()
+    store = FleetStore(line["pg_url"])
+    token = create_token(store.db, f"bb-{uuid.uuid4().hex[:8]}", ["aa", "bb"])
+    app = fleet_app(store, ApiConfig(), TZ, plant_configs={"bb": line["config"].source})
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api",
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            for plant, why in (("aa", "[collector.plants]"), ("bb", "not 'bb'")):
+                for route in ("keys", "reports?period=2026-06"):
+                    answer = await client.get(f"/v1/plants/{plant}/{route}")
+                    assert answer.status_code == 503 and why in answer.json()["detail"]
+    finally:
+        store.close()
+
+
+def test_plant_configurations_are_read_beside_the_collectors_file(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    config = tmp_path / "etc" / "collector.toml"
+    config.write_text('[collector]\ndatabase_url = "postgresql+psycopg://db/fleet"\n'
+                      '[collector.plants]\naa = "plants/aa.toml"\nbb = "/srv/bb.toml"\n')
+    assert load_collector(config).plants == {"aa": tmp_path / "etc" / "plants" / "aa.toml",
+                                             "bb": Path("/srv/bb.toml")}

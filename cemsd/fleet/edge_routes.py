@@ -32,6 +32,7 @@ from cemsd.api.listing import (
 )
 from cemsd.api.routes.chain import ChainHead, head_document
 from cemsd.api.routes.channels import Channels
+from cemsd.api.routes.keys import Keys, key_info
 from cemsd.api.routes.reduction import (
     REPORT_RESPONSES,
     DayAfter,
@@ -92,6 +93,13 @@ def edge_routes(router: APIRouter, settings: ApiConfig) -> None:
                      match=lambda ctx, plant, channels: lambda row: True,
                      json_columns=("triggers",))
     _report_route(router, settings)
+
+    @router.get("/plants/{plant}/keys", response_model=Keys,
+                summary="The public key that signs the plant's central bundles (the key in "
+                        "its configuration's state_dir at the centre, not the box's)",
+                responses={503: {"description": "No configuration for the plant"}})
+    def keys(ctx: Context, plant: Plant) -> Any:
+        return {"bundle_signing": key_info(_plant_config(ctx, plant))}
 
 
 def _by_channel(ctx: FleetContext, plant: str, channels: tuple[str, ...]
