@@ -11,8 +11,11 @@ substituted), the bypass valve open 02:05-02:20."""
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,8 @@ from cemsd.api.tokens import create_token as edge_token
 from cemsd.config import Config
 from cemsd.control import request_async
 from cemsd.fleet.api import create_app as fleet_app
+from cemsd.fleet.edge_tables import MAINTENANCE, rebuilt_rows
+from cemsd.fleet.messages import parse
 from cemsd.fleet.settings import load_collector
 from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import create_token
@@ -251,3 +256,29 @@ def test_plant_configurations_are_read_beside_the_collectors_file(tmp_path: Path
                       '[collector.plants]\naa = "plants/aa.toml"\nbb = "/srv/bb.toml"\n')
     assert load_collector(config).plants == {"aa": tmp_path / "etc" / "plants" / "aa.toml",
                                              "bb": Path("/srv/bb.toml")}
+
+
+def test_an_event_that_cannot_be_read_is_left_out_and_logged(
+        pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    store = FleetStore(pg_url)
+    store.upgrade()
+    window = {"id": 3, "device": "analyzer", "channel": None, "started_at": 1780272000.0,
+              "ended_at": None, "reason": "filter", "technician": "Li Wei",
+              "created_at": 1780272000.0, "planned_end_at": None}
+    events = [(1, "maintenance", window), (2, "maintenance", [window]),
+              (3, "maintenance", {**window, "id": 4, "started_at": "soon"}),
+              (4, "maintenance", {"id": 3, "ended_at": 1780275600.0})]
+    try:
+        store.ingest([parse(f"cemsd/bad/events/{kind}", json.dumps({
+            "id": n, "plant": "bad", "kind": kind, "at": "2026-06-01T00:00:00Z",
+            "data": data}).encode()) for n, kind, data in events], datetime.now(UTC))
+        with caplog.at_level(logging.WARNING, logger="cemsd.fleet.edge_tables"):
+            [row] = rebuilt_rows(store, "bad", MAINTENANCE)
+    finally:
+        store.close()
+    assert (row.id, row.started_at.timestamp(), row.ended_at.timestamp()) == \
+        (3, 1780272000.0, 1780275600.0)  # the close completed the window
+    assert row.technician == "Li Wei" and row.planned_end_at is None
+    assert [(r.message_id, r.kind) for r in caplog.records] == [(2, "maintenance"),
+                                                                 (3, "maintenance")]
+    assert "'soon'" in caplog.records[1].error

@@ -12,6 +12,7 @@ or ISO text to UTC times, lists to JSON text, a missing column to its default.""
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -28,6 +29,8 @@ from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT
 from cemsd.qaqc.substitution import SUBSTITUTION_EVENT
 from cemsd.store import schema
 from cemsd.store.schema import UTCDateTime
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -50,19 +53,32 @@ BYPASS_EVENTS = EventTable(schema.bypass_events, BYPASS_EVENT)
 def rebuilt_rows(store: FleetStore, plant: str, spec: EventTable) -> list[SimpleNamespace]:
     """The plant's rows of `spec.table` as the edge stores them, in no particular order."""
     c = fleet.events.c
-    events = store.db.fetch(select(c.data).where(c.plant == plant, c.kind == spec.kind)
-                            .order_by(c.message_id))
+    events = store.db.fetch(select(c.data, c.message_id).where(
+        c.plant == plant, c.kind == spec.kind).order_by(c.message_id))
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
     for event in events:
-        data = json.loads(event.data)
-        documents = [data] if spec.rows_under is None else data.get(spec.rows_under) or []
-        for document in documents:
-            typed = _typed(spec.table, document)
-            key = tuple(typed.get(name) for name in spec.key)
-            merged[key] = {**merged.get(key, _defaults(spec.table)), **typed}
+        try:
+            documents = _documents(json.loads(event.data), spec)
+            typed = [_typed(spec.table, document) for document in documents]
+        except (ValueError, TypeError, OverflowError) as exc:  # listed without it, said why
+            log.warning("fleet API: an event's rows cannot be read", extra={
+                "plant": plant, "kind": spec.kind, "message_id": event.message_id,
+                "error": f"{type(exc).__name__}: {exc}"})
+            continue
+        for row in typed:
+            key = tuple(row.get(name) for name in spec.key)
+            merged[key] = {**merged.get(key, _defaults(spec.table)), **row}
     return [SimpleNamespace(**{column.name: row.get(column.name)
                                for column in spec.table.columns})
             for row in merged.values()]
+
+
+def _documents(data: Any, spec: EventTable) -> list[dict[str, Any]]:
+    documents = [data] if spec.rows_under is None else \
+        data.get(spec.rows_under) if isinstance(data, dict) else None
+    if not isinstance(documents, list) or not all(isinstance(d, dict) for d in documents):
+        raise ValueError(f"not {'a row' if spec.rows_under is None else 'a list of rows'}")
+    return documents
 
 
 def _defaults(table: Table) -> dict[str, Any]:
