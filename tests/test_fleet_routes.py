@@ -282,3 +282,18 @@ def test_an_event_that_cannot_be_read_is_left_out_and_logged(
     assert [(r.message_id, r.kind) for r in caplog.records] == [(2, "maintenance"),
                                                                  (3, "maintenance")]
     assert "'soon'" in caplog.records[1].error
+
+
+def test_every_route_of_the_edge_has_its_twin_with_the_plant_in_the_path(
+        line: dict[str, Any]) -> None:
+    edge = database(line["config"])
+    store = FleetStore(line["pg_url"])
+    try:
+        edge_paths = edge_app(edge, ApiConfig(), TZ).openapi()["paths"]
+        fleet_paths = fleet_app(store, ApiConfig(), TZ).openapi()["paths"]
+    finally:
+        edge.close()
+        store.close()
+    routes = [p.removeprefix("/v1/") for p in edge_paths if p.startswith("/v1/")]
+    assert len(routes) >= 13
+    assert [r for r in routes if f"/v1/plants/{{plant}}/{r}" not in fleet_paths] == []
