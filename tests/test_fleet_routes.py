@@ -29,7 +29,7 @@ from cemsd.api.tokens import create_token as edge_token
 from cemsd.config import Config
 from cemsd.control import request_async
 from cemsd.fleet.api import create_app as fleet_app
-from cemsd.fleet.edge_tables import MAINTENANCE, rebuilt_rows
+from cemsd.fleet.edge_tables import MAINTENANCE, RebuiltRows, rebuilt_rows
 from cemsd.fleet.messages import parse
 from cemsd.fleet.settings import load_collector
 from cemsd.fleet.store import FleetStore
@@ -297,3 +297,28 @@ def test_every_route_of_the_edge_has_its_twin_with_the_plant_in_the_path(
     routes = [p.removeprefix("/v1/") for p in edge_paths if p.startswith("/v1/")]
     assert len(routes) >= 13
     assert [r for r in routes if f"/v1/plants/{{plant}}/{r}" not in fleet_paths] == []
+
+
+def test_kept_rows_are_rebuilt_once_an_event_of_their_kind_comes(pg_url: str) -> None:
+    store = FleetStore(pg_url)
+    store.upgrade()
+    window = {"id": 1, "device": "analyzer", "started_at": 1780272000.0, "reason": "filter",
+              "technician": "Li Wei", "created_at": 1780272000.0}
+
+    def receive(n: int, kind: str, data: dict[str, Any]) -> None:
+        store.ingest([parse(f"cemsd/kept/events/{kind}", json.dumps({
+            "id": n, "plant": "kept", "kind": kind, "at": "2026-06-01T00:00:00Z",
+            "data": data}).encode())], datetime.now(UTC))
+
+    try:
+        kept = RebuiltRows(store)
+        receive(1, "maintenance", window)
+        [opened] = kept.rows("kept", MAINTENANCE)
+        assert kept.rows("kept", MAINTENANCE)[0] is opened  # nothing new: the same rows
+        receive(2, "calibration", {"id": 1, "channel": "analyzer.n2o"})  # another kind
+        assert kept.rows("kept", MAINTENANCE)[0] is opened
+        receive(3, "maintenance", {"id": 1, "ended_at": 1780275600.0})
+        [closed] = kept.rows("kept", MAINTENANCE)
+    finally:
+        store.close()
+    assert opened.ended_at is None and closed.ended_at.timestamp() == 1780275600.0

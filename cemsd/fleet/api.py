@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
@@ -49,6 +49,9 @@ from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import Scope, scope_of
 from cemsd.settings.api import ApiConfig
 
+if TYPE_CHECKING:
+    from cemsd.fleet.edge_tables import RebuiltRows
+
 API_PREFIX = "/v1"
 PlantId = Annotated[str, PathParameter(max_length=64,
                                        description="The plant's id (its MQTT prefix)")]
@@ -60,6 +63,7 @@ class FleetContext:
     settings: ApiConfig
     tz: ZoneInfo
     collector: Any  # the running Collector (counts for /metrics), or None
+    tables: "RebuiltRows"  # the edge's tables rebuilt from the events
     plant_configs: Mapping[str, Path] = field(default_factory=dict)  # for reports
 
 
@@ -91,7 +95,11 @@ def create_app(store: FleetStore, settings: ApiConfig, tz: ZoneInfo,
                   description="Every plant's hours, events and chain as the collector "
                               "received them (docs/SCALING.md). Times without an offset "
                               "are in the collector's time zone.")
-    app.state.fleet = FleetContext(store, settings, tz, collector, plant_configs or {})
+    from cemsd.fleet.edge_routes import edge_routes  # it builds on this module's parts
+    from cemsd.fleet.edge_tables import RebuiltRows
+
+    app.state.fleet = FleetContext(store, settings, tz, collector, RebuiltRows(store),
+                                   plant_configs or {})
     app.add_exception_handler(StorageError, _database_unavailable)
 
     @app.get("/health", summary="Liveness and database reachability (no token)")
@@ -112,8 +120,6 @@ def create_app(store: FleetStore, settings: ApiConfig, tz: ZoneInfo,
         401: {"description": "Missing or unknown token"}, 403: {"description": "Revoked"},
         404: {"description": "No such plant for this token"}})
     _plant_routes(protected, settings)
-    from cemsd.fleet.edge_routes import edge_routes  # it builds on this module's parts
-
     edge_routes(protected, settings)
     app.include_router(protected)
     return app

@@ -47,7 +47,7 @@ from cemsd.errors import CemsdError
 from cemsd.fleet import edge_tables as tables
 from cemsd.fleet import schema
 from cemsd.fleet.api import FleetContext, allowed_plant, fleet, window_dependency
-from cemsd.fleet.edge_tables import EventTable, rebuilt_rows
+from cemsd.fleet.edge_tables import EventTable
 from cemsd.fleet.reports import central_report
 from cemsd.settings.api import ApiConfig
 
@@ -63,7 +63,7 @@ def edge_routes(router: APIRouter, settings: ApiConfig) -> None:
     @router.get("/plants/{plant}/channels", response_model=Channels,
                 summary="The plant's series and their units, as it last published them")
     def channels(ctx: Context, plant: Plant) -> Any:
-        rows = sorted(rebuilt_rows(ctx.store, plant, tables.CHANNELS), key=lambda r: r.name)
+        rows = sorted(ctx.tables.rows(plant, tables.CHANNELS), key=lambda r: r.name)
         return {"items": [table_item(r, tables.CHANNELS.table, ctx.tz) for r in rows]}
 
     @router.get("/plants/{plant}/chain/head", response_model=ChainHead,
@@ -110,7 +110,7 @@ def _by_channel(ctx: FleetContext, plant: str, channels: tuple[str, ...]
 def _maintenance_of(ctx: FleetContext, plant: str, channels: tuple[str, ...]
                     ) -> Callable[[Any], bool]:
     """Maintenance of a channel, or of the whole device the channel belongs to."""
-    devices = {r.device for r in rebuilt_rows(ctx.store, plant, tables.CHANNELS)
+    devices = {r.device for r in ctx.tables.rows(plant, tables.CHANNELS)
                if r.name in channels and r.device is not None}
     return lambda row: row.channel in channels or row.device in devices
 
@@ -129,7 +129,7 @@ def _rebuilt_listing(router: APIRouter, name: str, spec: EventTable, settings: A
     def listing(request: Request, response: Response, ctx: Context, plant: Plant,
                 window: Annotated[Window, Depends(window_params)]) -> Any:
         belongs = match(ctx, plant, window.channels) if window.channels else None
-        rows = sorted((r for r in rebuilt_rows(ctx.store, plant, spec)
+        rows = sorted((r for r in ctx.tables.rows(plant, spec)
                        if _overlaps(r, start, window) and (belongs is None or belongs(r))),
                       key=lambda r: _sort_key(r, order))
         if window.cursor is not None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Column, Float, Integer, Table, Text, select
+from sqlalchemy import Column, Float, Integer, Table, Text, func, select
 
 from cemsd.daemon import CHANNELS_EVENT
 from cemsd.fleet import schema as fleet
@@ -31,6 +33,7 @@ from cemsd.store import schema
 from cemsd.store.schema import UTCDateTime
 
 log = logging.getLogger(__name__)
+KEPT_TABLES = 32  # plants x tables whose rebuilt rows are kept (a few MB each at most)
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,37 @@ CONTROL_PERIODS = EventTable(schema.control_periods, CONTROL_PERIOD_EVENT)
 SUBSTITUTIONS = EventTable(schema.substitutions, SUBSTITUTION_EVENT, "rows",
                            ("channel", "ts", "revision"))
 BYPASS_EVENTS = EventTable(schema.bypass_events, BYPASS_EVENT)
+
+
+class RebuiltRows:
+    """The rebuilt rows per plant and table, kept while no event of that kind came since:
+    events are only ever added (or a month's partition dropped), so their count and newest
+    id tell whether a kept copy is current, in one index-only query."""
+
+    def __init__(self, store: FleetStore, size: int = KEPT_TABLES) -> None:
+        self.store = store
+        self.size = size
+        self._kept: OrderedDict[tuple[str, str], tuple[Any, list[SimpleNamespace]]] = \
+            OrderedDict()
+        self._lock = threading.Lock()  # the API's routes run in worker threads
+
+    def rows(self, plant: str, spec: EventTable) -> list[SimpleNamespace]:
+        c = fleet.events.c
+        mark = tuple(self.store.db.fetch(select(func.count(), func.max(c.message_id)).where(
+            c.plant == plant, c.kind == spec.kind))[0])
+        key = (plant, spec.kind)
+        with self._lock:
+            kept = self._kept.get(key)
+            if kept is not None and kept[0] == mark:
+                self._kept.move_to_end(key)
+                return kept[1]
+        rows = rebuilt_rows(self.store, plant, spec)  # at least the events counted
+        with self._lock:
+            self._kept[key] = (mark, rows)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.size:
+                self._kept.popitem(last=False)
+        return rows
 
 
 def rebuilt_rows(store: FleetStore, plant: str, spec: EventTable) -> list[SimpleNamespace]:
