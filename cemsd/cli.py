@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from cemsd.config import Config
     from cemsd.store.database import Database
 
+DB_UPGRADE_PROGRESS_SECONDS = 10.0  # a long migration's progress on stderr at most this often
 
 def _load_config(path: str):
     from cemsd.config import load_config
@@ -273,12 +274,14 @@ def hours(config_file: str, start: str | None, end: str | None, channels: tuple[
 def db_upgrade(config_file: str) -> None:
     """Create or migrate the database to the current schema."""
     from cemsd.store.database import Database
+    from cemsd.store.progress import Throttled
 
     config = _load_config(config_file)
     _prepare_storage(config)
     db = Database(config.storage.database_url)
     try:
-        db.upgrade()
+        db.upgrade(Throttled(lambda step: click.echo(f"cemsd db-upgrade: {step}", err=True),
+                             DB_UPGRADE_PROGRESS_SECONDS))
     except CemsdError as exc:
         click.echo(f"cemsd db-upgrade: {exc}", err=True)
         sys.exit(1)

@@ -40,6 +40,7 @@ from cemsd.records import audit_config, load_plant_state
 from cemsd.store.database import Database
 from cemsd.store.location import prepare_storage
 from cemsd.store.lock import acquire_writer_lock
+from cemsd.store.progress import Progress
 from cemsd.store.writer import Store
 from cemsd.supervisor import RestartPolicy, Supervisor
 from cemsd.validity import DeviceValidator, default_checks
@@ -117,6 +118,7 @@ class Daemon:
         # every long-lived task runs under it, the components' own tasks too
         self.supervisor = Supervisor(clock, restart_policy)
         self.ready = asyncio.Event()
+        self.start_progress = Progress()  # a long migration's steps, for systemd
         self._stop = asyncio.Event()
         self.exit_reason = "stopped"
 
@@ -143,7 +145,7 @@ class Daemon:
         given_up = await asyncio.to_thread(check_known_database, storage.database_url,
                                            storage.state_dir, self.accept_new_database)
         db = Database(storage.database_url)
-        await asyncio.to_thread(db.upgrade)
+        await asyncio.to_thread(db.upgrade, self.start_progress.step)
         self.store = store = Store(db, storage.batch_seconds, storage.max_pending_readings)
         run_id = await store.call(db.start_run, self.clock.now(), self.clock_name, __version__,
                                   str(self.config.source), _sha256(self.config.source))

@@ -18,6 +18,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, or_, select, update
 
+from cemsd.chain import utc_text
 from cemsd.config import Config
 from cemsd.plan import Plan
 from cemsd.plantstate import PlantState
@@ -44,6 +45,18 @@ def insert_maintenance(db: Database, row: dict[str, Any]) -> int:
 
 def insert_control_period(db: Database, row: dict[str, Any]) -> int:
     return _insert(db, schema.control_periods, row)
+
+
+def control_periods_by_id(db: Database, ids: list[int]) -> list[Any]:
+    c = schema.control_periods.c
+    return db.fetch(select(schema.control_periods).where(c.id.in_(ids)).order_by(c.id))
+
+
+def row_document(row: Any) -> dict[str, Any]:
+    """A stored row as JSON (events): each column by name, times in UTC text to the
+    microsecond, as the database keeps them."""
+    return {k: utc_text(v) if isinstance(v, datetime) else v
+            for k, v in row._mapping.items()}
 
 
 def end_maintenance(db: Database, window_id: int, at: float) -> None:

@@ -62,6 +62,7 @@ class Service:
         self._reload_requested = False
         self._status_line = StatusLine()
         self._held: AbstractContextManager[None] | None = None
+        self.watchdog = Watchdog(self.notifier, lambda: self.daemon, self._status_line)
 
     # --- from the CLI's signal handlers ---------------------------------------------------
 
@@ -82,8 +83,7 @@ class Service:
     # --- the run loop -------------------------------------------------------------------------
 
     async def run(self) -> int:
-        watchdog = Watchdog(self.notifier, lambda: self.daemon, self._status_line)
-        watching = asyncio.create_task(watchdog.run(), name="watchdog")
+        watching = asyncio.create_task(self.watchdog.run(), name="watchdog")
         try:
             return await self._run_daemons()
         finally:
@@ -98,6 +98,7 @@ class Service:
         while config is not None and self.stop_reason is None:
             daemon = self.make_daemon(config)
             self.daemon = daemon
+            daemon.start_progress.listen(self.watchdog.starting)
             running = asyncio.create_task(daemon.run(), name="daemon")
             await _until_ready(daemon, running)
             self._release_clock()

@@ -22,8 +22,12 @@ What withholds the ping (each logged once when it starts and once when it ends):
   plus `WatchdogSec`: the owner hangs or its task died;
 - the closer is more than a minute (plus its grace and `WatchdogSec`) behind the clock
   while the database accepts writes: minutes are no longer being closed;
-- no daemon has been ready for START_GRACE_SECONDS (a start-up after a reload, or the
-  swap itself, hangs).
+- no daemon has been ready for START_GRACE_SECONDS since its start-up last made
+  progress (a start-up after a reload, or the swap itself, hangs).
+
+A start-up that makes progress (a long migration, cemsd/store/progress.py) extends the
+unit's start timeout (`EXTEND_TIMEOUT_USEC`, START_GRACE_SECONDS from its latest step) and
+says what it does in `STATUS=`; when its steps stop, the extension runs out (decision 0038).
 
 systemd then kills the process (SIGABRT) after `WatchdogSec` without a ping and
 `Restart=on-failure` starts it again; the new daemon closes what was left open from the
@@ -56,6 +60,7 @@ STATUS_INTERVAL_SECONDS = 15.0  # STATUS= refresh when systemd asks for no watch
 # A daemon starting (recovery after a long outage) or two daemons swapping (reload) may
 # take this long before pings stop; TimeoutStartSec in systemd/cemsd.service matches it.
 START_GRACE_SECONDS = 600.0
+EXTEND_EVERY_SECONDS = 5.0  # a long start-up's extension sent at most this often
 
 
 class Notifier:
@@ -219,6 +224,8 @@ class Watchdog:
         self._since = time.monotonic()  # when the watched daemon (or the gap) began
         self._ready_at: float | None = None
         self._last_status = ""
+        self._extended_at = -math.inf
+        self.extensions = 0
         self._stalled = Episode(log, "watchdog withheld: the daemon is not progressing")
 
     async def run(self) -> None:
@@ -254,6 +261,18 @@ class Watchdog:
             if line != self._last_status:
                 self._last_status = line
                 self.notifier.send(f"STATUS={line}")
+
+    def starting(self, step: str) -> None:
+        """A starting daemon made progress (a migration step): its start-up may take longer
+        than the unit's TimeoutStartSec, and the grace counts from this step."""
+        now = time.monotonic()
+        self._since = now
+        if not self.notifier.enabled or now - self._extended_at < EXTEND_EVERY_SECONDS:
+            return
+        self._extended_at = now
+        if self.notifier.send(f"EXTEND_TIMEOUT_USEC={int(START_GRACE_SECONDS * 1e6)}",
+                              f"STATUS=starting: {step}"):
+            self.extensions += 1
 
     def _report(self, stalls: list[str]) -> None:
         if stalls:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
@@ -45,7 +46,7 @@ from fleet_helpers import (
     running_collector,
     until_counted,
 )
-from helpers import RunningDaemon, database
+from helpers import RunningDaemon, database, write_toml
 from mqtt_helpers import Mosquitto, wait_until
 
 pytestmark = pytest.mark.postgres
@@ -218,14 +219,46 @@ async def test_bad_parameters_are_refused_clearly(clients: tuple[httpx.AsyncClie
                                                               "to": "2028-06-01"})
     assert answer.status_code == 400 and "max_report_days" in answer.json()["detail"]
     answer = await ours.get("/v1/plants/aa/minutes")
-    assert answer.status_code == 404 and "keeps no minutes" in answer.json()["detail"]
+    assert answer.status_code == 404 and "keeps no minutes to list" in answer.json()["detail"]
 
 
-async def test_a_report_with_a_bypass_event_is_refused_naming_it(
+async def test_a_month_the_edge_refuses_is_refused_with_its_message(
         clients: tuple[httpx.AsyncClient, ...]) -> None:
-    _, ours, _ = clients
-    answer = await ours.get("/v1/plants/aa/reports", params={"period": "2026-06"})
-    assert answer.status_code == 409 and "bypass event 1" in answer.json()["detail"]
+    """No production imported: the edge's 409, word for word; the closed bypass event is
+    no reason any more (a day with one is reported: tests/test_fleet_report.py)."""
+    own, ours, _ = clients
+    month = {"period": "2026-06"}
+    edge, fleet = (await own.get("/v1/reports", params=month),
+                   await ours.get("/v1/plants/aa/reports", params=month))
+    assert (edge.status_code, fleet.status_code) == (409, 409)
+    assert fleet.json() == edge.json() and "production is missing" in fleet.text
+
+
+async def test_a_report_with_a_bypass_event_still_open_is_a_409_naming_it(
+        pg_url: str, tmp_path: Path) -> None:
+    """What the central report still refuses: an event open at the edge (its mass grows
+    with each minute)."""
+    config, scenario = reduction_line(tmp_path, [])
+    data = tomllib.loads(config.source.read_text())
+    path = write_toml(tmp_path / "cc.toml", {**data, "plant": {**data["plant"], "id": "cc"}})
+    store = FleetStore(pg_url)
+    try:
+        store.upgrade()
+        at = scenario.epoch + 3600
+        opened = {"id": 1, "plant": "cc", "kind": "bypass", "at": "2026-05-31T17:00:00Z",
+                  "data": {"active": True, "id": 4, "unit": "main", "started_at": at}}
+        store.ingest([parse("cemsd/cc/events/bypass", json.dumps(opened).encode())],
+                     datetime.fromtimestamp(at, UTC))
+        app = fleet_app(store, ApiConfig(), TZ, plant_configs={"cc": path})
+        token = create_token(store.db, f"cc-{uuid.uuid4().hex[:8]}", ["cc"])
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://api",
+                                     headers={"Authorization": f"Bearer {token}"}) as client:
+            answer = await client.get("/v1/plants/cc/reports", params={"period": "2026-06"})
+    finally:
+        store.close()
+    assert answer.status_code == 409
+    assert "bypass event 4" in answer.json()["detail"] and "still open" in answer.text
 
 
 async def test_keys_and_reports_take_the_plants_configuration(

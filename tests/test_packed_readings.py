@@ -237,3 +237,22 @@ def test_a_bad_reading_is_named_and_the_batch_is_not_half_written(
     with pytest.raises(StorageError, match=re.escape(named)):
         db.insert_readings(batch)
     assert [r.ts.timestamp() for r in db.readings_between(0, 2e9)] == [T0]
+
+
+def test_the_conversion_tells_its_progress_chunk_by_chunk(
+        db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What lets the daemon extend systemd's start timeout while 0013 runs (decision 0038)."""
+    monkeypatch.setattr(packing, "MIGRATION_CHUNK", 500)
+    _alembic(db, "downgrade", "0012")
+    readings = _awkward_readings(db)
+    with db.transaction() as conn:
+        conn.execute(insert(_OLD), readings)
+    steps: list[str] = []
+    db.upgrade(steps.append)
+    total = len(readings)
+    converted = [min(n, total) for n in range(500, total + 500, 500)]
+    assert steps == ["migrating the database schema",
+                     *(f"{n:,} of {total:,} readings converted to blocks" for n in converted)]
+    steps.clear()
+    db.upgrade(steps.append)  # at the head: nothing to do, nothing said
+    assert steps == []

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cemsd.clock import VirtualClock
+from cemsd.config import Config
 from cemsd.daemon import Daemon
 from cemsd.logs import Episode
 from cemsd.service import Service
@@ -46,6 +47,17 @@ async def _wait(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-un
         await asyncio.sleep(0.05)
 
 
+async def _ready_service(config: Config, clock: VirtualClock, listener: NotifyListener
+                         ) -> tuple[Service, asyncio.Task[int]]:
+    """`cemsd run` as systemd starts it (a watchdog of WATCHDOG_SECONDS), once READY=1."""
+    notifier = Notifier({"NOTIFY_SOCKET": listener.address,
+                         "WATCHDOG_USEC": str(int(WATCHDOG_SECONDS * 1e6))})
+    service = Service(config, lambda c: Daemon(c, clock, clock_name="virtual"), notifier)
+    running = asyncio.create_task(service.run())
+    await _wait(lambda: listener.times("READY", "1"))
+    return service, running
+
+
 async def test_ready_watchdog_status_and_stopping_and_what_stops_the_watchdog(
         tmp_path: Path, listener: NotifyListener, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="cemsd.systemd")
@@ -55,12 +67,8 @@ async def test_ready_watchdog_status_and_stopping_and_what_stops_the_watchdog(
     clock = VirtualClock(scene.epoch, speed=1.0)  # simulated time at the pace of wall time
     sim = SimulatorServer(scene, clock)
     await sim.start()
-    notifier = Notifier({"NOTIFY_SOCKET": listener.address,
-                         "WATCHDOG_USEC": str(int(WATCHDOG_SECONDS * 1e6))})
-    service = Service(config, lambda c: Daemon(c, clock, clock_name="virtual"), notifier)
-    running = asyncio.create_task(service.run())
+    service, running = await _ready_service(config, clock, listener)
     try:
-        await _wait(lambda: listener.times("READY", "1"))
         daemon = service.daemon
         assert daemon is not None and daemon.ready.is_set() and daemon.store is not None
         ready_at = listener.times("READY", "1")[0]
@@ -180,3 +188,59 @@ def test_a_fault_episode_is_logged_when_it_starts_and_ends(
                     ("ERROR", "peer unreachable")]
     back = next(r for r in caplog.records if r.getMessage() == "peer reachable again")
     assert back.repeats == 4 and back.after_s >= 0
+
+
+async def test_a_long_migration_extends_the_start_timeout_while_it_progresses(
+        tmp_path: Path, listener: NotifyListener, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A start-up busy converting readings says so and extends TimeoutStartSec; a start-up
+    whose steps stopped is reported once the grace since its last step is over."""
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import text
+
+    from cemsd import systemd
+    from cemsd.store import packing
+    from cemsd.store.database import MIGRATIONS, Database
+
+    live_port, dead_port = free_port(), free_port()
+    config = write_config(tmp_path, plant(tmp_path, live_port, dead_port))
+    db = Database(config.storage.database_url)
+    db.upgrade()
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with db.engine.begin() as conn:  # back to the one-row-a-reading layout, with readings
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0012")
+        conn.execute(text("INSERT INTO readings (channel, ts, value, flag) VALUES "
+                          "('analyzer.n2o', '2026-06-01 00:00:00.000000', :v, 'N')"),
+                     [{"v": float(i)} for i in range(2000)])
+    db.close()
+    monkeypatch.setattr(packing, "MIGRATION_CHUNK", 100)
+    monkeypatch.setattr(systemd, "EXTEND_EVERY_SECONDS", 0.0)  # every step, to count them
+    scene = write_scenario(tmp_path, scenario(live_port, dead_port))
+    clock = VirtualClock(scene.epoch)
+    service, running = await _ready_service(config, clock, listener)
+    try:
+        ready_at = listener.times("READY", "1")[0]
+        extended = listener.times("EXTEND_TIMEOUT_USEC",
+                                  str(int(systemd.START_GRACE_SECONDS * 1e6)))
+        assert len(extended) == 1 + 2000 // 100 and max(extended) <= ready_at
+        said = listener.values("STATUS")
+        assert said[0] == "starting: migrating the database schema"
+        assert "starting: 2,000 of 2,000 readings converted to blocks" in said
+    finally:
+        service.request_stop("test over")
+        await running
+
+    # The grace counts from the latest step: a start-up stuck after its steps is reported.
+    monkeypatch.setattr(systemd, "START_GRACE_SECONDS", 0.2)
+    stuck = Daemon(config, clock, clock_name="virtual")
+    watchdog = systemd.Watchdog(service.notifier, lambda: stuck, service._status_line)
+    watchdog.tick()
+    assert watchdog.withheld == []
+    await asyncio.sleep(0.3)
+    watchdog.tick()
+    assert watchdog.withheld and watchdog.withheld[0].startswith("no running daemon for")
+    watchdog.starting("1,000 of 9,000 readings converted to blocks")
+    watchdog.tick()
+    assert watchdog.withheld == []

@@ -55,8 +55,8 @@ Plant = Annotated[str, Depends(allowed_plant)]
 Context = Annotated[FleetContext, Depends(fleet)]
 # (context, plant, channels asked) -> does a row belong to them
 Matcher = Callable[[FleetContext, str, tuple[str, ...]], Callable[[Any], bool]]
-NO_MINUTES = ("the collector keeps no minutes (hours, events and the chain only: "
-              "docs/SCALING.md); ask the plant's own API for /v1/minutes")
+NO_MINUTES = ("the collector keeps no minutes to list (only those under hours with bypass, "
+              "for the reports: docs/SCALING.md); ask the plant's own API for /v1/minutes")
 
 
 def edge_routes(router: APIRouter, settings: ApiConfig) -> None:
@@ -170,8 +170,10 @@ def _report_route(router: APIRouter, settings: ApiConfig) -> None:
                 description=f"As the plant's `/v1/reports`: a month (`period`) or `from`/`to` "
                             f"dates, plant time, at most {settings.max_report_days} days. "
                             f"By the edge's report code on the central records "
-                            f"(docs/decisions/0204); a period with a bypass event is a 409 "
-                            f"(its mass needs the minutes).",
+                            f"(docs/decisions/0204). A 409 names why a period cannot be "
+                            f"reported: as at the edge (production missing), or a bypass "
+                            f"event still open or the `bypass.minutes` of one of its hours "
+                            f"not received (decisions 0209, 0210).",
                 responses=REPORT_RESPONSES)
     def report(ctx: Context, plant: Plant, period: Period = None, start: FirstDay = None,
                end: DayAfter = None, format: ReportFormat = "json") -> Any:
@@ -179,7 +181,7 @@ def _report_route(router: APIRouter, settings: ApiConfig) -> None:
         t0, t1 = report_span(config, period, start, end, settings.max_report_days)
         try:
             result = central_report(ctx.store, config, t0, t1, time.time())
-        except CemsdError as exc:
+        except CemsdError as exc:  # the copy's refusals (CentralReportError), the edge's
             raise HTTPException(409, str(exc)) from None
         body, media_type = rendered(result, format)
         return Response(body, media_type=media_type)

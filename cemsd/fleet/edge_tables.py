@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -25,15 +26,16 @@ from sqlalchemy import Column, Float, Integer, Table, Text, func, select
 from cemsd.daemon import CHANNELS_EVENT
 from cemsd.fleet import schema as fleet
 from cemsd.fleet.messages import utc_time
-from cemsd.fleet.reports import BYPASS_EVENT
 from cemsd.fleet.store import FleetStore
 from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT
 from cemsd.qaqc.substitution import SUBSTITUTION_EVENT
+from cemsd.reduction.bypass import BYPASS_EVENT
 from cemsd.store import schema
 from cemsd.store.schema import UTCDateTime
 
 log = logging.getLogger(__name__)
 KEPT_TABLES = 32  # plants x tables whose rebuilt rows are kept (a few MB each at most)
+CALIBRATION_EVENT, MAINTENANCE_EVENT = "calibration", "maintenance"  # cemsd/qaqc/
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,9 @@ class EventTable:
 
 
 CHANNELS = EventTable(schema.channels, CHANNELS_EVENT, "channels", ("name",))
-CALIBRATIONS = EventTable(schema.calibrations, "calibration")
-MAINTENANCE = EventTable(schema.maintenance, "maintenance")
-CONTROL_PERIODS = EventTable(schema.control_periods, CONTROL_PERIOD_EVENT)
+CALIBRATIONS = EventTable(schema.calibrations, CALIBRATION_EVENT)
+MAINTENANCE = EventTable(schema.maintenance, MAINTENANCE_EVENT)
+CONTROL_PERIODS = EventTable(schema.control_periods, CONTROL_PERIOD_EVENT, "rows")
 SUBSTITUTIONS = EventTable(schema.substitutions, SUBSTITUTION_EVENT, "rows",
                            ("channel", "ts", "revision"))
 BYPASS_EVENTS = EventTable(schema.bypass_events, BYPASS_EVENT)
@@ -89,22 +91,29 @@ def rebuilt_rows(store: FleetStore, plant: str, spec: EventTable) -> list[Simple
     c = fleet.events.c
     events = store.db.fetch(select(c.data, c.message_id).where(
         c.plant == plant, c.kind == spec.kind).order_by(c.message_id))
+    rows = merged_rows(spec, ((json.loads(e.data), e.message_id) for e in events), plant)
+    return [SimpleNamespace(**{column.name: row.get(column.name)
+                               for column in spec.table.columns}) for row in rows]
+
+
+def merged_rows(spec: EventTable, events: Iterable[tuple[Any, int]], plant: str
+                ) -> list[dict[str, Any]]:
+    """The rows the events' data carry (data and message id, in the order sent), typed
+    by the edge table's columns and completed by later documents with the same key; the
+    central copy inserts them too (cemsd/fleet/reports.py, docs/decisions/0213)."""
     merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-    for event in events:
+    for data, message_id in events:
         try:
-            documents = _documents(json.loads(event.data), spec)
-            typed = [_typed(spec.table, document) for document in documents]
-        except (ValueError, TypeError, OverflowError) as exc:  # listed without it, said why
-            log.warning("fleet API: an event's rows cannot be read", extra={
-                "plant": plant, "kind": spec.kind, "message_id": event.message_id,
+            typed = [_typed(spec.table, document) for document in _documents(data, spec)]
+        except (ValueError, TypeError, OverflowError) as exc:  # left out, said why
+            log.warning("fleet: an event's rows cannot be read", extra={
+                "plant": plant, "kind": spec.kind, "message_id": message_id,
                 "error": f"{type(exc).__name__}: {exc}"})
             continue
         for row in typed:
             key = tuple(row.get(name) for name in spec.key)
             merged[key] = {**merged.get(key, _defaults(spec.table)), **row}
-    return [SimpleNamespace(**{column.name: row.get(column.name)
-                               for column in spec.table.columns})
-            for row in merged.values()]
+    return list(merged.values())
 
 
 def _documents(data: Any, spec: EventTable) -> list[dict[str, Any]]:

@@ -9,7 +9,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from cemsd.chain import parse_text, utc_text
 from cemsd.mqtt import CHAIN_LINKS_EVENT
+from cemsd.reduction.bypass import BYPASS_MINUTES_EVENT
+from cemsd.store import schema
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,16 @@ class Event:
     at: datetime
     message_id: int
     data: str  # JSON
+
+
+@dataclass(frozen=True)
+class Minutes:
+    """The minutes under an hour with bypass: kept as rows; the event (its unit, hour and
+    count) tells a central report which hours it has (docs/decisions/0210)."""
+
+    plant: str
+    event: Event
+    rows: list[dict[str, Any]]  # the fleet_minutes columns but received_at
 
 
 @dataclass(frozen=True)
@@ -54,7 +67,7 @@ class Rejected:
     why: str
 
 
-Record = Hour | Event | Links | Head | Status | Rejected
+Record = Hour | Event | Minutes | Links | Head | Status | Rejected
 
 
 def subscriptions(root: str) -> list[str]:
@@ -86,9 +99,30 @@ def _record(levels: list[str], body: dict[str, Any]) -> Record:
         kind = _text(body, "kind")
         if kind == CHAIN_LINKS_EVENT:
             return Links(plant, [_link(doc) for doc in body["data"]["links"]])
-        return Event(plant, kind, utc_time(body.get("at")), _whole(body, "id"),
-                     json.dumps(body.get("data"), sort_keys=True, separators=(",", ":")))
+        if kind == BYPASS_MINUTES_EVENT:
+            return _minutes(plant, body)
+        return _event(plant, kind, body, body.get("data"))
     raise ValueError("not a topic the collector reads")
+
+
+def _event(plant: str, kind: str, body: dict[str, Any], data: Any) -> Event:
+    return Event(plant, kind, utc_time(body.get("at")), _whole(body, "id"),
+                 json.dumps(data, sort_keys=True, separators=(",", ":")))
+
+
+def _minutes(plant: str, body: dict[str, Any]) -> Minutes:
+    """`bypass.minutes`: each minute typed as the edge's minutes table types it."""
+    data = body["data"]
+    rows = []
+    for doc in data["minutes"]:
+        row = vars(parse_text(schema.minutes, doc, f"minute {doc.get('id')}"))
+        if row["id"] is None or row["n_valid"] is None or row["created_at"] is None:
+            raise ValueError(f"minute {doc.get('id')}: id, n_valid and created_at needed")
+        rows.append({**{k: v for k, v in row.items() if k != "id"}, "plant": plant,
+                     "revision": row["revision"] or 0, "edge_id": row["id"]})
+    summary = {"unit": _text(data, "unit"), "hour": utc_text(utc_time(data["hour"])),
+               "minutes": len(rows)}
+    return Minutes(plant, _event(plant, BYPASS_MINUTES_EVENT, body, summary), rows)
 
 
 def _hour(body: dict[str, Any]) -> dict[str, Any]:

@@ -8,6 +8,8 @@ as PostgreSQL requires of a partitioned table."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -19,33 +21,38 @@ from sqlalchemy import (
     Text,
 )
 
-from cemsd.store.schema import Double, UTCDateTime
+from cemsd.store import schema as edge
+from cemsd.store.schema import UTCDateTime
 
 metadata = MetaData(naming_convention={"ix": "ix_%(table_name)s_%(column_0_N_name)s",
                                        "pk": "pk_%(table_name)s"})
 
-PARTITIONED = ("fleet_hours", "fleet_events")  # by month of their time column (below)
-PARTITION_COLUMN = {"fleet_hours": "ts", "fleet_events": "at"}
+PARTITIONED = ("fleet_hours", "fleet_events", "fleet_minutes")  # by month (below)
+PARTITION_COLUMN = {"fleet_hours": "ts", "fleet_events": "at", "fleet_minutes": "ts"}
+
+
+def _period_columns() -> list[Column[Any]]:
+    """An hour's or a minute's columns as the edge's tables have them (but its id), keyed
+    by the plant, the channel, the start and the revision."""
+    keys = ("channel", "ts", "revision")
+    return [Column("plant", String(64), primary_key=True)] + [
+        Column(c.name, c.type, primary_key=c.name in keys, nullable=c.nullable)
+        for c in edge.minutes.c if c.name != "id"]
+
 
 # one row per plant, channel, hour and revision, as the edge published it
 hours = Table(
-    "fleet_hours", metadata,
-    Column("plant", String(64), primary_key=True),
-    Column("channel", String(100), primary_key=True),
-    Column("ts", UTCDateTime, primary_key=True),
-    Column("revision", Integer, primary_key=True),
-    Column("value", Double),
-    Column("minimum", Double),
-    Column("maximum", Double),
-    Column("n_valid", Integer, nullable=False),
-    Column("n_expected", Integer, nullable=False),
-    Column("flag", String(1), nullable=False),
-    Column("reason", Text),
-    Column("unit", String(16), nullable=False),
-    Column("created_at", UTCDateTime, nullable=False),
-    Column("supersedes", BigInteger),
-    Column("audit_id", BigInteger),
+    "fleet_hours", metadata, *_period_columns(),
     Column("message_id", BigInteger),  # the edge's outbox id
+    Column("received_at", UTCDateTime, nullable=False),
+    postgresql_partition_by="RANGE (ts)",
+)
+
+# the minutes under an hour with bypass, as the edge published them (`bypass.minutes`,
+# docs/decisions/0210): what a central report recomputes a bypass mass from
+minutes = Table(
+    "fleet_minutes", metadata, *_period_columns(),
+    Column("edge_id", BigInteger, nullable=False),  # the minute's id at the edge
     Column("received_at", UTCDateTime, nullable=False),
     postgresql_partition_by="RANGE (ts)",
 )
@@ -69,7 +76,7 @@ conflicts = Table(
     "fleet_conflicts", metadata,
     Column("id", BigInteger, primary_key=True, autoincrement=True),
     Column("plant", String(64), nullable=False),
-    Column("record", String(16), nullable=False),  # hour | event
+    Column("record", String(16), nullable=False),  # hour | minute | event
     Column("key", Text, nullable=False),
     Column("stored", Text, nullable=False),  # JSON: what was received first (kept)
     Column("received", Text, nullable=False),  # JSON: the differing record
@@ -98,6 +105,7 @@ links = Table(
     Column("checked", String(16), nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Index("ix_fleet_links_pending", "plant", "seq", postgresql_where="checked = 'pending'"),
+    Index(None, "plant", "ts"),  # the links of a period (a central bundle's)
 )
 
 # every chain head received per plant, with the witness's verdict

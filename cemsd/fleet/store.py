@@ -27,7 +27,7 @@ from cemsd.chain import utc_text
 from cemsd.errors import StorageError
 from cemsd.fleet import schema
 from cemsd.fleet.bulk import copy_in
-from cemsd.fleet.messages import Event, Head, Hour, Links, Record, Rejected, Status
+from cemsd.fleet.messages import Event, Head, Hour, Links, Minutes, Record, Rejected, Status
 from cemsd.fleet.witness import (
     PENDING,
     Alarm,
@@ -48,7 +48,7 @@ EVENT_CONTENT = ("kind", "data")
 @dataclass(frozen=True)
 class Conflict:
     plant: str
-    record: str  # hour | event
+    record: str  # hour | minute | event
     key: str
     stored: dict[str, Any]
     received: dict[str, Any]
@@ -96,16 +96,21 @@ class FleetStore:
         """One batch in one transaction (all or nothing: the caller acknowledges after)."""
         done = Ingested(rejected=[r for r in records if isinstance(r, Rejected)])
         hours = [r.row for r in records if isinstance(r, Hour)]
-        events = [r for r in records if isinstance(r, Event)]
+        minutes = [row for r in records if isinstance(r, Minutes) for row in r.rows]
+        events = [r.event if isinstance(r, Minutes) else r for r in records
+                  if isinstance(r, Event | Minutes)]
         created: set[str] = set()
         with self.db.transaction() as conn:
             self._touch_plants(conn, records, now)
             created |= self._ensure_partitions(conn, schema.hours, [h["ts"] for h in hours])
+            created |= self._ensure_partitions(conn, schema.minutes, [m["ts"] for m in minutes])
             created |= self._ensure_partitions(conn, schema.events, [e.at for e in events])
             done.hours, dup, done.conflicts = _insert_hours(conn, hours, now)
+            _, dup_minutes, minute_conflicts = _insert_periods(
+                conn, schema.minutes, "minute", minutes, now)
             done.events, dup_events, event_conflicts = _insert_events(conn, events, now)
-            done.duplicates = dup + dup_events
-            done.conflicts += event_conflicts
+            done.duplicates = dup + dup_minutes + dup_events
+            done.conflicts += minute_conflicts + event_conflicts
             for record in records:  # links before the head that follows them: in order
                 if isinstance(record, Links):
                     done.links += len(record.links)
@@ -202,8 +207,14 @@ class FleetStore:
 
 def _insert_hours(conn: Connection, rows: list[dict[str, Any]], now: datetime
                   ) -> tuple[int, int, list[Conflict]]:
+    return _insert_periods(conn, schema.hours, "hour", rows, now)
+
+
+def _insert_periods(conn: Connection, table: Table, record: str, rows: list[dict[str, Any]],
+                    now: datetime) -> tuple[int, int, list[Conflict]]:
+    """Hours or minutes, keyed (plant, channel, start, revision)."""
     keys = ("plant", "channel", "ts", "revision")
-    return _insert_once(conn, schema.hours, keys, HOUR_CONTENT, "hour",
+    return _insert_once(conn, table, keys, HOUR_CONTENT, record,
                         [{**r, "received_at": now} for r in rows], now)
 
 

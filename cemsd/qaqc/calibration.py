@@ -48,8 +48,6 @@ log = logging.getLogger(__name__)
 Kind = Literal["zero", "span"]
 SAMPLE_PATH_ROLES = frozenset({Role.N2O_INLET, Role.N2O_OUTLET, Role.O2})  # one gas path
 Progress = Callable[[str], Awaitable[None]]
-# a control period opened (its row) or closed (id, end, closing check): docs/MQTT.md
-CONTROL_PERIOD_EVENT = "control_period"
 PROGRESS_EVERY_S = 10.0  # how often a running check tells where it is (daemon time)
 
 
@@ -365,18 +363,18 @@ class Calibrator:
         db, at = store.db, row["ended_at"]
         if row["result"] == "out_of_control":
             await self._out_of_control(channel, row)
+        closed: list[int] = []
         if row["result"] == "pass":
-            closed = await store.call(records.close_out_of_control, db, channel.name,
-                                      row["kind"], at, row["id"])
+            closed += await store.call(records.close_out_of_control, db, channel.name,
+                                       row["kind"], at, row["id"])
             for period in closed:
                 state.close_window(f"control:{period}", at)
-            await publish_closed(self.daemon, closed, channel.name, at, row["id"])
         if row["result"] in records.GOOD_RESULTS:
-            closed = await store.call(records.close_control_periods, db, channel.name,
-                                      ("calibration_overdue",), at, row["id"])
-            await publish_closed(self.daemon, closed, channel.name, at, row["id"])
+            closed += await store.call(records.close_control_periods, db, channel.name,
+                                       ("calibration_overdue",), at, row["id"])
             state.calibration_due[channel.name] = (at + settings.interval,
                                                    "last check within limits")
+        await publish_control_periods(self.daemon, closed)
 
     async def _out_of_control(self, channel: ChannelPlan, row: dict[str, Any]) -> None:
         store, state = self.daemon.store, self.daemon.plant_state
@@ -389,30 +387,33 @@ class Calibrator:
                   row["ended_at"], "ended_at": None, "opened_by": row["id"], "closed_by": None,
                   "reason": reason, "created_at": row["created_at"]}
         period["id"] = await store.call(records.insert_control_period, store.db, period)
-        await self.daemon.publish_event(CONTROL_PERIOD_EVENT, period)
         state.open_window(control_window(SimpleNamespace(**period)))
+        opened = [period["id"]]
         if self.config.qaqc.out_of_control_back_to_last_pass:
             good = await store.call(records.last_good_calibrations, store.db)
             since = good.get(channel.name)
             if since is not None and since < row["started_at"]:
                 back = f"{reason}; back to the last good check"
                 # the back-dated hours are out of control too (stricter substitution)
-                before = {**period, "id": None, "started_at": since,
-                          "ended_at": row["started_at"], "closed_by": row["id"],
-                          "reason": back}
-                before["id"] = await store.call(records.insert_control_period, store.db,
-                                                before)
-                await self.daemon.publish_event(CONTROL_PERIOD_EVENT, before)
+                opened.append(await store.call(records.insert_control_period, store.db, {
+                    **period, "id": None, "started_at": since, "ended_at": row["started_at"],
+                    "closed_by": row["id"], "reason": back}))
                 await invalidate_window(self.daemon, channel, since, row["started_at"], back)
+        await publish_control_periods(self.daemon, opened)
 
 
-async def publish_closed(daemon: Daemon, ids: list[int], channel: str, at: float,
-                         closed_by: int | None) -> None:
-    """Control periods closed: each its id, end and closing check (the collector completes
-    the row it received when the period opened: docs/MQTT.md)."""
-    for period in ids:
-        await daemon.publish_event(CONTROL_PERIOD_EVENT, {
-            "id": period, "channel": channel, "ended_at": at, "closed_by": closed_by})
+CONTROL_PERIOD_EVENT = "control_period"
+
+
+async def publish_control_periods(daemon: Daemon, ids: list[int]) -> None:
+    """Control periods opened or closed, as stored, to the outputs: a central copy keeps
+    them for the bundle's QA/QC evidence (cemsd/fleet/reports.py, docs/decisions/0213)."""
+    store = daemon.store
+    if not ids or store is None:
+        return
+    rows = await store.call(records.control_periods_by_id, store.db, ids)
+    await daemon.publish_event(CONTROL_PERIOD_EVENT, {
+        "rows": [records.row_document(row) for row in rows]})
 
 
 def _summary(row: dict[str, Any], channel: ChannelPlan) -> str:

@@ -30,7 +30,7 @@ from cemsd.errors import CemsdError
 from cemsd.metrics import chain_refusals, mqtt_connected, mqtt_refused, uplink_states
 from cemsd.periods import local_label
 from cemsd.qaqc import maintenance
-from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT, CalibrationRequest, Calibrator
+from cemsd.qaqc.calibration import CalibrationRequest, Calibrator, publish_control_periods
 from cemsd.qaqc.substitution import Substituter
 
 if TYPE_CHECKING:
@@ -197,11 +197,11 @@ class Qaqc:
             self._overdue_open.add(channel)
             reason = (f"calibration overdue since {local_label(due, self.config.plant.tz)} "
                       f"({since})")
-            period = {"channel": channel, "kind": "calibration_overdue", "started_at": due,
-                      "ended_at": None, "opened_by": None, "closed_by": None,
-                      "reason": reason, "created_at": now}
-            period["id"] = await store.call(records.insert_control_period, store.db, period)
-            await self.daemon.publish_event(CONTROL_PERIOD_EVENT, period)
+            opened = await store.call(records.insert_control_period, store.db, {
+                "channel": channel, "kind": "calibration_overdue", "started_at": due,
+                "ended_at": None, "opened_by": None, "closed_by": None, "reason": reason,
+                "created_at": now})
+            await publish_control_periods(self.daemon, [opened])
             log.warning("calibration overdue", extra={"channel": channel})
 
     async def _check_consistency(self, rows: list[dict[str, Any]]) -> None:

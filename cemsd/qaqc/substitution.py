@@ -302,8 +302,9 @@ SUBSTITUTION_TIMES = ("ts", "period_start", "created_at")
 
 
 def substitution_document(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored substitution row as an event publishes it: times as UTC labels (the
-    write time with its microseconds, as the database keeps it)."""
+    """A stored substitution row as an event publishes it: times as UTC labels, the write
+    time to the microsecond as the database keeps it (a central copy hashes to the row's
+    seal, docs/decisions/0211)."""
     return {k: _time_label(v) if k in SUBSTITUTION_TIMES else v for k, v in row.items()}
 
 

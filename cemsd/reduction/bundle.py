@@ -90,7 +90,9 @@ class Bundle:
 
 
 def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float,
-                  path: Path) -> dict[str, Any]:
+                  path: Path, scope: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`scope`: what the bundle holds of the plant's records when not all (the manifest's
+    `scope`, a central bundle: cemsd/fleet/reports.py); None: everything, as at the edge."""
     report = build_report(db, config, t0, t1, now)
     key = signing.load_or_create(config.storage.state_dir)
     tz = config.plant.tz
@@ -115,9 +117,11 @@ def export_bundle(db: Database, config: Config, t0: float, t1: float, now: float
     with tempfile.TemporaryFile(dir=path.parent) as minutes:
         minutes_sha256 = _write_minutes(db, t0, t1, tz, minutes)
         files.update(_explained({**files, MINUTES_FILE: _rows_csv(schema.minutes, [], tz)},
-                                report, key))
+                                report, key, scope))
         encoded = {name: text.encode() for name, text in files.items()}
         manifest = _manifest(report, links, key, encoded, {MINUTES_FILE: minutes_sha256})
+        if scope is not None:
+            manifest["scope"] = scope
         encoded[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
         encoded[SIGNATURE] = base64.b64encode(key.sign(encoded[MANIFEST])) + b"\n"
         with tarfile.open(path, "w:gz") as archive:
@@ -297,10 +301,11 @@ def _production_days(db: Database, t0: float, t1: float, tz: Any) -> list[Any]:
                     .order_by(d.id))
 
 
-def _explained(files: dict[str, str], report: dict[str, Any], key: Any) -> dict[str, str]:
+def _explained(files: dict[str, str], report: dict[str, Any], key: Any,
+               scope: dict[str, Any] | None) -> dict[str, str]:
     """README.md and DATA-DICTIONARY.md, describing the files they sit beside."""
     public = signing.public_info(key.public_key())
-    return {"README.md": readme(report, sorted([*files, MANIFEST, SIGNATURE]), public),
+    return {"README.md": readme(report, sorted([*files, MANIFEST, SIGNATURE]), public, scope),
             "DATA-DICTIONARY.md": data_dictionary(files, report)}
 
 

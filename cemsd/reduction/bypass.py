@@ -17,6 +17,12 @@ trigger holds, once it has held for `debounce_s`, and ends at the first reading 
 holds, once that has lasted `debounce_s`. The event is stored when it opens (visible live;
 outputs get a "bypass" event) and closed once, with its bypassed gas volume and N2O mass
 computed from the stored minutes (masses.py) after the closer has stored them.
+
+Each closed hour that a unit's bypass event overlaps goes out as a `bypass.minutes` event:
+every minute (every revision) of the hour of the series the mass is computed from, so a
+central report recomputes the mass as the edge does (cemsd/fleet/reports.py,
+docs/decisions/0210). An hour closed before its event was stored (the debounce) goes out
+when the event opens.
 """
 
 from __future__ import annotations
@@ -27,14 +33,17 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
 
+from cemsd.chain import utc_text
 from cemsd.config import IMPLICIT_UNIT, AbatementUnit, Config
-from cemsd.periods import MINUTE, local_label, minute_floor
+from cemsd.periods import HOUR, MINUTE, hour_floor, local_label, minute_floor
 from cemsd.readings import Reading
-from cemsd.reduction.masses import bypass_mass
+from cemsd.records import row_document
+from cemsd.reduction.masses import bypass_mass, series_names
 from cemsd.store import schema
 from cemsd.store.database import Database
 from cemsd.units import Role, Unit
@@ -44,6 +53,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 5.0
+BYPASS_EVENT = "bypass"
+BYPASS_MINUTES_EVENT = "bypass.minutes"  # the minutes under an hour with bypass
 
 
 @dataclass
@@ -85,6 +96,25 @@ def close_event(db: Database, event_id: int, end: float, triggers: list[str],
                      .values(ended_at=end, **figures))
 
 
+def units_in_bypass(db: Database, hour: float) -> list[str | None]:
+    """The units (None: the plant's first) with a bypass event overlapping the hour."""
+    b = schema.bypass_events.c
+    rows = db.fetch(select(b.unit).where(
+        b.started_at < hour + HOUR, (b.ended_at.is_(None)) | (b.ended_at > hour)).distinct())
+    return [r.unit for r in rows]
+
+
+def hour_minutes(db: Database, unit: AbatementUnit, hour: float) -> list[dict[str, Any]]:
+    """Every minute (every revision) of the hour of the series a unit's bypass mass reads
+    (masses.series_names), as documents: each column, times in UTC text."""
+    m = schema.minutes.c
+    wanted = [n for n in series_names(unit).values() if n]
+    rows = db.fetch(select(schema.minutes).where(
+        m.channel.in_(wanted), m.ts >= hour, m.ts < hour + HOUR)
+        .order_by(m.channel, m.ts, m.revision, m.id))
+    return [row_document(row) for row in rows]
+
+
 Signal = tuple[UnitSignals, str, Callable[[float], bool]]
 
 
@@ -97,7 +127,8 @@ class BypassMonitor:
         self.config = config
         self.settings = config.reduction
         self.units = [UnitSignals(u) for u in config.abatement_units()]
-        self._work: asyncio.Queue[tuple[str, OpenEvent, Any]] = asyncio.Queue()
+        # ("open" | "close", the event, its triggers | end) or ("hour", None, its start)
+        self._work: asyncio.Queue[tuple[str, OpenEvent | None, Any]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._channels: dict[str, list[Signal]] = {}
         self._stopping = False
@@ -113,6 +144,7 @@ class BypassMonitor:
                                     set(json.loads(row.triggers)), state.unit.name)
         daemon.pipeline.live_listeners.append(self._observe)
         daemon.event_listeners.append(self._on_event)
+        daemon.period_listeners.append(self._on_period)
         self._task = daemon.supervisor.spawn("bypass", self._worker)
 
     def _unit_state(self, name: str | None) -> UnitSignals:
@@ -180,6 +212,12 @@ class BypassMonitor:
             state.triggers["consistency"] = bool(payload.get("active"))
             self._evaluate(state, self.daemon.clock.now())
 
+    async def _on_period(self, kind: str, rows: list[dict[str, Any]]) -> None:
+        """A closed hour: its bypass minutes go out from the worker, in turn with events."""
+        if kind == "hour":
+            for hour in sorted({float(row["ts"]) for row in rows}):
+                self._work.put_nowait(("hour", None, hour))
+
     @staticmethod
     def active_triggers(state: UnitSignals) -> set[str]:
         on = {k for k, v in state.triggers.items() if v and k != "production_running"}
@@ -213,12 +251,14 @@ class BypassMonitor:
         while True:
             action, event, detail = await self._work.get()
             try:
-                if action == "open":
+                if event is None:
+                    await self._publish_hour(detail)
+                elif action == "open":
                     await self._open(event, detail)
                 else:
                     await self._close(event, detail)
             except Exception:  # the next event must still be recorded
-                log.exception("bypass event could not be stored")
+                log.exception("bypass event could not be stored", extra={"action": action})
             finally:
                 self._work.task_done()
 
@@ -232,9 +272,24 @@ class BypassMonitor:
             "event": event.id, "unit": event.unit,
             "since": local_label(event.start, self.config.plant.tz),
             "triggers": ",".join(triggers)})
-        await self.daemon.publish_event("bypass", {
+        await self.daemon.publish_event(BYPASS_EVENT, {
             "active": True, "plant_active": True, "unit": event.unit, "id": event.id,
             "started_at": event.start, "triggers": triggers, "created_at": created})
+        closer = self.daemon.closer
+        hour = hour_floor(event.start, self.config.plant.tz)
+        while closer is not None and closer.next_hour is not None and hour < closer.next_hour:
+            await self._publish_hour(hour)  # closed before the event was stored
+            hour += HOUR
+
+    async def _publish_hour(self, hour: float) -> None:
+        """The `bypass.minutes` of every unit with a bypass event in the closed hour."""
+        store = self.daemon.store
+        assert store is not None
+        for name in await store.call(units_in_bypass, store.db, hour):
+            unit = self._unit_state(name).unit
+            minutes = await store.call(hour_minutes, store.db, unit, hour)
+            await self.daemon.publish_event(BYPASS_MINUTES_EVENT, {
+                "unit": unit.name, "hour": utc_text(_utc(hour)), "minutes": minutes})
 
     async def _close(self, event: OpenEvent, end: float) -> None:
         store, closer, clock = self.daemon.store, self.daemon.closer, self.daemon.clock
@@ -253,7 +308,11 @@ class BypassMonitor:
             "event": event.id, "unit": event.unit,
             "duration_min": round((end - event.start) / 60, 1),
             "n2o_kg": round(mass.n2o_kg, 3), "method": mass.method})
-        await self.daemon.publish_event("bypass", {
+        await self.daemon.publish_event(BYPASS_EVENT, {
             "active": False, "plant_active": self.any_open, "unit": event.unit,
             "id": event.id, "started_at": event.start, "ended_at": end,
             **figures, "triggers": sorted(event.triggers)})
+
+
+def _utc(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)

@@ -188,8 +188,8 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
     def production_import(config_file: str, actor: str | None, csv_file: str) -> None:
         """Import daily production (CSV with columns date,tonnes)."""
         from cemsd.mqtt import PRODUCTION_EVENT, queue_event
-        from cemsd.records import default_actor
-        from cemsd.reduction.production import import_days, read_csv_file
+        from cemsd.records import default_actor, row_document
+        from cemsd.reduction.production import days_written, import_days, read_csv_file
         config = load_config(config_file)
         path = Path(csv_file)
         try:
@@ -203,7 +203,9 @@ def register(main: click.Group, load_config: Any, open_db: Any) -> None:
                                  actor or default_actor())
             queue_event(config, db, PRODUCTION_EVENT, {
                 "source": f"import:{path.name}",
-                "days": [{"day": str(day), "tonnes": tonnes} for day, tonnes in rows]}, now)
+                "days": [{"day": str(day), "tonnes": tonnes} for day, tonnes in rows],
+                # the rows as stored (ids, revisions, write time): what the chain seals
+                "rows": [row_document(r) for r in days_written(db, now)]}, now)
         except CemsdError as exc:
             raise click.ClickException(str(exc)) from None
         finally:

@@ -183,13 +183,15 @@ def _units(files: dict[str, str]) -> list[tuple[str, str]]:
     return sorted({(r["channel"], r["unit"]) for r in rows})
 
 
-def readme(report: dict[str, Any], names: list[str], public: dict[str, str]) -> str:
+def readme(report: dict[str, Any], names: list[str], public: dict[str, str],
+           scope: dict[str, Any] | None = None) -> str:
     r = report["result"]
     return "\n".join([
         f"# Verification bundle: {report['plant']['name'] or report['plant']['id']}, "
         f"{report['period']['from']} to {report['period']['to']}", "",
         f"Written by cemsd {report['software']['cemsd']}. Plant time zone "
         f"{report['plant']['timezone']}. Inputs SHA-256 `{report['inputs_sha256']}`.", "",
+        *_scope_note(scope),
         f"Credited: {r['credited_co2e_t']:.6g} t CO2e "
         f"({'creditable' if r['creditable'] else 'NOT creditable'}).", "",
         "## Check it", "",
@@ -213,3 +215,18 @@ def readme(report: dict[str, Any], names: list[str], public: dict[str, str]) -> 
         "[--pinned heads.json]", "",
         "## Files", "", *[f"- `{n}`" for n in names],
         "", "DATA-DICTIONARY.md describes every column, unit, flag and method.", ""])
+
+
+def _scope_note(scope: dict[str, Any] | None) -> list[str]:
+    """What a bundle made away from the plant (manifest `scope`) is, and leaves out."""
+    if scope is None:
+        return []
+    made_by = scope.get("made_by")
+    return [
+        f"Made by the {made_by} from what the plant published: manifest.sig is the "
+        f"{made_by}'s signature (its attestation of what it received), not the plant's. The "
+        "rows are proven by the plant's own chain links (chain/links.csv): pin "
+        "chain/head.json against a head seen at the plant. Not here (manifest `scope`): "
+        f"the rows of {', '.join(scope.get('rows_absent', [])) or 'no table'} (their links "
+        "still chain), and minutes other than under the hours with bypass (an hour without "
+        "minutes is checked against the minute digest its link sealed).", ""]

@@ -90,6 +90,12 @@ def import_days(db: Database, rows: Iterable[tuple[date, float]], source: str, n
     return counts
 
 
+def days_written(db: Database, now: float) -> list[Any]:
+    """The rows one import (at `now`) stored."""
+    p = schema.production_days.c
+    return db.fetch(select(schema.production_days).where(p.created_at == now).order_by(p.id))
+
+
 def imported(db: Database, days: list[date]) -> dict[date, float]:
     p = schema.production_days.c
     rows = db.fetch(select(schema.production_days).where(p.day >= days[0], p.day <= days[-1]))

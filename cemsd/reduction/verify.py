@@ -9,6 +9,10 @@
   data/substitutions.csv, data/production_days.csv and data/audit.jsonl with a link hashes
   to it in the link's canonical form (1 or 2, cemsd/chain.py), and every link of the
   period has its row; a changed minute names its hour ("minutes changed");
+- a bundle whose manifest names a `scope` (a central bundle, cemsd/fleet/reports.py) holds
+  less than the edge's: the links of tables it names `rows_absent` need no row (they still
+  chain), and with `minutes: bypass` an hour without any minute in the bundle is checked
+  against the minute digest its link sealed (the minutes stay at the edge);
 - pinned: chain heads pinned earlier (and chain/head.json) agree with the links;
 - recompute: the report again from inputs/ alone equals report.json.
 """
@@ -79,6 +83,11 @@ def _signature(bundle: Bundle, public_key: str | None) -> Check:
         check.problems.append(f"{SIGNATURE}: {exc}")
         return check
     given = signing.fingerprint(key)
+    made_by = (bundle.manifest.get("scope") or {}).get("made_by")
+    if made_by is not None:
+        check.notes.append(f"signed by the {made_by}: its attestation of what it received; "
+                           "the rows rest on the plant's chain (pin chain/head.json against "
+                           "a head seen at the plant)")
     if public_key is None:
         check.notes.append(f"checked with the key the manifest names ({given}): compare it "
                            "with the plant's published fingerprint, or pass --public-key")
@@ -167,11 +176,21 @@ def _rows(bundle: Bundle, links: list[dict[str, str]]) -> Check:
         minutes += len(under)
         for record, link in waiting.pop(key, []):
             _compare(check, record, link, {key: under})
+    scope = bundle.manifest.get("scope") or {}
+    sealed_digest = 0
     for record, link in itertools.chain.from_iterable(waiting.values()):  # no minutes
-        _compare(check, record, link, {})
-    check.problems += _rows_missing(bundle, by_record, {(r.table, r.row.id) for r in records})
+        if scope.get("minutes") == "bypass" and _fields_sealed(record, link):
+            sealed_digest += 1
+        else:
+            _compare(check, record, link, {})
+    check.problems += _rows_missing(bundle, by_record, {(r.table, r.row.id) for r in records},
+                                    check)
     check.notes.append("checked against their links: " + ", ".join(
         f"{checked[t]} {t}" for t in SEALED_FILES) + f" ({minutes} minutes under the hours)")
+    if sealed_digest:
+        check.notes.append(f"{sealed_digest} hours without their minutes in this bundle "
+                           f"(made by the {scope.get('made_by')}): checked against the "
+                           "minute digest their links sealed")
     form1 = sum(by_record[("hours", r.row.id)].form == 1 for r in records
                 if r.table == "hours" and ("hours", r.row.id) in by_record)
     if form1:
@@ -222,6 +241,14 @@ def _minutes_by_hour(bundle: Bundle, hours: list[Any], check: Check
         run.append(minute)
     if key is not None:
         yield key, run
+
+
+def _fields_sealed(record: Sealed, link: Any) -> bool:
+    """The hour hashes to its form 2 link with the minute digest the link sealed."""
+    kind, row = chain.KINDS[record.table], record.row
+    return link.form == 2 and link.minutes_sha256 is not None and \
+        chain.record_hash(kind, row, 2, link.minutes_sha256) == link.record_hash and \
+        (kind.link_channel(row), kind.link_time(row)) == (link.channel, link.ts)
 
 
 def _finding(record: Sealed, link: Any, problem: str, detail: str) -> str:
@@ -291,24 +318,32 @@ def _sealed_by(record: Sealed, last: Any) -> bool:
 
 
 def _rows_missing(bundle: Bundle, by_record: dict[tuple[str, int], Any],
-                  seen: set[tuple[str, int]]) -> list[str]:
-    """Links of the bundle's scope whose row is not in the bundle."""
+                  seen: set[tuple[str, int]], check: Check) -> list[str]:
+    """Links of the bundle's scope whose row is not in the bundle (but of the tables whose
+    rows the manifest's scope leaves out: noted)."""
     period, plant = bundle.manifest.get("period", {}), bundle.manifest.get("plant", {})
+    absent = set((bundle.manifest.get("scope") or {}).get("rows_absent", []))
     try:
         t0, t1 = _utc(period["from_utc"]), _utc(period["to_utc"])
         first, last = period_days(t0.timestamp(), t1.timestamp(), ZoneInfo(plant["timezone"]))
     except (KeyError, TypeError, ValueError, AttributeError, ZoneInfoNotFoundError):
         return [f"{MANIFEST}: no readable period (from_utc, to_utc) and plant timezone to "
                 "check the rows' links against"]
-    out = []
+    out, left_out = [], defaultdict(int)
     for (table, record), link in by_record.items():
         if table == "production_days":
             inside = first <= link.ts.date() <= last
         else:
             inside = table in SEALED_FILES and t0 <= link.ts < t1
-        if inside and (table, record) not in seen:
+        if inside and table in absent:
+            left_out[table] += (table, record) not in seen
+        elif inside and (table, record) not in seen:
             out.append(f"{SEALED_FILES[table]}: row id {record} ({link.channel} "
                        f"{chain.utc_text(link.ts)}) of chain link {link.seq} is missing")
+    for table, count in left_out.items():
+        check.notes.append(f"{count} links of {table} without their rows: the manifest's "
+                           "scope leaves these rows out (they stay at the plant); the links "
+                           "still chain")
     return out
 
 
@@ -341,15 +376,17 @@ def _pinned(bundle: Bundle, links: list[dict[str, str]], pinned: str | None) -> 
 
 
 def _heads(text: str) -> list[tuple[str, dict[str, Any]]]:
-    """Chain heads as GET /v1/chain/head answers them: one object, a list, or JSON lines;
-    entries without seq and chain_hash are skipped."""
+    """Chain heads as GET /v1/chain/head answers them, or as pins {seq, hash, time} are
+    written (chain/head.json, the head file, MQTT): one object, a list, or JSON lines;
+    entries without seq and chain_hash (or hash) are skipped."""
     try:
         data = json.loads(text)
         items = data if isinstance(data, list) else [data]
     except ValueError:
         items = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return [("pinned ", h) for h in items
-            if isinstance(h, dict) and "seq" in h and "chain_hash" in h]
+    heads = [{**h, "chain_hash": h.get("chain_hash", h.get("hash"))} for h in items
+             if isinstance(h, dict)]
+    return [("pinned ", h) for h in heads if "seq" in h and h["chain_hash"] is not None]
 
 
 def _recompute(bundle: Bundle) -> Check:

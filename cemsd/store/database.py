@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import logging
 import socket
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -36,6 +37,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cemsd.errors import StorageError
 from cemsd.store import packing, schema
+from cemsd.store.progress import ProgressHook, Throttled
 
 log = logging.getLogger(__name__)
 PRUNE_STEP_BLOCKS = 500  # per transaction: a few ms of write lock, the writer goes between
@@ -115,10 +117,11 @@ class Database:
 
     # --- schema ----------------------------------------------------------------------------
 
-    def upgrade(self) -> None:
+    def upgrade(self, progress: ProgressHook | None = None) -> None:
         """Bring the schema to the newest migration (idempotent). A database already at the
         newest one (every start but the first after an install or update) is left alone
-        without loading alembic, which would stay in the daemon's memory (~10 MB)."""
+        without loading alembic, which would stay in the daemon's memory (~10 MB).
+        `progress` hears the steps of a long migration (cemsd/store/progress.py)."""
         if self.at_head():
             return
         from alembic import command
@@ -126,12 +129,19 @@ class Database:
 
         cfg = AlembicConfig()
         cfg.set_main_option("script_location", str(MIGRATIONS))
+        started = time.monotonic()
+        log.info("migrating the database schema", extra={"database": self.location})
+        if progress is not None:
+            progress("migrating the database schema")
         try:
             with self.engine.begin() as conn:
                 cfg.attributes["connection"] = conn
+                cfg.attributes["progress"] = _logged(progress)
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as exc:
             raise StorageError(f"cannot migrate {self.location}: {exc}") from exc
+        log.info("database schema migrated", extra={
+            "database": self.location, "seconds": round(time.monotonic() - started, 1)})
 
     def has_schema(self) -> bool:
         """The database holds cemsd's tables (its schema version is recorded)."""
@@ -390,6 +400,22 @@ class Database:
                 return list(conn.execute(query).all())
         except SQLAlchemyError as exc:
             raise StorageError(f"read from {self.location} failed: {_short(exc)}") from exc
+
+
+
+MIGRATION_LOG_SECONDS = 30.0  # a long migration's progress in the log at most this often
+
+
+def _logged(progress: ProgressHook | None) -> ProgressHook:
+    """Each step to the caller's hook; every MIGRATION_LOG_SECONDS one to the log."""
+    to_log = Throttled(lambda message: log.info("migrating", extra={"progress": message}),
+                       MIGRATION_LOG_SECONDS)
+
+    def step(message: str) -> None:
+        to_log(message)
+        if progress is not None:
+            progress(message)
+    return step
 
 
 def migration_heads(versions: Path = MIGRATIONS / "versions") -> set[str]:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 import cemsd.store.schema
-from cemsd.store import packing
+from cemsd.store import packing, progress
 
 revision = '0013'
 down_revision = '0012'
@@ -42,7 +42,8 @@ def upgrade() -> None:
                       sa.column("n", sa.Integer), sa.column("data", sa.LargeBinary))
     conn = op.get_bind()
     ids: dict[str, int] = {}
-    last = 0
+    last = converted = 0
+    total = conn.execute(sa.select(sa.func.count()).select_from(_OLD)).scalar_one()
     while rows := conn.execute(sa.select(_OLD.c.id, _OLD.c.channel, _OLD.c.ts, _OLD.c.value,
                                          _OLD.c.flag, _OLD.c.reason)
                                .where(_OLD.c.id > last).order_by(_OLD.c.id)
@@ -57,6 +58,8 @@ def upgrade() -> None:
         conn.execute(sa.insert(blocks), [{"start": start, "n": len(part),
                                           "data": packing.pack(part)}
                                          for start, part in packing.blocks(cols)])
+        converted += len(rows)
+        progress.report(f"{converted:,} of {total:,} readings converted to blocks")
     op.drop_table("readings")  # its index and triggers go with it
 
 

@@ -2,7 +2,7 @@
 QA/QC and bypass tables from them (docs/decisions/0207)
 
 Revision ID: f003
-Revises: f001
+Revises: f002
 Create Date: 2026-12-03
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = 'f003'
-down_revision = 'f001'
+down_revision = 'f002'
 branch_labels = None
 depends_on = None
 
