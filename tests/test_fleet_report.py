@@ -197,7 +197,7 @@ def test_the_central_copy_holds_the_edges_qaqc_records(pg_url: str, tmp_path: Pa
     """Calibrations, a maintenance window and control periods, published as the daemon
     publishes them (a window's start then its close; a control period opened then
     closed), are in the central copy as the edge stores them: the bundle's QA/QC files
-    are the edge's."""
+    are the edge's (rebuilt as the fleet API's lists are: edge_tables.merged_rows)."""
     config, scenario = reduction_line(tmp_path, [])
     edge = database(config)
     edge.upgrade()
@@ -220,6 +220,8 @@ def test_the_central_copy_holds_the_edges_qaqc_records(pg_url: str, tmp_path: Pa
     published.append(("maintenance", {**{k: window[k] for k in (
         "id", "device", "channel", "started_at", "planned_end_at", "reason")},
         "ended_at": t + 1800}))
+    # the close of a window whose start never came: no row (its start is unknown)
+    published.append(("maintenance", {"id": window["id"] + 1, "ended_at": t + 1800}))
     period = records.insert_control_period(edge, {
         "channel": "inlet-analyzer.n2o", "kind": "out_of_control", "started_at": t + 300.5,
         "ended_at": None, "opened_by": calibration["id"], "closed_by": None,
