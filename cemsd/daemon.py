@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from cemsd import __version__
 from cemsd.acquisition import BusOwner, RequestObserver
+from cemsd.chain import utc_text
 from cemsd.chainhead import accept_new_database, check_known_database
 from cemsd.checks import ChannelChecks
 from cemsd.clock import Clock
@@ -51,6 +52,7 @@ log = logging.getLogger(__name__)
 TransportFactory = Callable[[BusPlan], Transport]
 EventListener = Callable[[str, dict[str, Any]], Awaitable[None]]
 STOP_DEADLINE_SECONDS = 10.0
+CHANNELS_EVENT = "channels"  # the channel rows as stored, published at every start
 
 
 class Component(Protocol):
@@ -166,13 +168,16 @@ class Daemon:
         ]
         self.closer = Closer(self.config, self.plan, store, self.clock, self.owners,
                              self.period_listeners, handed=self.pipeline.handed)
-        await store.call(db.upsert_channels, _channel_rows(self.plan, self.closer))
+        channels = await store.call(db.upsert_channels, _channel_rows(self.plan, self.closer))
         started: list[Component] = []
         try:
             for component in self.components:
                 await component.start(self)
                 started.append(component)
             await self.closer.recover()
+            # the collector rebuilds the plant's channel list from it (docs/MQTT.md)
+            await self.publish_event(CHANNELS_EVENT, {"channels": [
+                {**row, "updated_at": utc_text(row["updated_at"])} for row in channels]})
         except BaseException:
             await self._stop_components(started)
             await store.close()

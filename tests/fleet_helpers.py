@@ -22,11 +22,15 @@ from sqlalchemy import func, select
 
 from cemsd import chain
 from cemsd.chainhead import head_pin
+from cemsd.config import Config
+from cemsd.fleet import schema as fleet_schema
 from cemsd.fleet.collector import Collector
 from cemsd.fleet.settings import Collector as CollectorSettings
 from cemsd.fleet.store import FleetStore
 from cemsd.mqtt import CHAIN_LINKS_EVENT, Topics
 from cemsd.sealing import LINKS_PER_MESSAGE
+from cemsd.store import schema as edge_schema
+from helpers import database
 from mqtt_helpers import wait_until
 
 START = datetime(2026, 6, 1, tzinfo=UTC).timestamp()  # a month boundary: two partitions
@@ -203,3 +207,20 @@ def count(store: FleetStore, table, **where: str) -> int:  # type: ignore[no-unt
     for column, value in where.items():
         query = query.where(table.c[column] == value)
     return int(store.db.fetch(query)[0][0])
+
+
+def edge_events_sent(config: Config, kinds: tuple[str, ...]) -> int:
+    """The events of these kinds the edge's outbox sent."""
+    edge = database(config)
+    try:
+        o = edge_schema.mqtt_outbox.c
+        return sum(int(edge.fetch(select(func.count()).where(
+            o.topic.like(f"%/events/{kind}"), o.sent_at.isnot(None)))[0][0]) for kind in kinds)
+    finally:
+        edge.close()
+
+
+def central_events(store: FleetStore, kinds: tuple[str, ...]) -> int:
+    """The events of these kinds the collector stored."""
+    c = fleet_schema.events.c
+    return int(store.db.fetch(select(func.count()).where(c.kind.in_(kinds)))[0][0])

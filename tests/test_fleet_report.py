@@ -11,27 +11,37 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 from click.testing import CliRunner, Result
 from reduction_line import reduction_line
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 
 from cemsd import records
 from cemsd.chain import head as chain_head
 from cemsd.chainhead import head_pin
 from cemsd.cli import main
-from cemsd.config import Config
 from cemsd.fleet import schema as fleet
+from cemsd.fleet.api import create_app
 from cemsd.fleet.messages import Rejected, parse
 from cemsd.fleet.reports import CentralReportError, central_report, edge_copy
 from cemsd.fleet.store import FleetStore
+from cemsd.fleet.tokens import create_token
 from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT
 from cemsd.reduction.bundle import _table_csv as table_csv
 from cemsd.reduction.bundle import read_bundle
-from cemsd.reduction.report import build_report
+from cemsd.reduction.report import build_report, to_csv
+from cemsd.settings.api import ApiConfig
 from cemsd.store import schema
 from cemsd.store.database import Database
-from fleet_helpers import collector_settings, running_collector, until_counted
+from fleet_helpers import (
+    TZ,
+    central_events,
+    collector_settings,
+    edge_events_sent,
+    running_collector,
+    until_counted,
+)
 from helpers import RunningDaemon, database
 from mqtt_helpers import Mosquitto, wait_until
 
@@ -43,22 +53,6 @@ DAY = 24 * 3600
 def _cemsd(*args: str) -> Result:
     """A command in this process: one at a time, never beside another CliRunner."""
     return CliRunner().invoke(main, list(args))
-
-
-def _edge_events(config: Config, kinds: tuple[str, ...]) -> int:
-    """The events of these kinds the edge's outbox sent."""
-    edge = database(config)
-    try:
-        o = schema.mqtt_outbox.c
-        return sum(int(edge.fetch(select(func.count()).where(
-            o.topic.like(f"%/events/{kind}"), o.sent_at.isnot(None)))[0][0]) for kind in kinds)
-    finally:
-        edge.close()
-
-
-def _central_events(store: FleetStore, kinds: tuple[str, ...]) -> int:
-    c = fleet.events.c
-    return int(store.db.fetch(select(func.count()).where(c.kind.in_(kinds)))[0][0])
 
 
 async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_url: str,
@@ -95,10 +89,10 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
         edge_head = head_pin(chain_head(edge)).as_json()
         edge.close()
         await until_counted(collector, "hours", hours)
-        sent = _edge_events(config, kinds)
+        sent = edge_events_sent(config, kinds)
         store = FleetStore(pg_url)
         try:
-            await wait_until(lambda: _central_events(store, kinds) == sent, 20, "events")
+            await wait_until(lambda: central_events(store, kinds) == sent, 20, "events")
         finally:
             store.close()
     assert [s.channel for s in substituted] == ["outlet.n2o_kg_h"]
@@ -117,6 +111,17 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
     done = _cemsd("collect", "report", *asked)
     assert done.exit_code == 0, done.output
     assert json.loads(done.stdout) == edge_report
+    # the fleet API's plant report: the same, from the collector's [collector.plants]
+    store = FleetStore(pg_url)
+    app = create_app(store, ApiConfig(), TZ, plant_configs={"aa": config.source})
+    token = create_token(store.db, "registry", ["aa"])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://f",
+                                 headers={"Authorization": f"Bearer {token}"}) as client:
+        day = {"from": "2026-06-01", "to": "2026-06-02"}
+        assert (await client.get("/v1/plants/aa/reports", params=day)).json() == edge_report
+        as_csv = await client.get("/v1/plants/aa/reports", params={**day, "format": "csv"})
+        assert as_csv.text == to_csv(edge_report)
+    store.close()
 
     bundle = tmp_path / "central.tar.gz"
     made = _cemsd("collect", "report", *asked, "--bundle", str(bundle))
@@ -192,7 +197,7 @@ def test_the_central_copy_holds_the_edges_qaqc_records(pg_url: str, tmp_path: Pa
     """Calibrations, a maintenance window and control periods, published as the daemon
     publishes them (a window's start then its close; a control period opened then
     closed), are in the central copy as the edge stores them: the bundle's QA/QC files
-    are the edge's."""
+    are the edge's (rebuilt as the fleet API's lists are: edge_tables.merged_rows)."""
     config, scenario = reduction_line(tmp_path, [])
     edge = database(config)
     edge.upgrade()
@@ -215,6 +220,8 @@ def test_the_central_copy_holds_the_edges_qaqc_records(pg_url: str, tmp_path: Pa
     published.append(("maintenance", {**{k: window[k] for k in (
         "id", "device", "channel", "started_at", "planned_end_at", "reason")},
         "ended_at": t + 1800}))
+    # the close of a window whose start never came: no row (its start is unknown)
+    published.append(("maintenance", {"id": window["id"] + 1, "ended_at": t + 1800}))
     period = records.insert_control_period(edge, {
         "channel": "inlet-analyzer.n2o", "kind": "out_of_control", "started_at": t + 300.5,
         "ended_at": None, "opened_by": calibration["id"], "closed_by": None,

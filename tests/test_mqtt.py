@@ -275,8 +275,10 @@ async def test_outbox_survives_a_daemon_restart(tmp_path: Path) -> None:
     unsent_first = [r.id for r in _outbox_rows(config) if r.sent_at is None]
     heads = [r for r in _outbox_rows(config) if r.topic.endswith("/chain/head")]
     assert len(heads) == 1 and heads[0].retain  # the chain head (the config.load record)
-    # the minutes, the chain's first link (`chain.links`, for a central witness) and its head
-    assert stored_first > 0 and len(unsent_first) == stored_first + 2
+    # the minutes, the chain's first link (`chain.links`, for a central witness) and its
+    # head, the channel list published at start
+    assert stored_first > 0 and len(unsent_first) == stored_first + 3
+    assert sum(r.topic.endswith("/events/channels") for r in _outbox_rows(config)) == 1
     # As if the daemon had died between storing its last minute and appending the
     # minute's messages (two transactions): the restart must add them.
     last_minute = max(r.period_start for r in _outbox_rows(config) if r.period_start)

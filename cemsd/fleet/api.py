@@ -7,13 +7,15 @@ A token sees only its plants: another plant answers 404, as if it did not exist.
 # No `from __future__ import annotations` here: FastAPI reads the route signatures at run
 # time, and some name objects local to the function that builds the route.
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Path as PathParameter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Column, Table, select
@@ -47,8 +49,12 @@ from cemsd.fleet.store import FleetStore
 from cemsd.fleet.tokens import Scope, scope_of
 from cemsd.settings.api import ApiConfig
 
+if TYPE_CHECKING:
+    from cemsd.fleet.edge_tables import RebuiltRows
+
 API_PREFIX = "/v1"
-PlantId = Annotated[str, Path(max_length=64, description="The plant's id (its MQTT prefix)")]
+PlantId = Annotated[str, PathParameter(max_length=64,
+                                       description="The plant's id (its MQTT prefix)")]
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,8 @@ class FleetContext:
     settings: ApiConfig
     tz: ZoneInfo
     collector: Any  # the running Collector (counts for /metrics), or None
+    tables: "RebuiltRows"  # the edge's tables rebuilt from the events
+    plant_configs: Mapping[str, Path] = field(default_factory=dict)  # for reports
 
 
 def fleet(request: Request) -> FleetContext:
@@ -80,12 +88,18 @@ def allowed_plant(plant: PlantId, scope: Annotated[Scope, Depends(require_scope)
 
 
 def create_app(store: FleetStore, settings: ApiConfig, tz: ZoneInfo,
-               collector: Any = None) -> FastAPI:
+               collector: Any = None, plant_configs: Mapping[str, Path] | None = None
+               ) -> FastAPI:
+    """`plant_configs`: each plant's configuration file, for its reports."""
     app = FastAPI(title="cemsd fleet registry API", version=__version__,
                   description="Every plant's hours, events and chain as the collector "
                               "received them (docs/SCALING.md). Times without an offset "
                               "are in the collector's time zone.")
-    app.state.fleet = FleetContext(store, settings, tz, collector)
+    from cemsd.fleet.edge_routes import edge_routes  # it builds on this module's parts
+    from cemsd.fleet.edge_tables import RebuiltRows
+
+    app.state.fleet = FleetContext(store, settings, tz, collector, RebuiltRows(store),
+                                   plant_configs or {})
     app.add_exception_handler(StorageError, _database_unavailable)
 
     @app.get("/health", summary="Liveness and database reachability (no token)")
@@ -106,6 +120,7 @@ def create_app(store: FleetStore, settings: ApiConfig, tz: ZoneInfo,
         401: {"description": "Missing or unknown token"}, 403: {"description": "Revoked"},
         404: {"description": "No such plant for this token"}})
     _plant_routes(protected, settings)
+    edge_routes(protected, settings)
     app.include_router(protected)
     return app
 
@@ -161,14 +176,14 @@ def _listing(router: APIRouter, path: str, table: Table, settings: ApiConfig,
     """GET `path`: the plant's rows of `table` with `start` in [from, to), in `keys` order."""
     local = [name for name in ("ts", "at") if name in table.c]
     model = table_model(table, local, json_columns)
-    window_params = _window(settings)
+    window_params = window_dependency(settings)
 
     def listing(request: Request, response: Response,
                 ctx: Annotated[FleetContext, Depends(fleet)],
                 plant: Annotated[str, Depends(allowed_plant)],
                 window: Annotated[Window, Depends(window_params)]) -> Any:
-        query = select(table).where(table.c.plant == plant, start >= _utc(window.start),
-                                    start < _utc(window.end))
+        query = select(table).where(table.c.plant == plant, start >= utc(window.start),
+                                    start < utc(window.end))
         if window.channels and "channel" in table.c:
             query = query.where(table.c.channel.in_(window.channels))
         rows, next_cursor = fetch_page(ctx.store.db, query, keys, window)
@@ -179,7 +194,7 @@ def _listing(router: APIRouter, path: str, table: Table, settings: ApiConfig,
                          response_model=Page[model], responses=CSV_RESPONSE)  # type: ignore[valid-type]
 
 
-def _window(settings: ApiConfig) -> Callable[..., Window]:
+def window_dependency(settings: ApiConfig) -> Callable[..., Window]:
     def window(ctx: Annotated[FleetContext, Depends(fleet)], start: From = None,
                end: To = None, channel: Channels = None,
                limit: Annotated[int, Query(ge=1, le=settings.max_page_size)]
@@ -196,7 +211,7 @@ def _window(settings: ApiConfig) -> Callable[..., Window]:
     return window
 
 
-def _utc(t: float) -> datetime:
+def utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 

@@ -31,24 +31,32 @@ from cemsd import chain
 from cemsd.config import Config
 from cemsd.errors import CemsdError
 from cemsd.fleet import schema as fleet
-from cemsd.fleet.messages import utc_time
+from cemsd.fleet.edge_tables import (
+    BYPASS_EVENTS,
+    CALIBRATION_EVENT,
+    CALIBRATIONS,
+    CONTROL_PERIODS,
+    MAINTENANCE,
+    MAINTENANCE_EVENT,
+    SUBSTITUTIONS,
+    EventTable,
+    merged_rows,
+)
 from cemsd.fleet.store import FleetStore
 from cemsd.mqtt import PRODUCTION_EVENT
 from cemsd.periods import HOUR, hour_floor
 from cemsd.qaqc.calibration import CONTROL_PERIOD_EVENT
-from cemsd.qaqc.substitution import SUBSTITUTION_EVENT, SUBSTITUTION_TIMES
+from cemsd.qaqc.substitution import SUBSTITUTION_EVENT
 from cemsd.reduction.bundle import export_bundle
 from cemsd.reduction.bypass import BYPASS_EVENT, BYPASS_MINUTES_EVENT
 from cemsd.reduction.report import build_report
 from cemsd.store import schema
 from cemsd.store.database import Database
-from cemsd.store.schema import UTCDateTime
 
 # Hours copied before the period: the production counter's end of the day before.
 LOOKBACK_SECONDS = 2 * 86400.0
 HOUR_COLUMNS = ("channel", "ts", "revision", "value", "minimum", "maximum", "n_valid",
                 "n_expected", "flag", "reason", "unit", "created_at", "supersedes", "audit_id")
-CALIBRATION_EVENT, MAINTENANCE_EVENT = "calibration", "maintenance"  # cemsd/qaqc/
 REPORT_EVENTS = (BYPASS_EVENT, BYPASS_MINUTES_EVENT, SUBSTITUTION_EVENT, PRODUCTION_EVENT,
                  CALIBRATION_EVENT, MAINTENANCE_EVENT, CONTROL_PERIOD_EVENT)
 # What a central bundle holds of the edge's records (its manifest's `scope`, read by
@@ -102,7 +110,7 @@ def _edge_tables(store: FleetStore, config: Config, t0: float, t1: float
     period the copy could not recompute)."""
     plant = config.plant.id
     events = _events(store, plant)
-    bypass = _bypass_events(events.get(BYPASS_EVENT, []))
+    bypass = _bypass_events(events, plant)
     in_period = [e for e in bypass if e["started_at"].timestamp() < t1
                  and (e["ended_at"] is None or e["ended_at"].timestamp() > t0)]
     _require_minutes(config, in_period, events.get(BYPASS_MINUTES_EVENT, []), t0, t1)
@@ -110,11 +118,12 @@ def _edge_tables(store: FleetStore, config: Config, t0: float, t1: float
     links = _links(store, plant, since, t1)
     return [
         (schema.hours, _sealed("hours", _hours(store, plant, since, t1), links)),
-        (schema.substitutions, _sealed("substitutions", _substitutions(events), links)),
+        (schema.substitutions, _sealed("substitutions", _rows(events, SUBSTITUTIONS, plant),
+                                       links)),
         (schema.production_days, _sealed("production_days", _production_days(events), links)),
         (schema.bypass_events, bypass),
         (schema.minutes, _minutes(store, plant, since, t1)),
-        (schema.chain, links), *_qaqc(events)]
+        (schema.chain, links), *_qaqc(events, plant)]
 
 
 def _lookback(config: Config, bypass: list[dict[str, Any]]) -> float:
@@ -128,11 +137,12 @@ def _lookback(config: Config, bypass: list[dict[str, Any]]) -> float:
 def _events(store: FleetStore, plant: str) -> dict[str, list[dict[str, Any]]]:
     """The data of the plant's report events by kind, in the order the edge sent them."""
     c = fleet.events.c
-    rows = store.db.fetch(select(c.kind, c.data, c.at).where(
+    rows = store.db.fetch(select(c.kind, c.data, c.at, c.message_id).where(
         c.plant == plant, c.kind.in_(REPORT_EVENTS)).order_by(c.message_id))
     out: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        out.setdefault(row.kind, []).append({**json.loads(row.data), "_at": row.at})
+        out.setdefault(row.kind, []).append({**json.loads(row.data), "_at": row.at,
+                                             "_message_id": row.message_id})
     return out
 
 
@@ -222,13 +232,12 @@ def _hashes_to(kind: chain.SealedKind, row: SimpleNamespace, link: dict[str, Any
         return False
 
 
-def _substitutions(events: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    rows = {}
-    for event in events.get(SUBSTITUTION_EVENT, []):
-        for doc in event["rows"]:
-            row = {k: utc_time(v) if k in SUBSTITUTION_TIMES else v for k, v in doc.items()}
-            rows.setdefault((row["channel"], row["ts"], row.get("revision", 0)), row)
-    return list(rows.values())
+def _rows(events: dict[str, list[dict[str, Any]]], spec: EventTable, plant: str
+          ) -> list[dict[str, Any]]:
+    """The edge table's rows rebuilt from the events as the fleet API lists them
+    (cemsd/fleet/edge_tables.py), every column present."""
+    rows = merged_rows(spec, ((e, e["_message_id"]) for e in events.get(spec.kind, [])), plant)
+    return [{c.name: row.get(c.name) for c in spec.table.c} for row in rows]
 
 
 def _production_days(events: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -255,50 +264,24 @@ def _production_days(events: dict[str, list[dict[str, Any]]]) -> list[dict[str, 
     return rows
 
 
-def _bypass_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each event as the edge stored it: opened, then closed with its figures."""
-    rows: dict[int, dict[str, Any]] = {}
-    for event in events:
-        opened = rows.get(event["id"], {"created_at": event["_at"]})
-        end = event.get("ended_at")
-        rows[event["id"]] = {
-            **opened, "id": event["id"], "unit": event.get("unit"),
-            "started_at": _utc(event["started_at"]),
-            "ended_at": None if end is None else _utc(end),
-            "triggers": json.dumps(event.get("triggers", [])),
-            **{k: event.get(k) for k in ("gas_volume_nm3", "n2o_kg", "n2o_estimated_kg",
-                                         "method")}}
-    return list(rows.values())
+def _bypass_events(events: dict[str, list[dict[str, Any]]], plant: str
+                   ) -> list[dict[str, Any]]:
+    """Each event as the edge stored it: opened, then closed with its figures (written
+    when its open was received, if an edge before decision 0207 sent no `created_at`)."""
+    received = {e["id"]: e["_at"] for e in reversed(events.get(BYPASS_EVENT, []))}
+    return [{**row, "created_at": row["created_at"] or received[row["id"]]}
+            for row in _rows(events, BYPASS_EVENTS, plant)]
 
 
-def _qaqc(events: dict[str, list[dict[str, Any]]]) -> list[tuple[Table, list[dict[str, Any]]]]:
+def _qaqc(events: dict[str, list[dict[str, Any]]], plant: str
+          ) -> list[tuple[Table, list[dict[str, Any]]]]:
     """Calibrations, maintenance windows and control periods as the edge stored them (each
     by id, as its last event left it: a window's close follows its start), for the
-    bundle's QA/QC evidence (docs/decisions/0213)."""
-    docs: dict[Table, dict[int, dict[str, Any]]] = {
-        schema.calibrations: {}, schema.maintenance: {}, schema.control_periods: {}}
-    for table, kind in ((schema.calibrations, CALIBRATION_EVENT),
-                        (schema.maintenance, MAINTENANCE_EVENT)):
-        for event in events.get(kind, []):
-            docs[table][event["id"]] = {**docs[table].get(event["id"], {}), **event}
-    for event in events.get(CONTROL_PERIOD_EVENT, []):
-        docs[schema.control_periods].update({doc["id"]: doc for doc in event["rows"]})
-    return [(table, [row for row in (_table_row(table, doc) for doc in by_id.values())
-                     if row is not None]) for table, by_id in docs.items()]
-
-
-def _table_row(table: Table, doc: dict[str, Any]) -> dict[str, Any] | None:
-    """An event's record as the table's row (times as epoch seconds or UTC text); None if
-    a required column never came (a window whose start was not received)."""
-    row = {}
-    for column in table.c:
-        value = doc.get(column.name)
-        if value is None and not column.nullable:
-            return None
-        if value is not None and isinstance(column.type, UTCDateTime):
-            value = _utc(value) if isinstance(value, int | float) else utc_time(value)
-        row[column.name] = value
-    return row
+    bundle's QA/QC evidence (docs/decisions/0213); without a row a required column never
+    came in (a window whose start was not received)."""
+    return [(spec.table, [row for row in _rows(events, spec, plant) if all(
+        row[c.name] is not None or c.nullable for c in spec.table.c)])
+        for spec in (CALIBRATIONS, MAINTENANCE, CONTROL_PERIODS)]
 
 
 def _require_minutes(config: Config, bypass: list[dict[str, Any]],

@@ -66,6 +66,8 @@ events = Table(
     Column("kind", String(64), nullable=False),
     Column("data", Text, nullable=False),  # JSON
     Column("received_at", UTCDateTime, nullable=False),
+    # a plant's events of one kind in the order sent (the edge's tables rebuilt: f003)
+    Index(None, "plant", "kind", "message_id"),
     postgresql_partition_by="RANGE (at)",
 )
 

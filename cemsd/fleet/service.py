@@ -38,7 +38,8 @@ class CollectorService:
 
         from cemsd.fleet.api import create_app
 
-        app = create_app(self.store, api, ZoneInfo(self.settings.timezone), self.collector)
+        app = create_app(self.store, api, ZoneInfo(self.settings.timezone), self.collector,
+                         self.settings.plants)
         self.sock = listen(api.host, api.port)
         self.server = ApiServer(uvicorn.Config(app, host=api.host, port=api.port,
                                                log_config=None, access_log=api.access_log,

@@ -53,6 +53,9 @@ class Collector(SettingsModel):
     batch_idle_seconds: Annotated[float, Field(gt=0, le=60)] = 0.05
     # A plant whose newest hour is older than this is reported as lagging (hours).
     lag_alarm_hours: Annotated[float, Field(gt=0, le=24 * 365)] = 3.0
+    # Each plant's configuration (its monitoring plan), by plant id: the fleet API's
+    # /v1/plants/{plant}/reports need it. A relative path is beside this file.
+    plants: dict[Annotated[str, Field(max_length=64)], Path] = Field(default_factory=dict)
 
     @field_validator("timezone")
     @classmethod
@@ -77,6 +80,8 @@ def load_collector(path: str | Path) -> Collector:
     path = Path(path)
     raw = read_toml(path)
     try:
-        return CollectorFile.model_validate(raw).collector
+        collector = CollectorFile.model_validate(raw).collector
     except ValidationError as exc:
         raise ConfigError(pydantic_problems(exc, str(path), raw)) from None
+    return collector.model_copy(update={"plants": {
+        plant: path.parent / file for plant, file in collector.plants.items()}})

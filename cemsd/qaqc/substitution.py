@@ -49,6 +49,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import func, select
 
 from cemsd import standards
+from cemsd.chain import utc_text
 from cemsd.periods import HOUR, utc_label
 from cemsd.store import schema
 from cemsd.store.database import Database, as_epoch
@@ -301,15 +302,24 @@ SUBSTITUTION_TIMES = ("ts", "period_start", "created_at")
 
 
 def substitution_document(row: dict[str, Any]) -> dict[str, Any]:
-    """A stored substitution row as an event publishes it: the hours and periods as UTC
-    labels (whole hours), the write time to the microsecond as the database keeps it (a
-    central copy hashes to the row's seal, docs/decisions/0211)."""
-    return {k: _written(v) if k == "created_at" else utc_label(v)
-            if k in SUBSTITUTION_TIMES else v for k, v in row.items()}
+    """A stored substitution row as an event publishes it: times as UTC labels, the write
+    time to the microsecond as the database keeps it (a central copy hashes to the row's
+    seal, docs/decisions/0211)."""
+    return {k: _time_label(v) if k in SUBSTITUTION_TIMES else v for k, v in row.items()}
 
 
-def _written(t: float) -> str:
-    return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+def _time_label(t: float) -> str:
+    return utc_text(datetime.fromtimestamp(t, UTC))
+
+
+def with_ids(db: Database, channel: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The new (revision 0) rows of a channel with the ids the database gave them: the
+    collector lists them as the plant's API does, id included."""
+    s = schema.substitutions.c
+    times = [row["ts"] for row in rows]
+    ids = {r.ts.timestamp(): r.id for r in db.fetch(select(s.id, s.ts).where(
+        s.channel == channel, s.revision == 0, s.ts >= min(times), s.ts <= max(times)))}
+    return [{"id": ids.get(row["ts"]), **row} for row in rows]
 
 
 def plan_substitutions(db: Database, channel: str, inputs: Sequence[str], now: float,
@@ -400,6 +410,7 @@ class Substituter:
             if subs:
                 rows = substitution_rows(channel, unit, subs, now)
                 await store.call(store.db.insert_aggregates, schema.substitutions, rows)
+                rows = await store.call(with_ids, store.db, channel, rows)
                 # the collector keeps them for central reports (docs/decisions/0204)
                 await self.daemon.publish_event(SUBSTITUTION_EVENT, {
                     "rows": [substitution_document(row) for row in rows]})

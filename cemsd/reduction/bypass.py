@@ -265,15 +265,16 @@ class BypassMonitor:
     async def _open(self, event: OpenEvent, triggers: list[str]) -> None:
         store = self.daemon.store
         assert store is not None
-        event.id = await store.call(insert_event, store.db, event.start, triggers,
-                                    self.daemon.clock.now(), event.unit)
+        created = self.daemon.clock.now()
+        event.id = await store.call(insert_event, store.db, event.start, triggers, created,
+                                    event.unit)
         log.warning("bypass started", extra={
             "event": event.id, "unit": event.unit,
             "since": local_label(event.start, self.config.plant.tz),
             "triggers": ",".join(triggers)})
         await self.daemon.publish_event(BYPASS_EVENT, {
             "active": True, "plant_active": True, "unit": event.unit, "id": event.id,
-            "started_at": event.start, "triggers": triggers})
+            "started_at": event.start, "triggers": triggers, "created_at": created})
         closer = self.daemon.closer
         hour = hour_floor(event.start, self.config.plant.tz)
         while closer is not None and closer.next_hour is not None and hour < closer.next_hour:

@@ -236,8 +236,10 @@ class Database:
         except SQLAlchemyError as exc:
             raise StorageError(f"write to {self.location} failed: {_short(exc)}") from exc
 
-    def upsert_channels(self, rows: Iterable[dict[str, Any]]) -> None:
+    def upsert_channels(self, rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Insert or update the channel rows; returns them as written (with updated_at)."""
         now = datetime.now(UTC)
+        written = []
         with self.engine.begin() as conn:
             for row in rows:
                 values = {**row, "updated_at": now}
@@ -247,6 +249,8 @@ class Database:
                 )
                 if done.rowcount == 0:
                     conn.execute(insert(schema.channels), values)
+                written.append(values)
+        return written
 
     def prune_readings(self, before: float, max_blocks: int | None = None) -> int:
         """Delete the readings before `before`; returns how many. With `max_blocks`, one

@@ -2,6 +2,7 @@
 sealed records, specified in docs/TAMPER-EVIDENCE.md."""
 
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
@@ -31,24 +32,28 @@ class ChainHead(BaseModel):
     sealed_at: str | None
 
 
+def head_document(link: Any, tz: ZoneInfo) -> dict[str, Any]:
+    """A ChainHead of the newest link (a row of the chain), or of none yet."""
+    empty = {"seq": 0, "chain_hash": chain.GENESIS, "genesis": chain.GENESIS,
+             "form": chain.FORM}
+    if link is None:
+        return {**empty, **dict.fromkeys(
+            ("record_table", "record_id", "record_hash", "channel", "start_utc",
+             "start_local", "sealed_at"))}
+    return {**empty, "seq": int(link.seq), "chain_hash": link.chain_hash,
+            "form": link.form, "record_table": link.record_table,
+            "record_id": int(link.record_id), "record_hash": link.record_hash,
+            "channel": link.channel, "start_utc": utc_text(link.ts),
+            "start_local": local_label(link.ts.timestamp(), tz),
+            "sealed_at": utc_text(link.sealed_at)}
+
+
 def routes(settings: ApiConfig) -> APIRouter:
     router = APIRouter()
 
     @router.get("/chain/head", response_model=ChainHead, summary="The hash chain's newest link")
     def chain_head(ctx: Annotated[ApiContext, Depends(context)]) -> Any:
-        link = chain.head(ctx.db)
-        empty = {"seq": 0, "chain_hash": chain.GENESIS, "genesis": chain.GENESIS,
-                 "form": chain.FORM}
-        if link is None:
-            return {**empty, **dict.fromkeys(
-                ("record_table", "record_id", "record_hash", "channel", "start_utc",
-                 "start_local", "sealed_at"))}
-        return {**empty, "seq": int(link.seq), "chain_hash": link.chain_hash,
-                "form": link.form, "record_table": link.record_table,
-                "record_id": int(link.record_id), "record_hash": link.record_hash,
-                "channel": link.channel, "start_utc": utc_text(link.ts),
-                "start_local": local_label(link.ts.timestamp(), ctx.tz),
-                "sealed_at": utc_text(link.sealed_at)}
+        return head_document(chain.head(ctx.db), ctx.tz)
 
     table_listing(router, "/chain/links", schema.chain, settings,
                   summary="Links of the hash chain in order (filter by hour and channel)",

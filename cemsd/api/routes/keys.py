@@ -10,6 +10,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
 from cemsd import signing
+from cemsd.config import Config
 from cemsd.errors import CemsdError
 from cemsd.settings.api import ApiConfig
 
@@ -31,6 +32,12 @@ def signing_info(request: Request) -> dict[str, str]:
     config = getattr(request.app.state, "config", None)
     if config is None:
         raise HTTPException(503, "the signing key needs the plant's configuration")
+    return key_info(config)
+
+
+def key_info(config: Config) -> dict[str, str]:
+    """The public half of the key in the configuration's state directory (a 503 naming
+    the problem when it cannot be read or made)."""
     try:
         key = signing.load_or_create(config.storage.state_dir)
     except CemsdError as exc:

@@ -33,8 +33,15 @@ REPORT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _span(config: Any, period: str | None, start: str | None, end: str | None,
-          max_days: int) -> tuple[float, float]:
+# The parameters of a report (the fleet API's plant reports take the same).
+Period = Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")]
+FirstDay = Annotated[str | None, Query(alias="from", pattern=r"^\d{4}-\d{2}-\d{2}$")]
+DayAfter = Annotated[str | None, Query(alias="to", pattern=r"^\d{4}-\d{2}-\d{2}$")]
+ReportFormat = Annotated[str, Query(pattern="^(json|csv|html)$")]
+
+
+def report_span(config: Any, period: str | None, start: str | None, end: str | None,
+                max_days: int) -> tuple[float, float]:
     """The report's [t0, t1) in epoch seconds, or a 400 naming the limit."""
     from cemsd.reduction.cli import period_bounds, period_days
 
@@ -53,10 +60,16 @@ def _span(config: Any, period: str | None, start: str | None, end: str | None,
 def report_body(db: Database, config: Any, t0: float, t1: float, now: float, fmt: str
                 ) -> tuple[bytes, str]:
     """In a worker process (heavy.py): the report, rendered."""
-    from cemsd.reduction.html import to_html
-    from cemsd.reduction.report import build_report, to_csv
+    from cemsd.reduction.report import build_report
 
-    result = build_report(db, config, t0, t1, now)
+    return rendered(build_report(db, config, t0, t1, now), fmt)
+
+
+def rendered(result: dict[str, Any], fmt: str) -> tuple[bytes, str]:
+    """A report's body and media type in `fmt` (json, csv or html)."""
+    from cemsd.reduction.html import to_html
+    from cemsd.reduction.report import to_csv
+
     if fmt == "html":
         return to_html(result).encode(), "text/html; charset=utf-8"
     if fmt == "csv":
@@ -78,16 +91,12 @@ def routes(settings: ApiConfig) -> APIRouter:
                             f"{FIRST_REPORT_DAY} on.",
                 responses=REPORT_RESPONSES)
     def report(request: Request, ctx: Annotated[ApiContext, Depends(context)],
-               period: Annotated[str | None, Query(pattern=r"^\d{4}-\d{2}$")] = None,
-               start: Annotated[str | None, Query(alias="from",
-                                                  pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
-               end: Annotated[str | None, Query(alias="to",
-                                                pattern=r"^\d{4}-\d{2}-\d{2}$")] = None,
-               format: Annotated[str, Query(pattern="^(json|csv|html)$")] = "json") -> Any:
+               period: Period = None, start: FirstDay = None, end: DayAfter = None,
+               format: ReportFormat = "json") -> Any:
         config = getattr(request.app.state, "config", None)
         if config is None:
             raise HTTPException(503, "reports need the daemon's configuration")
-        t0, t1 = _span(config, period, start, end, settings.max_report_days)
+        t0, t1 = report_span(config, period, start, end, settings.max_report_days)
         try:
             body, media_type = ctx.heavy.run(report_body, config, t0, t1, time.time(), format)
         except CemsdError as exc:
