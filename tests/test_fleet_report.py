@@ -100,7 +100,7 @@ async def test_the_central_report_equals_the_edge_report(broker: Mosquitto, pg_u
     assert edge_report["hours"][3]["outlet_method"] == substituted[0].method
     [event] = edge_report["bypass_events"]
     # ~30.5 measured minutes; a reply lost to a loaded machine may turn one into an estimate
-    assert event["method"].startswith("measured_inlet: ")
+    assert "measured_inlet: " in event["method"]
     by_hour = [h["bypass_kg"] for h in edge_report["hours"][:2]]
     assert all(kg > 0 for kg in by_hour)
     assert sum(by_hour) == pytest.approx(event["n2o_kg"], rel=1e-9)
