@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
 
 from cemsd.config import Channel
-from drivers.codec import encode
+from drivers.codec import encoder
 from drivers.registry import load_profile
 from simulators.scenario import Event, Scenario, SimDevice
 
@@ -24,6 +25,17 @@ CORRUPTIONS = ("garbage", "truncated", "oversized", "bad_crc")
 
 class NoReply(Exception):
     """The instrument stays silent."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Where one channel sits in its table, and its encoder (built once)."""
+
+    key: str
+    channel: Channel
+    address: int
+    end: int
+    encode: Callable[[float], list[int]]
 
 
 @dataclass
@@ -69,9 +81,11 @@ class SimulatedInstrument:
         self._of_channel = {k: [e for e in self.events if e.channel == k] for k in self.channels}
         self._status_events = [e for e in self.events if e.kind == "status"]
         self._fault_events = [e for e in self.events if e.kind in FAULT_KINDS]
-        self._by_function: dict[int, list[tuple[str, Channel]]] = {}
+        self._by_function: dict[int, list[_Slot]] = {}
         for key, ch in self.channels.items():
-            self._by_function.setdefault(ch.function_code, []).append((key, ch))
+            self._by_function.setdefault(ch.function_code, []).append(_Slot(
+                key, ch, ch.address, ch.address + ch.data_type.registers,
+                encoder(ch.data_type, ch.byte_order)))
 
     # --- values ------------------------------------------------------------------------
 
@@ -151,21 +165,28 @@ class SimulatedInstrument:
         return spans
 
     def image(self, function_code: int, t: float) -> dict[int, int]:
+        return self._words(function_code, -1, 1 << 17, t)
+
+    def _words(self, function_code: int, first: int, end: int, t: float) -> dict[int, int]:
+        """The registers (or bits) of one table in [first, end): only the channels that
+        reach into it are computed (a read is one block of a few channels)."""
         words: dict[int, int] = {}
-        for key, ch in self._by_function.get(function_code, ()):
+        for slot in self._by_function.get(function_code, ()):
+            if slot.end <= first or slot.address >= end:
+                continue
+            ch = slot.channel
             if ch.kind == "status":
-                engineering = float(self.status_word(key, t))
+                engineering = float(self.status_word(slot.key, t))
             else:
-                engineering = self.value(key, t)
-            raw = (engineering - ch.offset) / ch.scale
-            for i, word in enumerate(encode(raw, ch.data_type, ch.byte_order)):
-                words[ch.address + i] = word
+                engineering = self.value(slot.key, t)
+            for i, word in enumerate(slot.encode((engineering - ch.offset) / ch.scale)):
+                words[slot.address + i] = word
         if function_code == 1:
             words.update({a: int(v) for a, v in self.coils.items()})
         return words
 
     def read(self, function_code: int, address: int, count: int, t: float) -> ReadOutcome:
-        fault = self.fault(t)
+        fault = self.fault(t) if self._fault_events else None
         if fault is not None and fault.kind == "no_reply":
             raise NoReply(self.device.name)
         if fault is not None and fault.kind == "exception":
@@ -175,8 +196,8 @@ class SimulatedInstrument:
             span = (0, 16)  # coils for calibration valves, even if no channel maps them
         if span is None or address < span[0] or address + count > max(span[1], span[0] + 1):
             return ReadOutcome(exception=ExcCodes.ILLEGAL_ADDRESS)
-        image = self.image(function_code, t)
-        outcome = ReadOutcome(registers=[image.get(a, 0) for a in range(address, address + count)])
+        words = self._words(function_code, address, address + count, t)
+        outcome = ReadOutcome(registers=[words.get(a, 0) for a in range(address, address + count)])
         if fault is not None and fault.kind in CORRUPTIONS:
             outcome.corruption = fault.kind
         if fault is not None and fault.kind == "slow":
