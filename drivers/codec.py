@@ -124,9 +124,10 @@ def encoder(data_type: DataType, order: ByteOrder) -> Callable[[float], list[int
     number = struct.Struct(_STRUCT[data_type])
     words = struct.Struct(f"{'<' if order.byte_swap else '>'}{data_type.registers}H")
     reverse = order.word_swap
+    is_float = data_type.is_float
 
     def run(value: float) -> list[int]:
-        if not data_type.is_float:
+        if not is_float:
             raw = number.pack(_to_int(value, data_type))
         else:
             try:

@@ -79,6 +79,7 @@ class SimulatedInstrument:
         self._spans = self._address_spans()
         # looked up per register read: a month in process makes millions of them
         self._of_channel = {k: [e for e in self.events if e.channel == k] for k in self.channels}
+        self._gas_channel = device.calibration.channel if device.calibration else None
         self._status_events = [e for e in self.events if e.kind == "status"]
         self._fault_events = [e for e in self.events if e.kind in FAULT_KINDS]
         self._by_function: dict[int, list[_Slot]] = {}
@@ -97,7 +98,7 @@ class SimulatedInstrument:
         event overrides everything.
         """
         signal = self.device.signals.get(key)
-        seen = self._calibration_gas(key)
+        seen = self._calibration_gas(key) if key == self._gas_channel else None
         if seen is None:
             seen = signal.deterministic(t) if signal else 0.0
         events = self._of_channel.get(key)
