@@ -36,6 +36,7 @@ class _Slot:
     address: int
     end: int
     encode: Callable[[float], list[int]]
+    status: bool  # the value is the status word
 
 
 @dataclass
@@ -86,7 +87,7 @@ class SimulatedInstrument:
         for key, ch in self.channels.items():
             self._by_function.setdefault(ch.function_code, []).append(_Slot(
                 key, ch, ch.address, ch.address + ch.data_type.registers,
-                encoder(ch.data_type, ch.byte_order)))
+                encoder(ch.data_type, ch.byte_order), ch.kind == "status"))
 
     # --- values ------------------------------------------------------------------------
 
@@ -166,25 +167,37 @@ class SimulatedInstrument:
         return spans
 
     def image(self, function_code: int, t: float) -> dict[int, int]:
-        return self._words(function_code, -1, 1 << 17, t)
-
-    def _words(self, function_code: int, first: int, end: int, t: float) -> dict[int, int]:
-        """The registers (or bits) of one table in [first, end): only the channels that
-        reach into it are computed (a read is one block of a few channels)."""
+        """Every register (or bit) of one table that a channel or a coil sets."""
         words: dict[int, int] = {}
         for slot in self._by_function.get(function_code, ()):
-            if slot.end <= first or slot.address >= end:
-                continue
-            ch = slot.channel
-            if ch.kind == "status":
-                engineering = float(self.status_word(slot.key, t))
-            else:
-                engineering = self.value(slot.key, t)
-            for i, word in enumerate(slot.encode((engineering - ch.offset) / ch.scale)):
+            for i, word in enumerate(self._encoded(slot, t)):
                 words[slot.address + i] = word
         if function_code == 1:
             words.update({a: int(v) for a, v in self.coils.items()})
         return words
+
+    def _encoded(self, slot: _Slot, t: float) -> list[int]:
+        ch = slot.channel
+        engineering = float(self.status_word(slot.key, t)) if slot.status else \
+            self.value(slot.key, t)
+        return slot.encode((engineering - ch.offset) / ch.scale)
+
+    def _registers(self, function_code: int, address: int, count: int, t: float) -> list[int]:
+        """What a read of [address, address + count) returns, as `image` would give it;
+        only the channels that reach into it are computed (a read is one block)."""
+        registers = [0] * count
+        end = address + count
+        for slot in self._by_function.get(function_code, ()):
+            if slot.end <= address or slot.address >= end:
+                continue
+            for i, word in enumerate(self._encoded(slot, t), slot.address - address):
+                if 0 <= i < count:
+                    registers[i] = word
+        if function_code == 1:
+            for a, on in self.coils.items():
+                if address <= a < end:
+                    registers[a - address] = int(on)
+        return registers
 
     def read(self, function_code: int, address: int, count: int, t: float) -> ReadOutcome:
         fault = self.fault(t) if self._fault_events else None
@@ -197,8 +210,7 @@ class SimulatedInstrument:
             span = (0, 16)  # coils for calibration valves, even if no channel maps them
         if span is None or address < span[0] or address + count > max(span[1], span[0] + 1):
             return ReadOutcome(exception=ExcCodes.ILLEGAL_ADDRESS)
-        words = self._words(function_code, address, address + count, t)
-        outcome = ReadOutcome(registers=[words.get(a, 0) for a in range(address, address + count)])
+        outcome = ReadOutcome(registers=self._registers(function_code, address, count, t))
         if fault is not None and fault.kind in CORRUPTIONS:
             outcome.corruption = fault.kind
         if fault is not None and fault.kind == "slow":

@@ -20,6 +20,7 @@ from cemsd.store import schema
 from helpers import database, run_virtual
 from simulators.demo import plant_copy
 from simulators.inprocess import InProcessSimulator
+from simulators.instrument import SimulatedInstrument
 from simulators.scenario import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,3 +76,21 @@ def test_the_hour_compared_holds_failures_and_valid_values(both: dict[str, Any])
     flags = {(channel, flag) for channel, _, _, _, _, _, _, flag in minutes}
     assert ("outlet-analyzer.n2o", "B") in flags and ("outlet-analyzer.n2o", "N") in flags
     assert len(both["in process"]["hours"]) == len({m[0] for m in minutes})
+
+
+def test_a_read_returns_its_part_of_the_register_image() -> None:
+    """A read computes only the channels it reaches (the per-read shortcut); what it
+    returns is still that part of the instrument's whole image, at any start and length."""
+    scenario = load_scenario(ROOT / "config/demo-scenario.toml")
+    checked = 0
+    for device in scenario.devices:
+        instrument = SimulatedInstrument(device, scenario)
+        for function_code, (low, high) in instrument._spans.items():
+            for t in (6 * HOUR, 14.2 * HOUR, 20 * HOUR + 5):
+                image = instrument.image(function_code, t)
+                for first in range(low, high):
+                    for count in range(1, high - first + 1):
+                        read = instrument.read(function_code, first, count, t).registers
+                        assert read == [image.get(a, 0) for a in range(first, first + count)]
+                        checked += 1
+    assert checked > 100
