@@ -27,12 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomli_w
 
 from cemsd.clock import SharedClockFile, VirtualClock
 from cemsd.config import load_config
@@ -40,11 +37,12 @@ from cemsd.daemon import Daemon, TransportFactory
 from cemsd.logs import setup_logging
 from cemsd.store import schema
 from cemsd.store.database import Database
+from simulators.demo import plant_copy
 from simulators.inprocess import InProcessSimulator
 from simulators.scenario import load_scenario
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import free_port, machine_info, wait_port
+from benchlib import machine_info, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,27 +58,6 @@ class SimulationRun:
     def rate(self) -> float:
         """Simulated hours per wall second."""
         return self.hours / self.wall_s
-
-
-def copy_plant(config: Path, scenario: Path, into: Path, sockets: bool) -> tuple[Path, Path]:
-    """The demo's configuration and scenario in `into`: its own state directory; with
-    `sockets`, free TCP ports and the pty pair inside `into`."""
-    into.mkdir(parents=True)
-    plant, sim = tomllib.loads(config.read_text()), tomllib.loads(scenario.read_text())
-    plant["storage"]["state_dir"] = str(into / "state")
-    if sockets:
-        ports = {bus["name"]: free_port() for bus in sim["buses"] if bus["transport"] == "tcp"}
-        for bus in plant["buses"] + sim["buses"]:
-            if bus["transport"] == "tcp":
-                bus["port"] = ports[bus["name"]]
-            elif "link" in bus:  # the simulator's end, and the daemon's end it links to
-                bus["port"], bus["link"] = str(into / "tty-sim"), str(into / "tty-cemsd")
-            else:
-                bus["port"] = str(into / "tty-cemsd")
-    paths = into / "cemsd.toml", into / "scenario.toml"
-    for path, data in zip(paths, (plant, sim), strict=True):
-        path.write_bytes(tomli_w.dumps(data).encode())
-    return paths
 
 
 async def timed_run(config_path: Path, clock: VirtualClock, hours: float,
@@ -172,10 +149,10 @@ def main() -> None:
     print(machine_info())
     tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-sim-"))
 
-    sockets = through_sockets(*copy_plant(args.config, args.scenario, tmp / "sockets", True),
+    sockets = through_sockets(*plant_copy(args.config, args.scenario, tmp / "sockets", True),
                               args.socket_hours)
     report("through sockets", sockets)
-    direct = in_process(*copy_plant(args.config, args.scenario, tmp / "in-process", False),
+    direct = in_process(*plant_copy(args.config, args.scenario, tmp / "in-process", False),
                         args.days * 24)
     report("in process     ", direct)
     print(f"hours stored per channel (in process): {direct.hours_stored} of "

@@ -37,7 +37,6 @@ from cemsd.plan import BusPlan, DevicePlan, ReadBlock
 from cemsd.readings import Reading
 from cemsd.validity import Condition, DeviceValidator
 from drivers.base import Transport
-from drivers.codec import decode
 
 log = logging.getLogger(__name__)
 
@@ -334,11 +333,8 @@ def _fail(failures: dict[str, Condition], block: ReadBlock, flag: Flag, reason: 
 
 
 def _decode_block(block: ReadBlock, registers: list[int], values: dict[str, float]) -> None:
-    for channel, offset in block.items:
-        spec = channel.spec
-        raw = decode(registers[offset : offset + spec.data_type.registers], spec.data_type,
-                     spec.byte_order)
-        values[channel.key] = raw * spec.scale + spec.offset
+    for key, start, end, decode, scale, offset in block.decoding:
+        values[key] = decode(registers[start:end]) * scale + offset
 
 
 def _reason(error: TransportError | ExceptionReply) -> str:

@@ -9,8 +9,10 @@ Polling walks this plan and never reads the configuration again (Telegraf's
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from itertools import groupby
 from typing import Literal
@@ -18,8 +20,11 @@ from typing import Literal
 from cemsd import standards
 from cemsd.config import Channel, Config, Device, SerialBus, TcpBus
 from cemsd.units import Role, Unit
+from drivers.codec import decoder
 
 log = logging.getLogger(__name__)
+# a channel's key, first and end register in its block, decoder, scale, offset
+Decoding = tuple[str, int, int, Callable[[Sequence[int]], float], float, float]
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,15 @@ class ReadBlock:
     address: int
     count: int
     items: tuple[tuple[ChannelPlan, int], ...]  # channel and its offset in the block
+
+    @functools.cached_property
+    def decoding(self) -> tuple[Decoding, ...]:
+        """Per channel: its key, its registers' slice of the block, its decoder and scaling;
+        looked up once, as the block is decoded at every poll."""
+        return tuple(
+            (c.key, offset, offset + c.spec.data_type.registers,
+             decoder(c.spec.data_type, c.spec.byte_order), c.spec.scale, c.spec.offset)
+            for c, offset in self.items)
 
     def describe(self) -> str:
         return f"fc{self.function_code} @{self.address} x{self.count}"

@@ -67,12 +67,14 @@ class PlantState:
     # --- what flags a reading -----------------------------------------------------------
 
     def conditions(self, channel: ChannelPlan, ts: float) -> list[Condition]:
-        found = [(w.flag, w.reason) for w in self.windows.values() if w.covers(channel.name, ts)]
-        due = self.calibration_due.get(channel.name)
+        name = channel.name  # this runs for every reading: most of the time no window is open
+        found = [(w.flag, w.reason) for w in self.windows.values() if w.covers(name, ts)
+                 ] if self.windows else []
+        due = self.calibration_due.get(name)
         if due is not None and ts >= due[0]:
             found.append((Flag.D, f"calibration overdue since {local_label(due[0], self.tz)} "
                                   f"({due[1]})"))
-        if channel.name in self.stoppable and self._source_stopped(ts):
+        if self.production is not None and name in self.stoppable and self._source_stopped(ts):
             found.append((Flag.F, f"source stopped ({self.production_channel} = 0)"))
         return found
 

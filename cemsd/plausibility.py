@@ -180,31 +180,31 @@ class PlausibilityChecks:
 
     def __init__(self, points: Mapping[str, Point] | None = None,
                  device_points: Mapping[str, str | None] | None = None) -> None:
-        self._limits: dict[str, Limits | None] = {}
-        self._state: dict[str, _State] = {}
+        self._channels: dict[str, _Channel] = {}
         self._flows = FlowAgreement(points or {}, device_points or {})
         self._decodings: dict[tuple[str, str, str], _Failure] = {}
 
     def __call__(self, reading: Reading, channel: ChannelPlan) -> tuple[Flag, str] | None:
-        if channel.name not in self._limits:
-            self._limits[channel.name] = limits(channel.spec)
-        bounds = self._limits[channel.name]
+        known = self._channels.get(channel.name)
+        if known is None:  # once per channel: this runs for every reading
+            known = self._channels[channel.name] = _Channel(limits(channel.spec), _State(),
+                                                            _decoding(channel))
+        bounds, state = known.limits, known.state
         if bounds is None or reading.value is None:
             return None
-        state = self._state.setdefault(channel.name, _State())
         value, ts = reading.value, reading.ts
         frozen_for = _track(state, value, ts)
         why = _impossible(bounds, value, channel)
         sample = reading.flag not in NOT_SAMPLE  # calibration gas, maintenance: no hold
         if why is not None and sample:
-            self._decodings[_decoding(channel)] = _Failure(ts, channel.key, why)
+            self._decodings[known.decoding] = _Failure(ts, channel.key, why)
         if why is None and sample:
             why = self._flows.disagreement(channel, value, ts, bounds.flow_agreement_pct)
         if why is not None:
             if sample:
                 state.implausible_at, state.implausible_why = ts, why
             return Flag.D, f"implausible: {why}"
-        if (held := self._held(state, bounds, channel, ts)) is not None:
+        if (held := self._held(known, channel, ts)) is not None:
             return Flag.D, held
         if (bounds.frozen_s is not None and state.changes >= FROZEN_ARMED_AFTER
                 and frozen_for >= bounds.frozen_s and _in_range(channel, value)):
@@ -213,20 +213,30 @@ class PlausibilityChecks:
                             f"(limit {bounds.frozen_s / 60:g} min)")
         return None
 
-    def _held(self, state: _State, bounds: Limits, channel: ChannelPlan,
-              ts: float) -> str | None:
+    def _held(self, known: _Channel, channel: ChannelPlan, ts: float) -> str | None:
         """D for `hold_s` after this channel, or a channel of its device decoded by the
         same type and byte order, was implausible: the same wrong order misreads both."""
+        state, bounds = known.state, known.limits
+        assert bounds is not None
         if state.implausible_at is not None and ts - state.implausible_at < bounds.hold_s:
             return (f"implausible: held {bounds.hold_s:g} s after "
                     f"{state.implausible_why} (wrong byte order or scale?)")
-        sibling = self._decodings.get(_decoding(channel))
+        sibling = self._decodings.get(known.decoding) if self._decodings else None
         if sibling is not None and sibling.key != channel.key and \
                 ts - sibling.ts < bounds.hold_s:
-            data_type, order = _decoding(channel)[1:]
+            data_type, order = known.decoding[1:]
             return (f"implausible: held {bounds.hold_s:g} s after {sibling.why}, decoded "
                     f"like {channel.key} ({data_type} {order}: wrong byte order?)")
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Channel:
+    """What the checks keep per channel: its limits, its state, how it is decoded."""
+
+    limits: Limits | None
+    state: _State
+    decoding: tuple[str, str, str]
 
 
 @dataclass(frozen=True)
@@ -251,15 +261,16 @@ def _track(state: _State, value: float, ts: float) -> float:
 
 
 def _impossible(bounds: Limits, value: float, channel: ChannelPlan) -> str | None:
-    unit = channel.unit.value
     if bounds.low is not None and value < bounds.low:
+        unit = channel.unit.value
         return (f"{channel.key} {value:.4g} {unit} below {bounds.low:.4g} {unit} "
                 f"({bounds.low_why})")
     if bounds.high is not None and value > bounds.high:
+        unit = channel.unit.value
         return (f"{channel.key} {value:.4g} {unit} above {bounds.high:.4g} {unit} "
                 f"({bounds.high_why})")
     if bounds.vanishing is not None and 0 < abs(value) < bounds.vanishing:
-        return (f"{channel.key} {value:.4g} {unit} is a vanishing float, below "
+        return (f"{channel.key} {value:.4g} {channel.unit.value} is a vanishing float, below "
                 f"{VANISHING_FRACTION.value:g} of the span")
     return None
 

@@ -89,6 +89,7 @@ class DeviceValidator:
             for c in device.channels
             if c.spec.kind == "status"
         )
+        self._checked = tuple(c for c in device.channels if c.spec.kind != "status")
 
     def readings(
         self, ts: float, values: dict[str, float], failures: dict[str, Condition]
@@ -107,10 +108,8 @@ class DeviceValidator:
                                       f"implausible: {ch.key} is {value}, not a finite number")
         for governed in self._status:
             self._apply_status(governed, by_key)
-        for ch in self.device.channels:
+        for ch in self._checked:
             reading = by_key[ch.key]
-            if ch.spec.kind == "status":
-                continue
             if reading.value is not None:
                 for check in self.checks:
                     if (condition := check(reading, ch)) is not None:

@@ -84,11 +84,11 @@ def decode(registers: Sequence[int], data_type: DataType, order: ByteOrder) -> f
     """Decode the registers of one value. Floats may come back NaN or infinite.
 
     Anything that is not `data_type.registers` 16-bit words raises ValueError."""
-    return _decoder(data_type, order)(registers)
+    return decoder(data_type, order)(registers)
 
 
 @functools.cache
-def _decoder(data_type: DataType, order: ByteOrder) -> Callable[[Sequence[int]], float]:
+def decoder(data_type: DataType, order: ByteOrder) -> Callable[[Sequence[int]], float]:
     """decode() for one type and order, its structs built once (it runs for every value
     polled). Bytes swapped inside each word are the words packed little endian."""
     n = data_type.registers
@@ -113,20 +113,21 @@ def _decoder(data_type: DataType, order: ByteOrder) -> Callable[[Sequence[int]],
 
 def encode(value: float, data_type: DataType, order: ByteOrder) -> list[int]:
     """Encode one value into registers (the inverse of decode; used by simulators)."""
-    return _encoder(data_type, order)(value)
+    return encoder(data_type, order)(value)
 
 
 @functools.cache
-def _encoder(data_type: DataType, order: ByteOrder) -> Callable[[float], list[int]]:
+def encoder(data_type: DataType, order: ByteOrder) -> Callable[[float], list[int]]:
     """encode() for one type and order, its structs built once."""
     if data_type is DataType.BOOL:
         return lambda value: [1 if value else 0]
     number = struct.Struct(_STRUCT[data_type])
     words = struct.Struct(f"{'<' if order.byte_swap else '>'}{data_type.registers}H")
     reverse = order.word_swap
+    is_float = data_type.is_float
 
     def run(value: float) -> list[int]:
-        if not data_type.is_float:
+        if not is_float:
             raw = number.pack(_to_int(value, data_type))
         else:
             try:

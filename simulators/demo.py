@@ -186,6 +186,29 @@ def _can_listen(host: str, port: int) -> bool:
     return True
 
 
+def plant_copy(config: Path, scenario: Path, into: Path, sockets: bool) -> tuple[Path, Path]:
+    """A plant's configuration and scenario copied into `into` with its own state
+    directory; with `sockets`, free TCP ports and the pty pair inside `into` (a benchmark
+    or a test runs the demo plant beside others)."""
+    into.mkdir(parents=True)
+    plant, sim = tomllib.loads(config.read_text()), tomllib.loads(scenario.read_text())
+    plant["storage"]["state_dir"] = str(into / "state")
+    if sockets:
+        ports = {bus["name"]: _any_free_port("127.0.0.1")
+                 for bus in sim["buses"] if bus["transport"] == "tcp"}
+        for bus in plant["buses"] + sim["buses"]:
+            if bus["transport"] == "tcp":
+                bus["port"] = ports[bus["name"]]
+            elif "link" in bus:  # the simulator's end, and the daemon's end it links to
+                bus["port"], bus["link"] = str(into / "tty-sim"), str(into / "tty-cemsd")
+            else:
+                bus["port"] = str(into / "tty-cemsd")
+    paths = into / "cemsd.toml", into / "scenario.toml"
+    for path, data in zip(paths, (plant, sim), strict=True):
+        path.write_bytes(tomli_w.dumps(data).encode())
+    return paths
+
+
 def _any_free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))

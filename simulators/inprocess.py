@@ -23,22 +23,27 @@ class DirectBus:
 
     def read(self, device_id: int, function_code: int, address: int, count: int,
              timeout: float) -> list[int]:
-        where = f"device id {device_id} on simulated bus {self.bus.bus.name}"
         try:
             outcome = self.bus.answer(device_id, function_code, address, count)
         except NoReply:
-            raise DeviceTimeout(f"no reply within {timeout:g} s from {where}") from None
+            raise DeviceTimeout(f"no reply within {timeout:g} s from "
+                                f"{self._where(device_id)}") from None
         if outcome.delay >= timeout:
-            raise DeviceTimeout(f"no reply within {timeout:g} s from {where} (slow)")
+            raise DeviceTimeout(f"no reply within {timeout:g} s from "
+                                f"{self._where(device_id)} (slow)")
         if outcome.exception is not None:
             raise ExceptionReply(int(outcome.exception))
         if outcome.corruption is not None:
-            raise BadFrame(f"{outcome.corruption} reply from {where}")
+            raise BadFrame(f"{outcome.corruption} reply from {self._where(device_id)}")
         assert outcome.registers is not None
-        return [int(v) for v in outcome.registers]
+        return outcome.registers  # a new list of ints for each read
+
+    def _where(self, device_id: int) -> str:
+        """Named only in an error: a read that succeeds builds no text."""
+        return f"device id {device_id} on simulated bus {self.bus.bus.name}"
 
     def write_coil(self, device_id: int, address: int, value: bool) -> None:
-        where = f"device id {device_id} on simulated bus {self.bus.bus.name}"
+        where = self._where(device_id)
         try:
             refused = self.bus.accept_write(device_id, 5, address, [value])
         except NoReply:

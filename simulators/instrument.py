@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pymodbus.constants import ExcCodes
 
 from cemsd.config import Channel
-from drivers.codec import encode
+from drivers.codec import encoder
 from drivers.registry import load_profile
 from simulators.scenario import Event, Scenario, SimDevice
 
@@ -24,6 +25,18 @@ CORRUPTIONS = ("garbage", "truncated", "oversized", "bad_crc")
 
 class NoReply(Exception):
     """The instrument stays silent."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    """Where one channel sits in its table, and its encoder (built once)."""
+
+    key: str
+    channel: Channel
+    address: int
+    end: int
+    encode: Callable[[float], list[int]]
+    status: bool  # the value is the status word
 
 
 @dataclass
@@ -67,11 +80,14 @@ class SimulatedInstrument:
         self._spans = self._address_spans()
         # looked up per register read: a month in process makes millions of them
         self._of_channel = {k: [e for e in self.events if e.channel == k] for k in self.channels}
+        self._gas_channel = device.calibration.channel if device.calibration else None
         self._status_events = [e for e in self.events if e.kind == "status"]
         self._fault_events = [e for e in self.events if e.kind in FAULT_KINDS]
-        self._by_function: dict[int, list[tuple[str, Channel]]] = {}
+        self._by_function: dict[int, list[_Slot]] = {}
         for key, ch in self.channels.items():
-            self._by_function.setdefault(ch.function_code, []).append((key, ch))
+            self._by_function.setdefault(ch.function_code, []).append(_Slot(
+                key, ch, ch.address, ch.address + ch.data_type.registers,
+                encoder(ch.data_type, ch.byte_order), ch.kind == "status"))
 
     # --- values ------------------------------------------------------------------------
 
@@ -83,7 +99,7 @@ class SimulatedInstrument:
         event overrides everything.
         """
         signal = self.device.signals.get(key)
-        seen = self._calibration_gas(key)
+        seen = self._calibration_gas(key) if key == self._gas_channel else None
         if seen is None:
             seen = signal.deterministic(t) if signal else 0.0
         events = self._of_channel.get(key)
@@ -151,21 +167,40 @@ class SimulatedInstrument:
         return spans
 
     def image(self, function_code: int, t: float) -> dict[int, int]:
+        """Every register (or bit) of one table that a channel or a coil sets."""
         words: dict[int, int] = {}
-        for key, ch in self._by_function.get(function_code, ()):
-            if ch.kind == "status":
-                engineering = float(self.status_word(key, t))
-            else:
-                engineering = self.value(key, t)
-            raw = (engineering - ch.offset) / ch.scale
-            for i, word in enumerate(encode(raw, ch.data_type, ch.byte_order)):
-                words[ch.address + i] = word
+        for slot in self._by_function.get(function_code, ()):
+            for i, word in enumerate(self._encoded(slot, t)):
+                words[slot.address + i] = word
         if function_code == 1:
             words.update({a: int(v) for a, v in self.coils.items()})
         return words
 
+    def _encoded(self, slot: _Slot, t: float) -> list[int]:
+        ch = slot.channel
+        engineering = float(self.status_word(slot.key, t)) if slot.status else \
+            self.value(slot.key, t)
+        return slot.encode((engineering - ch.offset) / ch.scale)
+
+    def _registers(self, function_code: int, address: int, count: int, t: float) -> list[int]:
+        """What a read of [address, address + count) returns, as `image` would give it;
+        only the channels that reach into it are computed (a read is one block)."""
+        registers = [0] * count
+        end = address + count
+        for slot in self._by_function.get(function_code, ()):
+            if slot.end <= address or slot.address >= end:
+                continue
+            for i, word in enumerate(self._encoded(slot, t), slot.address - address):
+                if 0 <= i < count:
+                    registers[i] = word
+        if function_code == 1:
+            for a, on in self.coils.items():
+                if address <= a < end:
+                    registers[a - address] = int(on)
+        return registers
+
     def read(self, function_code: int, address: int, count: int, t: float) -> ReadOutcome:
-        fault = self.fault(t)
+        fault = self.fault(t) if self._fault_events else None
         if fault is not None and fault.kind == "no_reply":
             raise NoReply(self.device.name)
         if fault is not None and fault.kind == "exception":
@@ -175,8 +210,7 @@ class SimulatedInstrument:
             span = (0, 16)  # coils for calibration valves, even if no channel maps them
         if span is None or address < span[0] or address + count > max(span[1], span[0] + 1):
             return ReadOutcome(exception=ExcCodes.ILLEGAL_ADDRESS)
-        image = self.image(function_code, t)
-        outcome = ReadOutcome(registers=[image.get(a, 0) for a in range(address, address + count)])
+        outcome = ReadOutcome(registers=self._registers(function_code, address, count, t))
         if fault is not None and fault.kind in CORRUPTIONS:
             outcome.corruption = fault.kind
         if fault is not None and fault.kind == "slow":

@@ -198,9 +198,10 @@ class BypassMonitor:
     def _observe(self, readings: list[Reading]) -> None:
         changed: dict[int, tuple[UnitSignals, float]] = {}
         for reading in readings:
-            if reading.value is None:
+            signals = self._channels.get(reading.channel)  # most channels carry none
+            if signals is None or reading.value is None:
                 continue  # no value: keep what the signal last said
-            for state, name, test in self._channels.get(reading.channel, ()):
+            for state, name, test in signals:
                 state.triggers[name] = bool(test(reading.value))
                 changed[id(state)] = (state, reading.ts)
         for state, ts in changed.values():
