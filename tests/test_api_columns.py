@@ -24,7 +24,7 @@ from sqlalchemy import insert, select
 from test_sealed_days import reference
 
 from cemsd import chain
-from cemsd.api.columns_compact import decode
+from cemsd.api.columns_compact import decode, encode_channel
 from cemsd.api.tokens import create_token
 from cemsd.records import audit
 from cemsd.store import schema
@@ -273,6 +273,8 @@ def test_the_compact_layout_decodes_to_the_default_answer_and_a_bad_one_is_a_422
             answer = compact.json()
             assert answer["layout"] == "compact"
             assert decode(answer) == default.json()
+            # what the fleet's route encodes from a whole answer is the edge's compact layout
+            assert [encode_channel(c) for c in default.json()["channels"]] == answer["channels"]
             assert len(compact.content) < len(default.content)
     flow = next(c for c in answer["channels"] if c["channel"] == "b.flow")
     assert flow["units"] is not None and len(flow["start_epoch"]) == 3 * 3  # runs per UTC day

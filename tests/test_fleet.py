@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from cemsd.api.columns_compact import decode
 from cemsd.fleet import schema
 from cemsd.fleet.api import create_app
 from cemsd.fleet.messages import parse
@@ -409,6 +410,8 @@ async def test_hour_columns_of_a_plant_with_a_correction_and_a_substitute(pg_url
                                      headers={"Authorization": f"Bearer {token}"}) as client:
             span = {"from": "2026-06-01T08:00", "to": "2026-06-01T12:00"}  # UTC 00:00-04:00
             answer = (await client.get("/v1/plants/cols/hours/columns", params=span)).json()
+            compact = (await client.get("/v1/plants/cols/hours/columns",
+                                        params={**span, "layout": "compact"})).json()
             assert (await client.get("/v1/plants/cols/hours/columns")).status_code == 400
             assert (await client.get("/v1/plants/other/hours/columns",
                                      params=span)).status_code == 404
@@ -426,3 +429,5 @@ async def test_hour_columns_of_a_plant_with_a_correction_and_a_substitute(pg_url
     # the links seal hour by hour, channel by channel: seq = hour x 2 + channel + 1
     assert dev0["seal_seq"] == [1, 3, 5, 7] and dev1["seal_seq"] == [2, 4, 6, 8]
     assert dev0["unit"] == "mg/m3" and dev0["units"] is None
+    assert compact["layout"] == "compact" and decode(compact) == answer
+    assert compact["channels"][0]["flag"] == ["N", 4]

@@ -90,6 +90,31 @@ def encode_deltas(items: list[int | None]) -> list[list[Any]]:
     return runs
 
 
+DAY_SECONDS = 86400
+
+
+def encode_channel(channel: dict[str, Any]) -> dict[str, Any]:
+    """One channel of the default answer -> that channel in the compact layout, its runs
+    restarting at each UTC day as the edge's kept days have them (the fleet's route builds
+    its answer whole, then encodes it)."""
+    days: dict[int, list[int]] = {}
+    for i, start in enumerate(channel["start_epoch"]):
+        days.setdefault(start // DAY_SECONDS, []).append(i)
+
+    def by_day(name: str, encode: Any) -> list[Any]:
+        items = channel[name]
+        return [x for hours in days.values() for x in encode([items[i] for i in hours])]
+
+    units = channel["units"]
+    out = {"channel": channel["channel"], "unit": channel["unit"],
+           "units": None if units is None else by_day("units", encode_runs)}
+    for name in ("start_epoch", "value", *RUNS, "seal_seq"):
+        out[name] = (by_day(name, encode_steps) if name in STEPS else
+                     by_day(name, encode_deltas) if name in DELTAS else
+                     by_day(name, encode_runs) if name in RUNS else channel[name])
+    return out
+
+
 def decode_runs(runs: list[Any]) -> list[Any]:
     items: list[Any] = []
     flat = iter(runs)

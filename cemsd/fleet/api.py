@@ -21,6 +21,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Column, Table, select
 
 from cemsd import __version__
+from cemsd.api import columns_compact
 from cemsd.api.auth import CHALLENGE, bearer
 from cemsd.api.listing import (
     CSV_RESPONSE,
@@ -38,8 +39,14 @@ from cemsd.api.listing import (
     table_item,
     table_model,
 )
+from cemsd.api.routes.columns import (
+    COMPACT_DESCRIPTION,
+    CompactHourColumns,
+    HourColumns,
+    Layout,
+    check_span,
+)
 from cemsd.api.routes.columns import DESCRIPTION as COLUMNS_DESCRIPTION
-from cemsd.api.routes.columns import HourColumns, check_span
 from cemsd.chain import utc_text
 from cemsd.errors import StorageError
 from cemsd.fleet import schema
@@ -137,21 +144,26 @@ def _plant_routes(router: APIRouter, settings: ApiConfig) -> None:
         return [{"start_utc": utc_text(a), "end_utc": utc_text(b)}
                 for a, b in ctx.store.gaps(plant)]
 
-    @router.get("/plants/{plant}/hours/columns", response_model=HourColumns,
+    @router.get("/plants/{plant}/hours/columns",
+                response_model=HourColumns | CompactHourColumns,
                 summary="A span of a plant's hours (up to a year) as arrays per channel",
-                description=COLUMNS_DESCRIPTION.replace("/v1/chain/links",
-                                                        "/v1/plants/{plant}/chain/links"),
+                description=(COLUMNS_DESCRIPTION + COMPACT_DESCRIPTION).replace(
+                    "/v1/chain/links", "/v1/plants/{plant}/chain/links"),
                 responses={400: {"description": "A time that cannot be read, or a span "
                                                 "over the limit"}})
     def hour_columns(ctx: Annotated[FleetContext, Depends(fleet)],
                      plant: Annotated[str, Depends(allowed_plant)], start: From = None,
-                     end: To = None, channel: Channels = None) -> dict[str, Any]:
+                     end: To = None, channel: Channels = None, layout: Layout = "arrays"
+                     ) -> dict[str, Any]:
         t0 = read_time(start, ctx.tz, "from", EARLIEST)
         t1 = read_time(end, ctx.tz, "to", LATEST)
         check_span(start, end, t0, t1)
-        return {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1,
-                "channels": plant_columns(ctx.store, plant, t0, t1,
-                                          tuple(dict.fromkeys(channel or ())))}
+        channels = plant_columns(ctx.store, plant, t0, t1, tuple(dict.fromkeys(channel or ())))
+        head = {"timezone": str(ctx.tz), "from_epoch": t0, "to_epoch": t1}
+        if layout == columns_compact.LAYOUT:
+            return {"layout": layout, **head,
+                    "channels": [columns_compact.encode_channel(c) for c in channels]}
+        return {**head, "channels": channels}
 
     c = schema
     _listing(router, "/plants/{plant}/hours", c.hours, settings, c.hours.c.ts,
