@@ -88,6 +88,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=4, choices=range(1, len(PROFILES) + 1),
                         help="instruments on the bus: analyzers, flow meter, plant I/O")
     parser.add_argument("--repeat", type=int, default=3, help="pipeline/baseline pairs")
+    parser.add_argument("--serial", action="store_true",
+                        help="close minutes with simulated time held still (no overlap, 0242)")
     args = parser.parse_args()
     setup_logging("WARNING")
     print(machine_info())
@@ -100,7 +102,8 @@ def main() -> None:
         wait_port(port)
         for i in range(args.repeat):
             config_path = write_config(tmp / f"run{i}", port, args.devices)
-            run = asyncio.run(run_daemon(config_path, clock_path, START, args.minutes))
+            run = asyncio.run(run_daemon(config_path, clock_path, START, args.minutes,
+                                         overlap=not args.serial))
             baseline = asyncio.run(bare_loop(config_path, run.polls))
             runs.append((run, baseline))
             print(f"run {i + 1}: pipeline {run.rate:6.0f} polls/s ({run.polls} polls, start-up "
