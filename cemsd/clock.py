@@ -189,6 +189,7 @@ class VirtualClock:
         heapq.heappush(self._waiters, (t, next(self._seq), future, member))
         if member:
             self._active -= 1
+        if member or task in self._as_of:
             self._maybe_advance()
         try:
             await future
