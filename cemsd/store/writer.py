@@ -75,11 +75,15 @@ class Store:
         self.dropped_readings += overflow
 
     async def flush(self) -> None:
-        """Write every queued reading; raises StorageError if the database refuses."""
+        """Write every reading queued when the flush begins (after one in progress);
+        raises StorageError if the database refuses. Readings queued meanwhile wait for the
+        next flush: a close overlapping polling (0242) does not chase them in small writes."""
         async with self._flush_lock:
-            while self._pending:
+            left = len(self._pending)
+            while left > 0 and self._pending:
                 chunk = [self._pending.popleft()
-                         for _ in range(min(WRITE_CHUNK, len(self._pending)))]
+                         for _ in range(min(WRITE_CHUNK, left, len(self._pending)))]
+                left -= len(chunk)
                 self._in_flight = len(chunk)
                 try:
                     await self.call(self.db.insert_reading_rows, chunk)
