@@ -216,7 +216,8 @@ class Closer:
                                ) -> list[Stamped]:
         """The readings of [t0, t1) as stored, in time order (then in the order stored)."""
         if self.handed is not None and t0 >= self.memory_from:
-            return [(r.ts, r.channel, r.value, r.flag.value, r.reason)
+            # a Flag is its letter (StrEnum): `.value` per reading would cost an enum lookup
+            return [(r.ts, r.channel, r.value, r.flag, r.reason)
                     for r in between(handed, t0, t1)]
         rows = await self.store.call(self.store.db.readings_between, t0, t1)
         return _stamped_readings(rows)
