@@ -59,7 +59,8 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def add_readings(self, readings: list[Reading]) -> None:
-        self._pending.extend((r.channel, r.ts, r.value, r.flag.value, r.reason)
+        # a Flag is its letter (StrEnum): `.value` per reading would cost an enum lookup
+        self._pending.extend((r.channel, r.ts, r.value, r.flag, r.reason)
                              for r in readings)
         self._drop_oldest(self.pending - self.max_pending)
 
