@@ -14,10 +14,9 @@ Both run in this process against the same simulator process (`cemsd sim`, Modbus
 Why the virtual clock and not the wall clock: a wall-clock daemon cannot be driven
 faster than its grid, and the configuration (rightly) refuses a poll interval shorter
 than timeout x attempts, so "poll interval 0" does not exist. On the virtual clock
-every stage does its real work per reading and per minute, and the figure is
-conservative: simulated time stands still while the closer closes a minute, so closing
-is serialised with polling here, whereas on the wall clock the bus owner keeps polling
-while the closer works.
+every stage does its real work per reading and per minute. Closing a minute overlaps the
+next minute's polling as on the wall clock (decision 0242); `--serial` holds simulated
+time still while the closer works, as before that decision.
 
 A poll is one device's complete set of block reads. The ratio pipeline/baseline is the
 figure; absolute rates depend on the machine. The machine has few cores shared with
