@@ -27,12 +27,14 @@ class PipelineRun:
 
 
 async def run_daemon(config_path: Path, clock_path: Path, start: str,
-                     minutes: float) -> PipelineRun:
+                     minutes: float, overlap: bool = True) -> PipelineRun:
     """A fresh daemon (its own database) polling `minutes` of simulated time from `start`
-    on a virtual clock at full speed; timed from `ready` to the end of its shutdown."""
+    on a virtual clock at full speed; timed from `ready` to the end of its shutdown.
+    `overlap=False`: closing a minute holds simulated time still (decision 0242)."""
     config = load_config(config_path)
     epoch = datetime.fromisoformat(start).timestamp()
-    clock = VirtualClock(epoch, shared_file=SharedClockFile(clock_path, create=True))
+    clock = VirtualClock(epoch, shared_file=SharedClockFile(clock_path, create=True),
+                         overlap=overlap)
     daemon = Daemon(config, clock, clock_name="bench", until=epoch + minutes * 60)
     created = time.perf_counter()
     run = asyncio.create_task(daemon.run())

@@ -5,7 +5,9 @@
   (a bus owner, the minute closer) is working and jumps to the earliest wake-up once
   all of them wait on the clock. A simulated day therefore runs as fast as the real
   sockets and the database allow, and every run is deterministic. An optional speed
-  paces it to at most `speed` times the wall clock, for a watchable demo.
+  paces it to at most `speed` times the wall clock, for a watchable demo. The closer
+  closes a minute `overlapping` the next one (decision 0242): it lets time run on, at most
+  to a bound, while the clock shows it the minute's end.
 - `SharedClockFile` publishes a VirtualClock's time to another process (the simulator)
   through an 8-byte memory-mapped file; `FileClock` reads it there.
 
@@ -50,6 +52,15 @@ class Clock(Protocol):
     def participant(self) -> AbstractContextManager[None]:
         """Register the calling task as one whose work holds simulated time still."""
 
+    def overlapping(self, as_of: float, bound: float) -> AbstractContextManager[None]:
+        """Let a participant's work overlap time moving on, no further than `bound`; the
+        calling task's now() reads `as_of` meanwhile (a no-op on real clocks)."""
+
+
+@contextmanager
+def _no_overlap(as_of: float, bound: float) -> Iterator[None]:
+    yield
+
 
 class WallClock:
     """The system clock. Sleeps in slices so a stepped clock is noticed within a second.
@@ -90,20 +101,29 @@ class WallClock:
     def participant(self) -> Iterator[None]:
         yield
 
+    overlapping = staticmethod(_no_overlap)  # the time really passes while closing
+
 
 class VirtualClock:
-    """Simulated time that advances only when every participant waits on it."""
+    """Simulated time that advances only when every participant waits on it.
+
+    `overlap=False` makes `overlapping` hold time still like any participant's work: the
+    serialised mode the overlapped one is checked against (tests/test_overlap.py)."""
 
     def __init__(
         self,
         start: float,
         speed: float | None = None,
         shared_file: SharedClockFile | None = None,
+        overlap: bool = True,
     ) -> None:
         self._now = float(start)
         self._speed = speed
         self._shared = shared_file
+        self.overlap = overlap
         self._active = 0
+        self._bounds: list[float] = []  # time may not pass the lowest (overlapping)
+        self._as_of: dict[asyncio.Task[object] | None, float] = {}
         self._members: dict[asyncio.Task[object] | None, int] = {}
         self._waiters: list[tuple[float, int, asyncio.Future[None], bool]] = []
         self._seq = itertools.count()
@@ -112,6 +132,8 @@ class VirtualClock:
         self._publish()
 
     def now(self) -> float:
+        if self._as_of:  # only while a close overlaps: tasks other than the closer see _now
+            return self._as_of.get(_current_task(), self._now)
         return self._now
 
     @property
@@ -132,17 +154,42 @@ class VirtualClock:
                 del self._members[task]
             self._maybe_advance()
 
+    @contextmanager
+    def overlapping(self, as_of: float, bound: float) -> Iterator[None]:
+        """The calling participant stops holding time still, but time does not pass
+        `bound` until the block ends; its now() reads `as_of` meanwhile, so what the block
+        computes and stores does not depend on how far time ran on."""
+        task = asyncio.current_task()
+        if not self.overlap or task not in self._members:
+            yield
+            return
+        heapq.heappush(self._bounds, bound)
+        self._as_of[task] = as_of
+        self._active -= 1
+        self._maybe_advance()
+        try:
+            yield
+        finally:
+            self._active += 1
+            del self._as_of[task]
+            self._bounds.remove(bound)
+            heapq.heapify(self._bounds)
+            self._maybe_advance()
+
     async def sleep_until(self, t: float) -> None:
         """Wait for simulated time t. A participant's wait lets time move on; anyone else
         (a test, an observer) just waits without holding time back or pushing it."""
         if t <= self._now:
             await asyncio.sleep(0)
             return
-        member = asyncio.current_task() in self._members
+        task = asyncio.current_task()
+        # an overlapping participant (not holding time now) waits like an observer
+        member = task in self._members and task not in self._as_of
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._waiters, (t, next(self._seq), future, member))
         if member:
             self._active -= 1
+        if member or task in self._as_of:
             self._maybe_advance()
         try:
             await future
@@ -166,6 +213,8 @@ class VirtualClock:
         if self._active > 0 or not self._waiters:
             return
         target = self._waiters[0][0]
+        if self._bounds and target > self._bounds[0]:
+            return  # an overlapping close has not finished: moved on when it has
         delay = self._pacing_delay(target)
         if delay > 0:
             self._scheduled = asyncio.get_running_loop().call_later(delay, self._advance)
@@ -196,6 +245,13 @@ class VirtualClock:
     def _publish(self) -> None:
         if self._shared is not None:
             self._shared.write(self._now)
+
+
+def _current_task() -> asyncio.Task[object] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop: a thread asking for the time
+        return None
 
 
 class StoppableSleep:
@@ -311,3 +367,5 @@ class FileClock:
     @contextmanager
     def participant(self) -> Iterator[None]:
         yield
+
+    overlapping = staticmethod(_no_overlap)

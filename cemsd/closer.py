@@ -10,7 +10,10 @@ as recovery after a crash does (0002, 0240). A period closed twice is the same p
 
 Live: the closer wakes at each minute end, waits (boundedly) until every bus owner has
 delivered the readings of that minute (its watermark), and closes it. When a minute
-completes a plant-local hour, the hour is closed from the stored minutes.
+completes a plant-local hour, the hour is closed from the stored minutes. On the virtual
+clock the close overlaps the next minute's polling (`Clock.overlapping`, decision 0242):
+time runs on, at most to the next minute's end, while the closer's own clock still reads
+the minute's end, so a simulated run stays deterministic.
 
 Start-up: everything between the last stored minute and now is closed from stored
 readings. Minutes before this start with no readings at all (the daemon was down) are
@@ -142,7 +145,11 @@ class Closer:
             while await self._sleep.sleep_until(self.next_minute + MINUTE):
                 target = self.next_minute + MINUTE
                 await self._await_buses(target)
-                await self._close_with_retry(target)
+                # Everything the close reads is as of now, the minute's end: the readings
+                # handed before it, and the time (created_at, listeners, pruning). So
+                # simulated time may run on while it works, up to the next minute's end.
+                with self.clock.overlapping(self.clock.now(), target + MINUTE):
+                    await self._close_with_retry(target)
 
     async def _close_with_retry(self, t_end: float) -> None:
         """Closing waits for the database: a period is never closed from readings that are
@@ -209,7 +216,8 @@ class Closer:
                                ) -> list[Stamped]:
         """The readings of [t0, t1) as stored, in time order (then in the order stored)."""
         if self.handed is not None and t0 >= self.memory_from:
-            return [(r.ts, r.channel, r.value, r.flag.value, r.reason)
+            # a Flag is its letter (StrEnum): `.value` per reading would cost an enum lookup
+            return [(r.ts, r.channel, r.value, r.flag, r.reason)
                     for r in between(handed, t0, t1)]
         rows = await self.store.call(self.store.db.readings_between, t0, t1)
         return _stamped_readings(rows)

@@ -51,6 +51,7 @@ class Sealer:
         self._alarmed: set[tuple[str, int]] = set()
         self.failing = False  # the last attempt to seal failed (cemsd_sealing_failing)
         self._hour_closed = asyncio.Event()
+        self._hour_closed_at: float | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self, daemon: Daemon) -> None:
@@ -60,6 +61,9 @@ class Sealer:
 
     async def _on_period(self, kind: str, rows: list[dict[str, Any]]) -> None:
         if kind == "hour":
+            assert self.daemon is not None
+            # the closer's time, the hour's end: simulated time may have run on meanwhile
+            self._hour_closed_at = self.daemon.clock.now()
             self._hour_closed.set()
 
     async def _seal_forever(self) -> None:
@@ -67,14 +71,15 @@ class Sealer:
         while True:
             await self._hour_closed.wait()
             self._hour_closed.clear()
-            await self.seal_now()
+            await self.seal_now(self._hour_closed_at)
 
-    async def seal_now(self) -> int:
-        """Seal every record that is final at the daemon's current time; then record the
-        head outside the database and raise the alarm for refused rows."""
+    async def seal_now(self, now: float | None = None) -> int:
+        """Seal every record that is final at `now` (the daemon's current time by default);
+        then record the head outside the database and raise the alarm for refused rows."""
         daemon = self.daemon
         assert daemon is not None and daemon.store is not None
-        store, now = daemon.store, daemon.clock.now()
+        store = daemon.store
+        now = daemon.clock.now() if now is None else now
         through = chain.due_before(now, self.finalise_after_hours)
         try:
             if self.links_published is None:

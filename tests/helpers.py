@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from cemsd.clock import VirtualClock
 from cemsd.config import Config, load_config
 from cemsd.daemon import Daemon
+from cemsd.periods import minute_floor
 from cemsd.store.database import Database
 from simulators.scenario import Scenario, load_scenario
 from simulators.server import SimulatorServer
@@ -120,6 +121,17 @@ class RunningDaemon:
     async def finished(self) -> None:
         assert self.task is not None
         await self.task
+
+    async def closed_through(self, t: float, timeout: float = 20.0) -> None:
+        """Wait (wall clock) until every minute ending at or before t is closed: a minute's
+        close overlaps the next minute's polling (0242), so a participant woken within a
+        minute of a minute's end may find that minute still being closed."""
+        deadline = time.monotonic() + timeout
+        while (self.daemon.closer is None or self.daemon.closer.next_minute is None
+               or self.daemon.closer.next_minute < minute_floor(t)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"minutes through {t} not closed within {timeout} s")
+            await asyncio.sleep(0.01)
 
     async def __aexit__(self, *exc: object) -> None:
         if self.task is not None and not self.task.done():

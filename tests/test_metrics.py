@@ -113,6 +113,7 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
         assert store is not None
         with run.clock.participant():
             await run.clock.sleep_until(first)
+            await run.closed_through(first)
             samples = await scrape_metrics(server.port)
             polls = (first - t0) // POLL + 1
             assert _value(samples, "cemsd_device_up", device="analyzer") == 1
@@ -162,6 +163,7 @@ async def test_metrics_match_the_simulated_plant(tmp_path: Path) -> None:
             assert _value(samples, "cemsd_outbox_messages") == unsent + 1  # the bypass event
 
             await run.clock.sleep_until(second)
+            await run.closed_through(second)
             samples = await scrape_metrics(server.port)
             assert _value(samples, "cemsd_modbus_requests_total", device="analyzer",
                           result="ok") == (second - t0) // POLL + 1

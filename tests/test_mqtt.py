@@ -175,6 +175,7 @@ async def test_broker_killed_and_restarted_loses_nothing(tmp_path: Path,
                 sent_before = len(sub.data())
                 broker.kill()
                 await run.clock.sleep_until(restart_at)
+                await run.closed_through(restart_at)
                 # Everything closed during the outage waits in the outbox: the 30 minutes
                 # from 00:50 and the hour 00:00, one message per channel each.
                 minutes = [r for r in _stored(config, schema.minutes)

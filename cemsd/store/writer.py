@@ -59,7 +59,8 @@ class Store:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     def add_readings(self, readings: list[Reading]) -> None:
-        self._pending.extend((r.channel, r.ts, r.value, r.flag.value, r.reason)
+        # a Flag is its letter (StrEnum): `.value` per reading would cost an enum lookup
+        self._pending.extend((r.channel, r.ts, r.value, r.flag, r.reason)
                              for r in readings)
         self._drop_oldest(self.pending - self.max_pending)
 
@@ -75,11 +76,15 @@ class Store:
         self.dropped_readings += overflow
 
     async def flush(self) -> None:
-        """Write every queued reading; raises StorageError if the database refuses."""
+        """Write every reading queued when the flush begins (after one in progress);
+        raises StorageError if the database refuses. Readings queued meanwhile wait for the
+        next flush: a close overlapping polling (0242) does not chase them in small writes."""
         async with self._flush_lock:
-            while self._pending:
+            left = len(self._pending)
+            while left > 0 and self._pending:
                 chunk = [self._pending.popleft()
-                         for _ in range(min(WRITE_CHUNK, len(self._pending)))]
+                         for _ in range(min(WRITE_CHUNK, left, len(self._pending)))]
+                left -= len(chunk)
                 self._in_flight = len(chunk)
                 try:
                     await self.call(self.db.insert_reading_rows, chunk)
