@@ -73,16 +73,18 @@ async def timed_run(config_path: Path, clock: VirtualClock, hours: float,
     return SimulationRun(hours, time.perf_counter() - wall, time.process_time() - cpu)
 
 
-def in_process(config: Path, scenario: Path, hours: float) -> SimulationRun:
+def in_process(config: Path, scenario: Path, hours: float, overlap: bool = True
+               ) -> SimulationRun:
     sim_scenario = load_scenario(scenario)
-    clock = VirtualClock(sim_scenario.epoch)
+    clock = VirtualClock(sim_scenario.epoch, overlap=overlap)
     run = asyncio.run(timed_run(config, clock, hours,
                                 InProcessSimulator(sim_scenario, clock).transport))
     run.hours_stored = count_hours(config, sim_scenario.epoch, hours)
     return run
 
 
-def through_sockets(config: Path, scenario: Path, hours: float) -> SimulationRun:
+def through_sockets(config: Path, scenario: Path, hours: float, overlap: bool = True
+                    ) -> SimulationRun:
     sim_scenario = load_scenario(scenario)
     clock_path = scenario.parent / "clock"
     shared = SharedClockFile(clock_path, create=True)
@@ -96,7 +98,7 @@ def through_sockets(config: Path, scenario: Path, hours: float) -> SimulationRun
                 wait_port(int(bus.port))
             else:
                 wait_path(Path(str(bus.link)))
-        clock = VirtualClock(sim_scenario.epoch, shared_file=shared)
+        clock = VirtualClock(sim_scenario.epoch, shared_file=shared, overlap=overlap)
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         run = asyncio.run(timed_run(config, clock, hours, None))
     finally:
@@ -142,6 +144,8 @@ def main() -> None:
     parser.add_argument("--days", type=float, default=30.0, help="simulated days in process")
     parser.add_argument("--socket-hours", type=float, default=2.0,
                         help="simulated hours through sockets (the ratio's baseline)")
+    parser.add_argument("--serial", action="store_true",
+                        help="close minutes with simulated time held still (no overlap, 0242)")
     parser.add_argument("--config", type=Path, default=ROOT / "config/demo.toml")
     parser.add_argument("--scenario", type=Path, default=ROOT / "config/demo-scenario.toml")
     args = parser.parse_args()
@@ -150,10 +154,10 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cemsd-bench-sim-"))
 
     sockets = through_sockets(*plant_copy(args.config, args.scenario, tmp / "sockets", True),
-                              args.socket_hours)
+                              args.socket_hours, overlap=not args.serial)
     report("through sockets", sockets)
     direct = in_process(*plant_copy(args.config, args.scenario, tmp / "in-process", False),
-                        args.days * 24)
+                        args.days * 24, overlap=not args.serial)
     report("in process     ", direct)
     print(f"hours stored per channel (in process): {direct.hours_stored} of "
           f"{args.days * 24:g}")
