@@ -337,10 +337,13 @@ class SharedClockFile:
 
 
 def _holds_a_time(path: Path) -> bool:
+    """The file exists with a time written: the writer extends a new file with zeros
+    before it writes its first time, and no simulation starts at the epoch itself."""
     try:
-        return path.stat().st_size >= _CLOCK_FORMAT.size
+        data = path.read_bytes()[:_CLOCK_FORMAT.size]
     except FileNotFoundError:
         return False
+    return len(data) == _CLOCK_FORMAT.size and data != bytes(_CLOCK_FORMAT.size)
 
 
 class FileClock:
