@@ -33,7 +33,7 @@ from cemsd.daemon import Daemon
 from cemsd.flags import Flag
 from cemsd.periods import MINUTE
 from cemsd.readings import Reading
-from cemsd.store import schema
+from cemsd.store import packing, schema
 from cemsd.store.database import Database
 from cemsd.store.writer import Store
 from helpers import MetricSamples, database, free_port, metric_value, scrape_metrics
@@ -58,7 +58,8 @@ class Observed:
 
 
 def _key(channel: str, ts: float) -> tuple[str, int]:
-    return channel, round(ts * 1000)  # stored times keep microseconds; polls are ms apart
+    # the storage's own microseconds: rounding both to ms split a time stored as x.5 ms
+    return channel, packing.epoch_us(ts)
 
 
 def _check_stored(config, polled: list[Reading], dropped: int) -> tuple[list, list]:
