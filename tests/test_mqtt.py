@@ -190,6 +190,9 @@ async def test_broker_killed_and_restarted_loses_nothing(tmp_path: Path,
         rows = _outbox_rows(config)
         await wait_until(lambda: {m.body["id"] for m in sub.data()} >= {r.id for r in rows},
                          what="every outbox message delivered")
+        # the "offline" of the daemon's stop may come after the outbox's last message
+        await wait_until(lambda: any(m.body["state"] == "offline" for m in sub.status()
+                                     if not m.retain), what="the daemon's offline status")
     duplicates = _check_delivery(sub, rows)
     # Killed while idle (all acknowledged), so nothing had to go out twice.
     assert duplicates == 0
@@ -248,6 +251,8 @@ async def test_cut_connection_last_will_online_again_and_resend(tmp_path: Path,
             rows = _outbox_rows(config)
             await wait_until(lambda: {m.body["id"] for m in sub.data()} >= {r.id for r in rows},
                              what="every outbox message delivered")
+            await wait_until(lambda: _states(sub)[-1:] == ["offline"],
+                             what="the daemon's offline status at its stop")
     finally:
         await proxy.stop()
     duplicates = _check_delivery(sub, rows)
