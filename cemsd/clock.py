@@ -115,7 +115,7 @@ class VirtualClock:
         start: float,
         speed: float | None = None,
         shared_file: SharedClockFile | None = None,
-        overlap: bool = True,
+        overlap: bool = False,
     ) -> None:
         self._now = float(start)
         self._speed = speed

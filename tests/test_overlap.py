@@ -62,7 +62,7 @@ async def _overlap_then_poll(clock: VirtualClock) -> tuple[list[float], list[flo
 
 
 def test_time_runs_on_to_the_bound_while_a_close_overlaps() -> None:
-    seen, polled = asyncio.run(_overlap_then_poll(VirtualClock(0.0)))
+    seen, polled = asyncio.run(_overlap_then_poll(VirtualClock(0.0, overlap=True)))
     assert set(seen) == {60.0}  # the closer's own clock stays at the minute's end
     assert max(polled) == 120.0  # the poller ran on, and no further than the bound
 
@@ -75,7 +75,7 @@ def test_without_overlap_time_stands_still_while_closing() -> None:
 
 def test_an_overlapping_task_may_wait_on_the_clock() -> None:
     """A wait inside the block (a listener sleeping) must not count the task twice."""
-    clock = VirtualClock(0.0)
+    clock = VirtualClock(0.0, overlap=True)
 
     async def main() -> float:
         with clock.participant():
