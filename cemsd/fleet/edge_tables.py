@@ -11,6 +11,7 @@ or ISO text to UTC times, lists to JSON text, a missing column to its default.""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
@@ -112,7 +113,7 @@ def merged_rows(spec: EventTable, events: Iterable[tuple[Any, int]], plant: str
             continue
         for row in typed:
             key = tuple(row.get(name) for name in spec.key)
-            merged[key] = {**merged.get(key, _defaults(spec.table)), **row}
+            merged[key] = {**merged.get(key, column_defaults(spec.table)), **row}
     return list(merged.values())
 
 
@@ -124,8 +125,10 @@ def _documents(data: Any, spec: EventTable) -> list[dict[str, Any]]:
     return documents
 
 
-def _defaults(table: Table) -> dict[str, Any]:
-    """What the edge's database fills in when the insert leaves a column out."""
+@functools.cache
+def column_defaults(table: Table) -> dict[str, Any]:
+    """What the edge's database fills in when the insert leaves a column out (typed; per
+    table once: every merged row and every hashed row of the central copy asks)."""
     return {column.name: _value(column, column.server_default.arg)  # type: ignore[attr-defined]
             for column in table.columns if column.server_default is not None}
 

@@ -40,6 +40,7 @@ from cemsd.fleet.edge_tables import (
     MAINTENANCE_EVENT,
     SUBSTITUTIONS,
     EventTable,
+    column_defaults,
     merged_rows,
 )
 from cemsd.fleet.store import FleetStore
@@ -218,8 +219,7 @@ def _link_key(kind: chain.SealedKind, row: dict[str, Any]
 
 def _typed(kind: chain.SealedKind, row: dict[str, Any]) -> SimpleNamespace:
     """A row as the edge's table holds it (its defaults filled in), for its hash."""
-    defaults = {c.name: int(c.server_default.arg) if c.name == "revision" else
-                c.server_default.arg for c in kind.table.c if c.server_default is not None}
+    defaults = column_defaults(kind.table)
     return SimpleNamespace(**{c.name: row.get(c.name, defaults.get(c.name))
                               for c in kind.table.c})
 
