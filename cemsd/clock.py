@@ -5,9 +5,10 @@
   (a bus owner, the minute closer) is working and jumps to the earliest wake-up once
   all of them wait on the clock. A simulated day therefore runs as fast as the real
   sockets and the database allow, and every run is deterministic. An optional speed
-  paces it to at most `speed` times the wall clock, for a watchable demo. The closer
-  closes a minute `overlapping` the next one (decision 0242): it lets time run on, at most
-  to a bound, while the clock shows it the minute's end.
+  paces it to at most `speed` times the wall clock, for a watchable demo. With
+  `overlap=True` (the benches) the closer closes a minute `overlapping` the next one
+  (decision 0242): time runs on, at most to a bound, while the clock shows it the minute's
+  end; by default closing holds time still like any participant's work.
 - `SharedClockFile` publishes a VirtualClock's time to another process (the simulator)
   through an 8-byte memory-mapped file; `FileClock` reads it there.
 
@@ -107,8 +108,9 @@ class WallClock:
 class VirtualClock:
     """Simulated time that advances only when every participant waits on it.
 
-    `overlap=False` makes `overlapping` hold time still like any participant's work: the
-    serialised mode the overlapped one is checked against (tests/test_overlap.py)."""
+    `overlap=True` lets `overlapping` work run while time moves on (the benches; checked
+    against the default, serialised mode in tests/test_overlap.py): off by default, since a
+    poll in flight during a close's synchronous work may meet its wall-clock timeout."""
 
     def __init__(
         self,

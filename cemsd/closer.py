@@ -10,10 +10,10 @@ as recovery after a crash does (0002, 0240). A period closed twice is the same p
 
 Live: the closer wakes at each minute end, waits (boundedly) until every bus owner has
 delivered the readings of that minute (its watermark), and closes it. When a minute
-completes a plant-local hour, the hour is closed from the stored minutes. On the virtual
-clock the close overlaps the next minute's polling (`Clock.overlapping`, decision 0242):
-time runs on, at most to the next minute's end, while the closer's own clock still reads
-the minute's end, so a simulated run stays deterministic.
+completes a plant-local hour, the hour is closed from the stored minutes. On a virtual
+clock made with `overlap=True` the close overlaps the next minute's polling
+(`Clock.overlapping`, decision 0242): time runs on, at most to the next minute's end, while
+the closer's own clock still reads the minute's end, so a simulated run stays deterministic.
 
 Start-up: everything between the last stored minute and now is closed from stored
 readings. Minutes before this start with no readings at all (the daemon was down) are
